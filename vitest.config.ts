@@ -1,0 +1,20 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: [
+      "test/**/*.test.ts",
+      "customer-service/**/*.test.ts",
+      "identity-service/**/*.test.ts",
+      "runtime/**/*.test.ts",
+      "examples/**/*.test.ts",
+    ],
+    globalSetup: ["test/global-setup.ts"],
+    testTimeout: 30_000,
+    hookTimeout: 60_000,
+    // Files are isolated by database and stream names, not by process count:
+    // two cores, so two forks keep argon2 and the servers from starving.
+    pool: "forks",
+    maxWorkers: 2,
+  },
+});
