@@ -1,0 +1,61 @@
+/**
+ * The customer service's configuration, read from the environment once in
+ * main.ts. Every value is checked; a bad one names its variable.
+ */
+import { join } from "node:path";
+import {
+  ConfigError,
+  type Env,
+  envEnum,
+  envInt,
+  envOptional,
+  envPort,
+  envString,
+  envUrl,
+  LOG_LEVELS,
+  type LogLevel,
+} from "../../runtime/config.js";
+
+export interface CustomerConfig {
+  host: string;
+  port: number;
+  /** PostgreSQL URL; undefined runs embedded PGlite in dataDir. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  natsUrl: string;
+  /** JetStream stream for this service's events, and the subject prefix it captures. */
+  stream: string;
+  subjectPrefix: string;
+  jwksUrl: string;
+  issuer: string;
+  audience: string;
+  logLevel: LogLevel;
+  /** Largest request message accepted, in bytes. */
+  maxRequestBytes: number;
+  /** Time allowed for in-flight calls at shutdown. */
+  shutdownGraceMs: number;
+}
+
+/** The configuration `env` describes, or a ConfigError naming the bad variable. */
+export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConfig {
+  const issuer = envUrl(env, "IDENTITY_ISSUER", ["http:", "https:"], "http://127.0.0.1:8081").replace(/\/+$/, "");
+  const subjectPrefix = envString(env, "CUSTOMER_SUBJECT_PREFIX", "customer");
+  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(subjectPrefix)) {
+    throw new ConfigError(`CUSTOMER_SUBJECT_PREFIX must be dot-separated NATS subject tokens, got "${subjectPrefix}"`);
+  }
+  return {
+    host: envString(env, "CUSTOMER_HOST", "127.0.0.1"),
+    port: envPort(env, "CUSTOMER_PORT", 8080),
+    databaseUrl: envUrl(env, "CUSTOMER_DATABASE_URL", ["postgres:", "postgresql:"]),
+    dataDir: envOptional(env, "CUSTOMER_DATA_DIR") ?? join(cwd, ".data/customer"),
+    natsUrl: envUrl(env, "NATS_URL", ["nats:", "tls:", "ws:", "wss:"], "nats://127.0.0.1:4222"),
+    stream: envString(env, "CUSTOMER_STREAM", "CUSTOMER"),
+    subjectPrefix,
+    jwksUrl: envUrl(env, "IDENTITY_JWKS_URL", ["http:", "https:"], `${issuer}/.well-known/jwks.json`),
+    issuer,
+    audience: envString(env, "CUSTOMER_AUDIENCE", "customer-service"),
+    logLevel: envEnum(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+    maxRequestBytes: envInt(env, "CUSTOMER_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
+    shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+  };
+}

@@ -1,0 +1,70 @@
+/**
+ * Translating between stored rows and customer.v1 messages, and the rules
+ * on who may touch which profile.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { type Customer, CustomerSchema, type PostalAddress } from "@customer-platform/gen/customer/v1/customer_pb.js";
+import type { Principal } from "../../runtime/auth.js";
+import type { CustomerRow, StoredAddress } from "./db/schema.js";
+
+/** Scope a service token needs to read any profile. */
+export const SCOPE_READ = "customer:read";
+/** Scope a service token needs to change any profile. */
+export const SCOPE_WRITE = "customer:write";
+
+/** The customer.v1.Customer message for a stored row. */
+export function toCustomer(row: CustomerRow): Customer {
+  return create(CustomerSchema, {
+    customerId: row.customerId,
+    email: row.email,
+    givenName: row.givenName,
+    familyName: row.familyName,
+    ...(row.phoneNumber !== null && { phoneNumber: row.phoneNumber }),
+    ...(row.address !== null && { address: row.address }),
+    version: BigInt(row.version),
+    createTime: timestampFromDate(row.createTime),
+    updateTime: timestampFromDate(row.updateTime),
+  });
+}
+
+/** The stored form of an address (plain JSON, no message metadata). */
+export function toStoredAddress(address: PostalAddress | undefined): StoredAddress | null {
+  if (!address) return null;
+  return {
+    addressLines: address.addressLines.map((l) => l.trim()),
+    locality: address.locality.trim(),
+    region: address.region.trim(),
+    postalCode: address.postalCode.trim(),
+    countryCode: address.countryCode,
+  };
+}
+
+/** Throws PERMISSION_DENIED unless principal may act on the profile of customerId. */
+export function authorize(
+  principal: Principal,
+  customerId: string,
+  scope: typeof SCOPE_READ | typeof SCOPE_WRITE,
+): void {
+  if (principal.kind === "customer") {
+    if (principal.subject === customerId) return;
+    throw new ConnectError("a customer may only access their own profile", Code.PermissionDenied);
+  }
+  if (!principal.scopes.has(scope)) {
+    throw new ConnectError(`token lacks scope "${scope}"`, Code.PermissionDenied);
+  }
+}
+
+/** Whether two stored addresses are equal. */
+export function sameAddress(a: StoredAddress | null, b: StoredAddress | null): boolean {
+  if (a === null || b === null) return a === b;
+  return (
+    a.locality === b.locality &&
+    a.region === b.region &&
+    a.postalCode === b.postalCode &&
+    a.countryCode === b.countryCode &&
+    a.addressLines.length === b.addressLines.length &&
+    a.addressLines.every((l, i) => l === b.addressLines[i])
+  );
+}

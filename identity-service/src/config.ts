@@ -1,0 +1,82 @@
+/**
+ * The identity service's configuration, read from the environment once in
+ * main.ts. Every value is checked; a bad one names its variable.
+ */
+import { join } from "node:path";
+import {
+  ConfigError,
+  type Env,
+  envEnum,
+  envInt,
+  envOptional,
+  envPort,
+  envString,
+  envUrl,
+  LOG_LEVELS,
+  type LogLevel,
+} from "../../runtime/config.js";
+import { type Argon2Params, OWASP_ARGON2 } from "./passwords.js";
+import { DEFAULT_THROTTLE, type ThrottleSettings } from "./throttle.js";
+
+export interface IdentityConfig {
+  host: string;
+  port: number;
+  /** PostgreSQL URL; undefined runs embedded PGlite in dataDir. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  natsUrl: string;
+  stream: string;
+  subjectPrefix: string;
+  /** Token `iss`, and the base of the discovery document. */
+  issuer: string;
+  /** Resource servers access tokens are for (token `aud`, besides the issuer). */
+  audiences: string[];
+  accessTokenTtlSec: number;
+  refreshTokenTtlSec: number;
+  /** client_id of customer tokens issued by the first-party sign-in API. */
+  firstPartyClientId: string;
+  argon2: Argon2Params;
+  throttle: ThrottleSettings;
+  logLevel: LogLevel;
+  maxRequestBytes: number;
+  shutdownGraceMs: number;
+}
+
+/** The configuration `env` describes, or a ConfigError naming the bad variable. */
+export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConfig {
+  const subjectPrefix = envString(env, "IDENTITY_SUBJECT_PREFIX", "identity");
+  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(subjectPrefix)) {
+    throw new ConfigError(`IDENTITY_SUBJECT_PREFIX must be dot-separated NATS subject tokens, got "${subjectPrefix}"`);
+  }
+  const audiences = envString(env, "IDENTITY_AUDIENCES", "customer-service")
+    .split(/[\s,]+/)
+    .filter(Boolean);
+  return {
+    host: envString(env, "IDENTITY_HOST", "127.0.0.1"),
+    port: envPort(env, "IDENTITY_PORT", 8081),
+    databaseUrl: envUrl(env, "IDENTITY_DATABASE_URL", ["postgres:", "postgresql:"]),
+    dataDir: envOptional(env, "IDENTITY_DATA_DIR") ?? join(cwd, ".data/identity"),
+    natsUrl: envUrl(env, "NATS_URL", ["nats:", "tls:", "ws:", "wss:"], "nats://127.0.0.1:4222"),
+    stream: envString(env, "IDENTITY_STREAM", "IDENTITY"),
+    subjectPrefix,
+    issuer: envUrl(env, "IDENTITY_ISSUER", ["http:", "https:"], "http://127.0.0.1:8081").replace(/\/+$/, ""),
+    audiences,
+    accessTokenTtlSec: envInt(env, "IDENTITY_ACCESS_TOKEN_TTL", 900, 30, 86_400),
+    refreshTokenTtlSec: envInt(env, "IDENTITY_REFRESH_TOKEN_TTL", 30 * 86_400, 60, 365 * 86_400),
+    firstPartyClientId: envString(env, "IDENTITY_FIRST_PARTY_CLIENT_ID", "first-party"),
+    argon2: {
+      memoryCost: envInt(env, "IDENTITY_ARGON2_MEMORY_KIB", OWASP_ARGON2.memoryCost, 1024, 4 * 1024 * 1024),
+      timeCost: envInt(env, "IDENTITY_ARGON2_ITERATIONS", OWASP_ARGON2.timeCost, 1, 100),
+      parallelism: envInt(env, "IDENTITY_ARGON2_PARALLELISM", OWASP_ARGON2.parallelism, 1, 64),
+    },
+    throttle: {
+      freeAttempts: envInt(env, "IDENTITY_THROTTLE_FREE_ATTEMPTS", DEFAULT_THROTTLE.freeAttempts, 1, 1000),
+      baseDelayMs: envInt(env, "IDENTITY_THROTTLE_BASE_DELAY_MS", DEFAULT_THROTTLE.baseDelayMs, 1, 3_600_000),
+      maxDelayMs: envInt(env, "IDENTITY_THROTTLE_MAX_DELAY_MS", DEFAULT_THROTTLE.maxDelayMs, 1, 86_400_000),
+      windowMs: DEFAULT_THROTTLE.windowMs,
+    },
+    logLevel: envEnum(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+    maxRequestBytes: envInt(env, "IDENTITY_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
+    shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+  };
+}

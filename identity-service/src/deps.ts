@@ -1,0 +1,28 @@
+import type { Authenticator } from "../../runtime/auth.js";
+import type { Db } from "../../runtime/db.js";
+import type * as schema from "./db/schema.js";
+import type { PasswordHasher } from "./passwords.js";
+import type { Throttle } from "./throttle.js";
+import type { KeyStore, TokenSettings } from "./tokens.js";
+
+/** Where CustomerAuthenticated goes: `ce-source`, subject prefix (default "identity") and NOTIFY channel. */
+export interface EventsConfig {
+  readonly source: string;
+  readonly subjectPrefix: string;
+  readonly notifyChannel: string;
+}
+
+/** What the AuthService handlers need. */
+export interface AuthServiceDeps {
+  readonly db: Db<typeof schema>;
+  readonly passwords: PasswordHasher;
+  readonly throttle: Throttle;
+  readonly keys: KeyStore;
+  readonly tokens: TokenSettings;
+  /** Verifies our own access tokens, revocations included. */
+  readonly auth: Authenticator;
+  readonly events: EventsConfig;
+  /** client_id of tokens issued to customers by the first-party sign-in API. */
+  readonly firstPartyClientId: string;
+  readonly now: () => Date;
+}

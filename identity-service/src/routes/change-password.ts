@@ -1,0 +1,42 @@
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { and, eq, isNull } from "drizzle-orm";
+import { identities, refreshTokens } from "../db/schema.js";
+import type { AuthServiceDeps } from "../deps.js";
+import { issueCustomerTokens } from "../sessions.js";
+import { invalidLogin, rejectPasswordEqualToEmail } from "./credentials.js";
+
+/** ChangePassword: the caller's token names the customer; the current password proves it is them. */
+export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "changePassword"> {
+  return {
+    async changePassword(req, ctx) {
+      const principal = await deps.auth.authenticate(ctx);
+      if (principal.kind !== "customer") {
+        throw new ConnectError("only a customer token can change a password", Code.PermissionDenied);
+      }
+      const throttleKey = `change-password:${principal.subject}`;
+      await deps.throttle.reserve(throttleKey);
+      const [identity] = await deps.db.select().from(identities).where(eq(identities.customerId, principal.subject));
+      if (identity?.status !== "active") throw invalidLogin();
+      if (!(await deps.passwords.verify(identity.passwordHash, req.currentPassword))) {
+        throw new ConnectError("current password is wrong", Code.Unauthenticated);
+      }
+      await deps.throttle.succeed(throttleKey);
+      rejectPasswordEqualToEmail(identity.email, req.newPassword, "new_password");
+      const passwordHash = await deps.passwords.hash(req.newPassword);
+      const now = deps.now();
+      const tokens = await deps.db.transaction(async (tx) => {
+        await tx
+          .update(identities)
+          .set({ passwordHash, passwordChangedAt: now, updatedAt: now })
+          .where(eq(identities.customerId, identity.customerId));
+        await tx
+          .update(refreshTokens)
+          .set({ revokedAt: now, revokeReason: "password_changed" })
+          .where(and(eq(refreshTokens.customerId, identity.customerId), isNull(refreshTokens.revokedAt)));
+        return issueCustomerTokens(deps, tx, identity.customerId);
+      });
+      return { tokens };
+    },
+  };
+}

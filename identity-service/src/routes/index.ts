@@ -1,0 +1,23 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import type { AuthServiceDeps } from "../deps.js";
+import { authenticateClient } from "./authenticate-client.js";
+import { authenticateCustomer } from "./authenticate-customer.js";
+import { changePassword } from "./change-password.js";
+import { createCredentials } from "./create-credentials.js";
+import { introspectToken } from "./introspect-token.js";
+import { refreshToken } from "./refresh-token.js";
+import { revokeToken } from "./revoke-token.js";
+
+/** The AuthService handlers: one file per RPC under routes/. */
+export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof AuthService> {
+  return {
+    ...createCredentials(deps),
+    ...authenticateCustomer(deps),
+    ...refreshToken(deps),
+    ...revokeToken(deps),
+    ...introspectToken(deps),
+    ...changePassword(deps),
+    ...authenticateClient(deps),
+  };
+}

@@ -1,0 +1,43 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { and, eq, isNull } from "drizzle-orm";
+import { identities, refreshTokens } from "../db/schema.js";
+import type { AuthServiceDeps } from "../deps.js";
+import { issueCustomerTokens, type TokenSetInit } from "../sessions.js";
+import { hashToken, invalidRefreshToken } from "../tokens.js";
+
+/**
+ * RefreshToken: rotation. The presented token is locked, checked and marked
+ * rotated in one transaction, so two parallel uses of one token cannot both
+ * succeed; the loser counts as reuse and revokes the family (RFC 9700).
+ */
+export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "refreshToken"> {
+  return {
+    async refreshToken(req) {
+      const hash = hashToken(req.refreshToken);
+      const now = deps.now();
+      const outcome = await deps.db.transaction(async (tx): Promise<TokenSetInit | "invalid" | "reused"> => {
+        const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash)).for("update");
+        if (!token || token.revokedAt) return "invalid";
+        if (token.rotatedAt) {
+          await tx
+            .update(refreshTokens)
+            .set({ revokedAt: now, revokeReason: "reuse" })
+            .where(and(eq(refreshTokens.familyId, token.familyId), isNull(refreshTokens.revokedAt)));
+          return "reused";
+        }
+        if (token.expiresAt <= now) return "invalid";
+        const [identity] = await tx
+          .select({ status: identities.status })
+          .from(identities)
+          .where(eq(identities.customerId, token.customerId));
+        if (identity?.status !== "active") return "invalid";
+        await tx.update(refreshTokens).set({ rotatedAt: now }).where(eq(refreshTokens.id, token.id));
+        return issueCustomerTokens(deps, tx, token.customerId, { familyId: token.familyId, parentId: token.id });
+      });
+      // The family's revocation above is committed before the caller hears of it.
+      if (typeof outcome === "string") throw invalidRefreshToken();
+      return { tokens: outcome };
+    },
+  };
+}

@@ -1,0 +1,80 @@
+/**
+ * Reading configuration from the environment: every value is checked at
+ * start, and a bad one names its variable.
+ */
+
+export type Env = Record<string, string | undefined>;
+
+/** A configuration value that cannot be used; its message names the variable. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** A non-empty string, or the fallback when unset or empty. */
+export function envString(env: Env, name: string, fallback: string): string {
+  const v = env[name]?.trim();
+  return v ? v : fallback;
+}
+
+/** An optional non-empty string. */
+export function envOptional(env: Env, name: string): string | undefined {
+  const v = env[name]?.trim();
+  return v ? v : undefined;
+}
+
+/** A TCP port (0–65535; 0 picks a free one). */
+export function envPort(env: Env, name: string, fallback: number): number {
+  return envInt(env, name, fallback, 0, 65535);
+}
+
+/** An integer within [min, max]. */
+export function envInt(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name]?.trim();
+  if (!raw) return fallback;
+  if (!/^-?\d+$/.test(raw)) throw new ConfigError(`${name} must be an integer, got "${raw}"`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+/** A URL whose scheme is one of protocols (e.g. ["postgres:", "postgresql:"]). */
+export function envUrl(env: Env, name: string, protocols: string[], fallback: string): string;
+export function envUrl(env: Env, name: string, protocols: string[], fallback?: undefined): string | undefined;
+export function envUrl(env: Env, name: string, protocols: string[], fallback?: string): string | undefined {
+  const raw = env[name]?.trim();
+  if (!raw) return fallback;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name} must be a URL (${protocols.join(" or ")}), got "${redactUrl(raw)}"`);
+  }
+  if (!protocols.includes(url.protocol)) {
+    throw new ConfigError(`${name} must use ${protocols.join(" or ")}, got "${url.protocol}"`);
+  }
+  return raw;
+}
+
+/** One of a fixed set of values. */
+export function envEnum<T extends string>(env: Env, name: string, values: readonly T[], fallback: T): T {
+  const raw = env[name]?.trim();
+  if (!raw) return fallback;
+  if (!(values as readonly string[]).includes(raw)) {
+    throw new ConfigError(`${name} must be one of ${values.join(", ")}, got "${raw}"`);
+  }
+  return raw as T;
+}
+
+/** A URL with any password replaced, for logs and error messages. */
+export function redactUrl(raw: string): string {
+  try {
+    const url = new URL(raw);
+    if (url.password) url.password = "***";
+    return url.toString();
+  } catch {
+    return raw.replace(/\/\/([^:/@]+):[^@/]*@/, "//$1:***@");
+  }
+}
+
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
