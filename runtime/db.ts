@@ -57,7 +57,8 @@ async function openPostgres<S extends Record<string, unknown>>(
   const { drizzle } = await import("drizzle-orm/postgres-js");
   const { migrate } = await import("drizzle-orm/postgres-js/migrator");
   const client = postgres(url, {
-    max: opts.max ?? 10,
+    // migrate() holds one connection for its lock and runs on another.
+    max: Math.max(2, opts.max ?? 10),
     onnotice: () => {},
     connect_timeout: 5,
     idle_timeout: 60,

@@ -48,7 +48,7 @@ export function authorize(
   scope: typeof SCOPE_READ | typeof SCOPE_WRITE,
 ): void {
   if (principal.kind === "customer") {
-    if (principal.subject === customerId) return;
+    if (principal.subject.toLowerCase() === customerId.toLowerCase()) return;
     throw new ConnectError("a customer may only access their own profile", Code.PermissionDenied);
   }
   if (!principal.scopes.has(scope)) {

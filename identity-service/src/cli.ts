@@ -35,7 +35,7 @@ export async function runCli(argv: string[], env = process.env, out = console.lo
   });
   const [group, command, arg] = positionals;
   const config = envToConfig(env);
-  const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, schema, max: 1 });
+  const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, schema, max: 2 });
   try {
     await database.migrate(MIGRATIONS);
     const db = database.db;

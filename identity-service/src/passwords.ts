@@ -28,19 +28,22 @@ export interface PasswordHasher {
   needsRehash(hash: string): boolean;
 }
 
+// NIST SP 800-63B: normalise Unicode so one password typed on two keyboards is one password.
+const normalize = (password: string) => password.normalize("NFKC");
+
 /** A hasher with the given parameters; resolves once its dummy hash is ready. */
 export async function createPasswordHasher(params: Argon2Params = OWASP_ARGON2): Promise<PasswordHasher> {
   const options = { type: argon2.argon2id, ...params } as const;
   const dummy = await argon2.hash("dummy password for unknown logins", options);
   const verify = async (hash: string, password: string) => {
     try {
-      return await argon2.verify(hash, password);
+      return await argon2.verify(hash, normalize(password));
     } catch {
       return false;
     }
   };
   return {
-    hash: (password) => argon2.hash(password, options),
+    hash: (password) => argon2.hash(normalize(password), options),
     verify,
     async verifyDummy(password) {
       await verify(dummy, password);

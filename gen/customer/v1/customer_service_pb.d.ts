@@ -88,7 +88,8 @@ export declare const RegisterCustomerResponseSchema: GenMessage<RegisterCustomer
 export declare type UpdateCustomerRequest = Message<"customer.v1.UpdateCustomerRequest"> & {
   /**
    * customer carries the customer_id of the profile to change and the new
-   * values of the fields named in update_mask; other fields are ignored.
+   * values of the fields named in update_mask. Fields the mask does not name
+   * are not applied, but must still be valid or empty.
    *
    * @generated from field: customer.v1.Customer customer = 1;
    */

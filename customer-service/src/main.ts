@@ -1,0 +1,6 @@
+/** Entry point: `npm run start:customer`. */
+import { runMain } from "../../runtime/main.js";
+import { envToConfig } from "./config.js";
+import { createCustomerServer } from "./server.js";
+
+runMain("customer-service", envToConfig, createCustomerServer);

@@ -1,0 +1,6 @@
+/** Entry point: `npm run start:identity`. */
+import { runMain } from "../../runtime/main.js";
+import { envToConfig } from "./config.js";
+import { createIdentityServer } from "./server.js";
+
+runMain("identity-service", envToConfig, createIdentityServer);

@@ -1,0 +1,343 @@
+/**
+ * AuthService end to end: the real identity server on port 0 over PostgreSQL
+ * and JetStream, called with generated clients (Connect and gRPC).
+ */
+import { randomUUID } from "node:crypto";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { RetryInfoSchema } from "@customer-platform/gen/google/rpc/error_details_pb.js";
+import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { decodeJwt, decodeProtectedHeader } from "jose";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bearer, type Clients, createClients, rpcError } from "../../test/support/clients.js";
+import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
+import { runCli } from "../src/cli.js";
+
+let svc: RunningIdentityService;
+let clients: Clients;
+let sql: postgres.Sql;
+
+beforeAll(async () => {
+  svc = await startIdentityService({ IDENTITY_THROTTLE_BASE_DELAY_MS: "60000" });
+  clients = createClients(svc.url);
+  sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
+});
+
+afterAll(async () => {
+  clients?.close();
+  await sql?.end();
+  await svc?.close();
+});
+
+const auth = (protocol: "connect-http1" | "grpc" = "connect-http1") => clients.client(AuthService, protocol);
+const email = () => `user.${randomUUID().slice(0, 8)}@example.com`;
+const PASSWORD = "correct horse battery staple";
+
+async function signUp(protocol: "connect-http1" | "grpc" = "connect-http1") {
+  const address = email();
+  const res = await auth(protocol).createCredentials({ email: address, password: PASSWORD });
+  return { email: address, ...res };
+}
+
+/** Creates a service client with the CLI, as an operator would, and returns its credentials. */
+async function createClient(scopes: string): Promise<{ clientId: string; secret: string }> {
+  const clientId = `svc-${randomUUID().slice(0, 8)}`;
+  const out: string[] = [];
+  const code = await runCli(["clients", "create", clientId, "--scopes", scopes], svc.env, (l) => out.push(l));
+  expect(code).toBe(0);
+  const printed = JSON.parse(out[0] ?? "{}") as { client_secret: string };
+  return { clientId, secret: printed.client_secret };
+}
+
+describe.each(["connect-http1", "grpc"] as const)("sign-up and sign-in over %s", (protocol) => {
+  it("creates credentials and returns a customer id with tokens", async () => {
+    const res = await signUp(protocol);
+    expect(res.customerId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(res.tokens).toMatchObject({ tokenType: "Bearer", expiresIn: 900 });
+    expect(res.tokens?.refreshToken).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const header = decodeProtectedHeader(res.tokens?.accessToken ?? "");
+    expect(header).toMatchObject({ alg: "EdDSA", typ: "at+jwt", kid: expect.any(String) });
+    const claims = decodeJwt(res.tokens?.accessToken ?? "");
+    expect(claims).toMatchObject({
+      iss: "http://identity.test",
+      sub: res.customerId,
+      aud: ["customer-service", "http://identity.test"],
+      client_id: "first-party",
+      scope: "openid profile customer:self",
+    });
+    expect((claims.exp ?? 0) - (claims.iat ?? 0)).toBe(900);
+    expect(claims.jti).toEqual(expect.any(String));
+  });
+
+  it("signs in with the right password", async () => {
+    const user = await signUp(protocol);
+    const res = await auth(protocol).authenticateCustomer({ email: user.email.toUpperCase(), password: PASSWORD });
+    expect(res.customerId).toBe(user.customerId);
+    expect(res.tokens?.accessToken).not.toBe(user.tokens?.accessToken);
+  });
+
+  it("answers ALREADY_EXISTS for a taken email", async () => {
+    const user = await signUp(protocol);
+    await expect(
+      auth(protocol).createCredentials({ email: user.email, password: "another password" }),
+    ).rejects.toMatchObject(rpcError("email already has credentials", Code.AlreadyExists));
+  });
+
+  it("answers the same UNAUTHENTICATED for an unknown email and a wrong password", async () => {
+    const user = await signUp(protocol);
+    const wrong = await auth(protocol)
+      .authenticateCustomer({ email: user.email, password: "wrong password!" })
+      .catch((e: unknown) => ConnectError.from(e));
+    const unknown = await auth(protocol)
+      .authenticateCustomer({ email: email(), password: "wrong password!" })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect(wrong).toMatchObject(rpcError("invalid email or password", Code.Unauthenticated));
+    expect(unknown).toEqual(wrong);
+    expect((unknown as ConnectError).metadata.get("www-authenticate")).toBe(
+      (wrong as ConnectError).metadata.get("www-authenticate"),
+    );
+  });
+});
+
+describe("CreateCredentials rules", () => {
+  it("rejects a password equal to the email", async () => {
+    const address = email();
+    const err = await auth()
+      .createCredentials({ email: address, password: address.toUpperCase() })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+  });
+  it("rejects a password of 7 characters and accepts 8", async () => {
+    await expect(auth().createCredentials({ email: email(), password: "1234567" })).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+    });
+    await expect(auth().createCredentials({ email: email(), password: "12345678" })).resolves.toBeDefined();
+  });
+  it("stores only an argon2id hash with the configured parameters", async () => {
+    const user = await signUp();
+    const [row] = await sql<
+      [{ password_hash: string }]
+    >`select password_hash from identities where customer_id = ${user.customerId}`;
+    expect(row.password_hash).toMatch(/^\$argon2id\$v=19\$m=1024,t=1,p=1\$/);
+    expect(row.password_hash).not.toContain(PASSWORD);
+  });
+});
+
+describe("throttling", () => {
+  it("blocks a login after repeated failures with RESOURCE_EXHAUSTED and a retry delay, known or not", async () => {
+    for (const address of [(await signUp()).email, email()]) {
+      const attempts = await Promise.all(
+        Array.from({ length: 12 }, () =>
+          auth()
+            .authenticateCustomer({ email: address, password: "wrong password!" })
+            .then(
+              () => "ok",
+              (e: unknown) => ConnectError.from(e),
+            ),
+        ),
+      );
+      const codes = attempts.map((a) => (a instanceof ConnectError ? Code[a.code] : a));
+      // Five attempts are free: exactly those reach the password check, whatever the concurrency.
+      expect(codes.filter((c) => c === "Unauthenticated").length).toBe(5);
+      expect(codes.filter((c) => c === "ResourceExhausted").length).toBe(7);
+      const blocked = attempts.find(
+        (a) => a instanceof ConnectError && a.code === Code.ResourceExhausted,
+      ) as ConnectError;
+      const [retry] = blocked.findDetails(RetryInfoSchema);
+      expect(Number(retry?.retryDelay?.seconds)).toBeGreaterThan(50);
+      expect(Number(retry?.retryDelay?.seconds)).toBeLessThanOrEqual(60);
+    }
+  });
+
+  it("blocks even the right password while the delay runs", async () => {
+    const user = await signUp();
+    for (let i = 0; i < 5; i++) {
+      await auth()
+        .authenticateCustomer({ email: user.email, password: "wrong password!" })
+        .catch(() => {});
+    }
+    await expect(auth().authenticateCustomer({ email: user.email, password: PASSWORD })).rejects.toMatchObject({
+      code: Code.ResourceExhausted,
+    });
+  });
+});
+
+describe("refresh tokens", () => {
+  it("rotates: a refresh token works once, reuse revokes the whole family", async () => {
+    const user = await signUp();
+    const first = user.tokens?.refreshToken ?? "";
+    const second = await auth().refreshToken({ refreshToken: first });
+    expect(second.tokens?.refreshToken).not.toBe(first);
+    const third = await auth().refreshToken({ refreshToken: second.tokens?.refreshToken ?? "" });
+    await expect(auth().refreshToken({ refreshToken: first })).rejects.toMatchObject(
+      rpcError("invalid refresh token", Code.Unauthenticated),
+    );
+    // The family is gone: even the newest token no longer works.
+    await expect(auth().refreshToken({ refreshToken: third.tokens?.refreshToken ?? "" })).rejects.toMatchObject(
+      rpcError("invalid refresh token", Code.Unauthenticated),
+    );
+  });
+
+  it("lets only one of two parallel uses of one token win", async () => {
+    const user = await signUp();
+    const results = await Promise.allSettled([
+      auth().refreshToken({ refreshToken: user.tokens?.refreshToken ?? "" }),
+      auth().refreshToken({ refreshToken: user.tokens?.refreshToken ?? "" }),
+    ]);
+    expect(results.filter((r) => r.status === "fulfilled").length).toBe(1);
+  });
+
+  it("rejects an unknown refresh token", async () => {
+    await expect(auth().refreshToken({ refreshToken: "not-a-token" })).rejects.toMatchObject(
+      rpcError("invalid refresh token", Code.Unauthenticated),
+    );
+  });
+
+  it("stores only a hash of the refresh token", async () => {
+    const user = await signUp();
+    const rows =
+      await sql`select encode(token_hash, 'hex') as h from refresh_tokens where customer_id = ${user.customerId}`;
+    expect(rows.length).toBe(1);
+    expect(JSON.stringify(rows)).not.toContain(user.tokens?.refreshToken);
+  });
+});
+
+describe("client credentials, introspection and revocation", () => {
+  it("issues a service token with the granted scopes only", async () => {
+    const c = await createClient("customer:read customer:write");
+    const all = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
+    expect(all.tokens?.scope).toBe("customer:read customer:write");
+    expect(all.tokens?.refreshToken).toBe("");
+    expect(decodeJwt(all.tokens?.accessToken ?? "")).toMatchObject({ sub: c.clientId, client_id: c.clientId });
+    const narrow = await auth().authenticateClient({
+      clientId: c.clientId,
+      clientSecret: c.secret,
+      scope: "customer:read",
+    });
+    expect(narrow.tokens?.scope).toBe("customer:read");
+    await expect(
+      auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "customer:read admin" }),
+    ).rejects.toMatchObject(rpcError("scope not allowed for this client: admin", Code.PermissionDenied));
+  });
+
+  it("rejects a wrong secret and an unknown client alike", async () => {
+    const c = await createClient("customer:read");
+    const expected = rpcError("invalid client credentials", Code.Unauthenticated);
+    await expect(
+      auth().authenticateClient({ clientId: c.clientId, clientSecret: "wrong", scope: "" }),
+    ).rejects.toMatchObject(expected);
+    await expect(
+      auth().authenticateClient({ clientId: "nobody", clientSecret: c.secret, scope: "" }),
+    ).rejects.toMatchObject(expected);
+  });
+
+  it("introspects access and refresh tokens for a service, and revocation makes them inactive", async () => {
+    const c = await createClient("customer:read");
+    const service = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
+    const callAs = bearer(service.tokens?.accessToken ?? "");
+    const user = await signUp();
+    const access = user.tokens?.accessToken ?? "";
+    const refresh = user.tokens?.refreshToken ?? "";
+    const a = await auth().introspectToken({ token: access }, callAs);
+    expect(a).toMatchObject({ active: true, sub: user.customerId, clientId: "first-party", tokenType: "access_token" });
+    expect(Number(a.exp) - Number(a.iat)).toBe(900);
+    const r = await auth().introspectToken({ token: refresh }, callAs);
+    expect(r).toMatchObject({ active: true, sub: user.customerId, tokenType: "refresh_token" });
+    await auth().revokeToken({ token: access });
+    await auth().revokeToken({ token: refresh });
+    expect((await auth().introspectToken({ token: access }, callAs)).active).toBe(false);
+    expect((await auth().introspectToken({ token: refresh }, callAs)).active).toBe(false);
+    await expect(auth().refreshToken({ refreshToken: refresh })).rejects.toMatchObject({ code: Code.Unauthenticated });
+    // Revoking garbage is not an error (RFC 7009).
+    await expect(auth().revokeToken({ token: "garbage" })).resolves.toBeDefined();
+  });
+
+  it("answers inactive for a tampered or foreign token", async () => {
+    const c = await createClient("customer:read");
+    const service = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
+    const user = await signUp();
+    const [h, p, s] = (user.tokens?.accessToken ?? "").split(".");
+    const claims = JSON.parse(Buffer.from(p ?? "", "base64url").toString()) as Record<string, unknown>;
+    const forgedPayload = Buffer.from(JSON.stringify({ ...claims, scope: "customer:write" })).toString("base64url");
+    const res = await auth().introspectToken(
+      { token: `${h}.${forgedPayload}.${s}` },
+      bearer(service.tokens?.accessToken ?? ""),
+    );
+    expect(res).toMatchObject({ active: false, sub: "" });
+  });
+
+  it("denies introspection to customers and to callers without a token", async () => {
+    const user = await signUp();
+    await expect(auth().introspectToken({ token: "x" }, bearer(user.tokens?.accessToken ?? ""))).rejects.toMatchObject(
+      rpcError("only a service token may introspect tokens", Code.PermissionDenied),
+    );
+    await expect(auth().introspectToken({ token: "x" })).rejects.toMatchObject(
+      rpcError("missing bearer token", Code.Unauthenticated),
+    );
+  });
+});
+
+describe("ChangePassword", () => {
+  it("needs the current password, revokes refresh tokens and returns new tokens", async () => {
+    const user = await signUp();
+    const callAs = bearer(user.tokens?.accessToken ?? "");
+    await expect(
+      auth().changePassword({ currentPassword: "wrong password!", newPassword: "a new password" }, callAs),
+    ).rejects.toMatchObject(rpcError("current password is wrong", Code.Unauthenticated));
+    const res = await auth().changePassword({ currentPassword: PASSWORD, newPassword: "a new password" }, callAs);
+    expect(res.tokens?.refreshToken).toBeTruthy();
+    await expect(auth().refreshToken({ refreshToken: user.tokens?.refreshToken ?? "" })).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+    });
+    await expect(auth().authenticateCustomer({ email: user.email, password: PASSWORD })).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+    });
+    await expect(auth().authenticateCustomer({ email: user.email, password: "a new password" })).resolves.toBeDefined();
+  });
+
+  it("rejects a service token and a missing token", async () => {
+    const c = await createClient("customer:read");
+    const service = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
+    await expect(
+      auth().changePassword(
+        { currentPassword: "whatever1", newPassword: "whatever2" },
+        bearer(service.tokens?.accessToken ?? ""),
+      ),
+    ).rejects.toMatchObject(rpcError("only a customer token can change a password", Code.PermissionDenied));
+    await expect(
+      auth().changePassword({ currentPassword: "whatever1", newPassword: "whatever2" }),
+    ).rejects.toMatchObject(rpcError("missing bearer token", Code.Unauthenticated));
+  });
+});
+
+describe("well-known documents", () => {
+  it("serves public keys only, with cache headers, and discovery metadata", async () => {
+    const res = await fetch(`${svc.url}/.well-known/jwks.json`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("cache-control")).toBe("public, max-age=300");
+    const jwks = (await res.json()) as { keys: Record<string, unknown>[] };
+    expect(jwks.keys.length).toBeGreaterThan(0);
+    for (const k of jwks.keys) {
+      expect(k).toMatchObject({ kty: "OKP", crv: "Ed25519", alg: "EdDSA", use: "sig", kid: expect.any(String) });
+      expect(k).not.toHaveProperty("d");
+    }
+    const disco = (await (await fetch(`${svc.url}/.well-known/openid-configuration`)).json()) as Record<
+      string,
+      unknown
+    >;
+    expect(disco).toMatchObject({
+      issuer: "http://identity.test",
+      jwks_uri: "http://identity.test/.well-known/jwks.json",
+    });
+  });
+});
+
+describe("logs", () => {
+  it("never contain a password, token or hash", async () => {
+    const all = svc.logs.lines.join("\n");
+    expect(svc.logs.lines.length).toBeGreaterThan(10);
+    expect(all).not.toContain(PASSWORD);
+    expect(all).not.toMatch(/eyJ[A-Za-z0-9_-]{10,}\./);
+    expect(all).not.toContain("$argon2id$");
+  });
+});

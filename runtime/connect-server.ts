@@ -1,0 +1,85 @@
+/**
+ * What every service's server shares: one port for Connect, gRPC and
+ * gRPC-Web (HTTP/1.1 and h2c), health, reflection, validation, request logs,
+ * a request size limit and deadlines.
+ */
+import type { DescFile, DescService } from "@bufbuild/protobuf";
+import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import {
+  createHealth,
+  type Health,
+  healthHttpHandler,
+  type NodeHandlerFn,
+  registerHealth,
+  ServingStatus,
+  watchReadiness,
+} from "./health.js";
+import { type HttpServer, listen } from "./http-server.js";
+import { createLoggingInterceptor, createValidationInterceptor } from "./interceptors.js";
+import type { Logger } from "./logger.js";
+import { registerReflection } from "./reflection.js";
+
+export interface ConnectServerOptions<S extends DescService> {
+  host: string;
+  port: number;
+  logger: Logger;
+  service: S;
+  /** The file that declares service: reflection serves it with its dependencies. */
+  file: DescFile;
+  impl: ServiceImpl<S>;
+  /** Largest request message in bytes; a larger one is RESOURCE_EXHAUSTED. */
+  readMaxBytes: number;
+  /** Plain HTTP routes before the 404 (e.g. the JWKS), tried after /healthz and /readyz. */
+  http?: NodeHandlerFn;
+  /** Readiness probe (e.g. the database): NOT_SERVING while it fails. */
+  probe: () => Promise<unknown>;
+  probeIntervalMs?: number;
+}
+
+export interface ConnectServer {
+  readonly url: string;
+  readonly port: number;
+  readonly health: Health;
+  /** Marks NOT_SERVING, stops accepting, lets in-flight calls finish up to graceMs, closes every connection. */
+  close(graceMs: number): Promise<void>;
+}
+
+/** Starts serving; resolves once the port is bound. */
+export async function startConnectServer<S extends DescService>(opts: ConnectServerOptions<S>): Promise<ConnectServer> {
+  const health = createHealth({ "": ServingStatus.NOT_SERVING, [opts.service.typeName]: ServingStatus.NOT_SERVING });
+  const routes = (router: ConnectRouter) => {
+    router.service(opts.service, opts.impl);
+    registerHealth(router, health);
+    registerReflection(router, [opts.file]);
+  };
+  const notFound: NodeHandlerFn = (_req, res) => {
+    res.writeHead(404, { "content-type": "text/plain; charset=utf-8" });
+    res.end("not found\n");
+  };
+  const handler = connectNodeAdapter({
+    routes,
+    interceptors: [createLoggingInterceptor(opts.logger), createValidationInterceptor()],
+    readMaxBytes: opts.readMaxBytes,
+    fallback: healthHttpHandler(health, opts.http ?? notFound),
+  });
+  const http: HttpServer = await listen({ host: opts.host, port: opts.port, handler, logger: opts.logger });
+  const stopWatching = watchReadiness(health, opts.probe, {
+    intervalMs: opts.probeIntervalMs ?? 2_000,
+    timeoutMs: 3_000,
+    logger: opts.logger,
+  });
+  health.subscribe((service, status) => {
+    if (service === "") health.set(opts.service.typeName, status);
+  });
+  return {
+    url: http.url,
+    port: http.port,
+    health,
+    async close(graceMs) {
+      stopWatching();
+      health.shutdown();
+      await http.close({ graceMs });
+    },
+  };
+}

@@ -1,0 +1,71 @@
+/**
+ * Generated clients over every protocol the servers speak, closable so
+ * HTTP/2 sessions do not keep a test alive.
+ */
+import type { DescService } from "@bufbuild/protobuf";
+import { type Client, type Code, createClient, type Transport } from "@connectrpc/connect";
+import {
+  createConnectTransport,
+  createGrpcTransport,
+  createGrpcWebTransport,
+  Http2SessionManager,
+} from "@connectrpc/connect-node";
+
+/** Each protocol and HTTP version a client may use. */
+export const PROTOCOLS = ["connect-http1", "connect-http2", "grpc", "grpc-web-http1", "grpc-web-http2"] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+
+export interface Clients {
+  /** A client for service over protocol. */
+  client<S extends DescService>(service: S, protocol?: Protocol): Client<S>;
+  transport(protocol: Protocol): Transport;
+  /** Closes every HTTP/2 session opened. */
+  close(): void;
+}
+
+/** Clients for the server at baseUrl. */
+export function createClients(baseUrl: string): Clients {
+  const managers: Http2SessionManager[] = [];
+  const h2 = () => {
+    const m = new Http2SessionManager(baseUrl);
+    managers.push(m);
+    return m;
+  };
+  const transports = new Map<Protocol, Transport>();
+  const transport = (protocol: Protocol): Transport => {
+    let t = transports.get(protocol);
+    if (t) return t;
+    switch (protocol) {
+      case "connect-http1":
+        t = createConnectTransport({ baseUrl, httpVersion: "1.1" });
+        break;
+      case "connect-http2":
+        t = createConnectTransport({ baseUrl, httpVersion: "2", sessionManager: h2() });
+        break;
+      case "grpc":
+        t = createGrpcTransport({ baseUrl, sessionManager: h2() });
+        break;
+      case "grpc-web-http1":
+        t = createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
+        break;
+      case "grpc-web-http2":
+        t = createGrpcWebTransport({ baseUrl, httpVersion: "2", sessionManager: h2() });
+        break;
+    }
+    transports.set(protocol, t);
+    return t;
+  };
+  return {
+    client: (service, protocol = "connect-http1") => createClient(service, transport(protocol)),
+    transport,
+    close() {
+      for (const m of managers) m.abort();
+    },
+  };
+}
+
+/** Call options with a Bearer token. */
+export const bearer = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
+
+/** Matches a ConnectError by code and message, whether it came over the wire or not. */
+export const rpcError = (message: string, code: Code) => ({ code, rawMessage: message });
