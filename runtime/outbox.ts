@@ -409,7 +409,11 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       }
       failures = 0;
       if (outcome === "idle") {
-        if (stopping) return;
+        // A flush ends only after a read that began after stop() was called.
+        if (stopping) {
+          if (!dirty) return;
+          continue;
+        }
         if (lock) await pause(pollIntervalMs, "notify");
       }
     }
@@ -431,7 +435,10 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   async function stopNow(flush: boolean, timeoutMs: number): Promise<void> {
     stopping = true;
-    if (flush) flushUntil = Date.now() + timeoutMs;
+    if (flush) {
+      flushUntil = Date.now() + timeoutMs;
+      dirty = true;
+    }
     wake("stop");
     const loopDone = await settlesWithin(loop, timeoutMs);
     // Closing NATS also fails a publish still waiting for its ack, which ends the loop.
