@@ -68,12 +68,28 @@ async function openPostgres<S extends Record<string, unknown>>(
   const db = drizzle({ client, schema: opts.schema }) as unknown as Db<S>;
   const safeUrl = new URL(url);
   if (safeUrl.password) safeUrl.password = "***";
+  // A dedicated one-connection client rather than client.reserve(): postgres.js
+  // throws an uncaught TypeError when a reserved connection whose socket closed
+  // is used, and would silently reconnect a plain client to a session that no
+  // longer holds the lock. Once closed, this session only throws.
   const session = async (): Promise<SqlSession> => {
-    const conn = await client.reserve();
+    let lost = false;
+    const one = postgres(url, {
+      max: 1,
+      idle_timeout: 0,
+      max_lifetime: null,
+      connect_timeout: 5,
+      onnotice: () => {},
+      onclose: () => {
+        lost = true;
+      },
+    });
     return {
-      query: async <T>(text: string, params: unknown[] = []) =>
-        (await conn.unsafe(text, params as never[])) as unknown as T[],
-      release: async () => conn.release(),
+      async query<T>(text: string, params: unknown[] = []) {
+        if (lost) throw Object.assign(new Error("session connection lost"), { code: "CONNECTION_CLOSED" });
+        return (await one.unsafe(text, params as never[])) as unknown as T[];
+      },
+      release: () => one.end({ timeout: 5 }),
     };
   };
   return {
