@@ -20,7 +20,7 @@ import { openDatabase } from "../../runtime/db.js";
 import { envToConfig } from "./config.js";
 import * as schema from "./db/schema.js";
 import { clients, signingKeys } from "./db/schema.js";
-import { hashToken, newSigningKey } from "./tokens.js";
+import { hashToken, KEY_ACTIVATION_DELAY_MS, newSigningKey } from "./tokens.js";
 
 const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), "db/migrations");
 const CLIENT_ID = /^[a-z][a-z0-9._-]{2,63}$/;
@@ -98,14 +98,18 @@ export async function runCli(argv: string[], env = process.env, out = console.lo
         return 0;
       }
       case "keys rotate": {
-        // The new key signs from the next reload on; old ones stay in the JWKS until their tokens expired.
+        // The new key is published now and signs after KEY_ACTIVATION_DELAY_MS; the old ones
+        // sign until then and stay in the JWKS until their last tokens expired.
         const now = new Date();
         const key = await newSigningKey(now);
+        const retireAt = new Date(now.getTime() + KEY_ACTIVATION_DELAY_MS + 60_000);
         await db.transaction(async (tx) => {
-          await tx.update(signingKeys).set({ retiredAt: now }).where(isNull(signingKeys.retiredAt));
+          await tx.update(signingKeys).set({ retiredAt: retireAt }).where(isNull(signingKeys.retiredAt));
           await tx.insert(signingKeys).values(key);
         });
-        out(`new signing key ${key.kid}`);
+        out(
+          `new signing key ${key.kid}: published now, signing from ${new Date(now.getTime() + KEY_ACTIVATION_DELAY_MS).toISOString()}`,
+        );
         return 0;
       }
       default:

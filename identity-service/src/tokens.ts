@@ -52,7 +52,7 @@ export interface IssuedAccessToken {
 
 /** Keys loaded from the database, reloaded periodically to pick up rotations by other instances. */
 export interface KeyStore {
-  /** The key that signs now (the newest unretired one). */
+  /** The key that signs now (see KEY_ACTIVATION_DELAY_MS). */
   current(): SigningKey;
   /** The public keys resource servers should trust. */
   jwks(): JSONWebKeySet;
@@ -61,6 +61,14 @@ export interface KeyStore {
   /** Rereads keys from the database. */
   reload(): Promise<void>;
 }
+
+/**
+ * A new key is published in the JWKS at once but signs only after this long,
+ * so every instance (reloading each minute) and every verifier (refetching
+ * on an unknown kid) knows it before the first token carries its kid. The
+ * key it replaces keeps signing until then (`keys rotate` retires it later).
+ */
+export const KEY_ACTIVATION_DELAY_MS = 2 * 60_000;
 
 /** Creates a fresh key pair row (not yet stored). */
 export async function newSigningKey(now: Date) {
@@ -75,17 +83,28 @@ export async function newSigningKey(now: Date) {
   };
 }
 
+interface LoadedKey extends SigningKey {
+  retiredAt: Date | null;
+}
+
 // Serialises key bootstrap across instances starting at once.
 const KEY_BOOTSTRAP_LOCK = 7_310_101;
 
-/** Loads signing keys, creating the first one if there is none. */
+/**
+ * Loads signing keys, creating the first one if there is none. Keys retired
+ * less than retiredKeyGraceSec ago stay in the JWKS so their tokens verify
+ * until they expire.
+ */
 export async function openKeyStore(db: Db<typeof schema>, retiredKeyGraceSec: number): Promise<KeyStore> {
   await db.transaction(async (tx) => {
     await tx.execute(sql`select pg_advisory_xact_lock(${KEY_BOOTSTRAP_LOCK})`);
-    const active = await tx.select({ kid: signingKeys.kid }).from(signingKeys).where(isNull(signingKeys.retiredAt));
-    if (active.length === 0) await tx.insert(signingKeys).values(await newSigningKey(new Date()));
+    const live = await tx
+      .select({ kid: signingKeys.kid })
+      .from(signingKeys)
+      .where(or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, new Date())));
+    if (live.length === 0) await tx.insert(signingKeys).values(await newSigningKey(new Date()));
   });
-  let keys: SigningKey[] = [];
+  let keys: LoadedKey[] = [];
   let jwks: JSONWebKeySet = { keys: [] };
   let local = createLocalJWKSet(jwks);
   const reload = async () => {
@@ -95,23 +114,30 @@ export async function openKeyStore(db: Db<typeof schema>, retiredKeyGraceSec: nu
       .from(signingKeys)
       .where(or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, since)))
       .orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
-    const active = rows.filter((r) => r.retiredAt === null);
-    if (active.length === 0) throw new Error("no active signing key");
     keys = await Promise.all(
-      active.map(async (r) => ({
+      rows.map(async (r) => ({
         kid: r.kid,
         alg: r.alg,
         privateKey: (await importJWK(r.privateJwk as JWK, r.alg)) as CryptoKey,
         publicJwk: r.publicJwk as JWK,
         createdAt: r.createdAt,
+        retiredAt: r.retiredAt,
       })),
     );
     jwks = { keys: rows.map((r) => r.publicJwk as JWK) };
     local = createLocalJWKSet(jwks);
   };
   await reload();
+  const current = (): SigningKey => {
+    const now = Date.now();
+    const live = keys.filter((k) => k.retiredAt === null || k.retiredAt.getTime() > now);
+    // The newest key old enough to be known everywhere; on a fresh install, the only one.
+    const key = live.find((k) => k.createdAt.getTime() <= now - KEY_ACTIVATION_DELAY_MS) ?? live[live.length - 1];
+    if (!key) throw new Error("no live signing key: run `npm run identity -- keys rotate`");
+    return key;
+  };
   return {
-    current: () => keys[0] as SigningKey,
+    current,
     jwks: () => jwks,
     getKey: (header, token) => local(header, token),
     reload,
