@@ -91,9 +91,8 @@ export async function runCli(argv: string[], env = process.env, out = console.lo
       }
       case "keys list": {
         for (const k of await db.select().from(signingKeys)) {
-          out(
-            `${k.kid}\t${k.alg}\t${k.createdAt.toISOString()}\t${k.retiredAt ? `retired ${k.retiredAt.toISOString()}` : "active"}`,
-          );
+          const state = !k.retiredAt ? "active" : k.retiredAt > new Date() ? "retiring" : "retired";
+          out(`${k.kid}\t${k.alg}\t${k.createdAt.toISOString()}\t${state} ${k.retiredAt?.toISOString() ?? ""}`.trim());
         }
         return 0;
       }
