@@ -11,6 +11,7 @@ import {
 import { createJwksAuthenticator } from "../../runtime/auth.js";
 import { type ConnectServer, startConnectServer } from "../../runtime/connect-server.js";
 import { openDatabase } from "../../runtime/db.js";
+import { outboxCleanup, startHousekeeping } from "../../runtime/housekeeping.js";
 import { createLogger, type Logger } from "../../runtime/logger.js";
 import { createOutboxRelay, type OutboxRelay } from "../../runtime/outbox.js";
 import type { CustomerConfig } from "./config.js";
@@ -69,9 +70,11 @@ export async function createCustomerServer(
   });
   let server: ConnectServer | undefined;
   let stopping: Promise<void> | undefined;
+  let stopHousekeeping = () => {};
 
   const stop = () => {
     stopping ??= (async () => {
+      stopHousekeeping();
       await server?.close(config.shutdownGraceMs);
       await relay.stop({ flush: true, timeoutMs: 5_000 });
       await database.close();
@@ -101,6 +104,7 @@ export async function createCustomerServer(
         readMaxBytes: config.maxRequestBytes,
         probe: () => database.query("select 1"),
       });
+      stopHousekeeping = startHousekeeping(database, [outboxCleanup(7)], 10 * 60_000, logger);
       relay.start();
       logger.info(
         { url: server.url, database: database.description, nats: config.natsUrl, stream: config.stream },

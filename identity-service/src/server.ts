@@ -8,10 +8,12 @@ import { AuthService, file_identity_v1_auth_service } from "@customer-platform/g
 import { type ConnectServer, startConnectServer } from "../../runtime/connect-server.js";
 import { openDatabase } from "../../runtime/db.js";
 import type { NodeHandlerFn } from "../../runtime/health.js";
+import { startHousekeeping } from "../../runtime/housekeeping.js";
 import { createLogger, type Logger } from "../../runtime/logger.js";
 import { createOutboxRelay, type OutboxRelay } from "../../runtime/outbox.js";
 import type { IdentityConfig } from "./config.js";
 import * as schema from "./db/schema.js";
+import { identityHousekeeping } from "./housekeeping.js";
 import { createPasswordHasher } from "./passwords.js";
 import { createAuthService } from "./routes/index.js";
 import { createOwnTokenAuthenticator } from "./sessions.js";
@@ -79,10 +81,12 @@ export async function createIdentityServer(
   };
   let server: ConnectServer | undefined;
   let reloadTimer: NodeJS.Timeout | undefined;
+  let stopHousekeeping = () => {};
   let stopping: Promise<void> | undefined;
   const stop = () => {
     stopping ??= (async () => {
       clearInterval(reloadTimer);
+      stopHousekeeping();
       await server?.close(config.shutdownGraceMs);
       await relay.stop({ flush: true, timeoutMs: 5_000 });
       await database.close();
@@ -117,6 +121,7 @@ export async function createIdentityServer(
       reloadTimer = setInterval(() => {
         keys.reload().catch((err: unknown) => logger.warn({ err }, "signing key reload failed"));
       }, KEY_RELOAD_MS).unref();
+      stopHousekeeping = startHousekeeping(database, identityHousekeeping(config), 10 * 60_000, logger);
       relay.start();
       logger.info(
         { url: server.url, issuer: config.issuer, database: database.description, nats: config.natsUrl },
