@@ -1,0 +1,188 @@
+/**
+ * CustomerAuthenticated on JetStream: subject, CloudEvents headers as
+ * DESIGN.md lists them, a payload that decodes with the generated schema,
+ * nothing secret anywhere in the message; and no event for anything but a
+ * successful sign-in.
+ */
+import { randomUUID } from "node:crypto";
+import { fromBinary } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code } from "@connectrpc/connect";
+import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
+import { type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Clients, createClients, rpcError } from "../../test/support/clients.js";
+import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
+
+const PASSWORD = "correct horse battery staple";
+const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+let svc: RunningIdentityService;
+let clients: Clients;
+let nc: NatsConnection;
+let jsm: JetStreamManager;
+let sql: postgres.Sql;
+
+beforeAll(async () => {
+  svc = await startIdentityService({});
+  clients = createClients(svc.url);
+  nc = await connect({ servers: svc.natsUrl });
+  jsm = await jetstreamManager(nc);
+  sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
+  // The relay creates the stream once it leads; wait for it so tests can count messages.
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const exists = await jsm.streams.info(svc.streams.stream).then(
+      () => true,
+      () => false,
+    );
+    if (exists) break;
+    if (Date.now() > deadline) throw new Error(`stream ${svc.streams.stream} was not created`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+});
+
+afterAll(async () => {
+  clients?.close();
+  await nc?.close();
+  await sql?.end();
+  await svc?.close();
+});
+
+const auth = () => clients.client(AuthService);
+const email = () => `events.${randomUUID().slice(0, 8)}@example.com`;
+const subjectFor = (customerId: string) => `${svc.streams.subjectPrefix}.customer.authenticated.${customerId}`;
+
+async function messageCount(): Promise<number> {
+  return (await jsm.streams.info(svc.streams.stream)).state.messages;
+}
+
+/** Rows in the outbox, sent or not. */
+async function outboxRows(): Promise<number> {
+  const [row] = await sql<[{ n: number }]>`select count(*)::int as n from outbox`;
+  return row.n;
+}
+
+/** The next message on subject, read by an ordered consumer as any subscriber would. */
+async function nextOn(subject: string): Promise<JsMsg> {
+  const consumer = await jetstream(nc).consumers.get(svc.streams.stream, { filter_subjects: subject });
+  const msg = await consumer.next({ expires: 5_000 });
+  if (!msg) throw new Error(`no message on ${subject}`);
+  return msg;
+}
+
+describe("CustomerAuthenticated", () => {
+  it("publishes nothing for CreateCredentials and failed sign-ins, one event for a sign-in", async () => {
+    const before = await messageCount();
+    const rowsBefore = await outboxRows();
+    const address = email();
+    const { customerId } = await auth().createCredentials({ email: address, password: PASSWORD });
+    await expect(auth().authenticateCustomer({ email: address, password: "wrong password!" })).rejects.toMatchObject(
+      rpcError("invalid email or password", Code.Unauthenticated),
+    );
+    await expect(auth().authenticateCustomer({ email: email(), password: PASSWORD })).rejects.toMatchObject(
+      rpcError("invalid email or password", Code.Unauthenticated),
+    );
+    expect(await outboxRows()).toBe(rowsBefore);
+    await svc.server.relay.waitIdle();
+    expect(await messageCount()).toBe(before);
+
+    // The pipeline works: a sign-in adds exactly one event, so nothing earlier was merely late.
+    await auth().authenticateCustomer({ email: address, password: PASSWORD });
+    await svc.server.relay.waitIdle();
+    expect(await messageCount()).toBe(before + 1);
+    const msg = await nextOn(subjectFor(customerId));
+    expect(msg.subject).toBe(subjectFor(customerId));
+  });
+
+  it("arrives with the DESIGN.md headers and a payload that decodes with the generated schema", async () => {
+    const address = email();
+    const { customerId } = await auth().createCredentials({ email: address, password: PASSWORD });
+    const startedAt = Date.now();
+    const res = await auth().authenticateCustomer({ email: address, password: PASSWORD });
+    expect(res.customerId).toBe(customerId);
+
+    const msg = await nextOn(subjectFor(customerId));
+    expect(msg.subject).toBe(`${svc.streams.subjectPrefix}.customer.authenticated.${customerId}`);
+    const event = fromBinary(CustomerAuthenticatedSchema, msg.data);
+    expect(event).toMatchObject({
+      eventId: expect.stringMatching(UUID_V7),
+      customerId,
+      method: AuthenticationMethod.PASSWORD,
+    });
+    if (!event.occurTime) throw new Error("occur_time missing");
+    const occurred = timestampDate(event.occurTime);
+    expect(occurred.getTime()).toBeGreaterThanOrEqual(startedAt - 1000);
+    expect(occurred.getTime()).toBeLessThanOrEqual(Date.now() + 1000);
+
+    const headers = msg.headers;
+    if (!headers) throw new Error("no headers");
+    expect(Object.fromEntries(headers.keys().map((k) => [k, headers.values(k)]))).toEqual({
+      "Nats-Msg-Id": [event.eventId],
+      "ce-specversion": ["1.0"],
+      "ce-id": [event.eventId],
+      "ce-type": ["identity.v1.CustomerAuthenticated"],
+      "ce-source": ["identity-service"],
+      "ce-time": [occurred.toISOString()],
+      "ce-subject": [customerId],
+      "ce-datacontenttype": ["application/protobuf"],
+      "content-type": ["application/protobuf"],
+    });
+  });
+
+  it("carries no password, token or hash, in its payload or its headers", async () => {
+    const address = email();
+    const signUp = await auth().createCredentials({ email: address, password: PASSWORD });
+    const res = await auth().authenticateCustomer({ email: address, password: PASSWORD });
+    const [row] = await sql<[{ password_hash: string }]>`
+      select password_hash from identities where customer_id = ${res.customerId}`;
+    const msg = await nextOn(subjectFor(res.customerId));
+    const headers = msg.headers;
+    if (!headers) throw new Error("no headers");
+    const headerText = headers
+      .keys()
+      .flatMap((k) => [k, ...headers.values(k)])
+      .join("\n");
+    const payload = Buffer.from(msg.data);
+    const access = res.tokens?.accessToken ?? "";
+    const secrets = [
+      PASSWORD,
+      access,
+      access.split(".")[2] ?? "",
+      res.tokens?.refreshToken ?? "",
+      signUp.tokens?.accessToken ?? "",
+      signUp.tokens?.refreshToken ?? "",
+      row.password_hash,
+      "$argon2",
+    ];
+    for (const secret of secrets) {
+      expect(secret.length).toBeGreaterThan(6);
+      expect(payload.includes(secret), `payload holds ${secret.slice(0, 12)}…`).toBe(false);
+      expect(headerText.includes(secret), `headers hold ${secret.slice(0, 12)}…`).toBe(false);
+    }
+    // The customer id is in there: the search above would find what is present.
+    expect(payload.includes(res.customerId)).toBe(true);
+    expect(headerText.includes(res.customerId)).toBe(true);
+  });
+
+  it("publishes one event per sign-in, each with its own id", async () => {
+    const address = email();
+    const { customerId } = await auth().createCredentials({ email: address, password: PASSWORD });
+    for (let i = 0; i < 3; i++) await auth().authenticateCustomer({ email: address, password: PASSWORD });
+    await svc.server.relay.waitIdle();
+    const consumer = await jetstream(nc).consumers.get(svc.streams.stream, {
+      filter_subjects: subjectFor(customerId),
+    });
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const msg = await consumer.next({ expires: 5_000 });
+      if (!msg) throw new Error("missing event");
+      ids.push(fromBinary(CustomerAuthenticatedSchema, msg.data).eventId);
+    }
+    expect(new Set(ids).size).toBe(3);
+    expect(await consumer.next({ expires: 1_000 })).toBeNull();
+  });
+});
