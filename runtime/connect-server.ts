@@ -16,7 +16,7 @@ import {
   watchReadiness,
 } from "./health.js";
 import { type HttpServer, listen } from "./http-server.js";
-import { createLoggingInterceptor, createValidationInterceptor } from "./interceptors.js";
+import { createDeadlineInterceptor, createLoggingInterceptor, createValidationInterceptor } from "./interceptors.js";
 import type { Logger } from "./logger.js";
 import { registerReflection } from "./reflection.js";
 
@@ -45,6 +45,15 @@ export interface ConnectServer {
   close(graceMs: number): Promise<void>;
 }
 
+/**
+ * JSON bodies must be UTF-8 (RFC 8259). connect-es decodes them with a lenient
+ * TextDecoder that turns invalid bytes into U+FFFD, which would store mangled
+ * text where the binary codec rejects the same bytes; a fatal decoder answers
+ * INVALID_ARGUMENT instead. (`textDecoder` is read by connect-es's JSON
+ * serialization but missing from its option type.)
+ */
+const STRICT_JSON = { textDecoder: new TextDecoder("utf-8", { fatal: true }) } as object;
+
 /** Starts serving; resolves once the port is bound. */
 export async function startConnectServer<S extends DescService>(opts: ConnectServerOptions<S>): Promise<ConnectServer> {
   const health = createHealth({ "": ServingStatus.NOT_SERVING, [opts.service.typeName]: ServingStatus.NOT_SERVING });
@@ -59,8 +68,9 @@ export async function startConnectServer<S extends DescService>(opts: ConnectSer
   };
   const handler = connectNodeAdapter({
     routes,
-    interceptors: [createLoggingInterceptor(opts.logger), createValidationInterceptor()],
+    interceptors: [createLoggingInterceptor(opts.logger), createDeadlineInterceptor(), createValidationInterceptor()],
     readMaxBytes: opts.readMaxBytes,
+    jsonOptions: STRICT_JSON,
     fallback: healthHttpHandler(health, opts.http ?? notFound),
   });
   const http: HttpServer = await listen({ host: opts.host, port: opts.port, handler, logger: opts.logger });

@@ -4,6 +4,7 @@
  * the same migrations, LISTEN/NOTIFY and advisory locks.
  */
 import { mkdirSync } from "node:fs";
+import net from "node:net";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import postgres from "postgres";
 
@@ -45,6 +46,31 @@ export interface DatabaseOptions<S extends Record<string, unknown>> {
 // never run the same migration twice.
 const MIGRATION_LOCK = 7_310_001n;
 
+/**
+ * The socket postgres.js talks over, reporting every close as clean.
+ * postgres.js sees a connection fail at its socket's 'error' event but takes
+ * it out of the pool only at 'close', which Node emits a turn of the event
+ * loop later; a query handed to it in between is never sent, and after a
+ * close "with error" postgres.js never rejects it either: the call hangs
+ * forever, and so can later ones on that connection (an outbox relay stuck
+ * for good, calls that never answer). After a clean close postgres.js rejects whatever is still pending on the
+ * connection (CONNECTION_CLOSED, answered UNAVAILABLE). The only other effect
+ * of the flag: the reconnect delay does not grow, and a reconnect is only
+ * ever made for a waiting query. postgres.js still times the connect out.
+ */
+function pgSocket(options: { host: string[]; port: number[]; path?: string | false }): net.Socket {
+  const socket = options.path
+    ? net.connect(options.path)
+    : net.connect(options.port[0] ?? 5432, options.host[0] ?? "localhost");
+  const on = socket.on.bind(socket);
+  socket.on = ((event: string, listener: (...args: unknown[]) => void) =>
+    on(event, event === "close" ? () => listener(false) : listener)) as typeof socket.on;
+  return socket;
+}
+
+// `socket` is a postgres.js option its type definitions leave out.
+const PG_SOCKET: object = { socket: pgSocket };
+
 /** Opens the configured database. */
 export async function openDatabase<S extends Record<string, unknown>>(opts: DatabaseOptions<S>): Promise<Database<S>> {
   return opts.url ? openPostgres(opts.url, opts) : openPglite(opts.dataDir, opts);
@@ -62,10 +88,22 @@ async function openPostgres<S extends Record<string, unknown>>(
     onnotice: () => {},
     connect_timeout: 5,
     idle_timeout: 60,
+    ...PG_SOCKET,
     // Statements must not wait forever on a lost server.
     connection: { application_name: "customer-platform" },
   });
-  const db = drizzle({ client, schema: opts.schema }) as unknown as Db<S>;
+  // postgres.js fetches the array types on each new connection, from a promise
+  // nobody handles: a connection cut during that query is an unhandled
+  // rejection, which ends the process. The types are the same for every
+  // connection, so only the first one fetches them.
+  try {
+    await client`select 1`;
+  } catch (err) {
+    await client.end({ timeout: 1 }).catch(() => {});
+    throw err;
+  }
+  client.options.fetch_types = false;
+  const db = drizzle({ client: guardTransactions(client), schema: opts.schema }) as unknown as Db<S>;
   const safeUrl = new URL(url);
   if (safeUrl.password) safeUrl.password = "***";
   // A dedicated one-connection client rather than client.reserve(): postgres.js
@@ -79,6 +117,9 @@ async function openPostgres<S extends Record<string, unknown>>(
       idle_timeout: 0,
       max_lifetime: null,
       connect_timeout: 5,
+      // Scalar parameters only; and see fetch_types above.
+      fetch_types: false,
+      ...PG_SOCKET,
       onnotice: () => {},
       onclose: () => {
         lost = true;
@@ -115,6 +156,66 @@ async function openPostgres<S extends Record<string, unknown>>(
     close: () => client.end({ timeout: 5 }),
   };
 }
+
+/**
+ * postgres.js's client with a `begin()` that never touches a transaction's
+ * connection once it is lost. When that connection closes, postgres.js
+ * rejects `begin()` at once but lets the transaction's scope run on: the
+ * callback's next statement, or the COMMIT or ROLLBACK the scope sends when
+ * the callback ends, is written to the dead connection, and postgres.js
+ * throws an uncaught TypeError from a setImmediate ("Cannot read properties
+ * of null (reading 'write')") that kills the process; had the pool already
+ * reconnected that connection, the statement would land in another call's
+ * session. Nothing needs ending: the server aborts a transaction whose
+ * session ended. So once `begin()` has failed, statements of its scope throw
+ * CONNECTION_CLOSED without being sent, and the callback never settles, so
+ * the scope sends nothing more (it is garbage, collected as such).
+ */
+function guardTransactions(client: postgres.Sql): postgres.Sql {
+  const begin = (...args: unknown[]): Promise<unknown> => {
+    const fn = args.pop() as (sql: postgres.TransactionSql) => unknown;
+    // While the callback runs, begin() fails only when the connection closes.
+    let lost = false;
+    let markLost = () => {};
+    const gone = new Promise<true>((resolve) => {
+      markLost = () => resolve(true);
+    });
+    const never = () => new Promise<never>(() => {});
+    const guard = <T extends object>(target: T): T =>
+      new Proxy(target, {
+        apply(f, self, params) {
+          if (lost) throw Object.assign(new Error("transaction connection lost"), { code: "CONNECTION_CLOSED" });
+          return Reflect.apply(f as (...a: unknown[]) => unknown, self, params);
+        },
+        get(t, prop) {
+          const value: unknown = Reflect.get(t, prop);
+          return prop === "unsafe" && typeof value === "function" ? guard(value) : value;
+        },
+      });
+    const run = async (sql: postgres.TransactionSql) => {
+      let value: unknown;
+      try {
+        value = await fn(guard(sql));
+      } catch (err) {
+        if (lost) return never();
+        // The statement's error comes first, the connection's close right after; a connection
+        // error from elsewhere (this connection still up) rolls back as usual.
+        if (isConnectionError(err) && (await Promise.race([gone, sleep(1000).then(() => false)]))) return never();
+        throw err;
+      }
+      return lost ? never() : value;
+    };
+    const result = (client.begin as unknown as (...a: unknown[]) => Promise<unknown>)(...args, run);
+    result.catch(() => {
+      lost = true;
+      markLost();
+    });
+    return result;
+  };
+  return new Proxy(client, { get: (target, prop) => (prop === "begin" ? begin : Reflect.get(target, prop)) });
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
 async function openPglite<S extends Record<string, unknown>>(
   dataDir: string,
@@ -160,6 +261,16 @@ export function pgConstraint(err: unknown): string | undefined {
     if (typeof c === "string") return c;
   }
   return undefined;
+}
+
+/**
+ * True when PostgreSQL refused a string the caller sent: text and jsonb cannot
+ * hold U+0000, which a protobuf string may carry (22021 for text, 22P05 for
+ * jsonb's \u0000).
+ */
+export function isUnstorableTextError(err: unknown): boolean {
+  const code = pgErrorCode(err);
+  return code === "22021" || code === "22P05";
 }
 
 /** True for errors that mean the database could not be reached (not a bad statement). */

@@ -185,8 +185,9 @@ export function watchReadiness(health: Health, probe: () => Promise<unknown>, op
     if (stopped) return;
     const status = ok ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
     if (health.get(service) !== status && !health.isShutdown()) {
-      if (ok) opts.logger?.info({ service }, "ready");
-      else opts.logger?.warn({ service, err: error }, "not ready");
+      // Not `service`: that key names the process on every log line (logger.ts).
+      if (ok) opts.logger?.info({ healthService: service }, "ready");
+      else opts.logger?.warn({ healthService: service, err: error }, "not ready");
     }
     health.set(service, status);
     next = setTimeout(run, opts.intervalMs).unref();

@@ -398,7 +398,8 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
         continue;
       }
       const outcome = await relayBatch(held, js).catch((err) => {
-        log.warn({ err: errMessage(err) }, "outbox relay batch failed");
+        if (failures === 0) log.warn({ err: errMessage(err) }, "outbox relay batch failed; retrying");
+        else log.debug({ err: errMessage(err) }, "outbox relay batch failed again");
         return "failed" as const;
       });
       if (outcome === "failed") {
@@ -449,7 +450,7 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     await conn?.close().catch(() => {});
     if (loopDone || (await settlesWithin(loop, 2000))) await release();
     else log.warn("outbox relay did not stop in time; its lock goes with its connection");
-    await unlisten?.().catch(() => {});
+    if (unlisten) await settlesWithin(unlisten(), 2000);
     unlisten = undefined;
     await settlesWithin(connecting, 3000);
   }

@@ -7,6 +7,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Customer, CustomerSchema, type PostalAddress } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import type { Principal } from "../../runtime/auth.js";
+import { fieldViolation } from "../../runtime/errors.js";
 import type { CustomerRow, StoredAddress } from "./db/schema.js";
 
 /** Scope a service token needs to read any profile. */
@@ -39,6 +40,20 @@ export function toStoredAddress(address: PostalAddress | undefined): StoredAddre
     postalCode: address.postalCode.trim(),
     countryCode: address.countryCode,
   };
+}
+
+/**
+ * INVALID_ARGUMENT for a name or address line that is blank once trimmed for
+ * storage. The contract's not_blank rules trim in CEL (Unicode White_Space),
+ * but String.prototype.trim also strips U+FEFF: "\uFEFF" passes validation
+ * and would be stored as "".
+ */
+export function rejectBlank(field: string, value: string | StoredAddress | null): void {
+  if (typeof value === "string") {
+    if (value === "") throw fieldViolation(field, "name.not_blank", "value must not be blank");
+  } else if (value?.addressLines.includes("")) {
+    throw fieldViolation(`${field}.address_lines`, "address_line.not_blank", "value must not be blank");
+  }
 }
 
 /** Throws PERMISSION_DENIED unless principal may act on the profile of customerId. */
