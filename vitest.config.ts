@@ -8,6 +8,7 @@ export default defineConfig({
       "identity-service/**/*.test.ts",
       "runtime/**/*.test.ts",
       "examples/**/*.test.ts",
+      "bench/**/*.test.ts",
     ],
     globalSetup: ["test/global-setup.ts"],
     testTimeout: 30_000,

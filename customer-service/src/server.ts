@@ -48,8 +48,14 @@ export async function createCustomerServer(
   const logger = opts.logger ?? createLogger({ name: "customer-service", level: config.logLevel });
   const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, schema });
   await database.migrate(MIGRATIONS);
+  // On PostgreSQL the relay reads and marks the outbox on its own connections: behind
+  // the request transactions in the shared pool, each batch would wait for a free one.
+  // (Embedded PGlite is one session; it is shared.)
+  const relayDatabase = config.databaseUrl
+    ? await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, schema, max: 2 })
+    : database;
   const relay = createOutboxRelay({
-    database,
+    database: relayDatabase,
     natsUrl: config.natsUrl,
     stream: { name: config.stream, subjects: [`${config.subjectPrefix}.>`] },
     channel: NOTIFY_CHANNEL,
@@ -77,6 +83,7 @@ export async function createCustomerServer(
       stopHousekeeping();
       await server?.close(config.shutdownGraceMs);
       await relay.stop({ flush: true, timeoutMs: 5_000 });
+      if (relayDatabase !== database) await relayDatabase.close();
       await database.close();
       logger.info("stopped");
     })();

@@ -2,7 +2,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { eq } from "drizzle-orm";
 import { pgConstraint, pgErrorCode } from "../../../runtime/db.js";
-import { sameAddress, toCustomer, toStoredAddress } from "../customer.js";
+import { rejectBlank, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
 import { type CustomerRow, customers } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";
 import { emitCustomerRegistered } from "../events.js";
@@ -29,6 +29,9 @@ export function registerCustomer(
         createTime: now,
         updateTime: now,
       };
+      rejectBlank("given_name", row.givenName);
+      rejectBlank("family_name", row.familyName);
+      rejectBlank("address", row.address);
       try {
         await deps.db.transaction(async (tx) => {
           await tx.insert(customers).values(row);

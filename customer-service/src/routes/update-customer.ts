@@ -3,7 +3,7 @@ import type { Customer } from "@customer-platform/gen/customer/v1/customer_pb.js
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { eq } from "drizzle-orm";
 import { pgConstraint, pgErrorCode } from "../../../runtime/db.js";
-import { authorize, SCOPE_WRITE, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
+import { authorize, rejectBlank, SCOPE_WRITE, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
 import { type CustomerRow, customers, type StoredAddress } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";
 import { emitCustomerUpdated } from "../events.js";
@@ -62,6 +62,7 @@ export function updateCustomer(deps: CustomerServiceDeps): Pick<ServiceImpl<type
               throw new ConnectError(`update_mask path "${path}" is not updatable`, Code.InvalidArgument);
             }
             const next = field.read(input);
+            if (path !== "phone_number") rejectBlank(`customer.${path}`, next as string | StoredAddress | null);
             if (!field.equal(next as never, current[field.column] as never)) {
               Object.assign(change, { [field.column]: next });
               changed.push(path);

@@ -1,7 +1,7 @@
 import { timingSafeEqual } from "node:crypto";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { eq } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { clients } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { hashToken, signAccessToken } from "../tokens.js";
@@ -11,9 +11,15 @@ const NO_SECRET = hashToken("no such client");
 
 /** AuthenticateClient: client credentials grant for services. */
 export function authenticateClient(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "authenticateClient"> {
+  // Built once: the SQL text is not rebuilt per call, and PostgreSQL parses and plans it once per connection.
+  const byId = deps.db
+    .select()
+    .from(clients)
+    .where(eq(clients.clientId, sql.placeholder("clientId")))
+    .prepare("authenticate_client");
   return {
     async authenticateClient(req) {
-      const [client] = await deps.db.select().from(clients).where(eq(clients.clientId, req.clientId));
+      const [client] = await byId.execute({ clientId: req.clientId });
       const presented = hashToken(req.clientSecret);
       const matches = timingSafeEqual(presented, client?.secretHash ?? NO_SECRET);
       if (!client || !matches || client.disabledAt) {

@@ -1,0 +1,361 @@
+/**
+ * What the load agent can run: one operation per scenario, issued by each of
+ * `concurrency` virtual users in a closed loop. Services are called with the
+ * generated clients; baselines go straight to postgres.js, argon2 and
+ * JetStream, issuing the same statements / verifications / publishes.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import type { DescService } from "@bufbuild/protobuf";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
+import { connect, headers, nanos } from "@nats-io/transport-node";
+import argon2 from "argon2";
+import { importJWK, type JWK, SignJWT } from "jose";
+import postgres from "postgres";
+
+/** A key the identity service signs with, for minting customer tokens without a sign-in each. */
+export interface SignerSpec {
+  privateJwk: JWK;
+  kid: string;
+  alg: string;
+  issuer: string;
+  audiences: string[];
+  clientId: string;
+  scope: string;
+}
+
+export type ScenarioSpec =
+  | { kind: "get-grpc"; url: string; token: string; ids: string[]; connections: number }
+  | { kind: "get-connect-json-http1"; url: string; token: string; ids: string[] }
+  | { kind: "pg-select"; dbUrl: string; ids: string[]; poolMax: number }
+  | { kind: "update-grpc"; url: string; token: string; ids: string[]; connections: number }
+  | { kind: "pg-update"; dbUrl: string; ids: string[]; poolMax: number; subjectPrefix: string }
+  | { kind: "register-grpc"; url: string; signer: SignerSpec; connections: number; tokens: number }
+  | { kind: "pg-register"; dbUrl: string; poolMax: number; subjectPrefix: string }
+  | {
+      kind: "authenticate-grpc";
+      url: string;
+      accounts: Array<{ email: string; password: string }>;
+      connections: number;
+    }
+  | { kind: "argon2-verify"; accounts: Array<{ hash: string; password: string }> }
+  | { kind: "refresh-grpc"; url: string; refreshTokens: string[]; connections: number }
+  | {
+      kind: "client-credentials-grpc";
+      url: string;
+      clientId: string;
+      clientSecret: string;
+      scope: string;
+      connections: number;
+    }
+  | { kind: "js-publish"; natsUrl: string; stream: string; subjectPrefix: string; payloadBytes: number };
+
+export interface Scenario {
+  /** One operation by virtual user `vu`, its `i`-th; throws on any failure. */
+  op(vu: number, i: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Builds the scenario a spec describes (connections opened, tokens minted). */
+export async function createScenario(spec: ScenarioSpec, concurrency: number): Promise<Scenario> {
+  const ownRow = <T>(items: readonly T[], vu: number, i: number) => rowOf(items, concurrency, vu, i);
+  switch (spec.kind) {
+    case "get-grpc":
+    case "get-connect-json-http1": {
+      const pool =
+        spec.kind === "get-grpc"
+          ? grpcClients(CustomerService, spec.url, spec.connections)
+          : http1Clients(CustomerService, spec.url);
+      const opts = { headers: { authorization: `Bearer ${spec.token}` } };
+      const ids = spec.ids;
+      return {
+        async op(vu, i) {
+          const customerId = pick(ids, vu, i);
+          const res = await pool.client(vu).getCustomer({ customerId }, opts);
+          if (res.customer?.customerId !== customerId) throw new Error("wrong customer");
+        },
+        close: pool.close,
+      };
+    }
+    case "pg-select": {
+      const sql = pg(spec.dbUrl, spec.poolMax);
+      const ids = spec.ids;
+      return {
+        async op(vu, i) {
+          const customerId = pick(ids, vu, i);
+          const rows = await sql`select customer_id, email, given_name, family_name, phone_number, address, version,
+            create_time, update_time from customers where customer_id = ${customerId}`;
+          if (rows.length !== 1) throw new Error("wrong row count");
+        },
+        close: () => sql.end({ timeout: 5 }),
+      };
+    }
+    case "update-grpc": {
+      const pool = grpcClients(CustomerService, spec.url, spec.connections);
+      const opts = { headers: { authorization: `Bearer ${spec.token}` } };
+      const run = randomBytes(3).toString("hex");
+      return {
+        async op(vu, i) {
+          const customerId = ownRow(spec.ids, vu, i);
+          await pool
+            .client(vu)
+            .updateCustomer(
+              { customer: { customerId, givenName: `Ada ${run} ${vu}.${i}` }, updateMask: { paths: ["given_name"] } },
+              opts,
+            );
+        },
+        close: pool.close,
+      };
+    }
+    case "pg-update": {
+      // The statements UpdateCustomer issues: row lock, update, outbox insert + NOTIFY, in one transaction.
+      const sql = pg(spec.dbUrl, spec.poolMax);
+      const payload = randomBytes(240);
+      const run = randomBytes(3).toString("hex");
+      return {
+        async op(vu, i) {
+          const customerId = ownRow(spec.ids, vu, i);
+          await sql.begin(async (tx) => {
+            const [row] = await tx`select customer_id, email, given_name, family_name, phone_number, address, version,
+              create_time, update_time from customers where customer_id = ${customerId} for update`;
+            if (!row) throw new Error("no row");
+            await tx`update customers set given_name = ${`Ada ${run} ${vu}.${i}`}, version = ${Number(row.version) + 1},
+              update_time = ${new Date()} where customer_id = ${customerId} returning *`;
+            await outboxInsert(
+              tx,
+              "customer.v1.CustomerUpdated",
+              `${spec.subjectPrefix}.updated.${customerId}`,
+              customerId,
+              payload,
+            );
+          });
+        },
+        close: () => sql.end({ timeout: 5 }),
+      };
+    }
+    case "register-grpc": {
+      const pool = grpcClients(CustomerService, spec.url, spec.connections);
+      const mint = await tokenMinter(spec.signer);
+      // Tokens are minted before the clock starts, so the client's signing is not in the measurement.
+      const ready: Array<{ sub: string; token: string }> = [];
+      for (let n = 0; n < spec.tokens; n++) ready.push(await mint());
+      return {
+        async op(vu) {
+          const { sub, token } = ready.pop() ?? (await mint());
+          await pool
+            .client(vu)
+            .registerCustomer(
+              { ...profile(sub), phoneNumber: "+4915112345678", address: ADDRESS },
+              { headers: { authorization: `Bearer ${token}` } },
+            );
+        },
+        close: pool.close,
+      };
+    }
+    case "pg-register": {
+      // The statements RegisterCustomer issues: insert, outbox insert + NOTIFY, in one transaction.
+      const sql = pg(spec.dbUrl, spec.poolMax);
+      const payload = randomBytes(260);
+      return {
+        async op() {
+          const id = randomUUID();
+          const p = profile(id);
+          const now = new Date();
+          await sql.begin(async (tx) => {
+            await tx`insert into customers (customer_id, email, given_name, family_name, phone_number, address, version,
+              create_time, update_time) values (${id}, ${p.email}, ${p.givenName}, ${p.familyName}, ${"+4915112345678"},
+              ${tx.json(ADDRESS)}, 1, ${now}, ${now})`;
+            await outboxInsert(
+              tx,
+              "customer.v1.CustomerRegistered",
+              `${spec.subjectPrefix}.registered.${id}`,
+              id,
+              payload,
+            );
+          });
+        },
+        close: () => sql.end({ timeout: 5 }),
+      };
+    }
+    case "authenticate-grpc": {
+      const pool = grpcClients(AuthService, spec.url, spec.connections);
+      return {
+        async op(vu, i) {
+          // One account per virtual user at a time, so the login throttle never sees parallel attempts.
+          const account = ownRow(spec.accounts, vu, i);
+          const res = await pool.client(vu).authenticateCustomer(account);
+          if (!res.tokens?.accessToken) throw new Error("no token");
+        },
+        close: pool.close,
+      };
+    }
+    case "argon2-verify": {
+      return {
+        async op(vu, i) {
+          const account = ownRow(spec.accounts, vu, i);
+          if (!(await argon2.verify(account.hash, account.password.normalize("NFKC")))) throw new Error("mismatch");
+        },
+        close: async () => {},
+      };
+    }
+    case "refresh-grpc": {
+      const pool = grpcClients(AuthService, spec.url, spec.connections);
+      // Each virtual user rotates its own chain: the next call presents the token the last one returned,
+      // also in the next run (a rotated token presented again would revoke its family, as it should).
+      const key = spec.refreshTokens.join(",");
+      const chains = refreshChains.get(key) ?? [...spec.refreshTokens];
+      refreshChains.set(key, chains);
+      return {
+        async op(vu) {
+          const k = vu % chains.length;
+          const res = await pool.client(vu).refreshToken({ refreshToken: chains[k] as string });
+          if (!res.tokens?.refreshToken) throw new Error("no refresh token");
+          chains[k] = res.tokens.refreshToken;
+        },
+        close: pool.close,
+      };
+    }
+    case "client-credentials-grpc": {
+      const pool = grpcClients(AuthService, spec.url, spec.connections);
+      const req = { clientId: spec.clientId, clientSecret: spec.clientSecret, scope: spec.scope };
+      return {
+        async op(vu) {
+          const res = await pool.client(vu).authenticateClient(req);
+          if (!res.tokens?.accessToken) throw new Error("no token");
+        },
+        close: pool.close,
+      };
+    }
+    case "js-publish": {
+      // What the relay does per event: one publish with the CloudEvents headers, waiting for its ack.
+      const nc = await connect({ servers: spec.natsUrl, name: "bench raw publish" });
+      const jsm = await jetstreamManager(nc);
+      await jsm.streams.add({
+        name: spec.stream,
+        subjects: [`${spec.subjectPrefix}.>`],
+        storage: StorageType.File,
+        duplicate_window: nanos(120_000),
+      });
+      const js = jetstream(nc, { timeout: 5000 });
+      const payload = randomBytes(spec.payloadBytes);
+      return {
+        async op() {
+          const eventId = randomUUID();
+          const h = headers();
+          h.set("ce-specversion", "1.0");
+          h.set("ce-id", eventId);
+          h.set("ce-type", "customer.v1.CustomerUpdated");
+          h.set("ce-source", "bench");
+          h.set("ce-time", new Date().toISOString());
+          h.set("ce-subject", eventId);
+          h.set("ce-datacontenttype", "application/protobuf");
+          h.set("content-type", "application/protobuf");
+          await js.publish(`${spec.subjectPrefix}.updated.${eventId}`, payload, {
+            msgID: eventId,
+            headers: h,
+            timeout: 5000,
+          });
+        },
+        close: async () => {
+          await jsm.streams.delete(spec.stream).catch(() => false);
+          await nc.close();
+        },
+      };
+    }
+  }
+}
+
+/** Refresh-token chains by their first tokens, carried from one run to the next. */
+const refreshChains = new Map<string, string[]>();
+
+const ADDRESS = {
+  addressLines: ["Unter den Linden 1"],
+  locality: "Berlin",
+  region: "BE",
+  postalCode: "10117",
+  countryCode: "DE",
+};
+
+function profile(id: string) {
+  return { email: `${id}@bench.example.com`, givenName: "Ada", familyName: "Lovelace" };
+}
+
+/** Spreads reads over all rows. */
+function pick<T>(items: readonly T[], vu: number, i: number): T {
+  return items[(vu * 7919 + i * 31) % items.length] as T;
+}
+
+/**
+ * A row only virtual user vu touches (rows vu, vu + n, vu + 2n, … for n
+ * users), so writers never wait on each other's row locks and one login never
+ * sees parallel attempts.
+ */
+function rowOf<T>(items: readonly T[], users: number, vu: number, i: number): T {
+  if (items.length < users) throw new Error(`need at least ${users} rows, have ${items.length}`);
+  const perUser = Math.floor(items.length / users);
+  return items[vu + users * (i % perUser)] as T;
+}
+
+function pg(url: string, max: number) {
+  return postgres(url, { max, onnotice: () => {}, idle_timeout: 60 });
+}
+
+async function outboxInsert(
+  tx: postgres.TransactionSql,
+  type: string,
+  subject: string,
+  ceSubject: string,
+  payload: Buffer,
+) {
+  await tx`with e as (insert into outbox (event_id, subject, type, source, ce_subject, payload, occur_time)
+    values (${randomUUID()}, ${subject}, ${type}, ${"bench"}, ${ceSubject}, ${payload},
+    ${new Date()})) select pg_notify(${"bench_outbox"}, '')`;
+}
+
+interface ClientPool<S extends DescService> {
+  client(vu: number): Client<S>;
+  close(): Promise<void>;
+}
+
+/** `connections` HTTP/2 connections, virtual users spread over them as concurrent streams. */
+function grpcClients<S extends DescService>(service: S, baseUrl: string, connections: number): ClientPool<S> {
+  const managers = Array.from({ length: connections }, () => new Http2SessionManager(baseUrl));
+  const clients = managers.map((sessionManager) =>
+    createClient(service, createGrpcTransport({ baseUrl, sessionManager }) as Transport),
+  );
+  return {
+    client: (vu) => clients[vu % clients.length] as Client<S>,
+    async close() {
+      for (const m of managers) m.abort();
+    },
+  };
+}
+
+/** Connect protocol, JSON, HTTP/1.1 keep-alive (one connection per concurrent call). */
+function http1Clients<S extends DescService>(service: S, baseUrl: string): ClientPool<S> {
+  const client = createClient(service, createConnectTransport({ baseUrl, httpVersion: "1.1" }));
+  return { client: () => client, close: async () => {} };
+}
+
+/** Mints access tokens for fresh customer ids, shaped exactly as the identity service issues them. */
+async function tokenMinter(s: SignerSpec): Promise<() => Promise<{ sub: string; token: string }>> {
+  const key = await importJWK(s.privateJwk, s.alg);
+  const audience = [...new Set([...s.audiences, s.issuer])];
+  return async () => {
+    const sub = randomUUID();
+    const now = Math.floor(Date.now() / 1000);
+    const token = await new SignJWT({ client_id: s.clientId, scope: s.scope })
+      .setProtectedHeader({ alg: s.alg, typ: "at+jwt", kid: s.kid })
+      .setIssuer(s.issuer)
+      .setAudience(audience)
+      .setSubject(sub)
+      .setIssuedAt(now)
+      .setExpirationTime(now + 900)
+      .setJti(randomUUID())
+      .sign(key);
+    return { sub, token };
+  };
+}

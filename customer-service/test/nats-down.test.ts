@@ -1,0 +1,252 @@
+/**
+ * NATS going away never fails a command and never loses an event: the
+ * customer service runs on a private nats-server that the test kills; the
+ * commands made meanwhile succeed at once, their events wait in the outbox,
+ * and once NATS is back every event reaches the stream exactly once, in
+ * version order per customer.
+ */
+import { randomUUID } from "node:crypto";
+import { fromBinary } from "@bufbuild/protobuf";
+import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
+import { type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bearer, type Clients, createClients } from "../../test/support/clients.js";
+import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
+import { type PrivateNats, startPrivateNats } from "../../test/support/nats.js";
+import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
+
+let issuer: TestIssuer;
+let nats: PrivateNats;
+let svc: RunningCustomerService;
+let clients: Clients;
+let sql: postgres.Sql;
+
+beforeAll(async () => {
+  issuer = await startTestIssuer();
+  nats = await startPrivateNats();
+  svc = await startCustomerService(
+    { IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl },
+    { natsUrl: nats.url },
+  );
+  clients = createClients(svc.url);
+  sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
+  // The relay creates the stream once it leads; wait for it so each test can count messages.
+  const deadline = Date.now() + 10_000;
+  while (
+    !(await streamMessages().then(
+      () => true,
+      () => false,
+    ))
+  ) {
+    if (Date.now() > deadline) throw new Error(`stream ${svc.streams.stream} was not created`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+});
+
+afterAll(async () => {
+  clients?.close();
+  await sql?.end();
+  await svc?.close();
+  await nats?.stop();
+  await issuer?.close();
+});
+
+const client = () => clients.client(CustomerService, "grpc");
+
+interface Event {
+  eventId: string;
+  customerId: string;
+  version: bigint;
+  type: string;
+}
+
+/** Every message in the stream, read from the start by an ordered consumer, on a connection of its own. */
+async function readStream(expected: number): Promise<Event[]> {
+  const nc = await connect({ servers: nats.url });
+  try {
+    const consumer = await jetstream(nc).consumers.get(svc.streams.stream);
+    const events: Event[] = [];
+    for (;;) {
+      const msg: JsMsg | null = await consumer.next({ expires: events.length < expected ? 5_000 : 1_000 });
+      if (!msg) break;
+      const type = msg.headers?.get("ce-type") ?? "";
+      const event =
+        type === CustomerRegisteredSchema.typeName
+          ? fromBinary(CustomerRegisteredSchema, msg.data)
+          : fromBinary(CustomerUpdatedSchema, msg.data);
+      events.push({
+        eventId: event.eventId,
+        customerId: event.customer?.customerId ?? "",
+        version: event.customer?.version ?? 0n,
+        type,
+      });
+      expect(msg.headers?.get("Nats-Msg-Id")).toBe(event.eventId);
+    }
+    return events;
+  } finally {
+    await nc.close();
+  }
+}
+
+async function streamMessages(): Promise<number> {
+  const nc = await connect({ servers: nats.url });
+  try {
+    return (await (await jetstreamManager(nc)).streams.info(svc.streams.stream)).state.messages;
+  } finally {
+    await nc.close();
+  }
+}
+
+/** Runs call and checks it did not wait for NATS (a publish would wait up to 5 s for its ack). */
+async function quickly<T>(call: Promise<T>): Promise<T> {
+  const start = performance.now();
+  const res = await call;
+  expect(performance.now() - start).toBeLessThan(2_000);
+  return res;
+}
+
+describe("with NATS down", () => {
+  it("commands succeed, and every event arrives once NATS is back, in order, none twice", async () => {
+    // Before the outage: one customer, its event relayed (the stream exists now).
+    const early = { id: randomUUID(), token: "" };
+    early.token = await issuer.customer(early.id);
+    await client().registerCustomer(
+      { email: `early.${early.id.slice(0, 8)}@example.com`, givenName: "Early", familyName: "Bird" },
+      bearer(early.token),
+    );
+    await svc.server.relay.waitIdle();
+    expect(await streamMessages()).toBe(1);
+
+    await nats.kill();
+    expect(nats.running).toBe(false);
+
+    // During the outage: two new customers, updates interleaved with the early one's.
+    const customers = [early];
+    for (const name of ["Grace", "Hedy"]) {
+      const id = randomUUID();
+      const token = await issuer.customer(id);
+      const res = await quickly(
+        client().registerCustomer(
+          { email: `${name.toLowerCase()}.${id.slice(0, 8)}@example.com`, givenName: name, familyName: "Down" },
+          bearer(token),
+        ),
+      );
+      expect(res.customer?.version).toBe(1n);
+      customers.push({ id, token });
+    }
+    const updatesEach = 3;
+    for (let i = 0; i < updatesEach; i++) {
+      for (const c of customers) {
+        const res = await quickly(
+          client().updateCustomer(
+            { customer: { customerId: c.id, familyName: `Outage ${i}` }, updateMask: { paths: ["family_name"] } },
+            bearer(c.token),
+          ),
+        );
+        expect(res.customer?.familyName).toBe(`Outage ${i}`);
+      }
+    }
+    // Reads and readiness do not depend on NATS either.
+    const got = await quickly(client().getCustomer({ customerId: early.id }, bearer(early.token)));
+    expect(got.customer?.version).toBe(BigInt(1 + updatesEach));
+    expect((await fetch(`${svc.url}/readyz`)).status).toBe(200);
+
+    // Held in the outbox: 2 registrations + 3 × 3 updates.
+    const heldCount = 2 + customers.length * updatesEach;
+    const [{ n: held }] = await sql<[{ n: number }]>`select count(*)::int as n from outbox where published_at is null`;
+    expect(held).toBe(heldCount);
+    expect(svc.server.relay.natsConnected).toBe(false);
+
+    await nats.start();
+    await svc.server.relay.waitIdle(20_000);
+
+    const total = 1 + heldCount;
+    const events = await readStream(total);
+    expect(events).toHaveLength(total);
+    expect(await streamMessages()).toBe(total);
+    // None twice.
+    expect(new Set(events.map((e) => e.eventId)).size).toBe(total);
+    // Exactly the events the outbox recorded.
+    const rows = await sql<{ event_id: string }[]>`select event_id::text as event_id from outbox order by id`;
+    expect(events.map((e) => e.eventId)).toEqual(rows.map((r) => r.event_id));
+    // Per customer: version 1 (registered), then 2, 3, 4 (updated), in stream order.
+    for (const c of customers) {
+      const mine = events.filter((e) => e.customerId === c.id);
+      expect(mine.map((e) => e.version)).toEqual([1n, 2n, 3n, 4n]);
+      expect(mine.map((e) => e.type)).toEqual([
+        "customer.v1.CustomerRegistered",
+        "customer.v1.CustomerUpdated",
+        "customer.v1.CustomerUpdated",
+        "customer.v1.CustomerUpdated",
+      ]);
+    }
+    expect(svc.server.relay.natsConnected).toBe(true);
+  });
+
+  it("keeps relaying after a second outage", async () => {
+    const id = randomUUID();
+    const token = await issuer.customer(id);
+    const before = await streamMessages();
+    await nats.kill();
+    await quickly(
+      client().registerCustomer(
+        { email: `again.${id.slice(0, 8)}@example.com`, givenName: "Again", familyName: "Down" },
+        bearer(token),
+      ),
+    );
+    await nats.start();
+    await svc.server.relay.waitIdle(20_000);
+    expect(await streamMessages()).toBe(before + 1);
+  });
+  it("repeats nothing when NATS dies in the middle of relaying a backlog", async () => {
+    const before = await streamMessages();
+    await nats.kill();
+    // A backlog of 40 customers × (1 registration + 4 updates), made while NATS is down.
+    const made = await Promise.all(
+      Array.from({ length: 40 }, async () => {
+        const id = randomUUID();
+        const token = await issuer.customer(id);
+        await client().registerCustomer(
+          { email: `backlog.${id.slice(0, 8)}@example.com`, givenName: "Backlog", familyName: "0" },
+          bearer(token),
+        );
+        for (let v = 1; v <= 4; v++) {
+          await client().updateCustomer(
+            { customer: { customerId: id, familyName: String(v) }, updateMask: { paths: ["family_name"] } },
+            bearer(token),
+          );
+        }
+        return id;
+      }),
+    );
+    const backlog = made.length * 5;
+    await nats.start();
+    // Kill again as soon as the relay has published part of the backlog.
+    const probe = await connect({ servers: nats.url, reconnect: false });
+    const jsm = await jetstreamManager(probe);
+    let seen = before;
+    const deadline = Date.now() + 15_000;
+    while (seen === before && Date.now() < deadline) {
+      seen = (await jsm.streams.info(svc.streams.stream)).state.messages;
+    }
+    await probe.close();
+    await nats.kill();
+    // Killed mid-relay: some of the backlog is in the stream, not all of it.
+    expect(seen).toBeGreaterThan(before);
+    expect(seen).toBeLessThan(before + backlog);
+    await nats.start();
+    // A publish cut off by the kill waits out its ack timeout (5 s) before the retry.
+    await svc.server.relay.waitIdle(20_000);
+
+    const events = (await readStream(before + backlog)).slice(before);
+    expect(events).toHaveLength(backlog);
+    expect(new Set(events.map((e) => e.eventId)).size).toBe(backlog);
+    expect(await streamMessages()).toBe(before + backlog);
+    for (const id of made) {
+      expect(events.filter((e) => e.customerId === id).map((e) => e.version)).toEqual([1n, 2n, 3n, 4n, 5n]);
+    }
+  });
+});
