@@ -1,0 +1,208 @@
+/**
+ * The integration samples docs/integrate.md shows, run against the real
+ * services: GetCustomer over Connect and gRPC with a client-credentials
+ * token, offline token verification, and both ways of consuming events.
+ */
+import { randomUUID } from "node:crypto";
+import { Code } from "@connectrpc/connect";
+import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli } from "../../identity-service/src/cli.js";
+import { bearer, type Clients, createClients } from "../../test/support/clients.js";
+import { freePort } from "../../test/support/nats.js";
+import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
+import {
+  type RunningCustomerService,
+  type RunningIdentityService,
+  startCustomerService,
+  startIdentityService,
+} from "../../test/support/services.js";
+import { consumeCustomersPlain, consumeSignIns } from "./consume-events.js";
+import { connectCustomerClient, createTokenSource, findCustomer, grpcCustomerClient } from "./customer-client.js";
+import { bearerToken, createAccessTokenVerifier } from "./verify-token.js";
+
+const PASSWORD = "correct horse battery staple";
+let issuer: string;
+let identity: RunningIdentityService;
+let customer: RunningCustomerService;
+let idClients: Clients;
+let custClients: Clients;
+let nc: NatsConnection;
+let js: JetStreamClient;
+
+beforeAll(async () => {
+  issuer = `http://127.0.0.1:${await freePort()}`;
+  identity = await startIdentityService({ IDENTITY_PORT: new URL(issuer).port, IDENTITY_ISSUER: issuer });
+  customer = await startCustomerService({ IDENTITY_ISSUER: issuer });
+  idClients = createClients(identity.url);
+  custClients = createClients(customer.url);
+  nc = await connect({ servers: customer.natsUrl });
+  js = jetstream(nc);
+});
+
+afterAll(async () => {
+  idClients?.close();
+  custClients?.close();
+  await nc?.close();
+  await customer?.close();
+  await identity?.close();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until(what: string, check: () => boolean | Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/** A service client created with the CLI, as an operator would. */
+async function serviceCredentials(scopes: string) {
+  const clientId = `orders-${randomUUID().slice(0, 8)}`;
+  const out: string[] = [];
+  expect(await runCli(["clients", "create", clientId, "--scopes", scopes], identity.env, (l) => out.push(l))).toBe(0);
+  const { client_secret } = JSON.parse(out[0] ?? "{}") as { client_secret: string };
+  return { identityUrl: identity.url, clientId, clientSecret: client_secret, scope: "" };
+}
+
+async function newCustomer() {
+  const email = `ada.${randomUUID().slice(0, 8)}@example.com`;
+  const { customerId, tokens } = await idClients.client(AuthService).createCredentials({ email, password: PASSWORD });
+  const token = tokens?.accessToken ?? "";
+  const { customer: profile } = await custClients
+    .client(CustomerService)
+    .registerCustomer({ email, givenName: "Ada", familyName: "Lovelace" }, bearer(token));
+  return { customerId, email, token, profile };
+}
+
+describe("calling GetCustomer from another service", () => {
+  it.each([
+    ["Connect", connectCustomerClient],
+    ["gRPC", grpcCustomerClient],
+  ])("works over %s with a cached client-credentials token", async (_name, make) => {
+    const c = await newCustomer();
+    const tokens = createTokenSource(await serviceCredentials("customer:read"));
+    const { client, close } = make(customer.url, tokens);
+    try {
+      expect(await findCustomer(client, c.customerId)).toEqual(c.profile);
+      expect(await findCustomer(client, randomUUID())).toBeUndefined();
+      expect(await tokens()).toBe(await tokens());
+    } finally {
+      close();
+    }
+  });
+
+  it("is denied with PERMISSION_DENIED without the customer:read scope", async () => {
+    const c = await newCustomer();
+    const { client, close } = connectCustomerClient(
+      customer.url,
+      createTokenSource(await serviceCredentials("customer:write")),
+    );
+    try {
+      await expect(findCustomer(client, c.customerId)).rejects.toMatchObject({ code: Code.PermissionDenied });
+    } finally {
+      close();
+    }
+  });
+});
+
+describe("verifying access tokens", () => {
+  it("accepts customer and service tokens and says who they are", async () => {
+    const verify = createAccessTokenVerifier({ issuer, audience: "customer-service" });
+    const c = await newCustomer();
+    expect(await verify(bearerToken(`Bearer ${c.token}`) ?? "")).toMatchObject({
+      subject: c.customerId,
+      clientId: "first-party",
+    });
+    const creds = await serviceCredentials("customer:read");
+    const service = await verify(await createTokenSource(creds)());
+    expect(service).toMatchObject({ subject: creds.clientId, clientId: creds.clientId, scopes: ["customer:read"] });
+    expect(service.expiresAt.getTime()).toBeGreaterThan(Date.now());
+  });
+
+  it("rejects another audience, another issuer and a tampered token", async () => {
+    const c = await newCustomer();
+    await expect(createAccessTokenVerifier({ issuer, audience: "billing" })(c.token)).rejects.toMatchObject({
+      code: "ERR_JWT_CLAIM_VALIDATION_FAILED",
+      claim: "aud",
+    });
+    await expect(
+      createAccessTokenVerifier({
+        issuer: "https://elsewhere.example",
+        audience: "customer-service",
+        jwksUrl: `${issuer}/.well-known/jwks.json`,
+      })(c.token),
+    ).rejects.toMatchObject({ code: "ERR_JWT_CLAIM_VALIDATION_FAILED", claim: "iss" });
+    const [h, p, s] = c.token.split(".");
+    const tampered = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p ?? "", "base64url").toString()), sub: randomUUID() })).toString("base64url")}.${s}`;
+    await expect(createAccessTokenVerifier({ issuer, audience: "customer-service" })(tampered)).rejects.toMatchObject({
+      code: "ERR_JWS_SIGNATURE_VERIFICATION_FAILED",
+    });
+    expect(bearerToken("Basic abc")).toBeUndefined();
+  });
+});
+
+describe("consuming events", () => {
+  let db: TestDatabase;
+  let sql: postgres.Sql;
+  beforeAll(async () => {
+    db = await createTestDatabase("integrate");
+    sql = postgres(db.url, { max: 2, onnotice: () => {} });
+  });
+  afterAll(async () => {
+    await sql?.end();
+    await db?.drop();
+  });
+
+  it("counts each sign-in once with runtime/events.ts, even when an event comes twice", async () => {
+    const c = await newCustomer();
+    const auth = idClients.client(AuthService);
+    await auth.authenticateCustomer({ email: c.email, password: PASSWORD });
+    await auth.authenticateCustomer({ email: c.email, password: PASSWORD });
+    await identity.server.relay.waitIdle();
+    // Repeat the last sign-in event under a new Nats-Msg-Id, as an outage longer than the duplicate window could.
+    const jsm = await js.jetstreamManager();
+    const subject = `${identity.streams.subjectPrefix}.customer.authenticated.${c.customerId}`;
+    const last = await jsm.streams.getMessage(identity.streams.stream, { last_by_subj: subject });
+    if (!last) throw new Error("no sign-in event");
+    const copy = headers();
+    for (const key of last.header.keys()) if (key !== "Nats-Msg-Id") copy.set(key, last.header.get(key));
+    const repeat = await js.publish(subject, last.data, { headers: copy, msgID: randomUUID() });
+    expect(repeat.duplicate).toBe(false);
+
+    const consumer = await consumeSignIns(sql, js, identity.streams.stream);
+    try {
+      await until("all three deliveries", async () => {
+        const info = await jsm.consumers.info(identity.streams.stream, "orders-sign-ins");
+        return info.delivered.stream_seq >= repeat.seq && info.num_ack_pending === 0;
+      });
+      const [row] = await sql<[{ count: number }]>`select count from sign_ins where customer_id = ${c.customerId}`;
+      expect(row?.count).toBe(2);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
+  it("decodes customer events with plain JetStream", async () => {
+    const seen: Array<[string, bigint]> = [];
+    const stop = await consumeCustomersPlain(
+      js,
+      async (id, version) => {
+        seen.push([id, version]);
+      },
+      customer.streams.stream,
+    );
+    try {
+      const c = await newCustomer();
+      await until("the registration", () => seen.some(([id]) => id === c.customerId));
+      expect(seen.find(([id]) => id === c.customerId)).toEqual([c.customerId, 1n]);
+    } finally {
+      await stop();
+    }
+  });
+});

@@ -1,0 +1,44 @@
+/**
+ * Runs the example read model until Ctrl-C:
+ *
+ *   READ_MODEL_DATABASE_URL=postgres://…/orders npx tsx examples/read-model/main.ts
+ *
+ * Environment: READ_MODEL_DATABASE_URL (required: the consumer's own
+ * database), NATS_URL (default nats://127.0.0.1:4222), CUSTOMER_STREAM
+ * (default CUSTOMER), READ_MODEL_CONSUMER (durable name, default
+ * customers-read-model).
+ */
+import { jetstream } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import postgres from "postgres";
+import { startReadModel } from "./read-model.js";
+
+const databaseUrl = process.env.READ_MODEL_DATABASE_URL;
+if (!databaseUrl) {
+  console.error("READ_MODEL_DATABASE_URL must name the read model's own PostgreSQL database");
+  process.exit(78);
+}
+const sql = postgres(databaseUrl, { max: 4, onnotice: () => {} });
+const nc = await connect({ servers: process.env.NATS_URL ?? "nats://127.0.0.1:4222", maxReconnectAttempts: -1 });
+const consumer = await startReadModel({
+  sql,
+  js: jetstream(nc),
+  stream: process.env.CUSTOMER_STREAM ?? "CUSTOMER",
+  consumer: process.env.READ_MODEL_CONSUMER ?? "customers-read-model",
+  onApplied: (e) => console.log(JSON.stringify({ ...e, version: e.version.toString() })),
+  onError: (err, msg) => console.error(`event on ${msg?.subject ?? "(pull)"} not handled:`, err),
+});
+console.error("read model running; Ctrl-C stops it");
+
+const shutdown = async () => {
+  await consumer.stop();
+  await nc.close();
+  await sql.end();
+};
+process.once("SIGINT", () => void shutdown());
+process.once("SIGTERM", () => void shutdown());
+consumer.done.catch(async (err: unknown) => {
+  console.error("read model stopped:", err);
+  await shutdown();
+  process.exitCode = 1;
+});

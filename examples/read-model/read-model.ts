@@ -1,0 +1,134 @@
+/**
+ * An example read model: a local `customers_read_model` table, in the
+ * consumer's own database, kept up to date from CustomerRegistered and
+ * CustomerUpdated with a durable JetStream consumer. Built only on the
+ * generated code, runtime/events.ts and postgres.js, as another team would.
+ *
+ * Both events carry the full profile with its version, so applying one is a
+ * single upsert that wins only with a greater version: a redelivery, a
+ * duplicate or an older event arriving late changes nothing, and the table
+ * converges to the customer service's state.
+ */
+import { create, fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Customer, CustomerSchema, PostalAddressSchema } from "@customer-platform/gen/customer/v1/customer_pb.js";
+import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
+import type postgres from "postgres";
+import { consumeEvents, type EventConsumer, type EventMeta } from "../../runtime/events.js";
+
+/** The table, created if missing. */
+export async function migrateReadModel(sql: postgres.Sql): Promise<void> {
+  // No unique email: an email moves between customers over time, and events
+  // of different customers are not ordered relative to each other.
+  await sql`
+    create table if not exists customers_read_model (
+      customer_id uuid primary key,
+      email text not null,
+      given_name text not null,
+      family_name text not null,
+      phone_number text,
+      address jsonb,
+      version bigint not null,
+      create_time timestamptz,
+      update_time timestamptz,
+      last_event_id uuid not null
+    )`;
+}
+
+/** What applying one event did, for logs, metrics and tests. */
+export interface AppliedEvent {
+  eventId: string;
+  customerId: string;
+  version: bigint;
+  /** False when the table already held this version or a later one. */
+  applied: boolean;
+}
+
+/**
+ * Writes customer if its version is greater than the stored one. Returns
+ * whether the row changed. Idempotent by construction.
+ */
+export async function applyCustomer(sql: postgres.Sql, customer: Customer, eventId: string): Promise<boolean> {
+  const c = customer;
+  const address = c.address ? sql.json(toJson(PostalAddressSchema, c.address) as postgres.JSONValue) : null;
+  const rows = await sql`
+    insert into customers_read_model as r
+      (customer_id, email, given_name, family_name, phone_number, address, version, create_time, update_time, last_event_id)
+    values (${c.customerId}, ${c.email}, ${c.givenName}, ${c.familyName}, ${c.phoneNumber ?? null}, ${address},
+      ${c.version.toString()}, ${c.createTime ? timestampDate(c.createTime) : null},
+      ${c.updateTime ? timestampDate(c.updateTime) : null}, ${eventId})
+    on conflict (customer_id) do update set
+      email = excluded.email, given_name = excluded.given_name, family_name = excluded.family_name,
+      phone_number = excluded.phone_number, address = excluded.address, version = excluded.version,
+      create_time = excluded.create_time, update_time = excluded.update_time, last_event_id = excluded.last_event_id
+    where r.version < excluded.version
+    returning 1`;
+  return rows.length > 0;
+}
+
+interface Row {
+  customer_id: string;
+  email: string;
+  given_name: string;
+  family_name: string;
+  phone_number: string | null;
+  address: JsonValue | null;
+  version: string;
+  create_time: Date | null;
+  update_time: Date | null;
+}
+
+/** A customer as the read model holds it, in the shape GetCustomer answers; undefined if unknown. */
+export async function readCustomer(sql: postgres.Sql, customerId: string): Promise<Customer | undefined> {
+  const [row] = await sql<Row[]>`
+    select customer_id, email, given_name, family_name, phone_number, address, version::text as version,
+      create_time, update_time
+    from customers_read_model where customer_id = ${customerId}`;
+  if (!row) return undefined;
+  return create(CustomerSchema, {
+    customerId: row.customer_id,
+    email: row.email,
+    givenName: row.given_name,
+    familyName: row.family_name,
+    ...(row.phone_number === null ? {} : { phoneNumber: row.phone_number }),
+    ...(row.address === null ? {} : { address: fromJson(PostalAddressSchema, row.address) }),
+    version: BigInt(row.version),
+    ...(row.create_time ? { createTime: timestampFromDate(row.create_time) } : {}),
+    ...(row.update_time ? { updateTime: timestampFromDate(row.update_time) } : {}),
+  });
+}
+
+export interface ReadModelOptions {
+  sql: postgres.Sql;
+  js: JetStreamClient;
+  /** Default `CUSTOMER`. */
+  stream?: string;
+  /** Durable consumer name; default `customers-read-model`. */
+  consumer?: string;
+  /** Default: the whole stream. */
+  subjects?: string[];
+  onApplied?: (event: AppliedEvent) => void;
+  onError?: (err: unknown, msg: JsMsg | undefined) => void;
+}
+
+/** Creates the table and starts consuming; stop() the returned consumer to end. */
+export async function startReadModel(opts: ReadModelOptions): Promise<EventConsumer> {
+  const { sql } = opts;
+  await migrateReadModel(sql);
+  const apply = async (customer: Customer | undefined, meta: EventMeta) => {
+    if (!customer) throw new Error(`event ${meta.id} carries no customer`);
+    const applied = await applyCustomer(sql, customer, meta.id);
+    opts.onApplied?.({ eventId: meta.id, customerId: customer.customerId, version: customer.version, applied });
+  };
+  return consumeEvents({
+    js: opts.js,
+    stream: opts.stream ?? "CUSTOMER",
+    consumer: opts.consumer ?? "customers-read-model",
+    ...(opts.subjects ? { subjects: opts.subjects } : {}),
+    ...(opts.onError ? { onError: opts.onError } : {}),
+    handlers: {
+      "customer.v1.CustomerRegistered": (event, meta) => apply(event.customer, meta),
+      "customer.v1.CustomerUpdated": (event, meta) => apply(event.customer, meta),
+    },
+  });
+}

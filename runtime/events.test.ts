@@ -1,0 +1,267 @@
+/**
+ * consumeEvents against the real JetStream: typed dispatch by ce-type, ack
+ * only after the handler, redelivery after a failure, and a stop that hands
+ * the unprocessed rest back so a restart continues without gaps or repeats.
+ */
+import { randomUUID } from "node:crypto";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
+import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
+import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { sharedNatsUrl, uniqueStreamNames } from "../test/support/nats.js";
+import { consumeEvents, decodeEvent, type EventMeta } from "./events.js";
+
+const { stream, subjectPrefix } = uniqueStreamNames("customer");
+let nc: NatsConnection;
+let js: JetStreamClient;
+let jsm: JetStreamManager;
+
+beforeAll(async () => {
+  nc = await connect({ servers: sharedNatsUrl });
+  js = jetstream(nc);
+  jsm = await jetstreamManager(nc);
+  await jsm.streams.add({ name: stream, subjects: [`${subjectPrefix}.>`] });
+});
+
+afterAll(async () => {
+  await jsm?.streams.delete(stream).catch(() => false);
+  await nc?.close();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** Publishes an event the way the outbox relay does; returns its event id. */
+async function publishRegistered(topic: string, customerId: string, version = 1n): Promise<string> {
+  const eventId = randomUUID();
+  const schema = version === 1n ? CustomerRegisteredSchema : CustomerUpdatedSchema;
+  const event = create(schema, {
+    eventId,
+    occurTime: timestampNow(),
+    customer: { customerId, email: `${customerId}@example.com`, givenName: "Ada", familyName: "Lovelace", version },
+  });
+  await publishRaw(
+    `${subjectPrefix}.${topic}.${customerId}`,
+    schema.typeName,
+    toBinary(schema, event),
+    eventId,
+    customerId,
+  );
+  return eventId;
+}
+
+async function publishRaw(subject: string, type: string, payload: Uint8Array, eventId: string, customerId: string) {
+  const h = headers();
+  h.set("ce-specversion", "1.0");
+  h.set("ce-id", eventId);
+  h.set("ce-type", type);
+  h.set("ce-source", "customer-service");
+  h.set("ce-time", new Date().toISOString());
+  h.set("ce-subject", customerId);
+  h.set("content-type", "application/protobuf");
+  await js.publish(subject, payload, { msgID: eventId, headers: h });
+}
+
+const durable = () => `c_${randomUUID().slice(0, 8)}`;
+
+describe("consumeEvents", () => {
+  it("decodes by ce-type into the generated message and acks after the handler", async () => {
+    const name = durable();
+    const topic = `t1${randomUUID().slice(0, 6)}`;
+    const id = randomUUID();
+    const registeredId = await publishRegistered(`${topic}.registered`, id);
+    const updatedId = await publishRegistered(`${topic}.updated`, id, 2n);
+    const seen: Array<{ kind: string; version: bigint | undefined; meta: EventMeta }> = [];
+    const consumer = await consumeEvents({
+      js,
+      stream,
+      consumer: name,
+      subjects: [`${subjectPrefix}.${topic}.>`],
+      handlers: {
+        "customer.v1.CustomerRegistered": async (e, meta) => {
+          seen.push({ kind: e.$typeName, version: e.customer?.version, meta });
+        },
+        "customer.v1.CustomerUpdated": async (e, meta) => {
+          seen.push({ kind: e.$typeName, version: e.customer?.version, meta });
+        },
+      },
+    });
+    try {
+      await until("two events", () => seen.length === 2);
+      expect(seen.map((s) => [s.kind, s.version, s.meta.id, s.meta.customerId, s.meta.deliveryCount])).toEqual([
+        ["customer.v1.CustomerRegistered", 1n, registeredId, id, 1],
+        ["customer.v1.CustomerUpdated", 2n, updatedId, id, 1],
+      ]);
+      expect(seen[0]?.meta).toMatchObject({ type: "customer.v1.CustomerRegistered", source: "customer-service" });
+      expect(seen[0]?.meta.time).toBeInstanceOf(Date);
+      await until("acks", async () => (await jsm.consumers.info(stream, name)).num_ack_pending === 0);
+      const info = await jsm.consumers.info(stream, name);
+      expect(info.num_pending).toBe(0);
+      expect(info.delivered.consumer_seq).toBe(2);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
+  it("redelivers an event whose handler failed, after the retry delay, and acks it once it succeeds", async () => {
+    const topic = `t2${randomUUID().slice(0, 6)}`;
+    const id = randomUUID();
+    await publishRegistered(`${topic}.registered`, id);
+    const attempts: number[] = [];
+    const errors: unknown[] = [];
+    const consumer = await consumeEvents({
+      js,
+      stream,
+      consumer: durable(),
+      subjects: [`${subjectPrefix}.${topic}.>`],
+      retryDelayMs: () => 200,
+      onError: (err) => errors.push(err),
+      handlers: {
+        "customer.v1.CustomerRegistered": async (_e, meta) => {
+          attempts.push(meta.deliveryCount);
+          if (attempts.length === 1) throw new Error("database down");
+        },
+      },
+    });
+    try {
+      await until("a second attempt", () => attempts.length === 2);
+      expect(attempts).toEqual([1, 2]);
+      expect(errors).toEqual([new Error("database down")]);
+      await sleep(500);
+      expect(attempts).toEqual([1, 2]);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
+  it("terminates an unknown ce-type, acks a type without handler, and keeps going", async () => {
+    const topic = `t3${randomUUID().slice(0, 6)}`;
+    const id = randomUUID();
+    await publishRaw(
+      `${subjectPrefix}.${topic}.x`,
+      "customer.v1.CustomerDeleted",
+      new Uint8Array([1]),
+      randomUUID(),
+      id,
+    );
+    await publishRegistered(`${topic}.updated`, id, 2n);
+    const garbled = randomUUID();
+    await publishRaw(
+      `${subjectPrefix}.${topic}.y`,
+      CustomerRegisteredSchema.typeName,
+      new Uint8Array([0xff]),
+      garbled,
+      id,
+    );
+    const lastId = await publishRegistered(`${topic}.registered`, randomUUID());
+    const seen: string[] = [];
+    const errors: string[] = [];
+    const name = durable();
+    const consumer = await consumeEvents({
+      js,
+      stream,
+      consumer: name,
+      subjects: [`${subjectPrefix}.${topic}.>`],
+      onError: (err, msg) => errors.push(`${msg?.subject.split(".").at(-1)}: ${(err as Error).message}`),
+      handlers: {
+        "customer.v1.CustomerRegistered": async (_e, meta) => {
+          seen.push(meta.id);
+        },
+      },
+    });
+    try {
+      await until("the last event", () => seen.length === 1);
+      expect(seen).toEqual([lastId]);
+      expect(errors).toHaveLength(2);
+      expect(errors[0]).toBe(`x: unknown ce-type "customer.v1.CustomerDeleted" on ${subjectPrefix}.${topic}.x`);
+      expect(errors[1]).toMatch(/^y: /);
+      await until("acks", async () => (await jsm.consumers.info(stream, name)).num_ack_pending === 0);
+      expect((await jsm.consumers.info(stream, name)).num_redelivered).toBe(0);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
+  it("finishes what was delivered on stop, so a restart continues in order with no gap and no repeat", async () => {
+    const topic = `t4${randomUUID().slice(0, 6)}`;
+    const published: string[] = [];
+    for (let i = 0; i < 150; i++) published.push(await publishRegistered(`${topic}.registered`, randomUUID()));
+    const name = durable();
+    const handled: string[] = [];
+    const start = () =>
+      consumeEvents({
+        js,
+        stream,
+        consumer: name,
+        subjects: [`${subjectPrefix}.${topic}.>`],
+        // A long ack_wait: events stuck with a stopped consumer would not come back in this test.
+        consumerConfig: { ack_wait: 120_000_000_000 },
+        handlers: {
+          "customer.v1.CustomerRegistered": async (_e, meta) => {
+            await sleep(2);
+            handled.push(meta.id);
+          },
+        },
+      });
+    const first = await start();
+    await until("some events", () => handled.length >= 30);
+    await first.stop();
+    const afterStop = handled.length;
+    expect(afterStop).toBeLessThan(150);
+    await sleep(100);
+    expect(handled.length).toBe(afterStop);
+    const second = await start();
+    try {
+      await until("all events", () => handled.length >= 150);
+      await sleep(200);
+      expect(handled).toEqual(published);
+    } finally {
+      await second.stop();
+    }
+  });
+
+  it("ends, rejecting done, when its durable consumer is deleted", async () => {
+    const name = durable();
+    const consumer = await consumeEvents({
+      js,
+      stream,
+      consumer: name,
+      subjects: [`${subjectPrefix}.t5.>`],
+      handlers: {},
+    });
+    await until("the consumer", () =>
+      jsm.consumers.info(stream, name).then(
+        () => true,
+        () => false,
+      ),
+    );
+    await jsm.consumers.delete(stream, name);
+    await expect(consumer.done).rejects.toMatchObject({ code: 10014 });
+    await consumer.stop();
+  });
+
+  it("decodeEvent returns the typed message, or undefined for a foreign type", () => {
+    const event = create(CustomerAuthenticatedSchema, {
+      eventId: randomUUID(),
+      customerId: randomUUID(),
+      method: AuthenticationMethod.PASSWORD,
+    });
+    const h = headers();
+    h.set("ce-type", "identity.v1.CustomerAuthenticated");
+    const decoded = decodeEvent({ headers: h, data: toBinary(CustomerAuthenticatedSchema, event) });
+    expect(decoded?.type).toBe("identity.v1.CustomerAuthenticated");
+    expect(decoded?.event).toEqual(event);
+    h.set("ce-type", "other.v1.Thing");
+    expect(decodeEvent({ headers: h, data: new Uint8Array() })).toBeUndefined();
+  });
+});

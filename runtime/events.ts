@@ -1,0 +1,273 @@
+/**
+ * A typed consumer for the platform's events, for services that build on
+ * them. Depends only on the generated code (`@customer-platform/gen`) and
+ * `@nats-io/jetstream`, so another repository can copy this file as is.
+ *
+ * Every event arrives as protobuf binary with CloudEvents binary-mode
+ * headers; `ce-type` names the message, so a handler receives the decoded,
+ * generated message:
+ *
+ * ```ts
+ * const consumer = await consumeEvents({
+ *   js: jetstream(nc),
+ *   stream: "CUSTOMER",
+ *   consumer: "orders-read-model", // durable: survives restarts
+ *   handlers: {
+ *     "customer.v1.CustomerRegistered": async (event, meta) => save(event.customer, meta.id),
+ *     "customer.v1.CustomerUpdated": async (event, meta) => save(event.customer, meta.id),
+ *   },
+ * });
+ * await consumer.stop();
+ * ```
+ *
+ * A message is acked only after its handler resolved (and the ack is
+ * confirmed by the server); a handler that throws gets the message redelivered
+ * after a growing delay. Delivery is therefore at least once, so handlers
+ * must be idempotent:
+ *
+ * - Customer events carry the full profile with its `version`: apply one
+ *   only if its version is greater than the stored one, in one statement
+ *   (`insert … on conflict (customer_id) do update … where stored.version <
+ *   excluded.version`). Repeats, redeliveries and even out-of-order delivery
+ *   then leave the same state.
+ * - Events without a version (`CustomerAuthenticated`): record `meta.id` (the
+ *   `event_id`) in a processed-events table in the same transaction as the
+ *   effect, and skip an id already there (`insert … on conflict do nothing`).
+ */
+import { fromBinary } from "@bufbuild/protobuf";
+import type { GenMessage } from "@bufbuild/protobuf/codegenv2";
+import {
+  type CustomerRegistered,
+  CustomerRegisteredSchema,
+  type CustomerUpdated,
+  CustomerUpdatedSchema,
+} from "@customer-platform/gen/customer/v1/events_pb.js";
+import {
+  type CustomerAuthenticated,
+  CustomerAuthenticatedSchema,
+} from "@customer-platform/gen/identity/v1/events_pb.js";
+import {
+  AckPolicy,
+  type ConsumerConfig,
+  DeliverPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  type JetStreamClient,
+  type JsMsg,
+} from "@nats-io/jetstream";
+
+/** Every event the platform publishes, by `ce-type`. */
+export interface PlatformEvents {
+  "customer.v1.CustomerRegistered": CustomerRegistered;
+  "customer.v1.CustomerUpdated": CustomerUpdated;
+  "identity.v1.CustomerAuthenticated": CustomerAuthenticated;
+}
+
+/** A `ce-type` the platform publishes. */
+export type EventType = keyof PlatformEvents;
+
+/** The generated schema of each event type. */
+export const eventSchemas: { readonly [T in EventType]: GenMessage<PlatformEvents[T]> } = {
+  "customer.v1.CustomerRegistered": CustomerRegisteredSchema,
+  "customer.v1.CustomerUpdated": CustomerUpdatedSchema,
+  "identity.v1.CustomerAuthenticated": CustomerAuthenticatedSchema,
+};
+
+/** True when type is one of the platform's event types. */
+export function isEventType(type: string | undefined): type is EventType {
+  return type !== undefined && Object.hasOwn(eventSchemas, type);
+}
+
+/** A decoded event: its type and the generated message. */
+export type DecodedEvent = { [T in EventType]: { type: T; event: PlatformEvents[T] } }[EventType];
+
+/**
+ * Decodes a message by its `ce-type` header. Returns undefined for a type
+ * this code does not know; throws if the payload is not a valid message.
+ */
+export function decodeEvent(msg: Pick<JsMsg, "headers" | "data">): DecodedEvent | undefined {
+  const type = msg.headers?.get("ce-type");
+  if (!isEventType(type)) return undefined;
+  const schema: GenMessage<PlatformEvents[EventType]> = eventSchemas[type];
+  return { type, event: fromBinary(schema, msg.data) } as DecodedEvent;
+}
+
+/** What a handler learns about an event besides its message. */
+export interface EventMeta {
+  /** `ce-id`: the event_id, also `Nats-Msg-Id`. The key for idempotency. */
+  readonly id: string;
+  readonly type: EventType;
+  /** `ce-source`, e.g. `customer-service`. */
+  readonly source: string;
+  /** `ce-time`: when the change committed. */
+  readonly time: Date | undefined;
+  /** `ce-subject`: the customer id. */
+  readonly customerId: string;
+  /** The NATS subject, e.g. `customer.updated.<customer_id>`. */
+  readonly subject: string;
+  /** Position in the stream. */
+  readonly streamSequence: number;
+  /** 1 on the first delivery. */
+  readonly deliveryCount: number;
+  /** The raw message, for anything else. */
+  readonly msg: JsMsg;
+}
+
+/** One optional handler per event type; a type without a handler is acked and skipped. */
+export type EventHandlers = {
+  readonly [T in EventType]?: (event: PlatformEvents[T], meta: EventMeta) => Promise<void>;
+};
+
+export interface ConsumeEventsOptions {
+  js: JetStreamClient;
+  /** The stream, e.g. `CUSTOMER` or `IDENTITY`. */
+  stream: string;
+  /** Durable consumer name: created if missing, resumed where it left off otherwise. */
+  consumer: string;
+  /** Subjects to receive (default: the whole stream). More than one needs NATS 2.10. */
+  subjects?: string[];
+  handlers: EventHandlers;
+  /** Delay before a failed event is redelivered; default 1 s doubling per delivery, at most 60 s. */
+  retryDelayMs?: (deliveryCount: number) => number;
+  /**
+   * Told about every event not handled: a handler error (redelivered later),
+   * an unknown `ce-type` or an undecodable payload (both terminated, never
+   * redelivered), a failed ack (redelivered later), a failed pull (retried
+   * after a second; `msg` is undefined).
+   */
+  onError?: (err: unknown, msg: JsMsg | undefined) => void;
+  /** Messages fetched per pull request; default 64. */
+  maxMessages?: number;
+  /** How long one pull request waits for messages (at least 1000 ms, the default); a stop waits for it. */
+  maxWaitMs?: number;
+  /** Settings for a consumer created here (e.g. `ack_wait`, `deliver_policy`). */
+  consumerConfig?: Partial<ConsumerConfig>;
+}
+
+export interface EventConsumer extends AsyncDisposable {
+  /** Stops pulling; resolves once the events already delivered are handled and acked (about `maxWaitMs` at most when idle). */
+  stop(): Promise<void>;
+  /** Resolves when consuming ends: after stop(), or rejects if it failed. */
+  readonly done: Promise<void>;
+}
+
+// The stream or consumer is gone, or the connection closed: retrying cannot help.
+function isPermanent(err: unknown): boolean {
+  return (
+    (err instanceof JetStreamApiError &&
+      (err.code === JetStreamApiCodes.ConsumerNotFound || err.code === JetStreamApiCodes.StreamNotFound)) ||
+    (err instanceof Error && err.name === "ClosedConnectionError")
+  );
+}
+
+const defaultRetryDelay = (deliveryCount: number) => Math.min(60_000, 1_000 * 2 ** Math.max(0, deliveryCount - 1));
+
+/**
+ * Consumes the platform's events from a durable JetStream consumer, one at a
+ * time in stream order, decoding each by `ce-type` for its typed handler.
+ */
+export async function consumeEvents(opts: ConsumeEventsOptions): Promise<EventConsumer> {
+  const { js, stream, consumer: durable, subjects, handlers } = opts;
+  const retryDelayMs = opts.retryDelayMs ?? defaultRetryDelay;
+  const report = opts.onError ?? (() => {});
+  const jsm = await js.jetstreamManager();
+  const filter: Partial<ConsumerConfig> =
+    subjects === undefined
+      ? {}
+      : subjects.length === 1
+        ? { filter_subject: subjects[0] }
+        : { filter_subjects: subjects };
+  try {
+    await jsm.consumers.info(stream, durable);
+  } catch (err) {
+    if (!(err instanceof JetStreamApiError && err.code === JetStreamApiCodes.ConsumerNotFound)) throw err;
+    await jsm.consumers.add(stream, {
+      durable_name: durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ...filter,
+      ...opts.consumerConfig,
+    });
+  }
+  const pull = await js.consumers.get(stream, durable);
+  const maxMessages = opts.maxMessages ?? 64;
+  const maxWaitMs = Math.max(1_000, opts.maxWaitMs ?? 1_000);
+  const dispatch = handlers as Record<string, ((event: unknown, meta: EventMeta) => Promise<void>) | undefined>;
+  let stopping = false;
+
+  const handle = async (m: JsMsg) => {
+    const type = m.headers?.get("ce-type");
+    if (!isEventType(type)) {
+      m.term();
+      report(new Error(`unknown ce-type "${type ?? ""}" on ${m.subject}`), m);
+      return;
+    }
+    const handler = dispatch[type];
+    if (!handler) {
+      m.ack();
+      return;
+    }
+    let event: unknown;
+    try {
+      event = fromBinary(eventSchemas[type], m.data);
+    } catch (err) {
+      m.term();
+      report(err, m);
+      return;
+    }
+    const time = m.headers?.get("ce-time");
+    const meta: EventMeta = {
+      id: m.headers?.get("ce-id") ?? "",
+      type,
+      source: m.headers?.get("ce-source") ?? "",
+      time: time ? new Date(time) : undefined,
+      customerId: m.headers?.get("ce-subject") ?? "",
+      subject: m.subject,
+      streamSequence: m.seq,
+      deliveryCount: m.info.deliveryCount,
+      msg: m,
+    };
+    try {
+      await handler(event, meta);
+    } catch (err) {
+      m.nak(retryDelayMs(m.info.deliveryCount));
+      report(err, m);
+      return;
+    }
+    // An unconfirmed ack means the event may come again, which idempotent handlers absorb.
+    await m.ackAck().catch((err: unknown) => report(err, m));
+  };
+
+  // Batches of fetch() rather than consume(): a stop then waits for the open
+  // pull request to be filled or to expire and handles what it delivered, so
+  // no event is left with a consumer that is gone (it would come back only
+  // after ack_wait, behind later ones).
+  const done = (async () => {
+    while (!stopping) {
+      try {
+        const batch = await pull.fetch({ max_messages: maxMessages, expires: maxWaitMs });
+        for await (const m of batch) await handle(m);
+      } catch (err) {
+        if (stopping || isPermanent(err)) throw err;
+        report(err, undefined);
+        // A deleted consumer shows up as a failed pull; it ends consuming.
+        const gone = await jsm.consumers.info(stream, durable).then(
+          () => undefined,
+          (e: unknown) => (isPermanent(e) ? e : undefined),
+        );
+        if (gone) throw gone;
+        await new Promise((r) => setTimeout(r, 1_000));
+      }
+    }
+  })();
+  // stop() awaits it; a failure before that must not be an unhandled rejection.
+  done.catch(() => {});
+
+  let stopped: Promise<void> | undefined;
+  const stop = () => {
+    stopping = true;
+    stopped ??= done.catch(() => {});
+    return stopped;
+  };
+  return { stop, done, [Symbol.asyncDispose]: stop };
+}

@@ -1,0 +1,129 @@
+/**
+ * `npm run events -- tail [subject…] [--all]`: prints the platform's events
+ * as they arrive, one JSON line each, decoded by `ce-type` with the generated
+ * schemas. Default subjects `customer.>` and `identity.>`; new events only
+ * unless `--all` replays each stream from its start. NATS_URL as for the
+ * services. No NATS CLI needed.
+ */
+import { type DescMessage, toJson } from "@bufbuild/protobuf";
+import { DeliverPolicy, type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { decodeEvent, eventSchemas } from "../runtime/events.js";
+
+const USAGE = `usage: npm run events -- tail [subject…] [--all]
+
+Prints each event on the subjects (default: customer.> identity.>) as one JSON
+line: subject, stream sequence, ce-type/ce-id/ce-time/ce-source/ce-subject and
+the event decoded with the generated schemas. New events only; --all replays
+the streams from the start. NATS_URL sets the server (default nats://127.0.0.1:4222).`;
+
+/** One output line for msg. */
+function eventLine(m: JsMsg): string {
+  const h = m.headers;
+  const base = {
+    subject: m.subject,
+    seq: m.seq,
+    type: h?.get("ce-type") ?? null,
+    id: h?.get("ce-id") ?? null,
+    time: h?.get("ce-time") ?? null,
+    source: h?.get("ce-source") ?? null,
+    customer_id: h?.get("ce-subject") ?? null,
+  };
+  try {
+    const decoded = decodeEvent(m);
+    if (!decoded) return JSON.stringify({ ...base, error: "unknown ce-type", bytes: m.data.length });
+    const schema: DescMessage = eventSchemas[decoded.type];
+    return JSON.stringify({ ...base, event: toJson(schema, decoded.event) });
+  } catch (err) {
+    return JSON.stringify({ ...base, error: `undecodable: ${(err as Error).message}`, bytes: m.data.length });
+  }
+}
+
+/** The streams capturing subject, waiting (and saying so once) until one exists. */
+async function streamsFor(jsm: JetStreamManager, subject: string, stopped: () => boolean): Promise<string[]> {
+  let told = false;
+  while (!stopped()) {
+    const names = await jsm.streams.names(subject).next();
+    if (names.length > 0) return names;
+    if (!told) {
+      console.error(`events: no stream captures ${subject} yet; waiting (start the services, or npm start)`);
+      told = true;
+    }
+    await new Promise((r) => setTimeout(r, 1_000));
+  }
+  return [];
+}
+
+async function tail(nc: NatsConnection, subjects: string[], all: boolean): Promise<void> {
+  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
+  let stopping = false;
+  const loops: Promise<void>[] = [];
+  const closers: Array<() => Promise<unknown>> = [];
+  const stop = () => {
+    stopping = true;
+    for (const close of closers) void close();
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  for (const subject of subjects) {
+    for (const stream of await streamsFor(jsm, subject, () => stopping)) {
+      // "New" is fixed here, before the line below says we are listening:
+      // everything after the stream's current last sequence.
+      const from = all ? undefined : (await jsm.streams.info(stream)).state.last_seq + 1;
+      const consumer = await js.consumers.get(stream, {
+        filter_subjects: subject,
+        ...(from === undefined ? { deliver_policy: DeliverPolicy.All } : { opt_start_seq: from }),
+      });
+      const messages = await consumer.consume();
+      closers.push(() => messages.close());
+      loops.push(
+        (async () => {
+          for await (const m of messages) process.stdout.write(`${eventLine(m)}\n`);
+        })(),
+      );
+      console.error(`events: tailing ${subject} on stream ${stream}${all ? " from the start" : ""}`);
+    }
+  }
+  if (stopping) for (const close of closers) await close();
+  await Promise.all(loops);
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command !== "tail" || rest.includes("--help") || rest.includes("-h")) {
+    console.error(USAGE);
+    return command === undefined || command === "tail" || rest.includes("--help") ? 0 : 64;
+  }
+  const unknown = rest.filter((a) => a.startsWith("-") && a !== "--all");
+  if (unknown.length > 0) {
+    console.error(`events: unknown option ${unknown.join(" ")}\n\n${USAGE}`);
+    return 64;
+  }
+  const subjects = rest.filter((a) => !a.startsWith("-"));
+  const url = process.env.NATS_URL?.trim() || "nats://127.0.0.1:4222";
+  let nc: NatsConnection;
+  try {
+    nc = await connect({ servers: url, name: "npm run events" });
+  } catch (err) {
+    console.error(`events: cannot reach NATS at ${url} (${(err as Error).message}); set NATS_URL`);
+    return 69; // EX_UNAVAILABLE
+  }
+  try {
+    await tail(nc, subjects.length > 0 ? subjects : ["customer.>", "identity.>"], rest.includes("--all"));
+  } finally {
+    await nc.close();
+  }
+  return 0;
+}
+
+process.stdout.on("error", () => {});
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    console.error("events:", err instanceof Error ? err.message : err);
+    process.exitCode = 1;
+  },
+);
