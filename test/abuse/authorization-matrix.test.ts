@@ -1,0 +1,248 @@
+/**
+ * The authorization matrix: every CustomerService RPC and the token-protected
+ * AuthService RPCs × every kind of caller, with real tokens from the identity
+ * service (customers signed up with CreateCredentials, services made with the
+ * identity CLI and signed in with AuthenticateClient). Each cell is one test,
+ * run over Connect and gRPC, and asserts the exact code and message of the
+ * contract; a denied cell also proves that nothing changed.
+ */
+import { Code } from "@connectrpc/connect";
+import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bearer, rpcError } from "../support/clients.js";
+import { CLIENT_PROTOCOLS, failure, type Platform, type SignedUp, startPlatform } from "./support.js";
+
+type Caller =
+  | "no token"
+  | "garbage token"
+  | "customer self"
+  | "other customer"
+  | "service with scope"
+  | "service without scope";
+type CallOptions = { headers?: Record<string, string> };
+type Expected = "OK" | { code: Code; message: string };
+
+let platform: Platform;
+let customerSql: postgres.Sql;
+let identitySql: postgres.Sql;
+/** Service tokens by scope. */
+const services: Record<"read" | "write" | "unrelated", string> = { read: "", write: "", unrelated: "" };
+/** For each RPC, the customer whose resource it targets ("self"), and one other customer. */
+const selves: Record<string, SignedUp> = {};
+let other: SignedUp;
+
+const RPCS = ["RegisterCustomer", "UpdateCustomer", "GetCustomer", "IntrospectToken", "ChangePassword"] as const;
+type Rpc = (typeof RPCS)[number];
+
+beforeAll(async () => {
+  platform = await startPlatform();
+  customerSql = postgres(platform.customer.database.url, { max: 2, onnotice: () => {} });
+  identitySql = postgres(platform.identity.database.url, { max: 2, onnotice: () => {} });
+  services.read = await platform.serviceToken("customer:read");
+  services.write = await platform.serviceToken("customer:write");
+  services.unrelated = await platform.serviceToken("orders:read");
+  other = await platform.newCustomer("other's own password", "other");
+  for (const rpc of RPCS) selves[rpc] = await platform.newCustomer(`${rpc} self password`, rpc.toLowerCase());
+});
+
+afterAll(async () => {
+  await customerSql?.end();
+  await identitySql?.end();
+  await platform?.close();
+});
+
+const self = (rpc: Rpc): SignedUp => {
+  const s = selves[rpc];
+  if (!s) throw new Error(`no customer for ${rpc}`);
+  return s;
+};
+
+/** The scope a service needs for an RPC ("with") and one that does not grant it ("without"). */
+const SERVICE_SCOPES: Record<Rpc, { with: keyof typeof services; without: keyof typeof services }> = {
+  RegisterCustomer: { with: "write", without: "read" },
+  UpdateCustomer: { with: "write", without: "read" },
+  GetCustomer: { with: "read", without: "write" },
+  // Any service may introspect: no scope is needed, so an unrelated one is "without".
+  IntrospectToken: { with: "read", without: "unrelated" },
+  ChangePassword: { with: "write", without: "read" },
+};
+
+function callerOptions(rpc: Rpc, caller: Caller): CallOptions {
+  switch (caller) {
+    case "no token":
+      return {};
+    case "garbage token":
+      return bearer("eyJhbGciOiJFZERTQSJ9.e30.c2lnbmF0dXJl");
+    case "customer self":
+      return bearer(self(rpc).accessToken);
+    case "other customer":
+      return bearer(other.accessToken);
+    case "service with scope":
+      return bearer(services[SERVICE_SCOPES[rpc].with]);
+    case "service without scope":
+      return bearer(services[SERVICE_SCOPES[rpc].without]);
+  }
+}
+
+const missing = { code: Code.Unauthenticated, message: "missing bearer token" };
+const invalid = { code: Code.Unauthenticated, message: "invalid access token" };
+const notYours = { code: Code.PermissionDenied, message: "a customer may only access their own profile" };
+const registerDenied = { code: Code.PermissionDenied, message: "only a customer token can register a profile" };
+const introspectDenied = { code: Code.PermissionDenied, message: "only a service token may introspect tokens" };
+const changeDenied = { code: Code.PermissionDenied, message: "only a customer token can change a password" };
+
+/** The contract's answer for each cell. */
+const MATRIX: Record<Rpc, Record<Caller, Expected>> = {
+  RegisterCustomer: {
+    "no token": missing,
+    "garbage token": invalid,
+    // A retry of the customer's own registration returns the profile unchanged.
+    "customer self": "OK",
+    // Another customer submitting this customer's profile: their own id already has a different one.
+    "other customer": { code: Code.AlreadyExists, message: "customer already has a different profile" },
+    "service with scope": registerDenied,
+    "service without scope": registerDenied,
+  },
+  UpdateCustomer: {
+    "no token": missing,
+    "garbage token": invalid,
+    "customer self": "OK",
+    "other customer": notYours,
+    "service with scope": "OK",
+    "service without scope": { code: Code.PermissionDenied, message: 'token lacks scope "customer:write"' },
+  },
+  GetCustomer: {
+    "no token": missing,
+    "garbage token": invalid,
+    "customer self": "OK",
+    "other customer": notYours,
+    "service with scope": "OK",
+    "service without scope": { code: Code.PermissionDenied, message: 'token lacks scope "customer:read"' },
+  },
+  IntrospectToken: {
+    "no token": missing,
+    "garbage token": invalid,
+    "customer self": introspectDenied,
+    "other customer": introspectDenied,
+    "service with scope": "OK",
+    "service without scope": "OK",
+  },
+  ChangePassword: {
+    "no token": missing,
+    "garbage token": invalid,
+    "customer self": "OK",
+    // The token names the customer: another customer's token with this customer's password changes nothing.
+    "other customer": { code: Code.Unauthenticated, message: "current password is wrong" },
+    "service with scope": changeDenied,
+    "service without scope": changeDenied,
+  },
+};
+
+/** Stored state a denied call must leave as it was. */
+async function state(rpc: Rpc): Promise<unknown> {
+  const s = self(rpc);
+  return {
+    customers: await customerSql`select * from customers where customer_id in (${s.customerId}, ${other.customerId})
+      order by customer_id`,
+    outbox: (await customerSql`select count(*)::int as n from outbox`)[0],
+    identities: await identitySql`select customer_id, password_hash, updated_at from identities
+      where customer_id in (${s.customerId}, ${other.customerId}) order by customer_id`,
+    refreshTokens: await identitySql`select id, revoked_at from refresh_tokens
+      where customer_id in (${s.customerId}, ${other.customerId}) order by id`,
+  };
+}
+
+let renames = 0;
+/** Makes the call of one cell; checks what an allowed call must have done. */
+async function call(rpc: Rpc, caller: Caller, protocol: (typeof CLIENT_PROTOCOLS)[number]): Promise<void> {
+  const opts = callerOptions(rpc, caller);
+  const s = self(rpc);
+  const customers = platform.customers(protocol);
+  const auth = platform.auth(protocol);
+  switch (rpc) {
+    case "RegisterCustomer": {
+      const res = await customers.registerCustomer(s.profile, opts);
+      expect(res.customer).toMatchObject({ customerId: s.customerId, ...s.profile, version: 1n });
+      return;
+    }
+    case "UpdateCustomer": {
+      const givenName = `Grace ${++renames}`;
+      const res = await customers.updateCustomer(
+        { customer: { customerId: s.customerId, givenName }, updateMask: { paths: ["given_name"] } },
+        opts,
+      );
+      expect(res.customer).toMatchObject({ customerId: s.customerId, givenName });
+      return;
+    }
+    case "GetCustomer": {
+      const res = await customers.getCustomer({ customerId: s.customerId }, opts);
+      expect(res.customer).toMatchObject({ customerId: s.customerId, ...s.profile });
+      return;
+    }
+    case "IntrospectToken": {
+      const res = await auth.introspectToken({ token: s.accessToken }, opts);
+      expect(res).toMatchObject({ active: true, sub: s.customerId, tokenType: "access_token" });
+      return;
+    }
+    case "ChangePassword": {
+      // A successful change needs a customer whose password is still the one sent.
+      const target = caller === "customer self" ? await platform.signUp("a fresh password", "change") : s;
+      const res = await auth.changePassword(
+        { currentPassword: target.password, newPassword: `${target.password} (new)` },
+        caller === "customer self" ? bearer(target.accessToken) : opts,
+      );
+      expect(res.tokens?.accessToken).toBeTruthy();
+      await expect(
+        auth.authenticateCustomer({ email: target.email, password: `${target.password} (new)` }),
+      ).resolves.toMatchObject({ customerId: target.customerId });
+      return;
+    }
+  }
+}
+
+const CALLERS = Object.keys(MATRIX.GetCustomer) as Caller[];
+
+describe.each(RPCS)("%s", (rpc) => {
+  it.each(CALLERS)("%s", async (caller) => {
+    const expected = MATRIX[rpc][caller];
+    for (const protocol of CLIENT_PROTOCOLS) {
+      if (expected === "OK") {
+        await call(rpc, caller, protocol);
+        continue;
+      }
+      const before = await state(rpc);
+      await expect(call(rpc, caller, protocol), protocol).rejects.toMatchObject(
+        rpcError(expected.message, expected.code),
+      );
+      expect(await state(rpc), protocol).toEqual(before);
+    }
+  });
+});
+
+it("covers every CustomerService RPC and exactly the AuthService RPCs that read a bearer token", async () => {
+  expect(CustomerService.methods.map((m) => m.name).sort()).toEqual(
+    RPCS.filter((r) => CustomerService.method[lowerFirst(r) as keyof typeof CustomerService.method]).sort(),
+  );
+  // Every other AuthService RPC answers a token-less call without asking for one.
+  const auth = platform.auth();
+  const tokenless = {
+    CreateCredentials: () => auth.createCredentials({ email: "", password: "" }),
+    AuthenticateCustomer: () => auth.authenticateCustomer({ email: "nobody@example.com", password: "x" }),
+    RefreshToken: () => auth.refreshToken({ refreshToken: "x" }),
+    RevokeToken: () => auth.revokeToken({ token: "x" }),
+    AuthenticateClient: () => auth.authenticateClient({ clientId: "nobody", clientSecret: "x", scope: "" }),
+    IntrospectToken: () => auth.introspectToken({ token: "x" }),
+    ChangePassword: () => auth.changePassword({ currentPassword: "x", newPassword: "long enough" }),
+  };
+  expect(Object.keys(tokenless).sort()).toEqual(AuthService.methods.map((m) => m.name).sort());
+  const asksForToken: string[] = [];
+  for (const [name, p] of Object.entries(tokenless)) {
+    const err = await failure(p());
+    if (err?.code === Code.Unauthenticated && err.rawMessage === "missing bearer token") asksForToken.push(name);
+  }
+  expect(asksForToken.sort()).toEqual(RPCS.filter((r) => !CustomerService.methods.some((m) => m.name === r)).sort());
+});
+
+const lowerFirst = (s: string) => s.charAt(0).toLowerCase() + s.slice(1);

@@ -1,0 +1,642 @@
+/**
+ * Attacks on credentials and tokens against the real platform: two identity
+ * instances on one user directory (the second one issuing tokens for another
+ * audience) and the customer service trusting the first one's JWKS.
+ *
+ * - brute force: against one login, spread over many logins, split over both
+ *   instances, and against ChangePassword with a stolen access token;
+ * - refresh-token replay and parallel use;
+ * - token substitution (a token for another audience, a foreign key claiming
+ *   our issuer);
+ * - JWT tampering, checked at both services: alg none, HS256 keyed with the
+ *   public key (alg confusion), kid injection, embedded jwk / jku / x5u,
+ *   expired, not yet valid, wrong typ, missing claims, modified payload;
+ * - account enumeration by response (timing: identity-service/test/enumeration.test.ts).
+ */
+import {
+  createHmac,
+  createPrivateKey,
+  createPublicKey,
+  sign as cryptoSign,
+  generateKeyPairSync,
+  type KeyObject,
+  randomUUID,
+} from "node:crypto";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { RetryInfoSchema } from "@customer-platform/gen/google/rpc/error_details_pb.js";
+import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { createRemoteJWKSet, type JWK, jwtVerify } from "jose";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bearer, type Clients, createClients, rpcError } from "../support/clients.js";
+import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
+import { type RunningIdentityService, startIdentityService } from "../support/services.js";
+import { failure, outcome, type Platform, type SignedUp, startPlatform, uniqueEmail } from "./support.js";
+
+const FREE_ATTEMPTS = 3;
+const THROTTLE = { IDENTITY_THROTTLE_FREE_ATTEMPTS: String(FREE_ATTEMPTS), IDENTITY_THROTTLE_BASE_DELAY_MS: "60000" };
+const PASSWORD = "correct horse battery staple";
+const WRONG = "Tr0ub4dor&3 guess";
+
+let identityDb: TestDatabase;
+let platform: Platform;
+/** A second identity instance on the same database, issuer and keys, issuing tokens for payments-service. */
+let payments: RunningIdentityService;
+let paymentsClients: Clients;
+let identitySql: postgres.Sql;
+/** A registered customer, and a service token allowed to introspect. */
+let victim: SignedUp;
+let introspector: string;
+
+beforeAll(async () => {
+  identityDb = await createTestDatabase("abuse_credentials");
+  platform = await startPlatform({ identityDb, identityEnv: THROTTLE });
+  payments = await startIdentityService(
+    { ...THROTTLE, IDENTITY_ISSUER: platform.issuer, IDENTITY_AUDIENCES: "payments-service", LOG_LEVEL: "warn" },
+    { database: identityDb },
+  );
+  paymentsClients = createClients(payments.url);
+  identitySql = postgres(identityDb.url, { max: 2, onnotice: () => {} });
+  victim = await platform.newCustomer(PASSWORD, "victim");
+  introspector = await platform.serviceToken("customer:read");
+});
+
+afterAll(async () => {
+  paymentsClients?.close();
+  await identitySql?.end();
+  await payments?.close();
+  await platform?.close();
+  await identityDb?.drop();
+});
+
+/** AuthService on the first instance (a) or the second (b). */
+const authA = () => platform.auth();
+const authB = () => paymentsClients.client(AuthService);
+
+/** Refresh tokens the tests handled, which must never show up in a log line. */
+const refreshTokensSeen: string[] = [];
+
+const count = (xs: string[], x: string) => xs.filter((y) => y === x).length;
+
+async function throttleRow(key: string) {
+  const rows = await identitySql<{ failures: number; blocked: boolean }[]>`
+    select failures, blocked_until > now() as blocked from login_throttles
+    where key = sha256(convert_to(${key}, 'UTF8'))`;
+  return rows[0];
+}
+
+describe("brute force", () => {
+  it("against one login: only the free attempts reach the password check, split over two instances on one database", async () => {
+    const target = await platform.signUp(PASSWORD, "brute");
+    const results = await Promise.all(
+      Array.from({ length: 16 }, (_, i) =>
+        outcome((i % 2 ? authA() : authB()).authenticateCustomer({ email: target.email, password: `${WRONG}${i}` })),
+      ),
+    );
+    expect(count(results, "Unauthenticated")).toBe(FREE_ATTEMPTS);
+    expect(count(results, "ResourceExhausted")).toBe(16 - FREE_ATTEMPTS);
+    expect(await throttleRow(`login:${target.email}`)).toEqual({ failures: FREE_ATTEMPTS, blocked: true });
+    // Blocked means blocked: the right password is not even checked, on either instance,
+    // whatever case or surrounding blanks the email is sent with.
+    for (const [auth, email] of [
+      [authA(), target.email],
+      [authB(), target.email],
+      [authA(), `  ${target.email.toUpperCase()} `],
+    ] as const) {
+      const err = await failure(auth.authenticateCustomer({ email, password: PASSWORD }));
+      expect(err).toMatchObject({
+        code: Code.ResourceExhausted,
+        rawMessage: expect.stringMatching(/^too many attempts, retry in \d+s$/),
+      });
+      const [retry] = err?.findDetails(RetryInfoSchema) ?? [];
+      expect(Number(retry?.retryDelay?.seconds)).toBeGreaterThan(50);
+    }
+    expect(await throttleRow(`login:${target.email}`)).toEqual({ failures: FREE_ATTEMPTS, blocked: true });
+  });
+
+  it("spread over many logins: each login is throttled on its own, the others are unaffected", async () => {
+    const logins = await Promise.all(Array.from({ length: 6 }, (_, i) => platform.signUp(PASSWORD, `spread${i}`)));
+    const unknown = Array.from({ length: 4 }, (_, i) => uniqueEmail(`ghost${i}`));
+    const emails = [...logins.map((l) => l.email), ...unknown];
+    const perLogin = FREE_ATTEMPTS + 3;
+    const results = await Promise.all(
+      emails.flatMap((email, l) =>
+        Array.from({ length: perLogin }, (_, i) =>
+          outcome(((l + i) % 2 ? authA() : authB()).authenticateCustomer({ email, password: WRONG })).then(
+            (r) => [email, r] as const,
+          ),
+        ),
+      ),
+    );
+    for (const email of emails) {
+      const mine = results.filter(([e]) => e === email).map(([, r]) => r);
+      expect(count(mine, "Unauthenticated"), email).toBe(FREE_ATTEMPTS);
+      expect(count(mine, "ResourceExhausted"), email).toBe(perLogin - FREE_ATTEMPTS);
+    }
+    // Someone else's login still works at once.
+    await expect(authB().authenticateCustomer({ email: victim.email, password: PASSWORD })).resolves.toMatchObject({
+      customerId: victim.customerId,
+    });
+  });
+
+  it("not covered by design: a spray of one guess per login is never throttled (no per-source or global limit)", async () => {
+    const emails = Array.from({ length: 3 * FREE_ATTEMPTS }, (_, i) => uniqueEmail(`spray${i}`));
+    const results = await Promise.all(
+      emails.map((email) => outcome(authA().authenticateCustomer({ email, password: WRONG }))),
+    );
+    expect(results).toEqual(emails.map(() => "Unauthenticated"));
+  });
+
+  it("ChangePassword with a stolen access token: guesses of the current password are throttled per customer", async () => {
+    const target = await platform.signUp(PASSWORD, "stolen");
+    const guess = (auth: ReturnType<typeof authA>, currentPassword: string) =>
+      auth.changePassword({ currentPassword, newPassword: "attacker's new password" }, bearer(target.accessToken));
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => outcome(guess(i % 2 ? authA() : authB(), `${WRONG}${i}`))),
+    );
+    expect(count(results, "Unauthenticated")).toBe(FREE_ATTEMPTS);
+    expect(count(results, "ResourceExhausted")).toBe(10 - FREE_ATTEMPTS);
+    await expect(guess(authA(), PASSWORD)).rejects.toMatchObject({ code: Code.ResourceExhausted });
+    // The password did not change; sign-in (its own counter) still works.
+    await expect(authA().authenticateCustomer({ email: target.email, password: PASSWORD })).resolves.toMatchObject({
+      customerId: target.customerId,
+    });
+  });
+});
+
+describe("refresh-token replay", () => {
+  async function familyOf(refreshToken: string) {
+    return identitySql<{ revoked: boolean; reason: string | null }[]>`
+      select revoked_at is not null as revoked, revoke_reason as reason from refresh_tokens
+      where family_id = (select family_id from refresh_tokens where token_hash = sha256(convert_to(${refreshToken}, 'UTF8')))
+      order by id`;
+  }
+
+  it("reusing a rotated refresh token revokes its whole family, on either instance; other sessions live on", async () => {
+    const signIn = await authA().authenticateCustomer({ email: victim.email, password: PASSWORD });
+    const other = await authA().authenticateCustomer({ email: victim.email, password: PASSWORD });
+    const rt1 = signIn.tokens?.refreshToken ?? "";
+    const rt2 = (await authA().refreshToken({ refreshToken: rt1 })).tokens?.refreshToken ?? "";
+    const rt3 = (await authB().refreshToken({ refreshToken: rt2 })).tokens?.refreshToken ?? "";
+    refreshTokensSeen.push(rt1, rt2, rt3);
+    expect(new Set([rt1, rt2, rt3]).size).toBe(3);
+
+    // The attacker replays the first one, on the other instance.
+    await expect(authB().refreshToken({ refreshToken: rt1 })).rejects.toMatchObject(
+      rpcError("invalid refresh token", Code.Unauthenticated),
+    );
+    // The legitimate holder's current token is dead too, and says so nowhere else.
+    await expect(authA().refreshToken({ refreshToken: rt3 })).rejects.toMatchObject(
+      rpcError("invalid refresh token", Code.Unauthenticated),
+    );
+    for (const rt of [rt1, rt2, rt3]) {
+      await expect(authA().introspectToken({ token: rt }, bearer(introspector))).resolves.toMatchObject({
+        active: false,
+      });
+    }
+    expect(await familyOf(rt1)).toEqual([
+      { revoked: true, reason: "reuse" },
+      { revoked: true, reason: "reuse" },
+      { revoked: true, reason: "reuse" },
+    ]);
+    // Another sign-in is another family.
+    await expect(authA().refreshToken({ refreshToken: other.tokens?.refreshToken ?? "" })).resolves.toMatchObject({
+      tokens: { tokenType: "Bearer" },
+    });
+  });
+
+  it("parallel use of one refresh token: at most one wins, and the race revokes the family", async () => {
+    const signIn = await authA().authenticateCustomer({ email: victim.email, password: PASSWORD });
+    const rt = signIn.tokens?.refreshToken ?? "";
+    refreshTokensSeen.push(rt);
+    const settled = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) => (i % 2 ? authA() : authB()).refreshToken({ refreshToken: rt })),
+    );
+    const won = settled.filter((s) => s.status === "fulfilled");
+    expect(won.length).toBe(1);
+    for (const s of settled) {
+      if (s.status === "rejected") {
+        expect(ConnectError.from(s.reason)).toMatchObject(rpcError("invalid refresh token", Code.Unauthenticated));
+      }
+    }
+    const next = won[0]?.status === "fulfilled" ? (won[0].value.tokens?.refreshToken ?? "") : "";
+    await expect(authA().refreshToken({ refreshToken: next })).rejects.toMatchObject({ code: Code.Unauthenticated });
+    expect((await familyOf(rt)).every((r) => r.revoked)).toBe(true);
+  });
+
+  it("not covered by design: access tokens of a revoked family stay valid until they expire (stateless JWTs at the customer service; the identity service honours only explicit RevokeToken)", async () => {
+    const signIn = await authA().authenticateCustomer({ email: victim.email, password: PASSWORD });
+    const rt1 = signIn.tokens?.refreshToken ?? "";
+    const at2 = (await authA().refreshToken({ refreshToken: rt1 })).tokens?.accessToken ?? "";
+    await expect(authA().refreshToken({ refreshToken: rt1 })).rejects.toMatchObject({ code: Code.Unauthenticated });
+
+    const get = () => platform.customers().getCustomer({ customerId: victim.customerId }, bearer(at2));
+    await expect(get()).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
+    await expect(authA().introspectToken({ token: at2 }, bearer(introspector))).resolves.toMatchObject({
+      active: true,
+    });
+    // An explicit revocation is seen by the identity service; the customer service verifies offline.
+    await authB().revokeToken({ token: at2 });
+    await expect(authA().introspectToken({ token: at2 }, bearer(introspector))).resolves.toEqual(
+      expect.objectContaining({ active: false, sub: "" }),
+    );
+    await expect(get()).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
+  });
+});
+
+describe("token substitution", () => {
+  it("a token for payments-service, signed with the same issuer and key, is rejected by the customer service", async () => {
+    const { tokens } = await authB().authenticateCustomer({ email: victim.email, password: PASSWORD });
+    const token = tokens?.accessToken ?? "";
+    // The token is genuine: our issuer, our key, valid for payments-service.
+    const jwks = createRemoteJWKSet(new URL(`${platform.issuer}/.well-known/jwks.json`));
+    const { payload } = await jwtVerify(token, jwks, { issuer: platform.issuer, audience: "payments-service" });
+    expect(payload.aud).toEqual(["payments-service", platform.issuer]);
+    expect(payload.sub).toBe(victim.customerId);
+
+    for (const protocol of ["connect-http1", "grpc"] as const) {
+      const customers = platform.customers(protocol);
+      await expect(customers.getCustomer({ customerId: victim.customerId }, bearer(token))).rejects.toMatchObject(
+        rpcError("invalid access token", Code.Unauthenticated),
+      );
+      await expect(
+        customers.updateCustomer(
+          { customer: { customerId: victim.customerId, givenName: "Mallory" }, updateMask: { paths: ["given_name"] } },
+          bearer(token),
+        ),
+      ).rejects.toMatchObject(rpcError("invalid access token", Code.Unauthenticated));
+    }
+    // The same customer's token for customer-service is accepted, and nothing was changed.
+    const own = await authA().authenticateCustomer({ email: victim.email, password: PASSWORD });
+    const got = await platform
+      .customers()
+      .getCustomer({ customerId: victim.customerId }, bearer(own.tokens?.accessToken ?? ""));
+    expect(got.customer?.givenName).toBe(victim.profile.givenName);
+  });
+
+  it("a token from a foreign key that claims our issuer and audience is rejected by both services", async () => {
+    const foreign = generateKeyPairSync("ed25519").privateKey;
+    const token = jwt({ alg: "EdDSA", typ: "at+jwt", kid: await realKid() }, customerClaims(victim), (i) =>
+      cryptoSign(null, i, foreign),
+    );
+    await expectRejectedEverywhere(token, "invalid access token");
+  });
+});
+
+// ---------------------------------------------------------------- JWT tampering
+
+const b64url = (x: object | Buffer | string) =>
+  Buffer.from(Buffer.isBuffer(x) ? x : typeof x === "string" ? x : JSON.stringify(x)).toString("base64url");
+
+/** A compact JWS over exactly this header and payload; sign returns the raw signature. */
+function jwt(header: object, payload: object, sign: (input: Buffer) => Buffer | string): string {
+  const input = `${b64url(header)}.${b64url(payload)}`;
+  return `${input}.${b64url(sign(Buffer.from(input, "ascii")))}`;
+}
+
+interface RealKey {
+  kid: string;
+  privateKey: KeyObject;
+  publicJwk: JWK;
+}
+let realKeyCache: RealKey | undefined;
+/** The identity service's signing key, read from its database: tokens the real issuer could have signed. */
+async function realKey(): Promise<RealKey> {
+  if (realKeyCache) return realKeyCache;
+  const rows = await identitySql<{ kid: string; private_jwk: JWK; public_jwk: JWK }[]>`
+    select kid, private_jwk, public_jwk from signing_keys where retired_at is null`;
+  expect(rows.length).toBe(1);
+  const [row] = rows;
+  if (!row) throw new Error("no signing key");
+  realKeyCache = {
+    kid: row.kid,
+    privateKey: createPrivateKey({ key: row.private_jwk as never, format: "jwk" }),
+    publicJwk: row.public_jwk,
+  };
+  return realKeyCache;
+}
+const realKid = async () => (await realKey()).kid;
+const signReal = async () => {
+  const { privateKey } = await realKey();
+  return (input: Buffer) => cryptoSign(null, input, privateKey);
+};
+
+function customerClaims(c: SignedUp, overrides: Record<string, unknown> = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  return {
+    iss: platform.issuer,
+    sub: c.customerId,
+    aud: ["customer-service", platform.issuer],
+    iat: now,
+    exp: now + 600,
+    jti: randomUUID(),
+    client_id: "first-party",
+    scope: "openid profile customer:self",
+    ...overrides,
+  };
+}
+
+/**
+ * Both services refuse the token as a bearer token, and introspection calls
+ * it inactive.
+ */
+async function expectRejectedEverywhere(token: string, message: string): Promise<void> {
+  for (const protocol of ["connect-http1", "grpc"] as const) {
+    await expect(
+      platform.customers(protocol).getCustomer({ customerId: victim.customerId }, bearer(token)),
+      `customer service over ${protocol}`,
+    ).rejects.toMatchObject(rpcError(message, Code.Unauthenticated));
+    await expect(
+      platform.auth(protocol).introspectToken({ token: "x" }, bearer(token)),
+      `identity service over ${protocol}`,
+    ).rejects.toMatchObject(rpcError(message, Code.Unauthenticated));
+  }
+  await expect(authA().introspectToken({ token }, bearer(introspector))).resolves.toMatchObject({ active: false });
+}
+
+/** A JWKS server an attacker controls: counts how often anyone fetches from it. */
+let attackerServer: Server;
+let attackerFetches = 0;
+let attackerUrl = "";
+const attacker = generateKeyPairSync("ed25519");
+const attackerJwk = { ...(attacker.publicKey.export({ format: "jwk" }) as JWK), kid: "attacker", alg: "EdDSA" };
+const signAttacker = (input: Buffer) => cryptoSign(null, input, attacker.privateKey);
+
+describe("JWT tampering, at the customer service and the identity service", () => {
+  beforeAll(async () => {
+    attackerServer = createServer((_req, res) => {
+      attackerFetches++;
+      res.setHeader("content-type", "application/json");
+      res.end(JSON.stringify({ keys: [attackerJwk] }));
+    });
+    await new Promise<void>((resolve) => attackerServer.listen(0, "127.0.0.1", resolve));
+    attackerUrl = `http://127.0.0.1:${(attackerServer.address() as AddressInfo).port}`;
+  });
+
+  afterAll(async () => {
+    attackerServer?.closeAllConnections();
+    await new Promise<void>((resolve) => (attackerServer ? attackerServer.close(() => resolve()) : resolve()));
+  });
+
+  it("control: a token minted here with the real key and proper claims is accepted by both", async () => {
+    const token = jwt({ alg: "EdDSA", typ: "at+jwt", kid: await realKid() }, customerClaims(victim), await signReal());
+    await expect(
+      platform.customers().getCustomer({ customerId: victim.customerId }, bearer(token)),
+    ).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
+    // Authenticated at the identity service: refused only because a customer may not introspect.
+    await expect(authA().introspectToken({ token: "x" }, bearer(token))).rejects.toMatchObject(
+      rpcError("only a service token may introspect tokens", Code.PermissionDenied),
+    );
+    await expect(authA().introspectToken({ token }, bearer(introspector))).resolves.toMatchObject({
+      active: true,
+      sub: victim.customerId,
+    });
+  });
+
+  type Case = [name: string, make: () => Promise<string>, message?: string];
+  const cases: Case[] = [
+    [
+      "alg none",
+      async () => jwt({ alg: "none", typ: "at+jwt", kid: await realKid() }, customerClaims(victim), () => ""),
+    ],
+    ["alg NONE", async () => jwt({ alg: "NONE", typ: "at+jwt" }, customerClaims(victim), () => "")],
+    [
+      "alg none with the real signature kept",
+      async () => {
+        const real = jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: await realKid() },
+          customerClaims(victim),
+          await signReal(),
+        );
+        const [, payload, signature] = real.split(".");
+        return `${b64url({ alg: "none", typ: "at+jwt", kid: await realKid() })}.${payload}.${signature}`;
+      },
+    ],
+    ...(["raw key bytes", "JWK JSON", "SPKI PEM", "SPKI DER", "x as text"] as const).map(
+      (form): Case => [
+        `alg HS256 keyed with the public key (${form})`,
+        async () => {
+          const { publicJwk, kid } = await realKey();
+          const pub = createPublicKey({ key: publicJwk as never, format: "jwk" });
+          const secret = {
+            "raw key bytes": Buffer.from(String(publicJwk.x), "base64url"),
+            "JWK JSON": Buffer.from(JSON.stringify(publicJwk)),
+            "SPKI PEM": Buffer.from(pub.export({ type: "spki", format: "pem" })),
+            "SPKI DER": pub.export({ type: "spki", format: "der" }),
+            "x as text": Buffer.from(String(publicJwk.x)),
+          }[form];
+          return jwt({ alg: "HS256", typ: "at+jwt", kid }, customerClaims(victim), (i) =>
+            createHmac("sha256", secret).update(i).digest(),
+          );
+        },
+      ],
+    ),
+    [
+      "kid of no key, signed by the attacker",
+      async () => jwt({ alg: "EdDSA", typ: "at+jwt", kid: randomUUID() }, customerClaims(victim), signAttacker),
+    ],
+    ...["../../../../etc/passwd", "' or '1'='1", "x' union select private_jwk from signing_keys --", "*", ""].map(
+      (kid): Case => [
+        `kid injection ${JSON.stringify(kid)}, signed by the real key`,
+        async () => jwt({ alg: "EdDSA", typ: "at+jwt", kid }, customerClaims(victim), await signReal()),
+      ],
+    ),
+    [
+      "real kid, signed by the attacker",
+      async () => jwt({ alg: "EdDSA", typ: "at+jwt", kid: await realKid() }, customerClaims(victim), signAttacker),
+    ],
+    [
+      "embedded jwk of the attacker's key",
+      async () => jwt({ alg: "EdDSA", typ: "at+jwt", jwk: attackerJwk }, customerClaims(victim), signAttacker),
+    ],
+    [
+      "embedded jwk of the attacker's key with the real kid",
+      async () =>
+        jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: await realKid(), jwk: attackerJwk },
+          customerClaims(victim),
+          signAttacker,
+        ),
+    ],
+    [
+      "jku pointing at the attacker's JWKS",
+      async () =>
+        jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: "attacker", jku: `${attackerUrl}/jwks.json` },
+          customerClaims(victim),
+          signAttacker,
+        ),
+    ],
+    [
+      "x5u pointing at the attacker",
+      async () =>
+        jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: "attacker", x5u: `${attackerUrl}/cert.pem` },
+          customerClaims(victim),
+          signAttacker,
+        ),
+    ],
+    [
+      "expired (beyond the clock tolerance)",
+      async () =>
+        jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: await realKid() },
+          customerClaims(victim, { iat: nowSec() - 1000, exp: nowSec() - 60 }),
+          await signReal(),
+        ),
+      "access token expired",
+    ],
+    [
+      "not yet valid (nbf in an hour)",
+      async () =>
+        jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: await realKid() },
+          customerClaims(victim, { nbf: nowSec() + 3600 }),
+          await signReal(),
+        ),
+    ],
+    ...["JWT", "id+jwt", "application/jwt", undefined].map(
+      (typ): Case => [
+        `typ ${typ ?? "missing"}`,
+        async () =>
+          jwt({ alg: "EdDSA", kid: await realKid(), ...(typ && { typ }) }, customerClaims(victim), await signReal()),
+      ],
+    ),
+    ...["jti", "client_id", "exp", "sub", "iss"].map(
+      (claim): Case => [
+        `claim ${claim} missing`,
+        async () =>
+          jwt(
+            { alg: "EdDSA", typ: "at+jwt", kid: await realKid() },
+            customerClaims(victim, { [claim]: undefined }),
+            await signReal(),
+          ),
+      ],
+    ),
+    [
+      "another issuer",
+      async () =>
+        jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: await realKid() },
+          customerClaims(victim, { iss: "http://evil.test" }),
+          await signReal(),
+        ),
+    ],
+    [
+      "unknown critical header",
+      async () =>
+        jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: await realKid(), crit: ["exp-ext"], "exp-ext": 1 },
+          customerClaims(victim),
+          await signReal(),
+        ),
+    ],
+    [
+      "alg ES256 over an EdDSA signature",
+      async () => jwt({ alg: "ES256", typ: "at+jwt", kid: await realKid() }, customerClaims(victim), await signReal()),
+    ],
+    [
+      "payload modified (sub of another customer)",
+      async () => {
+        const real = jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: await realKid() },
+          customerClaims(victim),
+          await signReal(),
+        );
+        const [header, , signature] = real.split(".");
+        return `${header}.${b64url(customerClaims(victim, { sub: randomUUID() }))}.${signature}`;
+      },
+    ],
+    [
+      "service token with scopes added to its payload",
+      async () => {
+        const [header, payload, signature] = introspector.split(".");
+        const claims = JSON.parse(Buffer.from(payload ?? "", "base64url").toString()) as Record<string, unknown>;
+        return `${header}.${b64url({ ...claims, scope: "customer:read customer:write" })}.${signature}`;
+      },
+    ],
+    [
+      "signature stripped",
+      async () => {
+        const real = jwt(
+          { alg: "EdDSA", typ: "at+jwt", kid: await realKid() },
+          customerClaims(victim),
+          await signReal(),
+        );
+        return `${real.slice(0, real.lastIndexOf("."))}.`;
+      },
+    ],
+  ];
+
+  it.each(cases)("rejects %s", async (_name, make, message = "invalid access token") => {
+    await expectRejectedEverywhere(await make(), message);
+  });
+
+  it("never fetched a key from a URL named in a token", () => {
+    expect(attackerFetches).toBe(0);
+  });
+});
+
+const nowSec = () => Math.floor(Date.now() / 1000);
+
+describe("enumeration by response", () => {
+  interface RawAnswer {
+    status: number;
+    headers: [string, string][];
+    body: string;
+  }
+  /** One sign-in over Connect on HTTP/1.1, as the bytes on the wire show it, minus `date`. */
+  async function rawSignIn(email: string, password: string, encoding: "json" | "proto"): Promise<RawAnswer> {
+    const body =
+      encoding === "json"
+        ? JSON.stringify({ email, password })
+        : Buffer.concat([protoString(1, email), protoString(2, password)]);
+    const res = await fetch(`${platform.identity.url}/identity.v1.AuthService/AuthenticateCustomer`, {
+      method: "POST",
+      body,
+      headers: { "content-type": `application/${encoding}` },
+    });
+    return {
+      status: res.status,
+      headers: [...res.headers.entries()].filter(([k]) => k !== "date"),
+      body: await res.text(),
+    };
+  }
+  const protoString = (no: number, s: string) => {
+    const b = Buffer.from(s, "utf8");
+    return Buffer.concat([Buffer.from([(no << 3) | 2, b.length]), b]);
+  };
+
+  it.each(["json", "proto"] as const)(
+    "an unknown email and a wrong password get identical answers (%s), also once both are throttled",
+    async (encoding) => {
+      const known = await platform.signUp(PASSWORD, "enum");
+      const unknown = uniqueEmail("enum-ghost");
+      const first = await rawSignIn(known.email, WRONG, encoding);
+      expect(first.status).toBe(401);
+      expect(await rawSignIn(unknown, WRONG, encoding)).toEqual(first);
+      for (let i = 1; i < FREE_ATTEMPTS; i++) {
+        expect(await rawSignIn(known.email, WRONG, encoding)).toEqual(first);
+        expect(await rawSignIn(unknown, WRONG, encoding)).toEqual(first);
+      }
+      const blocked = await rawSignIn(known.email, WRONG, encoding);
+      expect(blocked.status).toBe(429);
+      expect(await rawSignIn(unknown, WRONG, encoding)).toEqual(blocked);
+    },
+  );
+});
+
+describe("logs under attack", () => {
+  it("hold no password, token or hash, at any of the three servers", () => {
+    const lines = [...platform.identity.logs.lines, ...payments.logs.lines, ...platform.customer.logs.lines];
+    expect(lines.length).toBeGreaterThan(100);
+    const secrets = [PASSWORD, WRONG, "$argon2id$", ...refreshTokensSeen];
+    for (const line of lines) {
+      // Every JWT starts with a base64url JSON header: "eyJ".
+      expect(line).not.toMatch(/eyJ[A-Za-z0-9_-]{10,}/);
+      for (const secret of secrets) expect(line.includes(secret), `${secret} in ${line}`).toBe(false);
+    }
+  });
+});
