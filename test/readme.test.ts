@@ -100,11 +100,13 @@ describe("README walkthrough", () => {
 
     // --list-methods, then the answers of RegisterCustomer, GetCustomer and UpdateCustomer.
     expect(out.stdout).toContain("identity.v1.AuthService/AuthenticateCustomer");
-    const answers = [...out.stdout.matchAll(/^\{[\s\S]*?^\}$/gm)].map((m) => JSON.parse(m[0]) as Record<string, any>);
+    const answers = [...out.stdout.matchAll(/^\{[\s\S]*?^\}$/gm)].map(
+      (m) => JSON.parse(m[0]) as { customer: Record<string, string> },
+    );
     expect(answers).toHaveLength(3);
     const [registered, read, updated] = answers;
     expect(registered?.customer).toMatchObject({ email: "ada@example.com", givenName: "Ada", version: "1" });
-    const customerId = registered?.customer.customerId as string;
+    const customerId = registered?.customer.customerId ?? "";
     expect(read?.customer).toMatchObject({ customerId, givenName: "Ada", familyName: "Lovelace", version: "1" });
     expect(updated?.customer).toMatchObject({ customerId, givenName: "Augusta", familyName: "Lovelace", version: "2" });
 
