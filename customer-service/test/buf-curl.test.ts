@@ -3,17 +3,14 @@
  * from the server's reflection, requests are JSON, over Connect on HTTP/1.1
  * (the default) and over gRPC on HTTP/2 cleartext.
  */
-import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bufCurl, type CurlProtocol, CURL_PROTOCOLS as PROTOCOLS } from "../../test/support/buf-curl.js";
 import { bearer, type Clients, createClients } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 
-const BUF = join(dirname(fileURLToPath(import.meta.url)), "../../node_modules/.bin/buf");
 const SERVICE = "customer.v1.CustomerService";
 
 let issuer: TestIssuer;
@@ -45,31 +42,7 @@ afterAll(async () => {
   await issuer?.close();
 });
 
-interface CurlResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-function bufCurl(args: string[]): Promise<CurlResult> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      BUF,
-      ["curl", ...args],
-      { timeout: 20_000, env: { ...process.env, NO_COLOR: "1" } },
-      (err, stdout, stderr) => {
-        if (err && typeof err.code !== "number") reject(err);
-        else resolve({ exitCode: err ? Number(err.code) : 0, stdout, stderr });
-      },
-    );
-  });
-}
-
-const PROTOCOLS = {
-  connect: [] as string[],
-  grpc: ["--protocol", "grpc", "--http2-prior-knowledge"],
-} as const;
-type Protocol = keyof typeof PROTOCOLS;
+type Protocol = CurlProtocol;
 
 const lines = (out: string) => out.split("\n").filter(Boolean);
 

@@ -5,34 +5,23 @@
  * `grpc-status-details-bin`.
  */
 import { randomUUID } from "node:crypto";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { create, createFileRegistry, fromBinary } from "@bufbuild/protobuf";
-import {
-  type Any,
-  anyIs,
-  anyUnpack,
-  FieldDescriptorProto_Label,
-  FieldDescriptorProto_Type,
-  FileDescriptorProtoSchema,
-  file_google_protobuf_any,
-} from "@bufbuild/protobuf/wkt";
+import { anyIs, anyUnpack } from "@bufbuild/protobuf/wkt";
 import { ViolationsSchema } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
+import type * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { rpcError } from "../../test/support/clients.js";
+import {
+  failure,
+  type GrpcJsClient,
+  loadGrpcJsClient,
+  richStatus,
+  statusMessage,
+  type Unary,
+} from "../../test/support/grpc-js.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
-
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "../..");
-// proto/ holds the contract, third_party/proto buf/validate. validate.proto imports
-// google/protobuf/{descriptor,duration,field_mask,timestamp}.proto: protobufjs (under
-// proto-loader) bundles descriptor.proto as a file and the others as built-in common types.
-const PROTOBUFJS = dirname(createRequire(import.meta.url).resolve("protobufjs/package.json"));
-const INCLUDE_DIRS = [join(ROOT, "proto"), join(ROOT, "third_party/proto"), PROTOBUFJS];
 
 /** proto-loader's plain-object shapes (keepCase, longs and enums as strings). */
 interface Timestamp {
@@ -61,123 +50,32 @@ interface CustomerResponse {
   customer: Customer;
 }
 
-type RawUnary = (
-  req: unknown,
-  metadata: grpc.Metadata,
-  options: grpc.CallOptions,
-  callback: (err: grpc.ServiceError | null, res?: unknown) => void,
-) => void;
-
-/** A unary method: request in, response out, failures as ConnectError whose cause is the ServiceError. */
-type Unary<Req> = (req: Req, token?: string) => Promise<CustomerResponse>;
-
 let issuer: TestIssuer;
 let svc: RunningCustomerService;
+let client: GrpcJsClient;
 let definition: protoLoader.PackageDefinition;
-let raw: grpc.Client;
-let registerCustomer: Unary<Record<string, unknown>>;
-let updateCustomer: Unary<{
-  customer: Partial<Customer>;
-  update_mask?: { paths: string[] };
-  expected_version?: string;
-}>;
-let getCustomer: Unary<{ customer_id: string }>;
-
-/**
- * google.rpc.Status for protobuf-es, declared here: proto-loader's descriptors
- * cannot serve (protobufjs flattens files by package), and gen/ has no status.proto.
- */
-const statusRegistry = createFileRegistry(
-  create(FileDescriptorProtoSchema, {
-    name: "google/rpc/status.proto",
-    package: "google.rpc",
-    dependency: ["google/protobuf/any.proto"],
-    syntax: "proto3",
-    messageType: [
-      {
-        name: "Status",
-        field: [
-          { name: "code", jsonName: "code", number: 1, type: FieldDescriptorProto_Type.INT32 },
-          { name: "message", jsonName: "message", number: 2, type: FieldDescriptorProto_Type.STRING },
-          {
-            name: "details",
-            jsonName: "details",
-            number: 3,
-            type: FieldDescriptorProto_Type.MESSAGE,
-            label: FieldDescriptorProto_Label.REPEATED,
-            typeName: ".google.protobuf.Any",
-          },
-        ],
-      },
-    ],
-  }),
-  (name) => (name === "google/protobuf/any.proto" ? file_google_protobuf_any : undefined),
-);
+let registerCustomer: Unary<Record<string, unknown>, CustomerResponse>;
+let updateCustomer: Unary<
+  { customer: Partial<Customer>; update_mask?: { paths: string[] }; expected_version?: string },
+  CustomerResponse
+>;
+let getCustomer: Unary<{ customer_id: string }, CustomerResponse>;
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
   svc = await startCustomerService({ IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl });
-  definition = await protoLoader.load("customer/v1/customer_service.proto", {
-    includeDirs: INCLUDE_DIRS,
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-    customer: { v1: { CustomerService: grpc.ServiceClientConstructor } };
-  };
-  raw = new loaded.customer.v1.CustomerService(`127.0.0.1:${svc.server.port}`, grpc.credentials.createInsecure());
-  registerCustomer = unary("RegisterCustomer");
-  updateCustomer = unary("UpdateCustomer");
-  getCustomer = unary("GetCustomer");
+  client = await loadGrpcJsClient("customer/v1/customer_service.proto", "customer.v1.CustomerService", svc.server.port);
+  definition = client.definition;
+  registerCustomer = client.unary("RegisterCustomer");
+  updateCustomer = client.unary("UpdateCustomer");
+  getCustomer = client.unary("GetCustomer");
 });
 
 afterAll(async () => {
-  raw?.close();
+  client?.close();
   await svc?.close();
   await issuer?.close();
 });
-
-function unary<Req>(method: string): Unary<Req> {
-  return (req, token) =>
-    new Promise<CustomerResponse>((resolve, reject) => {
-      const metadata = new grpc.Metadata();
-      if (token) metadata.set("authorization", `Bearer ${token}`);
-      const fn = (raw as unknown as Record<string, RawUnary>)[method];
-      if (!fn) throw new Error(`no method ${method}`);
-      fn.call(raw, req, metadata, { deadline: Date.now() + 10_000 }, (err, res) => {
-        if (err) reject(new ConnectError(statusMessage(err), err.code as number as Code, undefined, undefined, err));
-        else resolve(res as CustomerResponse);
-      });
-    });
-}
-
-/**
- * The status message as sent. connect-es percent-encodes grpc-message with
- * encodeURIComponent, grpc-js decodes it with decodeURI, which leaves the
- * escapes of reserved characters ("," ":" …) in place.
- */
-function statusMessage(err: grpc.ServiceError): string {
-  try {
-    return decodeURIComponent(err.details);
-  } catch {
-    return err.details;
-  }
-}
-
-/** The ServiceError behind a failed call. */
-async function failure(call: Promise<unknown>): Promise<grpc.ServiceError> {
-  const err = await call.then(
-    () => {
-      throw new Error("call succeeded");
-    },
-    (e: unknown) => e,
-  );
-  if (!(err instanceof ConnectError) || !err.cause) throw err;
-  return err.cause as grpc.ServiceError;
-}
 
 const profile = (id: string) => ({
   email: `grpcjs.${id.slice(0, 8)}@example.com`,
@@ -334,17 +232,7 @@ describe("CustomerService over @grpc/grpc-js with proto-loader", () => {
     const err = await failure(registerCustomer({ ...profile(id), email: "not-an-email", phone_number: "12" }, token));
     expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
 
-    const bins = err.metadata.get("grpc-status-details-bin");
-    expect(bins).toHaveLength(1);
-    const [bin] = bins;
-    expect(bin).toBeInstanceOf(Buffer);
-    const statusSchema = statusRegistry.getMessage("google.rpc.Status");
-    if (!statusSchema) throw new Error("google.rpc.Status missing");
-    const status = fromBinary(statusSchema, bin as Buffer) as unknown as {
-      code: number;
-      message: string;
-      details: Any[];
-    };
+    const status = richStatus(err);
     expect(status.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(status.message).toBe(statusMessage(err));
     expect(status.details.map((d) => d.typeUrl)).toEqual(["type.googleapis.com/buf.validate.Violations"]);

@@ -3,15 +3,12 @@
  * the server's reflection, requests are JSON, over Connect (the default) and
  * over gRPC on HTTP/2 cleartext.
  */
-import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bufCurl, type CurlProtocol, CURL_PROTOCOLS as PROTOCOLS } from "../../test/support/buf-curl.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
 
-const BUF = join(dirname(fileURLToPath(import.meta.url)), "../../node_modules/.bin/buf");
 const SERVICE = "identity.v1.AuthService";
 const PASSWORD = "correct horse battery staple";
 const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -26,33 +23,8 @@ afterAll(async () => {
   await svc?.close();
 });
 
-interface CurlResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-function bufCurl(args: string[]): Promise<CurlResult> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      BUF,
-      ["curl", ...args],
-      { timeout: 20_000, env: { ...process.env, NO_COLOR: "1" } },
-      (err, stdout, stderr) => {
-        if (err && typeof err.code !== "number") reject(err);
-        else resolve({ exitCode: err ? Number(err.code) : 0, stdout, stderr });
-      },
-    );
-  });
-}
-
-const PROTOCOLS = {
-  connect: [] as string[],
-  grpc: ["--protocol", "grpc", "--http2-prior-knowledge"],
-} as const;
-
 /** Calls one method with a JSON body; resolves with the parsed JSON response. */
-async function call(protocol: keyof typeof PROTOCOLS, method: string, body: unknown): Promise<Record<string, unknown>> {
+async function call(protocol: CurlProtocol, method: string, body: unknown): Promise<Record<string, unknown>> {
   const res = await bufCurl([...PROTOCOLS[protocol], "-d", JSON.stringify(body), `${svc.url}/${SERVICE}/${method}`]);
   if (res.exitCode !== 0) throw new Error(`buf curl ${method} exited ${res.exitCode}: ${res.stderr}`);
   return JSON.parse(res.stdout) as Record<string, unknown>;
@@ -81,7 +53,7 @@ describe("buf curl via server reflection", () => {
     expect(res.stdout).toContain("grpc.health.v1.Health/Check");
   });
 
-  it.each(Object.keys(PROTOCOLS) as (keyof typeof PROTOCOLS)[])(
+  it.each(Object.keys(PROTOCOLS) as CurlProtocol[])(
     "signs up, signs in and refreshes over %s with JSON bodies only",
     async (protocol) => {
       const email = `curl.${protocol}.${randomUUID().slice(0, 8)}@example.com`;
@@ -106,7 +78,7 @@ describe("buf curl via server reflection", () => {
     },
   );
 
-  it.each(Object.keys(PROTOCOLS) as (keyof typeof PROTOCOLS)[])(
+  it.each(Object.keys(PROTOCOLS) as CurlProtocol[])(
     "reports a wrong password as unauthenticated over %s",
     async (protocol) => {
       const email = `curl.bad.${protocol}.${randomUUID().slice(0, 8)}@example.com`;

@@ -4,34 +4,25 @@
  * rich error details decoded from `grpc-status-details-bin`.
  */
 import { randomUUID } from "node:crypto";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { create, createFileRegistry, fromBinary } from "@bufbuild/protobuf";
-import {
-  type Any,
-  anyIs,
-  anyUnpack,
-  FieldDescriptorProto_Label,
-  FieldDescriptorProto_Type,
-  FileDescriptorProtoSchema,
-  file_google_protobuf_any,
-} from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { anyIs, anyUnpack } from "@bufbuild/protobuf/wkt";
+import { Code } from "@connectrpc/connect";
 import { RetryInfoSchema } from "@customer-platform/gen/google/rpc/error_details_pb.js";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
+import type * as protoLoader from "@grpc/proto-loader";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { rpcError } from "../../test/support/clients.js";
+import {
+  failure,
+  type GrpcJsClient,
+  loadGrpcJsClient,
+  richStatus,
+  statusMessage,
+  type Unary,
+} from "../../test/support/grpc-js.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
 import { runCli } from "../src/cli.js";
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "../..");
-// proto/ and third_party/proto hold our contract and buf/validate; google/protobuf/*.proto
-// (imported by validate.proto) come from google-proto-files.
-const GOOGLE_PROTOS = dirname(createRequire(import.meta.url).resolve("google-proto-files/package.json"));
-const INCLUDE_DIRS = [join(ROOT, "proto"), join(ROOT, "third_party/proto"), GOOGLE_PROTOS];
 const PASSWORD = "correct horse battery staple";
 
 interface TokenSet {
@@ -51,16 +42,6 @@ interface Introspection {
   token_type: string;
 }
 
-type RawUnary = (
-  req: unknown,
-  metadata: grpc.Metadata,
-  options: grpc.CallOptions,
-  callback: (err: grpc.ServiceError | null, res?: unknown) => void,
-) => void;
-
-/** A unary method of the dynamic client: request in, response out, failures as ConnectError (cause: the ServiceError). */
-type Unary<Req, Res> = (req: Req, token?: string) => Promise<Res>;
-
 interface AuthClient {
   createCredentials: Unary<{ email: string; password: string }, { customer_id: string; tokens: TokenSet }>;
   authenticateCustomer: Unary<{ email: string; password: string }, { customer_id: string; tokens: TokenSet }>;
@@ -72,96 +53,29 @@ interface AuthClient {
 }
 
 let svc: RunningIdentityService;
+let client: GrpcJsClient;
 let definition: protoLoader.PackageDefinition;
-let raw: grpc.Client;
 let auth: AuthClient;
-
-/**
- * google.rpc.Status for protobuf-es. proto-loader's own descriptors cannot
- * serve: protobufjs flattens files by package and writes relative type names.
- */
-const statusRegistry = createFileRegistry(
-  create(FileDescriptorProtoSchema, {
-    name: "google/rpc/status.proto",
-    package: "google.rpc",
-    dependency: ["google/protobuf/any.proto"],
-    syntax: "proto3",
-    messageType: [
-      {
-        name: "Status",
-        field: [
-          { name: "code", jsonName: "code", number: 1, type: FieldDescriptorProto_Type.INT32 },
-          { name: "message", jsonName: "message", number: 2, type: FieldDescriptorProto_Type.STRING },
-          {
-            name: "details",
-            jsonName: "details",
-            number: 3,
-            type: FieldDescriptorProto_Type.MESSAGE,
-            label: FieldDescriptorProto_Label.REPEATED,
-            typeName: ".google.protobuf.Any",
-          },
-        ],
-      },
-    ],
-  }),
-  (name) => (name === "google/protobuf/any.proto" ? file_google_protobuf_any : undefined),
-);
 
 beforeAll(async () => {
   svc = await startIdentityService({ IDENTITY_THROTTLE_BASE_DELAY_MS: "60000" });
-  definition = await protoLoader.load("identity/v1/auth_service.proto", {
-    includeDirs: INCLUDE_DIRS,
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-  });
-  const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-    identity: { v1: { AuthService: grpc.ServiceClientConstructor } };
-  };
-  raw = new loaded.identity.v1.AuthService(`127.0.0.1:${svc.server.port}`, grpc.credentials.createInsecure());
+  client = await loadGrpcJsClient("identity/v1/auth_service.proto", "identity.v1.AuthService", svc.server.port);
+  definition = client.definition;
   auth = {
-    createCredentials: unary("CreateCredentials"),
-    authenticateCustomer: unary("AuthenticateCustomer"),
-    refreshToken: unary("RefreshToken"),
-    revokeToken: unary("RevokeToken"),
-    introspectToken: unary("IntrospectToken"),
-    changePassword: unary("ChangePassword"),
-    authenticateClient: unary("AuthenticateClient"),
+    createCredentials: client.unary("CreateCredentials"),
+    authenticateCustomer: client.unary("AuthenticateCustomer"),
+    refreshToken: client.unary("RefreshToken"),
+    revokeToken: client.unary("RevokeToken"),
+    introspectToken: client.unary("IntrospectToken"),
+    changePassword: client.unary("ChangePassword"),
+    authenticateClient: client.unary("AuthenticateClient"),
   };
 });
 
 afterAll(async () => {
-  raw?.close();
+  client?.close();
   await svc?.close();
 });
-
-function unary<Req, Res>(method: string): Unary<Req, Res> {
-  return (req, token) =>
-    new Promise<Res>((resolve, reject) => {
-      const metadata = new grpc.Metadata();
-      if (token) metadata.set("authorization", `Bearer ${token}`);
-      const fn = (raw as unknown as Record<string, RawUnary>)[method];
-      if (!fn) throw new Error(`no method ${method}`);
-      fn.call(raw, req, metadata, { deadline: Date.now() + 10_000 }, (err, res) => {
-        if (err) reject(new ConnectError(statusMessage(err), err.code as number as Code, undefined, undefined, err));
-        else resolve(res as Res);
-      });
-    });
-}
-
-/**
- * The status message as sent. connect-es percent-encodes grpc-message with
- * encodeURIComponent, grpc-js decodes it with decodeURI, which leaves the
- * escapes of reserved characters (",", ":", "/", …) in place.
- */
-function statusMessage(err: grpc.ServiceError): string {
-  try {
-    return decodeURIComponent(err.details);
-  } catch {
-    return err.details;
-  }
-}
 
 const email = () => `grpcjs.${randomUUID().slice(0, 8)}@example.com`;
 
@@ -179,18 +93,6 @@ async function serviceToken(scopes: string, scope = ""): Promise<{ clientId: str
   const { client_secret: secret } = JSON.parse(out[0] ?? "{}") as { client_secret: string };
   const res = await auth.authenticateClient({ client_id: clientId, client_secret: secret, scope });
   return { clientId, secret, token: res.tokens.access_token };
-}
-
-/** The ServiceError behind a failed call. */
-async function failure(call: Promise<unknown>): Promise<grpc.ServiceError> {
-  const err = await call.then(
-    () => {
-      throw new Error("call succeeded");
-    },
-    (e: unknown) => e,
-  );
-  if (!(err instanceof ConnectError) || !err.cause) throw err;
-  return err.cause as grpc.ServiceError;
 }
 
 describe("AuthService over @grpc/grpc-js with proto-loader", () => {
@@ -260,15 +162,7 @@ describe("AuthService over @grpc/grpc-js with proto-loader", () => {
     const message = statusMessage(err);
     expect(message).toMatch(/^too many attempts, retry in (59|60)s$/);
     const seconds = BigInt(/(\d+)s$/.exec(message)?.[1] ?? "0");
-    const [bin] = err.metadata.get("grpc-status-details-bin");
-    expect(bin).toBeInstanceOf(Buffer);
-    const statusSchema = statusRegistry.getMessage("google.rpc.Status");
-    if (!statusSchema) throw new Error("google.rpc.Status missing");
-    const status = fromBinary(statusSchema, bin as Buffer) as unknown as {
-      code: number;
-      message: string;
-      details: Any[];
-    };
+    const status = richStatus(err);
     expect(status.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
     expect(status.message).toBe(message);
     expect(status.details.map((d) => d.typeUrl)).toEqual(["type.googleapis.com/google.rpc.RetryInfo"]);
