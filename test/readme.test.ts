@@ -54,7 +54,8 @@ describe("README walkthrough", () => {
   });
 
   afterAll(async () => {
-    tail?.kill("SIGTERM");
+    // npm runs the CLI in a child of its own: stop the whole process group.
+    if (tail?.pid && tail.exitCode === null) process.kill(-tail.pid, "SIGTERM");
     await platform?.close();
   });
 
@@ -72,7 +73,7 @@ describe("README walkthrough", () => {
         `${customer.streams.subjectPrefix}.>`,
         `${identity.streams.subjectPrefix}.>`,
       ],
-      { cwd: ROOT, env: { ...process.env, NATS_URL: customer.natsUrl } },
+      { cwd: ROOT, env: { ...process.env, NATS_URL: customer.natsUrl }, detached: true },
     );
     let tailErr = "";
     tail.stderr?.on("data", (d: Buffer) => {
