@@ -1,7 +1,7 @@
 /**
  * Bearer access tokens (RFC 9068 JWTs from the identity provider), verified
  * offline against its JWKS: signature with a pinned algorithm, `typ`,
- * issuer, audience, expiry.
+ * issuer, audience, expiry; and, given a revocation list, not revoked.
  */
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
@@ -15,6 +15,8 @@ export interface Principal {
   readonly scopes: ReadonlySet<string>;
   /** The token's `jti`. */
   readonly tokenId: string;
+  /** The token's `sid`: the customer's sign-in session (refresh-token family); absent for a service. */
+  readonly sessionId?: string;
   readonly expiresAt: Date;
   readonly issuedAt: Date;
 }
@@ -73,7 +75,14 @@ export function principalFromClaims(payload: JWTPayload): Principal {
   const sub = payload.sub;
   const clientId = payload.client_id;
   const scope = payload.scope ?? "";
-  if (typeof sub !== "string" || typeof clientId !== "string" || typeof scope !== "string" || !payload.jti) {
+  const sid = payload.sid;
+  if (
+    typeof sub !== "string" ||
+    typeof clientId !== "string" ||
+    typeof scope !== "string" ||
+    !payload.jti ||
+    (sid !== undefined && (typeof sid !== "string" || sid === ""))
+  ) {
     throw new ConnectError("invalid access token", Code.Unauthenticated);
   }
   return {
@@ -82,10 +91,20 @@ export function principalFromClaims(payload: JWTPayload): Principal {
     clientId,
     scopes: new Set(scope.split(" ").filter(Boolean)),
     tokenId: payload.jti,
+    ...(typeof sid === "string" && { sessionId: sid }),
     expiresAt: new Date((payload.exp ?? 0) * 1000),
     issuedAt: new Date((payload.iat ?? 0) * 1000),
   };
 }
+
+/** Tells whether a verified token was revoked before it expires (e.g. `createRevocationList`). */
+export interface RevocationCheck {
+  /** True when the token's `jti`, or its `sid`, is known to be revoked. */
+  isRevoked(principal: Pick<Principal, "tokenId" | "sessionId">): boolean;
+}
+
+/** UNAUTHENTICATED for a genuine token that was revoked before it expires. */
+export const revokedAccessToken = () => new ConnectError("access token revoked", Code.Unauthenticated);
 
 export interface JwksAuthenticatorOptions extends JwtVerifyOptions {
   jwksUrl: string;
@@ -93,12 +112,15 @@ export interface JwksAuthenticatorOptions extends JwtVerifyOptions {
   cacheMaxAgeMs?: number;
   /** Minimum time between refetches triggered by an unknown `kid` (default 30 s). */
   cooldownMs?: number;
+  /** Revocations to honour; without, a genuine token is accepted until it expires. */
+  revocations?: RevocationCheck;
 }
 
 /**
  * An authenticator for a resource server: keys come from the identity
  * provider's JWKS URL, cached, and refetched when a token names an unknown
- * `kid` (key rotation).
+ * `kid` (key rotation). With `revocations`, a revoked token is answered
+ * UNAUTHENTICATED like an invalid one.
  */
 export function createJwksAuthenticator(opts: JwksAuthenticatorOptions): Authenticator {
   const keys = createRemoteJWKSet(new URL(opts.jwksUrl), {
@@ -117,7 +139,12 @@ export function createJwksAuthenticator(opts: JwksAuthenticatorOptions): Authent
       throw err;
     }
   };
+  const revocations = opts.revocations;
   return {
-    authenticate: (ctx) => verifyAccessToken(bearerToken(ctx), getKey, opts),
+    async authenticate(ctx) {
+      const principal = await verifyAccessToken(bearerToken(ctx), getKey, opts);
+      if (revocations?.isRevoked(principal)) throw revokedAccessToken();
+      return principal;
+    },
   };
 }

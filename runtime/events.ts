@@ -30,7 +30,7 @@
  *   (`insert … on conflict (customer_id) do update … where stored.version <
  *   excluded.version`). Repeats, redeliveries and even out-of-order delivery
  *   then leave the same state.
- * - Events without a version (`CustomerAuthenticated`): record `meta.id` (the
+ * - Events without a version (`CustomerAuthenticated`, `TokensRevoked`): record `meta.id` (the
  *   `event_id`) in a processed-events table in the same transaction as the
  *   effect, and skip an id already there (`insert … on conflict do nothing`).
  */
@@ -45,6 +45,8 @@ import {
 import {
   type CustomerAuthenticated,
   CustomerAuthenticatedSchema,
+  type TokensRevoked,
+  TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
 import {
   AckPolicy,
@@ -61,6 +63,7 @@ export interface PlatformEvents {
   "customer.v1.CustomerRegistered": CustomerRegistered;
   "customer.v1.CustomerUpdated": CustomerUpdated;
   "identity.v1.CustomerAuthenticated": CustomerAuthenticated;
+  "identity.v1.TokensRevoked": TokensRevoked;
 }
 
 /** A `ce-type` the platform publishes. */
@@ -71,6 +74,7 @@ export const eventSchemas: { readonly [T in EventType]: GenMessage<PlatformEvent
   "customer.v1.CustomerRegistered": CustomerRegisteredSchema,
   "customer.v1.CustomerUpdated": CustomerUpdatedSchema,
   "identity.v1.CustomerAuthenticated": CustomerAuthenticatedSchema,
+  "identity.v1.TokensRevoked": TokensRevokedSchema,
 };
 
 /** True when type is one of the platform's event types. */
@@ -101,7 +105,7 @@ export interface EventMeta {
   readonly source: string;
   /** `ce-time`: when the change committed. */
   readonly time: Date | undefined;
-  /** `ce-subject`: the customer id. */
+  /** `ce-subject`: the customer id (a service's client id for its revoked token). */
   readonly customerId: string;
   /** The NATS subject, e.g. `customer.updated.<customer_id>`. */
   readonly subject: string;

@@ -138,8 +138,9 @@ describe("npm run events -- tail", () => {
       );
     const email = `${randomUUID().slice(0, 8)}@example.com`;
     const auth = idClients.client(AuthService);
-    const { customerId } = await auth.createCredentials({ email, password: "correct horse battery staple" });
+    const { customerId, tokens } = await auth.createCredentials({ email, password: "correct horse battery staple" });
     await auth.authenticateCustomer({ email, password: "correct horse battery staple" });
+    await auth.revokeToken({ token: tokens?.refreshToken ?? "" });
 
     const updated = await tail.line((r) => r.type === "customer.v1.CustomerUpdated");
     expect(updated).toMatchObject({
@@ -151,6 +152,12 @@ describe("npm run events -- tail", () => {
       subject: `${identity.streams.subjectPrefix}.customer.authenticated.${customerId}`,
       source: "identity-service",
       event: { customerId, method: "AUTHENTICATION_METHOD_PASSWORD" },
+    });
+    const revoked = await tail.line((r) => r.type === "identity.v1.TokensRevoked");
+    expect(revoked).toMatchObject({
+      subject: `${identity.streams.subjectPrefix}.token.revoked.${customerId}`,
+      customer_id: customerId,
+      event: { customerId, sessionIds: [expect.any(String)], reason: "TOKEN_REVOCATION_REASON_REVOKED" },
     });
     // The registration happened before the tail started.
     expect(tail.stdout.map((l) => JSON.parse(l).type)).not.toContain("customer.v1.CustomerRegistered");

@@ -29,6 +29,11 @@ export interface CustomerConfig {
   jwksUrl: string;
   issuer: string;
   audience: string;
+  /** Where the identity provider publishes TokensRevoked: its stream and subject prefix. */
+  revocationStream: string;
+  revocationSubjectPrefix: string;
+  /** How far back revocations are read at start: the identity provider's access-token lifetime. */
+  revocationLookbackSec: number;
   logLevel: LogLevel;
   /** Largest request message accepted, in bytes. */
   maxRequestBytes: number;
@@ -39,10 +44,13 @@ export interface CustomerConfig {
 /** The configuration `env` describes, or a ConfigError naming the bad variable. */
 export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConfig {
   const issuer = envUrl(env, "IDENTITY_ISSUER", ["http:", "https:"], "http://127.0.0.1:8081").replace(/\/+$/, "");
-  const subjectPrefix = envString(env, "CUSTOMER_SUBJECT_PREFIX", "customer");
-  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(subjectPrefix)) {
-    throw new ConfigError(`CUSTOMER_SUBJECT_PREFIX must be dot-separated NATS subject tokens, got "${subjectPrefix}"`);
-  }
+  const subjectPrefix = envSubjectPrefix(env, "CUSTOMER_SUBJECT_PREFIX", "customer");
+  // Where the identity service publishes, if it is configured in the same environment.
+  const revocationSubjectPrefix = envSubjectPrefix(
+    env,
+    "CUSTOMER_REVOCATION_SUBJECT_PREFIX",
+    envSubjectPrefix(env, "IDENTITY_SUBJECT_PREFIX", "identity"),
+  );
   return {
     host: envString(env, "CUSTOMER_HOST", "127.0.0.1"),
     port: envPort(env, "CUSTOMER_PORT", 8080),
@@ -54,8 +62,26 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
     jwksUrl: envUrl(env, "IDENTITY_JWKS_URL", ["http:", "https:"], `${issuer}/.well-known/jwks.json`),
     issuer,
     audience: envString(env, "CUSTOMER_AUDIENCE", "customer-service"),
+    revocationStream: envString(env, "CUSTOMER_REVOCATION_STREAM", envString(env, "IDENTITY_STREAM", "IDENTITY")),
+    revocationSubjectPrefix,
+    revocationLookbackSec: envInt(
+      env,
+      "CUSTOMER_REVOCATION_LOOKBACK",
+      envInt(env, "IDENTITY_ACCESS_TOKEN_TTL", 900, 30, 86_400),
+      30,
+      86_400,
+    ),
     logLevel: envEnum(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     maxRequestBytes: envInt(env, "CUSTOMER_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
     shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
   };
+}
+
+/** Dot-separated NATS subject tokens (no wildcards), or the fallback when unset. */
+function envSubjectPrefix(env: Env, name: string, fallback: string): string {
+  const prefix = envString(env, name, fallback);
+  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(prefix)) {
+    throw new ConfigError(`${name} must be dot-separated NATS subject tokens, got "${prefix}"`);
+  }
+  return prefix;
 }

@@ -14,6 +14,7 @@ import { openDatabase } from "../../runtime/db.js";
 import { outboxCleanup, startHousekeeping } from "../../runtime/housekeeping.js";
 import { createLogger, type Logger } from "../../runtime/logger.js";
 import { createOutboxRelay, type OutboxRelay } from "../../runtime/outbox.js";
+import { createRevocationList, type RevocationList } from "../../runtime/revocations.js";
 import type { CustomerConfig } from "./config.js";
 import * as schema from "./db/schema.js";
 import { createCustomerService } from "./routes/index.js";
@@ -30,6 +31,8 @@ export interface CustomerServer extends AsyncDisposable {
   readonly logger: Logger;
   /** The outbox relay (tests wait on it). */
   readonly relay: OutboxRelay;
+  /** Revoked access tokens, from the identity service's TokensRevoked events. */
+  readonly revocations: RevocationList;
   start(): Promise<void>;
   /** Graceful stop: stop accepting, finish in-flight calls, flush the outbox, close everything. */
   stop(): Promise<void>;
@@ -62,11 +65,21 @@ export async function createCustomerServer(
     lockKey: RELAY_LOCK,
     logger: logger.child({ component: "outbox-relay" }),
   });
+  // Availability over strictness: while revocations cannot be read, tokens are
+  // still verified offline (and readiness does not depend on it).
+  const revocations = createRevocationList({
+    natsUrl: config.natsUrl,
+    stream: config.revocationStream,
+    subjectPrefix: config.revocationSubjectPrefix,
+    lookbackMs: config.revocationLookbackSec * 1000,
+    logger,
+  });
   const auth = createJwksAuthenticator({
     jwksUrl: config.jwksUrl,
     issuer: config.issuer,
     audience: config.audience,
     cooldownMs: 5_000,
+    revocations,
   });
   const impl = createCustomerService({
     db: database.db,
@@ -82,7 +95,7 @@ export async function createCustomerServer(
     stopping ??= (async () => {
       stopHousekeeping();
       await server?.close(config.shutdownGraceMs);
-      await relay.stop({ flush: true, timeoutMs: 5_000 });
+      await Promise.all([relay.stop({ flush: true, timeoutMs: 5_000 }), revocations.stop()]);
       if (relayDatabase !== database) await relayDatabase.close();
       await database.close();
       logger.info("stopped");
@@ -100,6 +113,7 @@ export async function createCustomerServer(
     },
     logger,
     relay,
+    revocations,
     async start() {
       server = await startConnectServer({
         host: config.host,
@@ -113,8 +127,15 @@ export async function createCustomerServer(
       });
       stopHousekeeping = startHousekeeping(database, [outboxCleanup(7)], 10 * 60_000, logger);
       relay.start();
+      revocations.start();
       logger.info(
-        { url: server.url, database: database.description, nats: config.natsUrl, stream: config.stream },
+        {
+          url: server.url,
+          database: database.description,
+          nats: config.natsUrl,
+          stream: config.stream,
+          revocationStream: config.revocationStream,
+        },
         "customer service listening",
       );
     },

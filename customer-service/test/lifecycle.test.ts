@@ -267,6 +267,12 @@ describe("a bad configuration", () => {
       'CUSTOMER_DATABASE_URL must use postgres: or postgresql:, got "mysql:"',
     ],
     ["LOG_LEVEL", "loud", 'LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "loud"'],
+    [
+      "CUSTOMER_REVOCATION_SUBJECT_PREFIX",
+      "identity.>",
+      'CUSTOMER_REVOCATION_SUBJECT_PREFIX must be dot-separated NATS subject tokens, got "identity.>"',
+    ],
+    ["CUSTOMER_REVOCATION_LOOKBACK", "5", "CUSTOMER_REVOCATION_LOOKBACK must be between 30 and 86400, got 5"],
   ])("%s=%s exits non-zero, naming the variable on stderr", async (name, value, message) => {
     const proc = run({ [name]: value });
     const exit = await within(proc.exited, 15_000, "the exit");

@@ -37,7 +37,7 @@ let js: JetStreamClient;
 beforeAll(async () => {
   issuer = `http://127.0.0.1:${await freePort()}`;
   identity = await startIdentityService({ IDENTITY_PORT: new URL(issuer).port, IDENTITY_ISSUER: issuer });
-  customer = await startCustomerService({ IDENTITY_ISSUER: issuer });
+  customer = await startCustomerService({ IDENTITY_ISSUER: issuer }, { identityStreams: identity.streams });
   idClients = createClients(identity.url);
   custClients = createClients(customer.url);
   nc = await connect({ servers: customer.natsUrl });
@@ -118,10 +118,12 @@ describe("verifying access tokens", () => {
     expect(await verify(bearerToken(`Bearer ${c.token}`) ?? "")).toMatchObject({
       subject: c.customerId,
       clientId: "first-party",
+      sessionId: expect.any(String),
     });
     const creds = await serviceCredentials("customer:read");
     const service = await verify(await createTokenSource(creds)());
     expect(service).toMatchObject({ subject: creds.clientId, clientId: creds.clientId, scopes: ["customer:read"] });
+    expect(service.sessionId).toBeUndefined();
     expect(service.expiresAt.getTime()).toBeGreaterThan(Date.now());
   });
 

@@ -1,8 +1,8 @@
 /**
  * Verifying the platform's access tokens in another service, offline,
  * against the identity service's JWKS: RFC 9068 JWTs (`typ: at+jwt`) signed
- * with EdDSA, with `iss`, `sub`, `aud`, `exp`, `iat`, `jti`, `client_id` and
- * `scope`. See docs/integrate.md.
+ * with EdDSA, with `iss`, `sub`, `aud`, `exp`, `iat`, `jti`, `client_id`,
+ * `scope` and, on a customer's token, `sid`. See docs/integrate.md.
  */
 import { createRemoteJWKSet, jwtVerify } from "jose";
 
@@ -22,8 +22,10 @@ export interface AccessToken {
   /** `first-party` for customers signed in through the company's apps, else the service's client id. */
   clientId: string;
   scopes: string[];
-  /** Token id, for logs and revocation lists. */
+  /** Token id (`jti`), for logs and revocation lists. */
   id: string;
+  /** The customer's sign-in session (`sid`), for revocation lists; absent on a service's token. */
+  sessionId?: string;
   expiresAt: Date;
 }
 
@@ -47,6 +49,7 @@ export function createAccessTokenVerifier(opts: AccessTokenVerifierOptions): (to
       clientId: String(payload.client_id),
       scopes: typeof payload.scope === "string" ? payload.scope.split(" ").filter(Boolean) : [],
       id: String(payload.jti),
+      ...(typeof payload.sid === "string" && { sessionId: payload.sid }),
       expiresAt: new Date((payload.exp ?? 0) * 1000),
     };
   };

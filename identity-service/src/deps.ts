@@ -5,7 +5,7 @@ import type { PasswordHasher } from "./passwords.js";
 import type { Throttle } from "./throttle.js";
 import type { KeyStore, TokenSettings } from "./tokens.js";
 
-/** Where CustomerAuthenticated goes: `ce-source`, subject prefix (default "identity") and NOTIFY channel. */
+/** Where this service's events go: `ce-source`, subject prefix (default "identity") and NOTIFY channel. */
 export interface EventsConfig {
   readonly source: string;
   readonly subjectPrefix: string;

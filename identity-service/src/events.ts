@@ -1,10 +1,15 @@
 /**
- * The event this service publishes (identity.v1 events.proto), written to
- * the outbox in the transaction of the sign-in it records.
+ * The events this service publishes (identity.v1 events.proto), written to
+ * the outbox in the transaction of the change they record.
  */
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
+import {
+  AuthenticationMethod,
+  CustomerAuthenticatedSchema,
+  TokenRevocationReason,
+  TokensRevokedSchema,
+} from "@customer-platform/gen/identity/v1/events_pb.js";
 import { uuidv7 } from "../../runtime/ids.js";
 import { enqueueEvent, type OutboxTx, outboxEvent } from "../../runtime/outbox.js";
 import type { EventsConfig } from "./deps.js";
@@ -37,4 +42,50 @@ export async function emitCustomerAuthenticated(
   );
 }
 
-export { AuthenticationMethod };
+/** What a TokensRevoked event says: whose tokens, which, until when, and why. */
+export interface RevokedTokens {
+  /** A customer's tokens, or a service's (client credentials). */
+  readonly owner: { readonly customerId: string } | { readonly clientId: string };
+  /** `jti` claims of revoked access tokens. */
+  readonly jwtIds?: readonly string[];
+  /** `sid` claims of revoked sessions (refresh-token families). */
+  readonly sessionIds?: readonly string[];
+  /** When the last access token revoked here expires. */
+  readonly expireTime: Date;
+  readonly reason: TokenRevocationReason;
+}
+
+/**
+ * Writes identity.v1.TokensRevoked to the outbox, so resource servers that
+ * verify access tokens offline learn of the revocation. Ids only, no token.
+ */
+export async function emitTokensRevoked(tx: OutboxTx, cfg: EventsConfig, revoked: RevokedTokens, occurTime: Date) {
+  const eventId = uuidv7();
+  const customerId = "customerId" in revoked.owner ? revoked.owner.customerId : "";
+  const clientId = "clientId" in revoked.owner ? revoked.owner.clientId : "";
+  const event = create(TokensRevokedSchema, {
+    eventId,
+    occurTime: timestampFromDate(occurTime),
+    customerId,
+    clientId,
+    jwtIds: [...(revoked.jwtIds ?? [])],
+    sessionIds: [...(revoked.sessionIds ?? [])],
+    expireTime: timestampFromDate(revoked.expireTime),
+    reason: revoked.reason,
+  });
+  await enqueueEvent(
+    tx,
+    outboxEvent(TokensRevokedSchema, event, {
+      eventId,
+      occurTime,
+      subject: customerId
+        ? `${cfg.subjectPrefix}.token.revoked.${customerId}`
+        : `${cfg.subjectPrefix}.token.revoked.client.${clientId}`,
+      source: cfg.source,
+      ceSubject: customerId || clientId,
+    }),
+    cfg.notifyChannel,
+  );
+}
+
+export { AuthenticationMethod, TokenRevocationReason };

@@ -1,13 +1,12 @@
 /**
  * Issuing token sets and checking the access tokens that callers present to
- * the identity service itself (with revocations, which offline verifiers
- * cannot see).
+ * the identity service itself, revocations included (offline verifiers learn
+ * of them from TokensRevoked events).
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { TokenSetSchema } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { eq } from "drizzle-orm";
-import { type Authenticator, bearerToken } from "../../runtime/auth.js";
+import { and, eq, isNotNull, sql } from "drizzle-orm";
+import { type Authenticator, bearerToken, type Principal, revokedAccessToken } from "../../runtime/auth.js";
 import type { Db } from "../../runtime/db.js";
 import { uuidv7 } from "../../runtime/ids.js";
 import type * as schema from "./db/schema.js";
@@ -24,7 +23,8 @@ type Tx = Parameters<Parameters<Db<typeof schema>["transaction"]>[0]>[0];
 
 /**
  * Issues an access token and a refresh token for a customer. The refresh
- * token row is written in tx; familyId continues a rotation chain.
+ * token row is written in tx; familyId continues a rotation chain. The
+ * family is the sign-in session: the access token's `sid`.
  */
 export async function issueCustomerTokens(
   deps: Pick<AuthServiceDeps, "keys" | "tokens" | "firstPartyClientId">,
@@ -32,18 +32,20 @@ export async function issueCustomerTokens(
   customerId: string,
   family?: { familyId: string; parentId: string },
 ): Promise<TokenSetInit> {
+  const id = uuidv7();
+  const familyId = family?.familyId ?? id;
   const access = await signAccessToken(deps.keys, deps.tokens, {
     sub: customerId,
     clientId: deps.firstPartyClientId,
     scope: CUSTOMER_SCOPE,
+    sid: familyId,
   });
   const refresh = newRefreshToken();
   const now = new Date();
-  const id = uuidv7();
   await tx.insert(refreshTokens).values({
     id,
     tokenHash: refresh.hash,
-    familyId: family?.familyId ?? id,
+    familyId,
     parentId: family?.parentId ?? null,
     customerId,
     clientId: deps.firstPartyClientId,
@@ -69,12 +71,53 @@ export function createOwnTokenAuthenticator(
   return {
     async authenticate(ctx) {
       const principal = await verifyOwnAccessToken(keys, tokens, bearerToken(ctx));
-      const [revoked] = await db
-        .select({ jti: revokedAccessTokens.jti })
-        .from(revokedAccessTokens)
-        .where(eq(revokedAccessTokens.jti, principal.tokenId));
-      if (revoked) throw new ConnectError("access token revoked", Code.Unauthenticated);
+      if (await isAccessTokenRevoked(db, principal)) throw revokedAccessToken();
       return principal;
     },
   };
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * True when one of our verified access tokens was revoked: by its `jti`
+ * (RevokeToken), or with its session (`sid`: the refresh-token family was
+ * revoked by RevokeToken, reuse detection or ChangePassword).
+ */
+export async function isAccessTokenRevoked(
+  db: Db<typeof schema>,
+  principal: Pick<Principal, "tokenId" | "sessionId">,
+): Promise<boolean> {
+  const byJti = db
+    .select({ revoked: sql<number>`1` })
+    .from(revokedAccessTokens)
+    .where(eq(revokedAccessTokens.jti, principal.tokenId));
+  const sid = principal.sessionId;
+  // We sign sid as a family id (a UUID); anything else cannot name a family.
+  const rows =
+    sid && UUID.test(sid)
+      ? await byJti
+          .unionAll(
+            db
+              .select({ revoked: sql<number>`1` })
+              .from(refreshTokens)
+              .where(and(eq(refreshTokens.familyId, sid), isNotNull(refreshTokens.revokedAt))),
+          )
+          .limit(1)
+      : await byJti;
+  return rows.length > 0;
+}
+
+/**
+ * When the last access token of a session revoked now expires: none is
+ * issued after the revocation, and none lives longer than the TTL.
+ */
+export function sessionRevocationExpiry(tokens: Pick<TokenSettings, "accessTokenTtlSec">): Date {
+  // Tokens are signed with the wall clock (not deps.now), so this is too.
+  return new Date(Date.now() + tokens.accessTokenTtlSec * 1000);
+}
+
+/** The owner of a token, as TokensRevoked names it. */
+export function tokenOwner(principal: Pick<Principal, "kind" | "subject" | "clientId">) {
+  return principal.kind === "customer" ? { customerId: principal.subject } : { clientId: principal.clientId };
 }

@@ -144,17 +144,24 @@ export async function openKeyStore(db: Db<typeof schema>, retiredKeyGraceSec: nu
   };
 }
 
-/** Signs an access token (RFC 9068). */
+/**
+ * Signs an access token (RFC 9068). A customer's carries `sid`, its sign-in
+ * session (the refresh-token family), so revoking the session revokes it.
+ */
 export async function signAccessToken(
   keys: KeyStore,
   settings: TokenSettings,
-  claims: { sub: string; clientId: string; scope: string },
+  claims: { sub: string; clientId: string; scope: string; sid?: string },
 ): Promise<IssuedAccessToken> {
   const key = keys.current();
   const jti = uuidv7();
   const issuedAt = Math.floor(Date.now() / 1000);
   const audiences = [...new Set([...settings.audiences, settings.issuer])];
-  const token = await new SignJWT({ client_id: claims.clientId, scope: claims.scope })
+  const token = await new SignJWT({
+    client_id: claims.clientId,
+    scope: claims.scope,
+    ...(claims.sid !== undefined && { sid: claims.sid }),
+  })
     .setProtectedHeader({ alg: key.alg, typ: "at+jwt", kid: key.kid })
     .setIssuer(settings.issuer)
     .setAudience(audiences)

@@ -64,6 +64,8 @@ describe.each(["connect-http1", "grpc"] as const)("sign-up and sign-in over %s",
       aud: ["customer-service", "http://identity.test"],
       client_id: "first-party",
       scope: "openid profile customer:self",
+      // The sign-in session (refresh-token family): revoking it revokes this token.
+      sid: expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/),
     });
     expect((claims.exp ?? 0) - (claims.iat ?? 0)).toBe(900);
     expect(claims.jti).toEqual(expect.any(String));
@@ -214,6 +216,7 @@ describe("client credentials, introspection and revocation", () => {
     expect(all.tokens?.scope).toBe("customer:read customer:write");
     expect(all.tokens?.refreshToken).toBe("");
     expect(decodeJwt(all.tokens?.accessToken ?? "")).toMatchObject({ sub: c.clientId, client_id: c.clientId });
+    expect(decodeJwt(all.tokens?.accessToken ?? "").sid).toBeUndefined();
     const narrow = await auth().authenticateClient({
       clientId: c.clientId,
       clientSecret: c.secret,
@@ -255,6 +258,25 @@ describe("client credentials, introspection and revocation", () => {
     await expect(auth().refreshToken({ refreshToken: refresh })).rejects.toMatchObject({ code: Code.Unauthenticated });
     // Revoking garbage is not an error (RFC 7009).
     await expect(auth().revokeToken({ token: "garbage" })).resolves.toBeDefined();
+  });
+
+  it("answers inactive for every access token of a revoked session, by its sid", async () => {
+    const c = await createClient("customer:read");
+    const service = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
+    const callAs = bearer(service.tokens?.accessToken ?? "");
+    const user = await signUp();
+    const first = user.tokens?.accessToken ?? "";
+    const rotated = await auth().refreshToken({ refreshToken: user.tokens?.refreshToken ?? "" });
+    const second = rotated.tokens?.accessToken ?? "";
+    expect(decodeJwt(second).sid).toBe(decodeJwt(first).sid);
+    const other = (await auth().authenticateCustomer({ email: user.email, password: PASSWORD })).tokens?.accessToken;
+    expect(decodeJwt(other ?? "").sid).not.toBe(decodeJwt(first).sid);
+    // Only the current refresh token is revoked; no access token is named.
+    await auth().revokeToken({ token: rotated.tokens?.refreshToken ?? "" });
+    for (const token of [first, second]) {
+      expect(await auth().introspectToken({ token }, callAs)).toMatchObject({ active: false, sub: "" });
+    }
+    expect(await auth().introspectToken({ token: other ?? "" }, callAs)).toMatchObject({ active: true });
   });
 
   it("answers inactive for a tampered or foreign token", async () => {

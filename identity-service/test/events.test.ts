@@ -1,21 +1,30 @@
 /**
- * CustomerAuthenticated on JetStream: subject, CloudEvents headers as
- * DESIGN.md lists them, a payload that decodes with the generated schema,
- * nothing secret anywhere in the message; and no event for anything but a
- * successful sign-in.
+ * CustomerAuthenticated and TokensRevoked on JetStream: subject, CloudEvents
+ * headers as DESIGN.md lists them, a payload that decodes with the generated
+ * schema, nothing secret anywhere in the message (ids, never tokens); no
+ * CustomerAuthenticated for anything but a successful sign-in, and one
+ * TokensRevoked per revocation that changed something.
  */
 import { randomUUID } from "node:crypto";
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
-import { type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import {
+  AuthenticationMethod,
+  CustomerAuthenticatedSchema,
+  TokenRevocationReason,
+  type TokensRevoked,
+  TokensRevokedSchema,
+} from "@customer-platform/gen/identity/v1/events_pb.js";
+import { type Consumer, type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { decodeJwt } from "jose";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Clients, createClients, rpcError } from "../../test/support/clients.js";
+import { bearer, type Clients, createClients, rpcError } from "../../test/support/clients.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
+import { runCli } from "../src/cli.js";
 
 const PASSWORD = "correct horse battery staple";
 const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -184,5 +193,167 @@ describe("CustomerAuthenticated", () => {
     }
     expect(new Set(ids).size).toBe(3);
     expect(await consumer.next({ expires: 1_000 })).toBeNull();
+  });
+});
+
+describe("TokensRevoked", () => {
+  const revokedSubject = (customerId: string) => `${svc.streams.subjectPrefix}.token.revoked.${customerId}`;
+  const claims = (token: string | undefined) => {
+    const { jti, sid, exp } = decodeJwt(token ?? "");
+    return { jti: jti ?? "", sid: String(sid ?? ""), exp: (exp ?? 0) * 1000 };
+  };
+
+  /** Reads the events on subject one by one, as any subscriber would. */
+  async function reader(subject: string) {
+    const consumer: Consumer = await jetstream(nc).consumers.get(svc.streams.stream, { filter_subjects: subject });
+    return {
+      async next(): Promise<{ msg: JsMsg; event: TokensRevoked }> {
+        const msg = await consumer.next({ expires: 5_000 });
+        if (!msg) throw new Error(`no event on ${subject}`);
+        return { msg, event: fromBinary(TokensRevokedSchema, msg.data) };
+      },
+      /** True when nothing more arrives, once everything committed was relayed. */
+      async none(): Promise<boolean> {
+        await svc.server.relay.waitIdle();
+        return (await consumer.next({ expires: 1_000 })) === null;
+      },
+    };
+  }
+
+  const expireMs = (event: TokensRevoked) => (event.expireTime ? timestampDate(event.expireTime).getTime() : 0);
+
+  it("names the revoked access token by jti, the revoked session by sid, once each", async () => {
+    const address = email();
+    const signUp = await auth().createCredentials({ email: address, password: PASSWORD });
+    const tokens = reader(revokedSubject(signUp.customerId));
+    const access = claims(signUp.tokens?.accessToken);
+
+    await auth().revokeToken({ token: signUp.tokens?.accessToken ?? "" });
+    await auth().revokeToken({ token: signUp.tokens?.accessToken ?? "" }); // already revoked: no event
+    const first = await (await tokens).next();
+    expect(first.event).toMatchObject({
+      customerId: signUp.customerId,
+      clientId: "",
+      jwtIds: [access.jti],
+      sessionIds: [],
+      reason: TokenRevocationReason.REVOKED,
+    });
+    expect(expireMs(first.event)).toBe(access.exp);
+
+    const before = Date.now();
+    await auth().revokeToken({ token: signUp.tokens?.refreshToken ?? "" });
+    await auth().revokeToken({ token: signUp.tokens?.refreshToken ?? "" });
+    const second = await (await tokens).next();
+    expect(second.event).toMatchObject({
+      customerId: signUp.customerId,
+      jwtIds: [],
+      sessionIds: [access.sid],
+      reason: TokenRevocationReason.REVOKED,
+    });
+    // Any access token of the session expires by then: none is issued after it, none lives over 900 s.
+    expect(expireMs(second.event)).toBeGreaterThanOrEqual(before + 900_000);
+    expect(expireMs(second.event)).toBeLessThanOrEqual(Date.now() + 900_000);
+    await auth().revokeToken({ token: "garbage" });
+    expect(await (await tokens).none()).toBe(true);
+  });
+
+  it("names the session a reused refresh token belonged to, and every session ChangePassword ended", async () => {
+    const address = email();
+    const { customerId, tokens: signUp } = await auth().createCredentials({ email: address, password: PASSWORD });
+    const events = reader(revokedSubject(customerId));
+    const rotated = await auth().refreshToken({ refreshToken: signUp?.refreshToken ?? "" });
+    await expect(auth().refreshToken({ refreshToken: signUp?.refreshToken ?? "" })).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+    });
+    const reused = await (await events).next();
+    expect(reused.event).toMatchObject({
+      customerId,
+      jwtIds: [],
+      sessionIds: [claims(rotated.tokens?.accessToken).sid],
+      reason: TokenRevocationReason.REFRESH_TOKEN_REUSED,
+    });
+
+    const a = await auth().authenticateCustomer({ email: address, password: PASSWORD });
+    const b = await auth().authenticateCustomer({ email: address, password: PASSWORD });
+    const changed = await auth().changePassword(
+      { currentPassword: PASSWORD, newPassword: `${PASSWORD}!` },
+      bearer(a.tokens?.accessToken ?? ""),
+    );
+    const ended = await (await events).next();
+    expect(ended.event).toMatchObject({ customerId, jwtIds: [], reason: TokenRevocationReason.PASSWORD_CHANGED });
+    // Not the session revoked before, nor the new one.
+    expect([...ended.event.sessionIds].sort()).toEqual(
+      [claims(a.tokens?.accessToken).sid, claims(b.tokens?.accessToken).sid].sort(),
+    );
+    expect(ended.event.sessionIds).not.toContain(claims(changed.tokens?.accessToken).sid);
+    expect(await (await events).none()).toBe(true);
+  });
+
+  it("names a service's revoked token by client id", async () => {
+    const clientId = `svc-${randomUUID().slice(0, 8)}`;
+    const out: string[] = [];
+    expect(
+      await runCli(["clients", "create", clientId, "--scopes", "customer:read"], svc.env, (l) => out.push(l)),
+    ).toBe(0);
+    const { client_secret } = JSON.parse(out[0] ?? "{}") as { client_secret: string };
+    const res = await auth().authenticateClient({ clientId, clientSecret: client_secret, scope: "" });
+    const token = res.tokens?.accessToken ?? "";
+    await auth().revokeToken({ token });
+    const subject = `${svc.streams.subjectPrefix}.token.revoked.client.${clientId}`;
+    const { msg, event } = await (await reader(subject)).next();
+    expect(event).toMatchObject({ customerId: "", clientId, jwtIds: [claims(token).jti], sessionIds: [] });
+    expect(msg.headers?.get("ce-subject")).toBe(clientId);
+  });
+
+  it("arrives with the DESIGN.md headers and carries ids, never a token", async () => {
+    const address = email();
+    const signUp = await auth().createCredentials({ email: address, password: PASSWORD });
+    const startedAt = Date.now();
+    await auth().revokeToken({ token: signUp.tokens?.refreshToken ?? "" });
+    const { msg, event } = await (await reader(revokedSubject(signUp.customerId))).next();
+    expect(msg.subject).toBe(`${svc.streams.subjectPrefix}.token.revoked.${signUp.customerId}`);
+    expect(event.eventId).toMatch(UUID_V7);
+    if (!event.occurTime) throw new Error("occur_time missing");
+    const occurred = timestampDate(event.occurTime);
+    expect(occurred.getTime()).toBeGreaterThanOrEqual(startedAt - 1000);
+    expect(occurred.getTime()).toBeLessThanOrEqual(Date.now() + 1000);
+    const headers = msg.headers;
+    if (!headers) throw new Error("no headers");
+    expect(Object.fromEntries(headers.keys().map((k) => [k, headers.values(k)]))).toEqual({
+      "Nats-Msg-Id": [event.eventId],
+      "ce-specversion": ["1.0"],
+      "ce-id": [event.eventId],
+      "ce-type": ["identity.v1.TokensRevoked"],
+      "ce-source": ["identity-service"],
+      "ce-time": [occurred.toISOString()],
+      "ce-subject": [signUp.customerId],
+      "ce-datacontenttype": ["application/protobuf"],
+      "content-type": ["application/protobuf"],
+    });
+
+    const [row] = await sql<[{ password_hash: string }]>`
+      select password_hash from identities where customer_id = ${signUp.customerId}`;
+    const headerText = headers
+      .keys()
+      .flatMap((k) => [k, ...headers.values(k)])
+      .join("\n");
+    const payload = Buffer.from(msg.data);
+    const access = signUp.tokens?.accessToken ?? "";
+    const secrets = [
+      PASSWORD,
+      access,
+      ...access.split("."),
+      signUp.tokens?.refreshToken ?? "",
+      row.password_hash,
+      "$argon2",
+    ];
+    for (const secret of secrets) {
+      expect(secret.length).toBeGreaterThan(6);
+      expect(payload.includes(secret), `payload holds ${secret.slice(0, 12)}…`).toBe(false);
+      expect(headerText.includes(secret), `headers hold ${secret.slice(0, 12)}…`).toBe(false);
+    }
+    // The ids are in there: the search above would find what is present.
+    expect(payload.includes(claims(access).sid)).toBe(true);
+    expect(payload.includes(signUp.customerId)).toBe(true);
   });
 });

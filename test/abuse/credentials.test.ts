@@ -5,7 +5,8 @@
  *
  * - brute force: against one login, spread over many logins, split over both
  *   instances, and against ChangePassword with a stolen access token;
- * - refresh-token replay and parallel use;
+ * - refresh-token replay and parallel use, and the access tokens of a revoked
+ *   family (rejected by the customer service too);
  * - token substitution (a token for another audience, a foreign key claiming
  *   our issuer);
  * - JWT tampering, checked at both services: alg none, HS256 keyed with the
@@ -55,7 +56,8 @@ beforeAll(async () => {
   platform = await startPlatform({ identityDb, identityEnv: THROTTLE });
   payments = await startIdentityService(
     { ...THROTTLE, IDENTITY_ISSUER: platform.issuer, IDENTITY_AUDIENCES: "payments-service", LOG_LEVEL: "warn" },
-    { database: identityDb },
+    // One outbox, so one stream: whichever instance relays publishes where the customer service reads.
+    { database: identityDb, streams: platform.identity.streams },
   );
   paymentsClients = createClients(payments.url);
   identitySql = postgres(identityDb.url, { max: 2, onnotice: () => {} });
@@ -226,23 +228,50 @@ describe("refresh-token replay", () => {
     expect((await familyOf(rt)).every((r) => r.revoked)).toBe(true);
   });
 
-  it("not covered by design: access tokens of a revoked family stay valid until they expire (stateless JWTs at the customer service; the identity service honours only explicit RevokeToken)", async () => {
+  it("replay of a rotated refresh token revokes the family's access tokens too, at the customer service and at introspection", async () => {
     const signIn = await authA().authenticateCustomer({ email: victim.email, password: PASSWORD });
+    const at1 = signIn.tokens?.accessToken ?? "";
     const rt1 = signIn.tokens?.refreshToken ?? "";
     const at2 = (await authA().refreshToken({ refreshToken: rt1 })).tokens?.accessToken ?? "";
-    await expect(authA().refreshToken({ refreshToken: rt1 })).rejects.toMatchObject({ code: Code.Unauthenticated });
+    refreshTokensSeen.push(rt1);
+    const get = (token: string) => platform.customers().getCustomer({ customerId: victim.customerId }, bearer(token));
+    const introspect = (token: string) => authA().introspectToken({ token }, bearer(introspector));
+    await expect(get(at2)).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
+    await expect(introspect(at2)).resolves.toMatchObject({ active: true });
+    // Another session of the same customer, which the replay must not touch.
+    const other = (await authA().authenticateCustomer({ email: victim.email, password: PASSWORD })).tokens;
 
-    const get = () => platform.customers().getCustomer({ customerId: victim.customerId }, bearer(at2));
+    // The attacker replays the rotated token, on the other instance.
+    await expect(authB().refreshToken({ refreshToken: rt1 })).rejects.toMatchObject({ code: Code.Unauthenticated });
+    for (const token of [at1, at2]) {
+      await expect(introspect(token)).resolves.toEqual(expect.objectContaining({ active: false, sub: "" }));
+      // The customer service learns of it from the TokensRevoked event.
+      await expect
+        .poll(() => failure(get(token)), { timeout: 5_000, interval: 50 })
+        .toMatchObject(rpcError("access token revoked", Code.Unauthenticated));
+    }
+    await expect(get(other?.accessToken ?? "")).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
+    await expect(introspect(other?.accessToken ?? "")).resolves.toMatchObject({ active: true });
+  });
+
+  it("an explicitly revoked access token is rejected by the customer service and by introspection", async () => {
+    const { tokens } = await authA().authenticateCustomer({ email: victim.email, password: PASSWORD });
+    const token = tokens?.accessToken ?? "";
+    const get = () => platform.customers().getCustomer({ customerId: victim.customerId }, bearer(token));
     await expect(get()).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
-    await expect(authA().introspectToken({ token: at2 }, bearer(introspector))).resolves.toMatchObject({
-      active: true,
-    });
-    // An explicit revocation is seen by the identity service; the customer service verifies offline.
-    await authB().revokeToken({ token: at2 });
-    await expect(authA().introspectToken({ token: at2 }, bearer(introspector))).resolves.toEqual(
+    await authB().revokeToken({ token });
+    await expect(authA().introspectToken({ token }, bearer(introspector))).resolves.toEqual(
       expect.objectContaining({ active: false, sub: "" }),
     );
-    await expect(get()).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
+    await expect
+      .poll(() => failure(get()), { timeout: 5_000, interval: 50 })
+      .toMatchObject(rpcError("access token revoked", Code.Unauthenticated));
+    // Its refresh token (the session) was not revoked: a fresh access token works.
+    const fresh = await authA().refreshToken({ refreshToken: tokens?.refreshToken ?? "" });
+    refreshTokensSeen.push(tokens?.refreshToken ?? "");
+    await expect(
+      platform.customers().getCustomer({ customerId: victim.customerId }, bearer(fresh.tokens?.accessToken ?? "")),
+    ).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
   });
 });
 

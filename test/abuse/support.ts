@@ -51,20 +51,31 @@ export interface SignedUp {
 /**
  * Starts the identity service on a free fixed port, so its issuer
  * (http://127.0.0.1:<port>) is known before it listens, and the customer
- * service verifying its tokens against <issuer>/.well-known/jwks.json.
+ * service verifying its tokens against <issuer>/.well-known/jwks.json and
+ * following its revocations (its stream).
  */
 export async function startPlatform(
-  opts: { identityEnv?: Record<string, string>; customerEnv?: Record<string, string>; identityDb?: TestDatabase } = {},
+  opts: {
+    identityEnv?: Record<string, string>;
+    customerEnv?: Record<string, string>;
+    identityDb?: TestDatabase;
+    /** Both services' NATS (default: the shared server). */
+    natsUrl?: string;
+  } = {},
 ): Promise<Platform> {
   const port = await freePort();
   const issuer = `http://127.0.0.1:${port}`;
+  const nats = opts.natsUrl ? { natsUrl: opts.natsUrl } : {};
   const identity = await startIdentityService(
     { IDENTITY_PORT: String(port), IDENTITY_ISSUER: issuer, LOG_LEVEL: "warn", ...opts.identityEnv },
-    opts.identityDb ? { database: opts.identityDb } : {},
+    { ...nats, ...(opts.identityDb && { database: opts.identityDb }) },
   );
   let customer: RunningCustomerService;
   try {
-    customer = await startCustomerService({ IDENTITY_ISSUER: issuer, LOG_LEVEL: "warn", ...opts.customerEnv });
+    customer = await startCustomerService(
+      { IDENTITY_ISSUER: issuer, LOG_LEVEL: "warn", ...opts.customerEnv },
+      { ...nats, identityStreams: identity.streams },
+    );
   } catch (err) {
     await identity.close();
     throw err;

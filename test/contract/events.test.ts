@@ -30,6 +30,8 @@ import {
   AuthenticationMethod,
   CustomerAuthenticatedSchema,
   file_identity_v1_events,
+  TokenRevocationReason,
+  TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
 import { describe, expect, it } from "vitest";
 
@@ -130,6 +132,33 @@ const events: [string, Event][] = [
         occurTime: "2025-02-03T04:05:06.789Z",
         customerId,
         method: "AUTHENTICATION_METHOD_PASSWORD",
+      },
+    },
+  ],
+  [
+    "TokensRevoked",
+    {
+      typeName: "identity.v1.TokensRevoked",
+      schema: TokensRevokedSchema,
+      message: create(TokensRevokedSchema, {
+        eventId: "0194c8a2-1b3c-7d4e-8f60-718293a4b5c9",
+        occurTime,
+        customerId,
+        jwtIds: ["0194c8a2-0000-7d4e-8f60-718293a4b5c0"],
+        sessionIds: ["0194c8a1-0000-7d4e-8f60-718293a4b5c1", "0194c8a1-0000-7d4e-8f60-718293a4b5c2"],
+        expireTime: timestampFromDate(new Date("2025-02-03T04:20:06.789Z")),
+        reason: TokenRevocationReason.PASSWORD_CHANGED,
+        clientId: "orders-service",
+      }),
+      json: {
+        eventId: "0194c8a2-1b3c-7d4e-8f60-718293a4b5c9",
+        occurTime: "2025-02-03T04:05:06.789Z",
+        customerId,
+        jwtIds: ["0194c8a2-0000-7d4e-8f60-718293a4b5c0"],
+        sessionIds: ["0194c8a1-0000-7d4e-8f60-718293a4b5c1", "0194c8a1-0000-7d4e-8f60-718293a4b5c2"],
+        expireTime: "2025-02-03T04:20:06.789Z",
+        reason: "TOKEN_REVOCATION_REASON_PASSWORD_CHANGED",
+        clientId: "orders-service",
       },
     },
   ],

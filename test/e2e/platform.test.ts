@@ -60,7 +60,7 @@ beforeAll(async () => {
   await startIdentity();
   expect(identity.url).toBe(issuer);
   // No IDENTITY_JWKS_URL: the customer service derives <issuer>/.well-known/jwks.json.
-  customer = await startCustomerService({ IDENTITY_ISSUER: issuer });
+  customer = await startCustomerService({ IDENTITY_ISSUER: issuer }, { identityStreams });
   custClients = createClients(customer.url);
   nc = await connect({ servers: sharedNatsUrl });
   const jsm = await jetstreamManager(nc);

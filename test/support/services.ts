@@ -40,13 +40,18 @@ export interface RunningCustomerService extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-/** Starts the customer service against a fresh database; env overrides the test defaults. */
+/**
+ * Starts the customer service against a fresh database; env overrides the
+ * test defaults. It follows token revocations on `identityStreams` (those of
+ * the identity service under test); without them, on names no stream has.
+ */
 export async function startCustomerService(
   env: Record<string, string>,
-  opts: { natsUrl?: string; database?: TestDatabase; streams?: StreamNames } = {},
+  opts: { natsUrl?: string; database?: TestDatabase; streams?: StreamNames; identityStreams?: StreamNames } = {},
 ): Promise<RunningCustomerService> {
   const database = opts.database ?? (await createTestDatabase("customer"));
   const streams = opts.streams ?? uniqueStreamNames("customer");
+  const identityStreams = opts.identityStreams ?? uniqueStreamNames("identity");
   const natsUrl = opts.natsUrl ?? sharedNatsUrl;
   const config = customerEnvToConfig({
     CUSTOMER_PORT: "0",
@@ -54,6 +59,8 @@ export async function startCustomerService(
     NATS_URL: natsUrl,
     CUSTOMER_STREAM: streams.stream,
     CUSTOMER_SUBJECT_PREFIX: streams.subjectPrefix,
+    CUSTOMER_REVOCATION_STREAM: identityStreams.stream,
+    CUSTOMER_REVOCATION_SUBJECT_PREFIX: identityStreams.subjectPrefix,
     SHUTDOWN_GRACE_MS: "2000",
     ...env,
   });

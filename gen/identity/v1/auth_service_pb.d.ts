@@ -432,7 +432,9 @@ export declare const AuthenticateClientResponseSchema: GenMessage<AuthenticateCl
 /**
  * AuthService is the identity provider: it owns customer credentials and
  * issues, rotates, revokes and describes tokens. Access tokens are JWTs
- * (RFC 9068) whose public keys are served at /.well-known/jwks.json.
+ * (RFC 9068) whose public keys are served at /.well-known/jwks.json; a
+ * customer's carries `sid`, the sign-in session it belongs to. Revocations
+ * are published as identity.v1.TokensRevoked, so offline verifiers see them.
  *
  * AuthenticateCustomer and CreateCredentials are first-party APIs for the
  * company's own apps; third-party apps must never collect customer passwords.
@@ -474,7 +476,8 @@ export declare const AuthService: GenService<{
   /**
    * RefreshToken exchanges a refresh token for a new token set. Each refresh
    * token works once: presenting one that was already rotated revokes every
-   * token of its family (RFC 9700 refresh token rotation).
+   * token of its family, access tokens included, and emits
+   * identity.v1.TokensRevoked (RFC 9700 refresh token rotation).
    *
    * Returns UNAUTHENTICATED for an unknown, expired, revoked or reused refresh
    * token and INVALID_ARGUMENT for a malformed request.
@@ -487,9 +490,10 @@ export declare const AuthService: GenService<{
     output: typeof RefreshTokenResponseSchema;
   },
   /**
-   * RevokeToken revokes a refresh token (and the rest of its family) or an
-   * access token (until it expires). As in RFC 7009, an unknown or already
-   * invalid token is not an error.
+   * RevokeToken revokes a refresh token (with the rest of its family and the
+   * family's access tokens) or an access token (until it expires), and emits
+   * identity.v1.TokensRevoked. As in RFC 7009, an unknown or already invalid
+   * token is not an error.
    *
    * Returns INVALID_ARGUMENT for a malformed request.
    *
@@ -518,7 +522,8 @@ export declare const AuthService: GenService<{
   },
   /**
    * ChangePassword replaces the password of the customer named by the caller's
-   * Bearer access token, revokes all of the customer's refresh tokens and
+   * Bearer access token, revokes all of the customer's refresh tokens and the
+   * access tokens issued with them (emitting identity.v1.TokensRevoked) and
    * returns a fresh token set.
    *
    * Returns UNAUTHENTICATED without a valid customer access token or with a

@@ -119,7 +119,9 @@ export const AuthenticateClientResponseSchema = /*@__PURE__*/
 /**
  * AuthService is the identity provider: it owns customer credentials and
  * issues, rotates, revokes and describes tokens. Access tokens are JWTs
- * (RFC 9068) whose public keys are served at /.well-known/jwks.json.
+ * (RFC 9068) whose public keys are served at /.well-known/jwks.json; a
+ * customer's carries `sid`, the sign-in session it belongs to. Revocations
+ * are published as identity.v1.TokensRevoked, so offline verifiers see them.
  *
  * AuthenticateCustomer and CreateCredentials are first-party APIs for the
  * company's own apps; third-party apps must never collect customer passwords.

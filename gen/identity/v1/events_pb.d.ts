@@ -56,6 +56,87 @@ export declare type CustomerAuthenticated = Message<"identity.v1.CustomerAuthent
 export declare const CustomerAuthenticatedSchema: GenMessage<CustomerAuthenticated>;
 
 /**
+ * TokensRevoked records that access tokens were revoked before they expire.
+ * Published on subject "identity.token.revoked.<customer_id>" in stream
+ * IDENTITY ("identity.token.revoked.client.<client_id>" for a service's
+ * token). A resource server that verifies access tokens offline rejects a
+ * token whose `jti` claim is in jwt_ids or whose `sid` claim is in
+ * session_ids, until expire_time. It carries ids only, never a token.
+ *
+ * @generated from message identity.v1.TokensRevoked
+ */
+export declare type TokensRevoked = Message<"identity.v1.TokensRevoked"> & {
+  /**
+   * event_id identifies this event (a UUIDv7); it is also the Nats-Msg-Id and
+   * ce-id header.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * occur_time is when the revocation committed.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 2;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * customer_id is the customer whose tokens were revoked (also ce-subject);
+   * empty when a service's token was revoked (see client_id).
+   *
+   * @generated from field: string customer_id = 3;
+   */
+  customerId: string;
+
+  /**
+   * jwt_ids are the `jti` claims (JWT IDs) of the revoked access tokens.
+   *
+   * @generated from field: repeated string jwt_ids = 4;
+   */
+  jwtIds: string[];
+
+  /**
+   * session_ids are the `sid` claims of revoked sessions (one sign-in and the
+   * refresh tokens rotated from it): every access token carrying one of them
+   * is revoked, including those issued before this event.
+   *
+   * @generated from field: repeated string session_ids = 5;
+   */
+  sessionIds: string[];
+
+  /**
+   * expire_time is when the last access token this event revokes expires:
+   * after it (plus the consumer's clock tolerance) the entries can be
+   * forgotten.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 6;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * reason is why the tokens were revoked.
+   *
+   * @generated from field: identity.v1.TokenRevocationReason reason = 7;
+   */
+  reason: TokenRevocationReason;
+
+  /**
+   * client_id is the service whose access token was revoked (client
+   * credentials; also ce-subject); empty for a customer's tokens.
+   *
+   * @generated from field: string client_id = 8;
+   */
+  clientId: string;
+};
+
+/**
+ * Describes the message identity.v1.TokensRevoked.
+ * Use `create(TokensRevokedSchema)` to create a new message.
+ */
+export declare const TokensRevokedSchema: GenMessage<TokensRevoked>;
+
+/**
  * AuthenticationMethod is how a customer proved who they are.
  *
  * @generated from enum identity.v1.AuthenticationMethod
@@ -80,4 +161,49 @@ export enum AuthenticationMethod {
  * Describes the enum identity.v1.AuthenticationMethod.
  */
 export declare const AuthenticationMethodSchema: GenEnum<AuthenticationMethod>;
+
+/**
+ * TokenRevocationReason is why access tokens stopped being valid before they
+ * expire.
+ *
+ * @generated from enum identity.v1.TokenRevocationReason
+ */
+export enum TokenRevocationReason {
+  /**
+   * TOKEN_REVOCATION_REASON_UNSPECIFIED is never sent.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * TOKEN_REVOCATION_REASON_REVOKED is RevokeToken: of an access token (its
+   * jti), or of a refresh token (its whole session).
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_REVOKED = 1;
+   */
+  REVOKED = 1,
+
+  /**
+   * TOKEN_REVOCATION_REASON_REFRESH_TOKEN_REUSED is a rotated refresh token
+   * presented again to RefreshToken: the session may have been stolen, so all
+   * of it is revoked.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_REFRESH_TOKEN_REUSED = 2;
+   */
+  REFRESH_TOKEN_REUSED = 2,
+
+  /**
+   * TOKEN_REVOCATION_REASON_PASSWORD_CHANGED is ChangePassword, which ends
+   * every session the customer had.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_PASSWORD_CHANGED = 3;
+   */
+  PASSWORD_CHANGED = 3,
+}
+
+/**
+ * Describes the enum identity.v1.TokenRevocationReason.
+ */
+export declare const TokenRevocationReasonSchema: GenEnum<TokenRevocationReason>;
 

@@ -9,7 +9,7 @@ import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
  * Describes the file identity/v1/events.proto.
  */
 export const file_identity_v1_events = /*@__PURE__*/
-  fileDesc("ChhpZGVudGl0eS92MS9ldmVudHMucHJvdG8SC2lkZW50aXR5LnYxIqEBChVDdXN0b21lckF1dGhlbnRpY2F0ZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSMQoGbWV0aG9kGAQgASgOMiEuaWRlbnRpdHkudjEuQXV0aGVudGljYXRpb25NZXRob2QqYQoUQXV0aGVudGljYXRpb25NZXRob2QSJQohQVVUSEVOVElDQVRJT05fTUVUSE9EX1VOU1BFQ0lGSUVEEAASIgoeQVVUSEVOVElDQVRJT05fTUVUSE9EX1BBU1NXT1JEEAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChhpZGVudGl0eS92MS9ldmVudHMucHJvdG8SC2lkZW50aXR5LnYxIqEBChVDdXN0b21lckF1dGhlbnRpY2F0ZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSMQoGbWV0aG9kGAQgASgOMiEuaWRlbnRpdHkudjEuQXV0aGVudGljYXRpb25NZXRob2QihAIKDVRva2Vuc1Jldm9rZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSDwoHand0X2lkcxgEIAMoCRITCgtzZXNzaW9uX2lkcxgFIAMoCRIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoGcmVhc29uGAcgASgOMiIuaWRlbnRpdHkudjEuVG9rZW5SZXZvY2F0aW9uUmVhc29uEhEKCWNsaWVudF9pZBgIIAEoCSphChRBdXRoZW50aWNhdGlvbk1ldGhvZBIlCiFBVVRIRU5USUNBVElPTl9NRVRIT0RfVU5TUEVDSUZJRUQQABIiCh5BVVRIRU5USUNBVElPTl9NRVRIT0RfUEFTU1dPUkQQASrFAQoVVG9rZW5SZXZvY2F0aW9uUmVhc29uEicKI1RPS0VOX1JFVk9DQVRJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIwofVE9LRU5fUkVWT0NBVElPTl9SRUFTT05fUkVWT0tFRBABEjAKLFRPS0VOX1JFVk9DQVRJT05fUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVVU0VEEAISLAooVE9LRU5fUkVWT0NBVElPTl9SRUFTT05fUEFTU1dPUkRfQ0hBTkdFRBADYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Describes the message identity.v1.CustomerAuthenticated.
@@ -17,6 +17,13 @@ export const file_identity_v1_events = /*@__PURE__*/
  */
 export const CustomerAuthenticatedSchema = /*@__PURE__*/
   messageDesc(file_identity_v1_events, 0);
+
+/**
+ * Describes the message identity.v1.TokensRevoked.
+ * Use `create(TokensRevokedSchema)` to create a new message.
+ */
+export const TokensRevokedSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_events, 1);
 
 /**
  * Describes the enum identity.v1.AuthenticationMethod.
@@ -31,4 +38,19 @@ export const AuthenticationMethodSchema = /*@__PURE__*/
  */
 export const AuthenticationMethod = /*@__PURE__*/
   tsEnum(AuthenticationMethodSchema);
+
+/**
+ * Describes the enum identity.v1.TokenRevocationReason.
+ */
+export const TokenRevocationReasonSchema = /*@__PURE__*/
+  enumDesc(file_identity_v1_events, 1);
+
+/**
+ * TokenRevocationReason is why access tokens stopped being valid before they
+ * expire.
+ *
+ * @generated from enum identity.v1.TokenRevocationReason
+ */
+export const TokenRevocationReason = /*@__PURE__*/
+  tsEnum(TokenRevocationReasonSchema);
 

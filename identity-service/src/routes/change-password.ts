@@ -3,10 +3,16 @@ import type { AuthService } from "@customer-platform/gen/identity/v1/auth_servic
 import { and, eq, isNull } from "drizzle-orm";
 import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { issueCustomerTokens } from "../sessions.js";
+import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
+import { issueCustomerTokens, sessionRevocationExpiry } from "../sessions.js";
 import { invalidLogin, rejectPasswordEqualToEmail } from "./credentials.js";
 
-/** ChangePassword: the caller's token names the customer; the current password proves it is them. */
+/**
+ * ChangePassword: the caller's token names the customer; the current password
+ * proves it is them. Ends every session the customer had (their refresh
+ * tokens, and with a TokensRevoked event their access tokens) and starts a
+ * new one.
+ */
 export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "changePassword"> {
   return {
     async changePassword(req, ctx) {
@@ -30,10 +36,25 @@ export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof A
           .update(identities)
           .set({ passwordHash, passwordChangedAt: now, updatedAt: now })
           .where(eq(identities.customerId, identity.customerId));
-        await tx
+        const revoked = await tx
           .update(refreshTokens)
           .set({ revokedAt: now, revokeReason: "password_changed" })
-          .where(and(eq(refreshTokens.customerId, identity.customerId), isNull(refreshTokens.revokedAt)));
+          .where(and(eq(refreshTokens.customerId, identity.customerId), isNull(refreshTokens.revokedAt)))
+          .returning({ familyId: refreshTokens.familyId });
+        const sessionIds = [...new Set(revoked.map((r) => r.familyId))];
+        if (sessionIds.length > 0) {
+          await emitTokensRevoked(
+            tx,
+            deps.events,
+            {
+              owner: { customerId: identity.customerId },
+              sessionIds,
+              expireTime: sessionRevocationExpiry(deps.tokens),
+              reason: TokenRevocationReason.PASSWORD_CHANGED,
+            },
+            now,
+          );
+        }
         return issueCustomerTokens(deps, tx, identity.customerId);
       });
       return { tokens };

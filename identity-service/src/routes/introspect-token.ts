@@ -1,13 +1,17 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { eq } from "drizzle-orm";
-import { identities, refreshTokens, revokedAccessTokens } from "../db/schema.js";
+import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
+import { isAccessTokenRevoked } from "../sessions.js";
 import { hashToken, looksLikeJwt, verifyOwnAccessToken } from "../tokens.js";
 
 const seconds = (d: Date) => BigInt(Math.floor(d.getTime() / 1000));
 
-/** IntrospectToken (RFC 7662), for services: an inactive token is just `active: false`. */
+/**
+ * IntrospectToken (RFC 7662), for services: an inactive token (invalid,
+ * expired, revoked by its `jti` or with its session) is just `active: false`.
+ */
 export function introspectToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "introspectToken"> {
   return {
     async introspectToken(req, ctx) {
@@ -18,12 +22,7 @@ export function introspectToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof 
       const now = deps.now();
       if (looksLikeJwt(req.token)) {
         const p = await verifyOwnAccessToken(deps.keys, deps.tokens, req.token).catch(() => undefined);
-        if (!p) return { active: false };
-        const [revoked] = await deps.db
-          .select({ jti: revokedAccessTokens.jti })
-          .from(revokedAccessTokens)
-          .where(eq(revokedAccessTokens.jti, p.tokenId));
-        if (revoked) return { active: false };
+        if (!p || (await isAccessTokenRevoked(deps.db, p))) return { active: false };
         return {
           active: true,
           sub: p.subject,

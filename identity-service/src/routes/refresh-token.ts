@@ -3,13 +3,15 @@ import type { AuthService } from "@customer-platform/gen/identity/v1/auth_servic
 import { and, eq, isNull } from "drizzle-orm";
 import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { issueCustomerTokens, type TokenSetInit } from "../sessions.js";
+import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
+import { issueCustomerTokens, sessionRevocationExpiry, type TokenSetInit } from "../sessions.js";
 import { hashToken, invalidRefreshToken } from "../tokens.js";
 
 /**
  * RefreshToken: rotation. The presented token is locked, checked and marked
  * rotated in one transaction, so two parallel uses of one token cannot both
- * succeed; the loser counts as reuse and revokes the family (RFC 9700).
+ * succeed; the loser counts as reuse and revokes the family (RFC 9700),
+ * with a TokensRevoked event for the family's access tokens.
  */
 export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "refreshToken"> {
   return {
@@ -24,6 +26,17 @@ export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Aut
             .update(refreshTokens)
             .set({ revokedAt: now, revokeReason: "reuse" })
             .where(and(eq(refreshTokens.familyId, token.familyId), isNull(refreshTokens.revokedAt)));
+          await emitTokensRevoked(
+            tx,
+            deps.events,
+            {
+              owner: { customerId: token.customerId },
+              sessionIds: [token.familyId],
+              expireTime: sessionRevocationExpiry(deps.tokens),
+              reason: TokenRevocationReason.REFRESH_TOKEN_REUSED,
+            },
+            now,
+          );
           return "reused";
         }
         if (token.expiresAt <= now) return "invalid";

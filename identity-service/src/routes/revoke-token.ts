@@ -3,11 +3,16 @@ import type { AuthService } from "@customer-platform/gen/identity/v1/auth_servic
 import { and, eq, isNull } from "drizzle-orm";
 import { refreshTokens, revokedAccessTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
+import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
+import { sessionRevocationExpiry, tokenOwner } from "../sessions.js";
 import { hashToken, looksLikeJwt, verifyOwnAccessToken } from "../tokens.js";
 
 /**
- * RevokeToken (RFC 7009): a refresh token revokes its whole family; an access
- * token is denied by its `jti` until it expires. An invalid token is ignored.
+ * RevokeToken (RFC 7009): a refresh token revokes its whole family (the
+ * session, and with it every access token carrying its `sid`); an access
+ * token is denied by its `jti` until it expires. Either emits TokensRevoked
+ * in the same transaction; revoking again emits nothing. An invalid token is
+ * ignored.
  */
 export function revokeToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "revokeToken"> {
   return {
@@ -16,22 +21,52 @@ export function revokeToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Auth
       if (looksLikeJwt(req.token)) {
         const principal = await verifyOwnAccessToken(deps.keys, deps.tokens, req.token).catch(() => undefined);
         if (principal) {
-          await deps.db
-            .insert(revokedAccessTokens)
-            .values({ jti: principal.tokenId, expiresAt: principal.expiresAt, revokedAt: now })
-            .onConflictDoNothing();
+          await deps.db.transaction(async (tx) => {
+            const [inserted] = await tx
+              .insert(revokedAccessTokens)
+              .values({ jti: principal.tokenId, expiresAt: principal.expiresAt, revokedAt: now })
+              .onConflictDoNothing()
+              .returning({ jti: revokedAccessTokens.jti });
+            if (!inserted) return;
+            await emitTokensRevoked(
+              tx,
+              deps.events,
+              {
+                owner: tokenOwner(principal),
+                jwtIds: [principal.tokenId],
+                expireTime: principal.expiresAt,
+                reason: TokenRevocationReason.REVOKED,
+              },
+              now,
+            );
+          });
         }
         return {};
       }
       const [token] = await deps.db
-        .select({ familyId: refreshTokens.familyId })
+        .select({ familyId: refreshTokens.familyId, customerId: refreshTokens.customerId })
         .from(refreshTokens)
         .where(eq(refreshTokens.tokenHash, hashToken(req.token)));
       if (token) {
-        await deps.db
-          .update(refreshTokens)
-          .set({ revokedAt: now, revokeReason: "revoked" })
-          .where(and(eq(refreshTokens.familyId, token.familyId), isNull(refreshTokens.revokedAt)));
+        await deps.db.transaction(async (tx) => {
+          const revoked = await tx
+            .update(refreshTokens)
+            .set({ revokedAt: now, revokeReason: "revoked" })
+            .where(and(eq(refreshTokens.familyId, token.familyId), isNull(refreshTokens.revokedAt)))
+            .returning({ id: refreshTokens.id });
+          if (revoked.length === 0) return;
+          await emitTokensRevoked(
+            tx,
+            deps.events,
+            {
+              owner: { customerId: token.customerId },
+              sessionIds: [token.familyId],
+              expireTime: sessionRevocationExpiry(deps.tokens),
+              reason: TokenRevocationReason.REVOKED,
+            },
+            now,
+          );
+        });
       }
       return {};
     },
