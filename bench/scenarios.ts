@@ -111,27 +111,30 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
       };
     }
     case "pg-update": {
-      // The statements UpdateCustomer issues: row lock, update, outbox insert + NOTIFY, in one transaction.
+      // The statements UpdateCustomer issues: a read, then the update (only if the row is still
+      // at the version read) with its outbox row and NOTIFY in one statement.
       const sql = pg(spec.dbUrl, spec.poolMax);
       const payload = randomBytes(240);
       const run = randomBytes(3).toString("hex");
       return {
         async op(vu, i) {
           const customerId = ownRow(spec.ids, vu, i);
-          await sql.begin(async (tx) => {
-            const [row] = await tx`select customer_id, email, given_name, family_name, phone_number, address, version,
-              create_time, update_time from customers where customer_id = ${customerId} for update`;
-            if (!row) throw new Error("no row");
-            await tx`update customers set given_name = ${`Ada ${run} ${vu}.${i}`}, version = ${Number(row.version) + 1},
-              update_time = ${new Date()} where customer_id = ${customerId} returning *`;
-            await outboxInsert(
-              tx,
-              "customer.v1.CustomerUpdated",
-              `${spec.subjectPrefix}.updated.${customerId}`,
-              customerId,
-              payload,
-            );
-          });
+          const [row] = await sql`select customer_id, email, given_name, family_name, phone_number, address, version,
+            create_time, update_time from customers where customer_id = ${customerId}`;
+          if (!row) throw new Error("no row");
+          const updated = sql`update customers set email = ${row.email}, given_name = ${`Ada ${run} ${vu}.${i}`},
+            family_name = ${row.family_name}, phone_number = ${row.phone_number}, address = ${row.address},
+            version = version + 1, update_time = ${new Date()}
+            where customer_id = ${customerId} and version = ${row.version} returning customer_id`;
+          const written = await withEvent(
+            sql,
+            updated,
+            "customer.v1.CustomerUpdated",
+            `${spec.subjectPrefix}.updated.${customerId}`,
+            customerId,
+            payload,
+          );
+          if (written.length !== 1) throw new Error("row changed under the update");
         },
         close: () => sql.end({ timeout: 5 }),
       };
@@ -156,7 +159,7 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
       };
     }
     case "pg-register": {
-      // The statements RegisterCustomer issues: insert, outbox insert + NOTIFY, in one transaction.
+      // The statement RegisterCustomer issues: insert, outbox insert and NOTIFY in one.
       const sql = pg(spec.dbUrl, spec.poolMax);
       const payload = randomBytes(260);
       return {
@@ -164,18 +167,17 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
           const id = randomUUID();
           const p = profile(id);
           const now = new Date();
-          await sql.begin(async (tx) => {
-            await tx`insert into customers (customer_id, email, given_name, family_name, phone_number, address, version,
-              create_time, update_time) values (${id}, ${p.email}, ${p.givenName}, ${p.familyName}, ${"+4915112345678"},
-              ${tx.json(ADDRESS)}, 1, ${now}, ${now})`;
-            await outboxInsert(
-              tx,
-              "customer.v1.CustomerRegistered",
-              `${spec.subjectPrefix}.registered.${id}`,
-              id,
-              payload,
-            );
-          });
+          const created = sql`insert into customers (customer_id, email, given_name, family_name, phone_number, address,
+            version, create_time, update_time) values (${id}, ${p.email}, ${p.givenName}, ${p.familyName},
+            ${"+4915112345678"}, ${sql.json(ADDRESS)}, 1, ${now}, ${now}) returning customer_id`;
+          await withEvent(
+            sql,
+            created,
+            "customer.v1.CustomerRegistered",
+            `${spec.subjectPrefix}.registered.${id}`,
+            id,
+            payload,
+          );
         },
         close: () => sql.end({ timeout: 5 }),
       };
@@ -303,16 +305,18 @@ function pg(url: string, max: number) {
   return postgres(url, { max, onnotice: () => {}, idle_timeout: 60 });
 }
 
-async function outboxInsert(
-  tx: postgres.TransactionSql,
+/** `change` (… RETURNING) with its outbox row and NOTIFY, one statement, as `prepareWithEvent` builds it. */
+function withEvent(
+  sql: postgres.Sql,
+  change: postgres.PendingQuery<postgres.Row[]>,
   type: string,
   subject: string,
   ceSubject: string,
   payload: Buffer,
 ) {
-  await tx`with e as (insert into outbox (event_id, subject, type, source, ce_subject, payload, occur_time)
-    values (${randomUUID()}, ${subject}, ${type}, ${"bench"}, ${ceSubject}, ${payload},
-    ${new Date()})) select pg_notify(${"bench_outbox"}, '')`;
+  return sql`with changed as (${change}), queued as (insert into outbox (event_id, subject, type, source, ce_subject,
+    payload, occur_time) select ${randomUUID()}, ${subject}, ${type}, ${"bench"}, ${ceSubject}, ${payload}, ${new Date()}
+    from changed) select pg_notify(${"bench_outbox"}, '') from changed`;
 }
 
 interface ClientPool<S extends DescService> {

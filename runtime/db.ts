@@ -5,6 +5,7 @@
  */
 import { mkdirSync } from "node:fs";
 import net from "node:net";
+import { type Column, getTableColumns, type SQL, sql, type Table } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import postgres from "postgres";
 
@@ -241,6 +242,26 @@ async function openPglite<S extends Record<string, unknown>>(
     migrate: async (folder) => migrate(drizzle({ client: pg }), { migrationsFolder: folder }),
     close: () => pg.close(),
   };
+}
+
+/**
+ * A prepared statement's placeholder for a value of `column`, encoded as drizzle
+ * encodes that column's values (a Date as ISO text, jsonb as JSON), except that
+ * null stays SQL NULL: drizzle also encodes a placeholder's null, and jsonb would
+ * store the JSON value `null`.
+ */
+export function placeholder(name: string, column: Column): SQL {
+  const encoder = { mapToDriverValue: (v: unknown) => (v === null ? null : column.mapToDriverValue(v)) };
+  return sql`${sql.param(sql.placeholder(name), encoder)}`;
+}
+
+/** A placeholder for each of `keys`, a column of `table`, named after its key. */
+export function placeholders<T extends Table, K extends keyof T["_"]["columns"] & string>(
+  table: T,
+  keys: readonly K[],
+): Record<K, SQL> {
+  const columns: Record<string, Column> = getTableColumns(table);
+  return Object.fromEntries(keys.map((k) => [k, placeholder(k, columns[k] as Column)])) as Record<K, SQL>;
 }
 
 /** The SQLSTATE of a PostgreSQL error, looking through drizzle's wrappers. */

@@ -8,8 +8,8 @@
 import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, jetstream, StorageType } from "@nats-io/jetstream";
 import { connect, headers, type MsgHdrs, type NatsConnection, nanos } from "@nats-io/transport-node";
-import { sql } from "drizzle-orm";
-import { type Database, type Db, isConnectionError, type SqlSession } from "./db.js";
+import { sql, type WithSubquery } from "drizzle-orm";
+import { type Database, type Db, isConnectionError, placeholder, type SqlSession } from "./db.js";
 import type { Logger } from "./logger.js";
 import { outbox } from "./outbox-schema.js";
 
@@ -43,6 +43,47 @@ export async function enqueueEvent(tx: OutboxTx, event: OutboxEvent, channel: st
   // One round trip: a data-modifying CTE always runs. Postgres folds identical
   // notifications of one transaction into one, so a batch wakes the relay once.
   await tx.execute(sql`with e as ${insert} select pg_notify(${channel}, '')`);
+}
+
+// The columns an event sets; the others (id, published_at, attempts) take their defaults.
+const EVENT_COLUMNS = [
+  "eventId",
+  "subject",
+  "type",
+  "source",
+  "ceSubject",
+  "payload",
+  "occurTime",
+] as const satisfies readonly (keyof OutboxEvent)[];
+
+/** A drizzle database over any schema that includes `outbox`: the pool's, or a transaction's. */
+export type OutboxDb = Pick<Db<Record<string, unknown>>, "$with" | "with">;
+
+/**
+ * Prepares `change` (an INSERT or UPDATE … RETURNING, as a CTE) together with
+ * its event: for each row the change returns, one outbox row and a
+ * `pg_notify(channel)`, in one statement. One round trip, and no explicit
+ * transaction: a statement is atomic by itself. A change that matches no row
+ * writes no event. Execute with the change's values and `eventValues(event)`;
+ * it returns one row per changed row. Prepared on `db`'s session: prepare it
+ * on the transaction that is to run it.
+ */
+export function prepareWithEvent(db: OutboxDb, change: WithSubquery, channel: string, name: string) {
+  const columns = EVENT_COLUMNS.map((k) => sql.identifier(outbox[k].name));
+  const values = EVENT_COLUMNS.map((k) => placeholder(`event.${k}`, outbox[k]));
+  const queued = db
+    .$with("queued", {})
+    .as(sql`insert into ${outbox} (${sql.join(columns, sql`, `)}) select ${sql.join(values, sql`, `)} from ${change}`);
+  return db
+    .with(change, queued)
+    .select({ notified: sql`pg_notify(${channel}, '')` })
+    .from(change)
+    .prepare(name);
+}
+
+/** The values of `event` for a statement of `prepareWithEvent`. */
+export function eventValues(event: OutboxEvent): Record<string, unknown> {
+  return Object.fromEntries(EVENT_COLUMNS.map((k) => [`event.${k}`, event[k]]));
 }
 
 /** Builds an outbox event from a protobuf-es message: binary payload, `type` = its full name. */
@@ -112,6 +153,24 @@ interface OutboxRecord {
   ce_subject: string;
   payload: Uint8Array;
   occur_time: Date | string;
+}
+
+/** Splits rows, in order, into runs in which no `ce_subject` repeats. */
+function waves(rows: readonly OutboxRecord[]): OutboxRecord[][] {
+  const out: OutboxRecord[][] = [];
+  let wave: OutboxRecord[] = [];
+  const seen = new Set<string>();
+  for (const row of rows) {
+    if (seen.has(row.ce_subject)) {
+      out.push(wave);
+      wave = [];
+      seen.clear();
+    }
+    seen.add(row.ce_subject);
+    wave.push(row);
+  }
+  if (wave.length > 0) out.push(wave);
+  return out;
 }
 
 /** The lock-holding session, identified the way pg_stat_activity shows it. */
@@ -341,26 +400,43 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     }
     const sent: PublishedEvent[] = [];
     let failed = false;
-    for (const row of rows) {
+    // Publishes are pipelined in waves: a wave holds consecutive rows of distinct
+    // `ce_subject`s (customers) and is published all at once on the one connection,
+    // which JetStream stores in the order sent. The next wave starts only when every
+    // publish of this one is acked, so a failed publish is never overtaken by a later
+    // event of the same customer; after a failure only the acked prefix is marked sent,
+    // and what follows is retried (a repeat within the duplicate window is dropped by
+    // `Nats-Msg-Id`).
+    for (const wave of waves(rows)) {
       if (stopping && !flushing()) break;
-      try {
-        const ack = await client.publish(row.subject, row.payload, {
-          msgID: row.event_id,
-          headers: cloudEventHeaders(row),
-          timeout: publishTimeoutMs,
-        });
-        sent.push({ id: row.id, eventId: row.event_id, subject: row.subject, seq: ack.seq, duplicate: ack.duplicate });
-      } catch (err) {
+      const acks = await Promise.allSettled(
+        wave.map((row) =>
+          client.publish(row.subject, row.payload, {
+            msgID: row.event_id,
+            headers: cloudEventHeaders(row),
+            timeout: publishTimeoutMs,
+          }),
+        ),
+      );
+      for (const [i, ack] of acks.entries()) {
+        const row = wave[i] as OutboxRecord;
+        if (ack.status === "fulfilled") {
+          const { seq, duplicate } = ack.value;
+          sent.push({ id: row.id, eventId: row.event_id, subject: row.subject, seq, duplicate });
+          continue;
+        }
         failed = true;
         // Re-check the stream before the retry: a missing stream looks like this too.
         streamReady = false;
-        if (!publishFailing) log.warn({ eventId: row.event_id, err: errMessage(err) }, "publish failed; retrying");
+        if (!publishFailing)
+          log.warn({ eventId: row.event_id, err: errMessage(ack.reason) }, "publish failed; retrying");
         publishFailing = true;
         await database
           .query("update outbox set attempts = attempts + 1 where id = $1::bigint", [row.id])
           .catch(() => {});
         break;
       }
+      if (failed) break;
     }
     if (sent.length > 0) {
       const [marked] = await database.query<{ n: number }>(MARK_SENT, [

@@ -28,9 +28,11 @@ interface Run {
   stderr: string;
 }
 
-function run(command: string, args: string[], env: Record<string, string> = {}): Promise<Run> {
+function run(command: string, args: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, ...env } });
+    // A clean shell: no startup files (BASH_ENV), whatever the machine's setup.
+    const { BASH_ENV: _, ENV: __, ...env } = process.env;
+    const child = spawn(command, args, { cwd: ROOT, env });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => {
@@ -95,7 +97,7 @@ describe("README walkthrough", () => {
     expect(script).toContain(identity.url);
     expect(script).toContain(customer.url);
 
-    const out = await run("bash", ["-euo", "pipefail", "-c", script]);
+    const out = await run("bash", ["--norc", "--noprofile", "-euo", "pipefail", "-c", script]);
     expect(out.stderr).toBe("");
     expect(out.code).toBe(0);
 

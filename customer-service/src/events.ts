@@ -1,13 +1,13 @@
 /**
  * The events this service publishes (customer.v1 events.proto), written to
- * the outbox in the transaction of the change they record.
+ * the outbox by the statement of the change they record.
  */
 import { create } from "@bufbuild/protobuf";
 import { FieldMaskSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Customer } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { uuidv7 } from "../../runtime/ids.js";
-import { enqueueEvent, type OutboxTx, outboxEvent } from "../../runtime/outbox.js";
+import { type OutboxEvent, outboxEvent } from "../../runtime/outbox.js";
 
 /** Where events go: the `ce-source`, the subject prefix (default "customer") and the NOTIFY channel. */
 export interface EventsConfig {
@@ -16,31 +16,26 @@ export interface EventsConfig {
   readonly notifyChannel: string;
 }
 
-/** Writes customer.v1.CustomerRegistered to the outbox. */
-export async function emitCustomerRegistered(tx: OutboxTx, cfg: EventsConfig, customer: Customer, occurTime: Date) {
+/** customer.v1.CustomerRegistered, as an outbox event. */
+export function customerRegistered(cfg: EventsConfig, customer: Customer, occurTime: Date): OutboxEvent {
   const eventId = uuidv7();
   const event = create(CustomerRegisteredSchema, { eventId, occurTime: timestampFromDate(occurTime), customer });
-  await enqueueEvent(
-    tx,
-    outboxEvent(CustomerRegisteredSchema, event, {
-      eventId,
-      occurTime,
-      subject: `${cfg.subjectPrefix}.registered.${customer.customerId}`,
-      source: cfg.source,
-      ceSubject: customer.customerId,
-    }),
-    cfg.notifyChannel,
-  );
+  return outboxEvent(CustomerRegisteredSchema, event, {
+    eventId,
+    occurTime,
+    subject: `${cfg.subjectPrefix}.registered.${customer.customerId}`,
+    source: cfg.source,
+    ceSubject: customer.customerId,
+  });
 }
 
-/** Writes customer.v1.CustomerUpdated to the outbox. */
-export async function emitCustomerUpdated(
-  tx: OutboxTx,
+/** customer.v1.CustomerUpdated, as an outbox event. */
+export function customerUpdated(
   cfg: EventsConfig,
   customer: Customer,
   changedPaths: string[],
   occurTime: Date,
-) {
+): OutboxEvent {
   const eventId = uuidv7();
   const event = create(CustomerUpdatedSchema, {
     eventId,
@@ -48,15 +43,11 @@ export async function emitCustomerUpdated(
     customer,
     updateMask: create(FieldMaskSchema, { paths: changedPaths }),
   });
-  await enqueueEvent(
-    tx,
-    outboxEvent(CustomerUpdatedSchema, event, {
-      eventId,
-      occurTime,
-      subject: `${cfg.subjectPrefix}.updated.${customer.customerId}`,
-      source: cfg.source,
-      ceSubject: customer.customerId,
-    }),
-    cfg.notifyChannel,
-  );
+  return outboxEvent(CustomerUpdatedSchema, event, {
+    eventId,
+    occurTime,
+    subject: `${cfg.subjectPrefix}.updated.${customer.customerId}`,
+    source: cfg.source,
+    ceSubject: customer.customerId,
+  });
 }

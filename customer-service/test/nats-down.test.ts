@@ -204,9 +204,10 @@ describe("with NATS down", () => {
   it("repeats nothing when NATS dies in the middle of relaying a backlog", async () => {
     const before = await streamMessages();
     await nats.kill();
-    // A backlog of 40 customers × (1 registration + 4 updates), made while NATS is down.
+    // A backlog of 200 customers × (1 registration + 4 updates), made while NATS is down: big
+    // enough that the relay, which pipelines its publishes, is still at it when NATS dies again.
     const made = await Promise.all(
-      Array.from({ length: 40 }, async () => {
+      Array.from({ length: 200 }, async () => {
         const id = randomUUID();
         const token = await issuer.customer(id);
         await client().registerCustomer(

@@ -1,16 +1,38 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { eq } from "drizzle-orm";
-import { pgConstraint, pgErrorCode } from "../../../runtime/db.js";
+import { pgConstraint, pgErrorCode, placeholders } from "../../../runtime/db.js";
+import { eventValues, prepareWithEvent } from "../../../runtime/outbox.js";
 import { rejectBlank, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
 import { type CustomerRow, customers } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";
-import { emitCustomerRegistered } from "../events.js";
+import { customerRegistered } from "../events.js";
 
 /** RegisterCustomer: creates the caller's profile, idempotent for an identical retry. */
 export function registerCustomer(
   deps: CustomerServiceDeps,
 ): Pick<ServiceImpl<typeof CustomerService>, "registerCustomer"> {
+  // Built once, as in get-customer.ts: the profile, its event and the relay's
+  // wake-up in one prepared statement, one round trip.
+  const created = deps.db.$with("created").as(
+    deps.db
+      .insert(customers)
+      .values(
+        placeholders(customers, [
+          "customerId",
+          "email",
+          "givenName",
+          "familyName",
+          "phoneNumber",
+          "address",
+          "version",
+          "createTime",
+          "updateTime",
+        ]),
+      )
+      .returning({ customerId: customers.customerId }),
+  );
+  const insert = prepareWithEvent(deps.db, created, deps.events.notifyChannel, "register_customer");
   return {
     async registerCustomer(req, ctx) {
       const principal = await deps.auth.authenticate(ctx);
@@ -32,12 +54,10 @@ export function registerCustomer(
       rejectBlank("given_name", row.givenName);
       rejectBlank("family_name", row.familyName);
       rejectBlank("address", row.address);
+      const customer = toCustomer(row);
       try {
-        await deps.db.transaction(async (tx) => {
-          await tx.insert(customers).values(row);
-          await emitCustomerRegistered(tx, deps.events, toCustomer(row), now);
-        });
-        return { customer: toCustomer(row) };
+        await insert.execute({ ...row, ...eventValues(customerRegistered(deps.events, customer, now)) });
+        return { customer };
       } catch (err) {
         if (pgErrorCode(err) !== "23505") throw err;
         const [existing] = await deps.db.select().from(customers).where(eq(customers.customerId, row.customerId));

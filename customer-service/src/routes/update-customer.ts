@@ -1,12 +1,13 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { Customer } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
-import { eq } from "drizzle-orm";
-import { pgConstraint, pgErrorCode } from "../../../runtime/db.js";
+import { and, eq, sql } from "drizzle-orm";
+import { pgConstraint, pgErrorCode, placeholder, placeholders } from "../../../runtime/db.js";
+import { eventValues, prepareWithEvent } from "../../../runtime/outbox.js";
 import { authorize, rejectBlank, SCOPE_WRITE, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
 import { type CustomerRow, customers, type StoredAddress } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";
-import { emitCustomerUpdated } from "../events.js";
+import { customerUpdated } from "../events.js";
 
 type Change = Partial<Pick<CustomerRow, "email" | "givenName" | "familyName" | "phoneNumber" | "address">>;
 
@@ -32,10 +33,43 @@ const MASK_FIELDS: Record<string, MaskField<keyof Change>> = {
 } satisfies { [path: string]: MaskField<keyof Change> };
 
 /**
- * UpdateCustomer: applies the masked fields under a row lock, so concurrent
- * updates serialise and each real change gets its own version and event.
+ * The whole new row, its event and the relay's wake-up in one statement, but
+ * only if the row is still at the version it was read at: zero rows when
+ * another update came first.
+ */
+function prepareWrite(db: CustomerServiceDeps["db"], channel: string) {
+  const updated = db.$with("updated").as(
+    db
+      .update(customers)
+      .set({
+        ...placeholders(customers, ["email", "givenName", "familyName", "phoneNumber", "address", "updateTime"]),
+        version: sql`${customers.version} + 1`,
+      })
+      .where(
+        and(
+          eq(customers.customerId, placeholder("customerId", customers.customerId)),
+          eq(customers.version, placeholder("version", customers.version)),
+        ),
+      )
+      .returning({ customerId: customers.customerId }),
+  );
+  return prepareWithEvent(db, updated, channel, "update_customer");
+}
+
+/**
+ * UpdateCustomer: applies the masked fields to the row as read, if no other
+ * update has changed it since: one read and one write, no transaction. When
+ * one has, it reads again under a row lock, so concurrent updates serialise
+ * and each real change gets its own version and event.
  */
 export function updateCustomer(deps: CustomerServiceDeps): Pick<ServiceImpl<typeof CustomerService>, "updateCustomer"> {
+  // Built once, as in get-customer.ts.
+  const read = deps.db
+    .select()
+    .from(customers)
+    .where(eq(customers.customerId, sql.placeholder("customerId")))
+    .prepare("update_customer_read");
+  const write = prepareWrite(deps.db, deps.events.notifyChannel);
   return {
     async updateCustomer(req, ctx) {
       const customerId = req.customer?.customerId ?? "";
@@ -43,42 +77,54 @@ export function updateCustomer(deps: CustomerServiceDeps): Pick<ServiceImpl<type
       authorize(principal, customerId, SCOPE_WRITE);
       const input = req.customer;
       const paths = [...new Set(req.updateMask?.paths ?? [])];
+
+      // The row after the update, or undefined when the write found the row at
+      // another version than `current`.
+      const apply = async (current: CustomerRow | undefined, execute: typeof write.execute) => {
+        if (!current) throw new ConnectError("customer not found", Code.NotFound);
+        if (req.expectedVersion !== undefined && BigInt(current.version) !== req.expectedVersion) {
+          throw new ConnectError(
+            `customer is at version ${current.version}, not the expected ${req.expectedVersion}`,
+            Code.Aborted,
+          );
+        }
+        const change: Change = {};
+        const changed: string[] = [];
+        for (const path of paths) {
+          const field = MASK_FIELDS[path];
+          if (!field) {
+            // The contract's field_mask.in rule admits no other path.
+            throw new ConnectError(`update_mask path "${path}" is not updatable`, Code.InvalidArgument);
+          }
+          const next = field.read(input);
+          if (path !== "phone_number") rejectBlank(`customer.${path}`, next as string | StoredAddress | null);
+          if (!field.equal(next as never, current[field.column] as never)) {
+            Object.assign(change, { [field.column]: next });
+            changed.push(path);
+          }
+        }
+        if (changed.length === 0) return current;
+        const now = deps.now();
+        const updated: CustomerRow = { ...current, ...change, version: current.version + 1, updateTime: now };
+        const event = customerUpdated(deps.events, toCustomer(updated), changed, now);
+        const written = await execute({ ...updated, version: current.version, ...eventValues(event) });
+        return written.length === 1 ? updated : undefined;
+      };
+
       try {
-        const row = await deps.db.transaction(async (tx) => {
-          const [current] = await tx.select().from(customers).where(eq(customers.customerId, customerId)).for("update");
-          if (!current) throw new ConnectError("customer not found", Code.NotFound);
-          if (req.expectedVersion !== undefined && BigInt(current.version) !== req.expectedVersion) {
-            throw new ConnectError(
-              `customer is at version ${current.version}, not the expected ${req.expectedVersion}`,
-              Code.Aborted,
-            );
-          }
-          const change: Change = {};
-          const changed: string[] = [];
-          for (const path of paths) {
-            const field = MASK_FIELDS[path];
-            if (!field) {
-              // The contract's field_mask.in rule admits no other path.
-              throw new ConnectError(`update_mask path "${path}" is not updatable`, Code.InvalidArgument);
-            }
-            const next = field.read(input);
-            if (path !== "phone_number") rejectBlank(`customer.${path}`, next as string | StoredAddress | null);
-            if (!field.equal(next as never, current[field.column] as never)) {
-              Object.assign(change, { [field.column]: next });
-              changed.push(path);
-            }
-          }
-          if (changed.length === 0) return current;
-          const now = deps.now();
-          const [updated] = await tx
-            .update(customers)
-            .set({ ...change, version: current.version + 1, updateTime: now })
-            .where(eq(customers.customerId, customerId))
-            .returning();
-          if (!updated) throw new Error("updated row vanished inside its transaction");
-          await emitCustomerUpdated(tx, deps.events, toCustomer(updated), changed, now);
-          return updated;
-        });
+        const row =
+          (await apply((await read.execute({ customerId }))[0], write.execute.bind(write))) ??
+          (await deps.db.transaction(async (tx) => {
+            const [current] = await tx
+              .select()
+              .from(customers)
+              .where(eq(customers.customerId, customerId))
+              .for("update");
+            const txWrite = prepareWrite(tx, deps.events.notifyChannel);
+            const row = await apply(current, txWrite.execute.bind(txWrite));
+            if (!row) throw new Error("locked row changed inside its transaction");
+            return row;
+          }));
         return { customer: toCustomer(row) };
       } catch (err) {
         if (pgErrorCode(err) === "23505" && pgConstraint(err) === "customers_email_key") {
