@@ -5,13 +5,14 @@
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { TokenSetSchema } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { and, eq, isNotNull, sql } from "drizzle-orm";
+import { and, eq, isNotNull, isNull, sql } from "drizzle-orm";
 import { type Authenticator, bearerToken, type Principal, revokedAccessToken } from "../../runtime/auth.js";
 import type { Db } from "../../runtime/db.js";
 import { uuidv7 } from "../../runtime/ids.js";
 import type * as schema from "./db/schema.js";
 import { refreshTokens, revokedAccessTokens } from "./db/schema.js";
 import type { AuthServiceDeps } from "./deps.js";
+import { emitTokensRevoked, type TokenRevocationReason } from "./events.js";
 import { type KeyStore, newRefreshToken, signAccessToken, type TokenSettings, verifyOwnAccessToken } from "./tokens.js";
 
 export type TokenSetInit = MessageInitShape<typeof TokenSetSchema>;
@@ -115,6 +116,38 @@ export async function isAccessTokenRevoked(
 export function sessionRevocationExpiry(tokens: Pick<TokenSettings, "accessTokenTtlSec">): Date {
   // Tokens are signed with the wall clock (not deps.now), so this is too.
   return new Date(Date.now() + tokens.accessTokenTtlSec * 1000);
+}
+
+/**
+ * Revokes a session (a refresh-token family) in tx, marking its live refresh
+ * tokens with `revokeReason`, and emits TokensRevoked for its `sid` in the
+ * same transaction. False when nothing was live (then nothing is emitted).
+ */
+export async function revokeSession(
+  tx: Tx,
+  deps: Pick<AuthServiceDeps, "events" | "tokens">,
+  session: { customerId: string; familyId: string },
+  why: { revokeReason: "revoked" | "reuse"; reason: TokenRevocationReason },
+  now: Date,
+): Promise<boolean> {
+  const revoked = await tx
+    .update(refreshTokens)
+    .set({ revokedAt: now, revokeReason: why.revokeReason })
+    .where(and(eq(refreshTokens.familyId, session.familyId), isNull(refreshTokens.revokedAt)))
+    .returning({ id: refreshTokens.id });
+  if (revoked.length === 0) return false;
+  await emitTokensRevoked(
+    tx,
+    deps.events,
+    {
+      owner: { customerId: session.customerId },
+      sessionIds: [session.familyId],
+      expireTime: sessionRevocationExpiry(deps.tokens),
+      reason: why.reason,
+    },
+    now,
+  );
+  return true;
 }
 
 /** The owner of a token, as TokensRevoked names it. */

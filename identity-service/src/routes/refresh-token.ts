@@ -1,10 +1,10 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { and, eq, isNull } from "drizzle-orm";
+import { eq } from "drizzle-orm";
 import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
-import { issueCustomerTokens, sessionRevocationExpiry, type TokenSetInit } from "../sessions.js";
+import { TokenRevocationReason } from "../events.js";
+import { issueCustomerTokens, revokeSession, type TokenSetInit } from "../sessions.js";
 import { hashToken, invalidRefreshToken } from "../tokens.js";
 
 /**
@@ -22,19 +22,11 @@ export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Aut
         const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash)).for("update");
         if (!token || token.revokedAt) return "invalid";
         if (token.rotatedAt) {
-          await tx
-            .update(refreshTokens)
-            .set({ revokedAt: now, revokeReason: "reuse" })
-            .where(and(eq(refreshTokens.familyId, token.familyId), isNull(refreshTokens.revokedAt)));
-          await emitTokensRevoked(
+          await revokeSession(
             tx,
-            deps.events,
-            {
-              owner: { customerId: token.customerId },
-              sessionIds: [token.familyId],
-              expireTime: sessionRevocationExpiry(deps.tokens),
-              reason: TokenRevocationReason.REFRESH_TOKEN_REUSED,
-            },
+            deps,
+            token,
+            { revokeReason: "reuse", reason: TokenRevocationReason.REFRESH_TOKEN_REUSED },
             now,
           );
           return "reused";

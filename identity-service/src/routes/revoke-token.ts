@@ -1,10 +1,10 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { and, eq, isNull } from "drizzle-orm";
+import { eq } from "drizzle-orm";
 import { refreshTokens, revokedAccessTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
-import { sessionRevocationExpiry, tokenOwner } from "../sessions.js";
+import { revokeSession, tokenOwner } from "../sessions.js";
 import { hashToken, looksLikeJwt, verifyOwnAccessToken } from "../tokens.js";
 
 /**
@@ -49,23 +49,7 @@ export function revokeToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Auth
         .where(eq(refreshTokens.tokenHash, hashToken(req.token)));
       if (token) {
         await deps.db.transaction(async (tx) => {
-          const revoked = await tx
-            .update(refreshTokens)
-            .set({ revokedAt: now, revokeReason: "revoked" })
-            .where(and(eq(refreshTokens.familyId, token.familyId), isNull(refreshTokens.revokedAt)))
-            .returning({ id: refreshTokens.id });
-          if (revoked.length === 0) return;
-          await emitTokensRevoked(
-            tx,
-            deps.events,
-            {
-              owner: { customerId: token.customerId },
-              sessionIds: [token.familyId],
-              expireTime: sessionRevocationExpiry(deps.tokens),
-              reason: TokenRevocationReason.REVOKED,
-            },
-            now,
-          );
+          await revokeSession(tx, deps, token, { revokeReason: "revoked", reason: TokenRevocationReason.REVOKED }, now);
         });
       }
       return {};
