@@ -198,7 +198,7 @@ describe("comments", () => {
     const dir = copyWorkspace(join(tmp, "edited"));
     editFile(
       join(dir, "proto/customer/v1/customer.proto"),
-      "  // email is the customer's contact email address. The service stores it\n  // normalised (trimmed, lower case); no two customers share one.\n",
+      "  // email is the customer's contact email address, stored as sent; no two\n  // customers share one, compared without regard to case.\n",
       "",
     );
     editFile(

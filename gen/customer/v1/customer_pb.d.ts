@@ -27,8 +27,8 @@ export declare type Customer = Message<"customer.v1.Customer"> & {
   customerId: string;
 
   /**
-   * email is the customer's contact email address. The service stores it
-   * normalised (trimmed, lower case); no two customers share one.
+   * email is the customer's contact email address, stored as sent; no two
+   * customers share one, compared without regard to case.
    *
    * @generated from field: string email = 2;
    */
