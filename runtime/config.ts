@@ -22,6 +22,15 @@ export function envOptional(env: Env, name: string): string | undefined {
   return v ? v : undefined;
 }
 
+/** A NATS subject prefix: dot-separated subject tokens, no wildcards. */
+export function envSubjectPrefix(env: Env, name: string, fallback: string): string {
+  const prefix = envString(env, name, fallback);
+  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(prefix)) {
+    throw new ConfigError(`${name} must be dot-separated NATS subject tokens, got "${prefix}"`);
+  }
+  return prefix;
+}
+
 /** A TCP port (0–65535; 0 picks a free one). */
 export function envPort(env: Env, name: string, fallback: number): number {
   return envInt(env, name, fallback, 0, 65535);

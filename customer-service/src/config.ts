@@ -4,13 +4,13 @@
  */
 import { join } from "node:path";
 import {
-  ConfigError,
   type Env,
   envEnum,
   envInt,
   envOptional,
   envPort,
   envString,
+  envSubjectPrefix,
   envUrl,
   LOG_LEVELS,
   type LogLevel,
@@ -75,13 +75,4 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
     maxRequestBytes: envInt(env, "CUSTOMER_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
     shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
   };
-}
-
-/** Dot-separated NATS subject tokens (no wildcards), or the fallback when unset. */
-function envSubjectPrefix(env: Env, name: string, fallback: string): string {
-  const prefix = envString(env, name, fallback);
-  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(prefix)) {
-    throw new ConfigError(`${name} must be dot-separated NATS subject tokens, got "${prefix}"`);
-  }
-  return prefix;
 }

@@ -4,13 +4,13 @@
  */
 import { join } from "node:path";
 import {
-  ConfigError,
   type Env,
   envEnum,
   envInt,
   envOptional,
   envPort,
   envString,
+  envSubjectPrefix,
   envUrl,
   LOG_LEVELS,
   type LogLevel,
@@ -44,10 +44,7 @@ export interface IdentityConfig {
 
 /** The configuration `env` describes, or a ConfigError naming the bad variable. */
 export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConfig {
-  const subjectPrefix = envString(env, "IDENTITY_SUBJECT_PREFIX", "identity");
-  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(subjectPrefix)) {
-    throw new ConfigError(`IDENTITY_SUBJECT_PREFIX must be dot-separated NATS subject tokens, got "${subjectPrefix}"`);
-  }
+  const subjectPrefix = envSubjectPrefix(env, "IDENTITY_SUBJECT_PREFIX", "identity");
   const audiences = envString(env, "IDENTITY_AUDIENCES", "customer-service")
     .split(/[\s,]+/)
     .filter(Boolean);
