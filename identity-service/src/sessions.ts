@@ -12,7 +12,7 @@ import { uuidv7 } from "../../runtime/ids.js";
 import type * as schema from "./db/schema.js";
 import { refreshTokens, revokedAccessTokens } from "./db/schema.js";
 import type { AuthServiceDeps } from "./deps.js";
-import { emitTokensRevoked, type TokenRevocationReason } from "./events.js";
+import { emitTokensRevoked, TokenRevocationReason } from "./events.js";
 import { type KeyStore, newRefreshToken, signAccessToken, type TokenSettings, verifyOwnAccessToken } from "./tokens.js";
 
 export type TokenSetInit = MessageInitShape<typeof TokenSetSchema>;
@@ -113,37 +113,52 @@ export async function isAccessTokenRevoked(
  * When the last access token of a session revoked now expires: none is
  * issued after the revocation, and none lives longer than the TTL.
  */
-export function sessionRevocationExpiry(tokens: Pick<TokenSettings, "accessTokenTtlSec">): Date {
+function sessionRevocationExpiry(tokens: Pick<TokenSettings, "accessTokenTtlSec">): Date {
   // Tokens are signed with the wall clock (not deps.now), so this is too.
   return new Date(Date.now() + tokens.accessTokenTtlSec * 1000);
 }
 
+/** What refresh_tokens.revoke_reason records for each reason a session is revoked. */
+const REVOKE_REASON: Record<SessionRevocationReason, string> = {
+  [TokenRevocationReason.REVOKED]: "revoked",
+  [TokenRevocationReason.REFRESH_TOKEN_REUSED]: "reuse",
+  [TokenRevocationReason.PASSWORD_CHANGED]: "password_changed",
+};
+type SessionRevocationReason = Exclude<TokenRevocationReason, TokenRevocationReason.UNSPECIFIED>;
+
 /**
- * Revokes a session (a refresh-token family) in tx, marking its live refresh
- * tokens with `revokeReason`, and emits TokensRevoked for its `sid` in the
- * same transaction. False when nothing was live (then nothing is emitted).
+ * Revokes sessions (refresh-token families) in tx: one session, or every
+ * session of the customer. Marks their live refresh tokens with the reason
+ * and emits one TokensRevoked for their `sid`s in the same
+ * transaction. False when nothing was live (then nothing is emitted).
  */
-export async function revokeSession(
+export async function revokeSessions(
   tx: Tx,
   deps: Pick<AuthServiceDeps, "events" | "tokens">,
-  session: { customerId: string; familyId: string },
-  why: { revokeReason: "revoked" | "reuse"; reason: TokenRevocationReason },
+  scope: { customerId: string; familyId?: string },
+  reason: SessionRevocationReason,
   now: Date,
 ): Promise<boolean> {
   const revoked = await tx
     .update(refreshTokens)
-    .set({ revokedAt: now, revokeReason: why.revokeReason })
-    .where(and(eq(refreshTokens.familyId, session.familyId), isNull(refreshTokens.revokedAt)))
-    .returning({ id: refreshTokens.id });
-  if (revoked.length === 0) return false;
+    .set({ revokedAt: now, revokeReason: REVOKE_REASON[reason] })
+    .where(
+      and(
+        scope.familyId ? eq(refreshTokens.familyId, scope.familyId) : eq(refreshTokens.customerId, scope.customerId),
+        isNull(refreshTokens.revokedAt),
+      ),
+    )
+    .returning({ familyId: refreshTokens.familyId });
+  const sessionIds = [...new Set(revoked.map((r) => r.familyId))];
+  if (sessionIds.length === 0) return false;
   await emitTokensRevoked(
     tx,
     deps.events,
     {
-      owner: { customerId: session.customerId },
-      sessionIds: [session.familyId],
+      owner: { customerId: scope.customerId },
+      sessionIds,
       expireTime: sessionRevocationExpiry(deps.tokens),
-      reason: why.reason,
+      reason,
     },
     now,
   );

@@ -1,10 +1,10 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { and, eq, isNull } from "drizzle-orm";
-import { identities, refreshTokens } from "../db/schema.js";
+import { eq } from "drizzle-orm";
+import { identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
-import { issueCustomerTokens, sessionRevocationExpiry } from "../sessions.js";
+import { TokenRevocationReason } from "../events.js";
+import { issueCustomerTokens, revokeSessions } from "../sessions.js";
 import { invalidLogin, rejectPasswordEqualToEmail } from "./credentials.js";
 
 /**
@@ -36,25 +36,13 @@ export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof A
           .update(identities)
           .set({ passwordHash, passwordChangedAt: now, updatedAt: now })
           .where(eq(identities.customerId, identity.customerId));
-        const revoked = await tx
-          .update(refreshTokens)
-          .set({ revokedAt: now, revokeReason: "password_changed" })
-          .where(and(eq(refreshTokens.customerId, identity.customerId), isNull(refreshTokens.revokedAt)))
-          .returning({ familyId: refreshTokens.familyId });
-        const sessionIds = [...new Set(revoked.map((r) => r.familyId))];
-        if (sessionIds.length > 0) {
-          await emitTokensRevoked(
-            tx,
-            deps.events,
-            {
-              owner: { customerId: identity.customerId },
-              sessionIds,
-              expireTime: sessionRevocationExpiry(deps.tokens),
-              reason: TokenRevocationReason.PASSWORD_CHANGED,
-            },
-            now,
-          );
-        }
+        await revokeSessions(
+          tx,
+          deps,
+          { customerId: identity.customerId },
+          TokenRevocationReason.PASSWORD_CHANGED,
+          now,
+        );
         return issueCustomerTokens(deps, tx, identity.customerId);
       });
       return { tokens };

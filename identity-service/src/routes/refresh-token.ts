@@ -4,7 +4,7 @@ import { eq } from "drizzle-orm";
 import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { TokenRevocationReason } from "../events.js";
-import { issueCustomerTokens, revokeSession, type TokenSetInit } from "../sessions.js";
+import { issueCustomerTokens, revokeSessions, type TokenSetInit } from "../sessions.js";
 import { hashToken, invalidRefreshToken } from "../tokens.js";
 
 /**
@@ -22,13 +22,7 @@ export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Aut
         const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, hash)).for("update");
         if (!token || token.revokedAt) return "invalid";
         if (token.rotatedAt) {
-          await revokeSession(
-            tx,
-            deps,
-            token,
-            { revokeReason: "reuse", reason: TokenRevocationReason.REFRESH_TOKEN_REUSED },
-            now,
-          );
+          await revokeSessions(tx, deps, token, TokenRevocationReason.REFRESH_TOKEN_REUSED, now);
           return "reused";
         }
         if (token.expiresAt <= now) return "invalid";

@@ -4,7 +4,7 @@ import { eq } from "drizzle-orm";
 import { refreshTokens, revokedAccessTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
-import { revokeSession, tokenOwner } from "../sessions.js";
+import { revokeSessions, tokenOwner } from "../sessions.js";
 import { hashToken, looksLikeJwt, verifyOwnAccessToken } from "../tokens.js";
 
 /**
@@ -49,7 +49,7 @@ export function revokeToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Auth
         .where(eq(refreshTokens.tokenHash, hashToken(req.token)));
       if (token) {
         await deps.db.transaction(async (tx) => {
-          await revokeSession(tx, deps, token, { revokeReason: "revoked", reason: TokenRevocationReason.REVOKED }, now);
+          await revokeSessions(tx, deps, token, TokenRevocationReason.REVOKED, now);
         });
       }
       return {};
