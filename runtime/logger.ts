@@ -40,3 +40,9 @@ export function createLogger(opts: { name: string; level: LogLevel; destination?
     opts.destination,
   );
 }
+
+/** An error as a log field: its message (no stack); undefined stays undefined. */
+export function errMessage(err: unknown): string | undefined {
+  if (err === undefined) return undefined;
+  return err instanceof Error ? err.message : String(err);
+}

@@ -9,8 +9,9 @@ import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobu
 import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, jetstream, StorageType } from "@nats-io/jetstream";
 import { connect, headers, type MsgHdrs, type NatsConnection, nanos } from "@nats-io/transport-node";
 import { sql, type WithSubquery } from "drizzle-orm";
+import { settlesWithin } from "./async.js";
 import { type Database, type Db, isConnectionError, placeholder, type SqlSession } from "./db.js";
-import type { Logger } from "./logger.js";
+import { errMessage, type Logger } from "./logger.js";
 import { outbox } from "./outbox-schema.js";
 
 /** One event as the outbox stores it. */
@@ -583,24 +584,4 @@ function cloudEventHeaders(row: OutboxRecord): MsgHdrs {
 
 function jitter(ms: number): number {
   return ms / 2 + (Math.random() * ms) / 2;
-}
-
-function errMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((r) => {
-    timer = setTimeout(() => r(false), ms);
-  });
-  const done = p.then(
-    () => true,
-    () => true,
-  );
-  try {
-    return await Promise.race([done, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

@@ -28,8 +28,9 @@ import {
   type StreamInfo,
 } from "@nats-io/jetstream";
 import { connect, type NatsConnection, nanos } from "@nats-io/transport-node";
+import { settlesWithin } from "./async.js";
 import type { Principal, RevocationCheck } from "./auth.js";
-import type { Logger } from "./logger.js";
+import { errMessage, type Logger } from "./logger.js";
 
 export interface RevocationListOptions {
   natsUrl: string;
@@ -299,20 +300,4 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
       return tokenIds.size + sessionIds.size;
     },
   };
-}
-
-async function settlesWithin(p: Promise<unknown>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, ms);
-  });
-  await Promise.race([p.then(noop, noop), timeout]);
-  clearTimeout(timer);
-}
-
-const noop = () => {};
-
-function errMessage(err: unknown): string | undefined {
-  if (err === undefined) return undefined;
-  return err instanceof Error ? err.message : String(err);
 }
