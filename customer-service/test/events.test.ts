@@ -16,6 +16,7 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, type Clients, createClients } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
+import { waitForStream } from "../../test/support/nats.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 
 const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -35,17 +36,7 @@ beforeAll(async () => {
   nc = await connect({ servers: svc.natsUrl });
   jsm = await jetstreamManager(nc);
   sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
-  // The relay creates the stream once it leads; wait for it so tests can count messages.
-  const deadline = Date.now() + 10_000;
-  while (
-    !(await jsm.streams.info(svc.streams.stream).then(
-      () => true,
-      () => false,
-    ))
-  ) {
-    if (Date.now() > deadline) throw new Error(`stream ${svc.streams.stream} was not created`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await waitForStream(jsm, svc.streams.stream);
 });
 
 afterAll(async () => {

@@ -23,6 +23,7 @@ import { decodeJwt } from "jose";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, type Clients, createClients, rpcError } from "../../test/support/clients.js";
+import { waitForStream } from "../../test/support/nats.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
 import { runCli } from "../src/cli.js";
 
@@ -41,17 +42,7 @@ beforeAll(async () => {
   nc = await connect({ servers: svc.natsUrl });
   jsm = await jetstreamManager(nc);
   sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
-  // The relay creates the stream once it leads; wait for it so tests can count messages.
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const exists = await jsm.streams.info(svc.streams.stream).then(
-      () => true,
-      () => false,
-    );
-    if (exists) break;
-    if (Date.now() > deadline) throw new Error(`stream ${svc.streams.stream} was not created`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await waitForStream(jsm, svc.streams.stream);
 });
 
 afterAll(async () => {

@@ -11,14 +11,21 @@ import { CustomerService } from "@customer-platform/gen/customer/v1/customer_ser
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
-import { type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type CryptoKey, decodeProtectedHeader, importJWK, type JWK, SignJWT } from "jose";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
 import { bearer, type Clients, createClients, rpcError } from "../support/clients.js";
-import { deleteStreams, freePort, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
+import {
+  deleteStreams,
+  freePort,
+  type StreamNames,
+  sharedNatsUrl,
+  uniqueStreamNames,
+  waitForStream,
+} from "../support/nats.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import {
   type RunningCustomerService,
@@ -78,19 +85,6 @@ afterAll(async () => {
   await identityDb?.drop();
   if (identityStreams) await deleteStreams(sharedNatsUrl, identityStreams.stream);
 });
-
-async function waitForStream(jsm: JetStreamManager, stream: string): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (
-    !(await jsm.streams.info(stream).then(
-      () => true,
-      () => false,
-    ))
-  ) {
-    if (Date.now() > deadline) throw new Error(`stream ${stream} was not created`);
-    await sleep(50);
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const auth = () => idClients.client(AuthService);

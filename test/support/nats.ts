@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 
 /** The shared server tests run against; `TEST_NATS_URL` overrides it. */
@@ -116,4 +117,21 @@ export async function startPrivateNats(): Promise<PrivateNats> {
     stop,
     [Symbol.asyncDispose]: stop,
   };
+}
+
+/**
+ * Waits until stream exists: a service's relay creates its stream once it
+ * leads, and tests that count messages must wait for that.
+ */
+export async function waitForStream(jsm: JetStreamManager, stream: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (
+    !(await jsm.streams.info(stream).then(
+      () => true,
+      () => false,
+    ))
+  ) {
+    if (Date.now() > deadline) throw new Error(`stream ${stream} was not created`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
