@@ -8,6 +8,7 @@ import net from "node:net";
 import { type Column, getTableColumns, type SQL, sql, type Table } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import postgres from "postgres";
+import { redactUrl } from "./config.js";
 
 /** A drizzle database over either driver. */
 export type Db<S extends Record<string, unknown>> = PgDatabase<PgQueryResultHKT, S>;
@@ -105,8 +106,6 @@ async function openPostgres<S extends Record<string, unknown>>(
   }
   client.options.fetch_types = false;
   const db = drizzle({ client: guardTransactions(client), schema: opts.schema }) as unknown as Db<S>;
-  const safeUrl = new URL(url);
-  if (safeUrl.password) safeUrl.password = "***";
   // A dedicated one-connection client rather than client.reserve(): postgres.js
   // throws an uncaught TypeError when a reserved connection whose socket closed
   // is used, and would silently reconnect a plain client to a session that no
@@ -136,7 +135,7 @@ async function openPostgres<S extends Record<string, unknown>>(
   };
   return {
     db,
-    description: safeUrl.toString(),
+    description: redactUrl(url),
     query: async <T>(text: string, params: unknown[] = []) =>
       (await client.unsafe(text, params as never[])) as unknown as T[],
     async listen(channel, onNotify) {
