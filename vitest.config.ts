@@ -1,12 +1,16 @@
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
+  // Workspace packages (runtime, sdk) resolve to their TypeScript sources, not their build.
+  resolve: { conditions: ["source", "module", "node", "development|production"] },
+  ssr: { resolve: { conditions: ["source", "module", "node", "development|production"] } },
   test: {
     include: [
       "test/**/*.test.ts",
       "customer-service/**/*.test.ts",
       "identity-service/**/*.test.ts",
       "runtime/**/*.test.ts",
+      "sdk/**/*.test.ts",
       "examples/**/*.test.ts",
       "bench/**/*.test.ts",
     ],

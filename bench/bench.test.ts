@@ -20,7 +20,7 @@ describe("npm run bench -- --quick", () => {
     const out = join(dir, "quick.json");
     const { stdout } = await promisify(execFile)(
       process.execPath,
-      ["--import", "tsx", "bench/run.ts", "--quick", "--out", out],
+      ["--conditions=source", "--import", "tsx", "bench/run.ts", "--quick", "--out", out],
       { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 140_000 },
     );
     const report = JSON.parse(readFileSync(out, "utf8")) as Report;

@@ -18,10 +18,10 @@ import {
 } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import * as schema from "../customer-service/src/db/schema.js";
 import { createCustomerService } from "../customer-service/src/routes/index.js";
-import { type Authenticator, createJwksAuthenticator, type Principal } from "../runtime/auth.js";
-import { startConnectServer } from "../runtime/connect-server.js";
-import { openDatabase } from "../runtime/db.js";
-import { createLogger } from "../runtime/logger.js";
+import { type Authenticator, createJwksAuthenticator, type Principal } from "@customer-platform/runtime/auth";
+import { startConnectServer } from "@customer-platform/runtime/connect-server";
+import { openDatabase } from "@customer-platform/runtime/db";
+import { createLogger } from "@customer-platform/runtime/logger";
 
 const env = (name: string) => {
   const v = process.env[name];

@@ -8,7 +8,7 @@
 import { type DescMessage, toJson } from "@bufbuild/protobuf";
 import { DeliverPolicy, type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { decodeEvent, eventSchemas } from "../runtime/events.js";
+import { decodeEvent, eventSchemas } from "@customer-platform/runtime/events";
 
 const USAGE = `usage: npm run events -- tail [subject…] [--all]
 

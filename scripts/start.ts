@@ -17,7 +17,7 @@ import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
 import { envToConfig as customerEnvToConfig } from "../customer-service/src/config.js";
 import { envToConfig as identityEnvToConfig } from "../identity-service/src/config.js";
-import { ConfigError, type Env, redactUrl } from "../runtime/config.js";
+import { ConfigError, type Env, redactUrl } from "@customer-platform/runtime/config";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 // Services get this long to stop (their own grace period plus the outbox flush) before SIGKILL.
@@ -231,7 +231,7 @@ async function main(): Promise<number> {
   for (const svc of services) {
     // Own process group: a Ctrl-C in the terminal reaches the children only
     // through this process, exactly once (a second one makes them exit at once).
-    const child = spawn(process.execPath, ["--import", "tsx", svc.entry], {
+    const child = spawn(process.execPath, ["--conditions=source", "--import", "tsx", svc.entry], {
       cwd: ROOT,
       env,
       stdio: ["ignore", "pipe", "pipe"],

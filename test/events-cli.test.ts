@@ -55,7 +55,7 @@ interface Tail {
 }
 
 function spawnTail(...args: string[]): Tail {
-  const child = spawn(process.execPath, ["--import", "tsx", "scripts/events.ts", "tail", ...args], {
+  const child = spawn(process.execPath, ["--conditions=source", "--import", "tsx", "scripts/events.ts", "tail", ...args], {
     cwd: ROOT,
     env: { ...process.env, NATS_URL: customer.natsUrl },
     stdio: ["ignore", "pipe", "pipe"],
@@ -166,7 +166,7 @@ describe("npm run events -- tail", () => {
   });
 
   it("explains a bad command and exits 64", async () => {
-    const child = spawn(process.execPath, ["--import", "tsx", "scripts/events.ts", "tial"], {
+    const child = spawn(process.execPath, ["--conditions=source", "--import", "tsx", "scripts/events.ts", "tial"], {
       cwd: ROOT,
       stdio: ["ignore", "ignore", "pipe"],
     });

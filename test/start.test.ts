@@ -94,7 +94,7 @@ async function startPlatform(env: Record<string, string>): Promise<Platform> {
       ([k, v]) => v !== undefined && !/^(CUSTOMER|IDENTITY|NATS)_/.test(k) && k !== "LOG_LEVEL",
     ),
   ) as Record<string, string>;
-  const child = spawn(process.execPath, ["--import", "tsx", "scripts/start.ts"], {
+  const child = spawn(process.execPath, ["--conditions=source", "--import", "tsx", "scripts/start.ts"], {
     cwd: ROOT,
     env: { ...base, ...fullEnv },
     stdio: ["ignore", "pipe", "pipe"],

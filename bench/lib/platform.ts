@@ -14,7 +14,7 @@ import type { JWK } from "jose";
 import postgres from "postgres";
 import * as customerSchema from "../../customer-service/src/db/schema.js";
 import { runCli } from "../../identity-service/src/cli.js";
-import { openDatabase } from "../../runtime/db.js";
+import { openDatabase } from "@customer-platform/runtime/db";
 import {
   deleteStreams,
   freePort,

@@ -14,7 +14,7 @@ import {
   envUrl,
   LOG_LEVELS,
   type LogLevel,
-} from "../../runtime/config.js";
+} from "@customer-platform/runtime/config";
 
 export interface CustomerConfig {
   host: string;

@@ -6,8 +6,8 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Customer, CustomerSchema, type PostalAddress } from "@customer-platform/gen/customer/v1/customer_pb.js";
-import type { Principal } from "../../runtime/auth.js";
-import { fieldViolation } from "../../runtime/errors.js";
+import type { Principal } from "@customer-platform/runtime/auth";
+import { fieldViolation } from "@customer-platform/runtime/errors";
 import type { CustomerRow, StoredAddress } from "./db/schema.js";
 
 /** Scope a service token needs to read any profile. */

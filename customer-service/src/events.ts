@@ -6,8 +6,8 @@ import { create } from "@bufbuild/protobuf";
 import { FieldMaskSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Customer } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
-import { uuidv7 } from "../../runtime/ids.js";
-import { type OutboxEvent, outboxEvent } from "../../runtime/outbox.js";
+import { uuidv7 } from "@customer-platform/runtime/ids";
+import { type OutboxEvent, outboxEvent } from "@customer-platform/runtime/outbox";
 
 /** Where events go: the `ce-source`, the subject prefix (default "customer") and the NOTIFY channel. */
 export interface EventsConfig {

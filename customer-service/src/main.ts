@@ -1,5 +1,5 @@
 /** Entry point: `npm run start:customer`. */
-import { runMain } from "../../runtime/main.js";
+import { runMain } from "@customer-platform/runtime/main";
 import { envToConfig } from "./config.js";
 import { createCustomerServer } from "./server.js";
 

@@ -8,13 +8,13 @@ import {
   CustomerService,
   file_customer_v1_customer_service,
 } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
-import { createJwksAuthenticator } from "../../runtime/auth.js";
-import { type ConnectServer, startConnectServer } from "../../runtime/connect-server.js";
-import { openDatabase } from "../../runtime/db.js";
-import { outboxCleanup, startHousekeeping } from "../../runtime/housekeeping.js";
-import { createLogger, type Logger } from "../../runtime/logger.js";
-import { createOutboxRelay, type OutboxRelay } from "../../runtime/outbox.js";
-import { createRevocationList, type RevocationList } from "../../runtime/revocations.js";
+import { createJwksAuthenticator } from "@customer-platform/runtime/auth";
+import { type ConnectServer, startConnectServer } from "@customer-platform/runtime/connect-server";
+import { openDatabase } from "@customer-platform/runtime/db";
+import { outboxCleanup, startHousekeeping } from "@customer-platform/runtime/housekeeping";
+import { createLogger, type Logger } from "@customer-platform/runtime/logger";
+import { createOutboxRelay, type OutboxRelay } from "@customer-platform/runtime/outbox";
+import { createRevocationList, type RevocationList } from "@customer-platform/runtime/revocations";
 import type { CustomerConfig } from "./config.js";
 import * as schema from "./db/schema.js";
 import { createCustomerService } from "./routes/index.js";

@@ -35,7 +35,7 @@ const started: ChildProcess[] = [];
 
 /** Starts main.ts with env on top of a minimal environment. */
 function run(env: Record<string, string>): Running {
-  const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
+  const child = spawn(process.execPath, ["--conditions=source", "--import", "tsx", MAIN], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe"],

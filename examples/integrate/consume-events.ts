@@ -6,7 +6,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { AckPolicy, type JetStreamClient } from "@nats-io/jetstream";
 import type postgres from "postgres";
-import { consumeEvents, type EventConsumer } from "../../runtime/events.js";
+import { consumeEvents, type EventConsumer } from "@customer-platform/runtime/events";
 
 /**
  * With runtime/events.ts: typed handlers, ack after success, redelivery on

@@ -14,7 +14,7 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Customer, CustomerSchema, PostalAddressSchema } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type postgres from "postgres";
-import { consumeEvents, type EventConsumer, type EventMeta } from "../../runtime/events.js";
+import { consumeEvents, type EventConsumer, type EventMeta } from "@customer-platform/runtime/events";
 
 /** The table, created if missing. */
 export async function migrateReadModel(sql: postgres.Sql): Promise<void> {

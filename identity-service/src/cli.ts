@@ -16,7 +16,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { eq, isNull } from "drizzle-orm";
-import { openDatabase } from "../../runtime/db.js";
+import { openDatabase } from "@customer-platform/runtime/db";
 import { envToConfig } from "./config.js";
 import * as schema from "./db/schema.js";
 import { clients, signingKeys } from "./db/schema.js";

@@ -14,7 +14,7 @@ import {
   envUrl,
   LOG_LEVELS,
   type LogLevel,
-} from "../../runtime/config.js";
+} from "@customer-platform/runtime/config";
 import { type Argon2Params, OWASP_ARGON2 } from "./passwords.js";
 import { DEFAULT_THROTTLE, type ThrottleSettings } from "./throttle.js";
 

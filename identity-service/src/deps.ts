@@ -1,5 +1,5 @@
-import type { Authenticator } from "../../runtime/auth.js";
-import type { Db } from "../../runtime/db.js";
+import type { Authenticator } from "@customer-platform/runtime/auth";
+import type { Db } from "@customer-platform/runtime/db";
 import type * as schema from "./db/schema.js";
 import type { PasswordHasher } from "./passwords.js";
 import type { Throttle } from "./throttle.js";

@@ -10,8 +10,8 @@ import {
   TokenRevocationReason,
   TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
-import { uuidv7 } from "../../runtime/ids.js";
-import { enqueueEvent, type OutboxTx, outboxEvent } from "../../runtime/outbox.js";
+import { uuidv7 } from "@customer-platform/runtime/ids";
+import { enqueueEvent, type OutboxTx, outboxEvent } from "@customer-platform/runtime/outbox";
 import type { EventsConfig } from "./deps.js";
 
 /** Writes identity.v1.CustomerAuthenticated to the outbox. It carries no credential. */

@@ -1,4 +1,4 @@
-import { type HousekeepingTask, outboxCleanup } from "../../runtime/housekeeping.js";
+import { type HousekeepingTask, outboxCleanup } from "@customer-platform/runtime/housekeeping";
 import type { IdentityConfig } from "./config.js";
 
 /** What the user directory can forget: sent events, stale throttle counters, dead tokens. */

@@ -1,5 +1,5 @@
 /** Entry point: `npm run start:identity`. */
-import { runMain } from "../../runtime/main.js";
+import { runMain } from "@customer-platform/runtime/main";
 import { envToConfig } from "./config.js";
 import { createIdentityServer } from "./server.js";
 

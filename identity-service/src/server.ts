@@ -5,12 +5,12 @@
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { AuthService, file_identity_v1_auth_service } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { type ConnectServer, startConnectServer } from "../../runtime/connect-server.js";
-import { openDatabase } from "../../runtime/db.js";
-import type { NodeHandlerFn } from "../../runtime/health.js";
-import { startHousekeeping } from "../../runtime/housekeeping.js";
-import { createLogger, type Logger } from "../../runtime/logger.js";
-import { createOutboxRelay, type OutboxRelay } from "../../runtime/outbox.js";
+import { type ConnectServer, startConnectServer } from "@customer-platform/runtime/connect-server";
+import { openDatabase } from "@customer-platform/runtime/db";
+import type { NodeHandlerFn } from "@customer-platform/runtime/health";
+import { startHousekeeping } from "@customer-platform/runtime/housekeeping";
+import { createLogger, type Logger } from "@customer-platform/runtime/logger";
+import { createOutboxRelay, type OutboxRelay } from "@customer-platform/runtime/outbox";
 import type { IdentityConfig } from "./config.js";
 import * as schema from "./db/schema.js";
 import { identityHousekeeping } from "./housekeeping.js";

@@ -18,9 +18,9 @@ import {
   type JWTVerifyGetKey,
   SignJWT,
 } from "jose";
-import { type Principal, verifyAccessToken } from "../../runtime/auth.js";
-import type { Db } from "../../runtime/db.js";
-import { uuidv7 } from "../../runtime/ids.js";
+import { type Principal, verifyAccessToken } from "@customer-platform/runtime/auth";
+import type { Db } from "@customer-platform/runtime/db";
+import { uuidv7 } from "@customer-platform/runtime/ids";
 import type * as schema from "./db/schema.js";
 import { signingKeys } from "./db/schema.js";
 

@@ -4,7 +4,7 @@
  */
 
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import type { NodeHandlerFn } from "../../runtime/health.js";
+import type { NodeHandlerFn } from "@customer-platform/runtime/health";
 import type { KeyStore } from "./tokens.js";
 import { SIGNING_ALG } from "./tokens.js";
 

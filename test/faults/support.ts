@@ -412,7 +412,7 @@ export async function spawnCustomerService(
 ): Promise<ChildService> {
   const port = await freePort();
   const nodeOptions = opts.memoryProbe ? { NODE_OPTIONS: `--expose-gc --import=${MEMORY_PROBE}` } : {};
-  const child = spawn("npx", ["tsx", "customer-service/src/main.ts"], {
+  const child = spawn("npx", ["tsx", "--conditions=source", "customer-service/src/main.ts"], {
     cwd: REPO,
     env: {
       ...process.env,

@@ -13,7 +13,7 @@ import { CustomerService } from "@customer-platform/gen/customer/v1/customer_ser
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { OutboxRelay } from "../../runtime/outbox.js";
+import type { OutboxRelay } from "@customer-platform/runtime/outbox";
 import { type Clients, createClients } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";

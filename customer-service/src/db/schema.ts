@@ -5,7 +5,7 @@
 import { sql } from "drizzle-orm";
 import { bigint, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from "drizzle-orm/pg-core";
 
-export { outbox } from "../../../runtime/outbox-schema.js";
+export { outbox } from "@customer-platform/runtime/outbox-schema";
 
 /** A postal address as stored (the JSON form of customer.v1.PostalAddress). */
 export interface StoredAddress {

@@ -1,8 +1,8 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { eq } from "drizzle-orm";
-import { pgConstraint, pgErrorCode, placeholders } from "../../../runtime/db.js";
-import { eventValues, prepareWithEvent } from "../../../runtime/outbox.js";
+import { pgConstraint, pgErrorCode, placeholders } from "@customer-platform/runtime/db";
+import { eventValues, prepareWithEvent } from "@customer-platform/runtime/outbox";
 import { rejectBlank, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
 import { type CustomerRow, customers } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";

@@ -5,7 +5,7 @@
 import { sql } from "drizzle-orm";
 import { customType, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from "drizzle-orm/pg-core";
 
-export { outbox } from "../../../runtime/outbox-schema.js";
+export { outbox } from "@customer-platform/runtime/outbox-schema";
 
 const bytea = customType<{ data: Buffer; driverData: Buffer }>({ dataType: () => "bytea" });
 const tstz = (name: string) => timestamp(name, { withTimezone: true, precision: 6 });

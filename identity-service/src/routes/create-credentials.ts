@@ -1,7 +1,7 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { pgConstraint, pgErrorCode } from "../../../runtime/db.js";
-import { uuidv7 } from "../../../runtime/ids.js";
+import { pgConstraint, pgErrorCode } from "@customer-platform/runtime/db";
+import { uuidv7 } from "@customer-platform/runtime/ids";
 import { identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { issueCustomerTokens } from "../sessions.js";

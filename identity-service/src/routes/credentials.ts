@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { fieldViolation } from "../../../runtime/errors.js";
+import { fieldViolation } from "@customer-platform/runtime/errors";
 
 /** The login form of an email: trimmed, lower case. */
 export function normalizeEmail(email: string): string {

@@ -13,9 +13,9 @@ import { CustomerAuthenticatedSchema, TokensRevokedSchema } from "@customer-plat
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort, sharedNatsUrl, uniqueStreamNames } from "../test/support/nats.js";
-import { createLogger } from "./logger.js";
-import { createRevocationList, type RevocationList } from "./revocations.js";
+import { freePort, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { createLogger } from "../src/logger.js";
+import { createRevocationList, type RevocationList } from "../src/revocations.js";
 
 const { stream, subjectPrefix } = uniqueStreamNames("identity");
 let nc: NatsConnection;

@@ -7,7 +7,7 @@ import { service as grpcHealthDefinition } from "grpc-health-check";
 import { pino } from "pino";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { adminUrl } from "../test/support/postgres.js";
+import { adminUrl } from "../../test/support/postgres.js";
 import {
   createHealth,
   type Health,
@@ -15,8 +15,8 @@ import {
   registerHealth,
   ServingStatus,
   watchReadiness,
-} from "./health.js";
-import { type HttpServer, listen } from "./http-server.js";
+} from "../src/health.js";
+import { type HttpServer, listen } from "../src/http-server.js";
 
 const { SERVING, NOT_SERVING, SERVICE_UNKNOWN } = ServingStatus;
 const SERVICE = "customer.v1.CustomerService";

@@ -7,8 +7,8 @@ import { connectNodeAdapter, createConnectTransport, createGrpcTransport } from 
 import { Health, HealthCheckResponse_ServingStatus } from "@customer-platform/gen/grpc/health/v1/health_pb.js";
 import { pino } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { createHealth, registerHealth } from "./health.js";
-import { type HttpServer, listen } from "./http-server.js";
+import { createHealth, registerHealth } from "../src/health.js";
+import { type HttpServer, listen } from "../src/http-server.js";
 
 const logger = pino({ level: "silent" });
 const { SERVING } = HealthCheckResponse_ServingStatus;

@@ -16,12 +16,12 @@ import {
   sharedNatsUrl,
   startPrivateNats,
   uniqueStreamNames,
-} from "../test/support/nats.js";
-import { createTestDatabase } from "../test/support/postgres.js";
-import { type Database, openDatabase } from "./db.js";
-import { uuidv7 } from "./ids.js";
-import { createOutboxRelay, enqueueEvent, type OutboxEvent, type OutboxRelayOptions, outboxEvent } from "./outbox.js";
-import { outbox } from "./outbox-schema.js";
+} from "../../test/support/nats.js";
+import { createTestDatabase } from "../../test/support/postgres.js";
+import { type Database, openDatabase } from "../src/db.js";
+import { uuidv7 } from "../src/ids.js";
+import { createOutboxRelay, enqueueEvent, type OutboxEvent, type OutboxRelayOptions, outboxEvent } from "../src/outbox.js";
+import { outbox } from "../src/outbox-schema.js";
 
 const CHANNEL = "outbox_test";
 const schema = { outbox };

@@ -11,8 +11,8 @@ import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-pla
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { sharedNatsUrl, uniqueStreamNames } from "../test/support/nats.js";
-import { consumeEvents, decodeEvent, type EventMeta } from "./events.js";
+import { sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { consumeEvents, decodeEvent, type EventMeta } from "../src/events.js";
 
 const { stream, subjectPrefix } = uniqueStreamNames("customer");
 let nc: NatsConnection;

@@ -15,9 +15,9 @@ import * as v1 from "@customer-platform/gen/grpc/reflection/v1/reflection_pb.js"
 import * as v1alpha from "@customer-platform/gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createHealth, registerHealth } from "./health.js";
-import { type HttpServer, listen } from "./http-server.js";
-import { registerReflection } from "./reflection.js";
+import { createHealth, registerHealth } from "../src/health.js";
+import { type HttpServer, listen } from "../src/http-server.js";
+import { registerReflection } from "../src/reflection.js";
 
 const run = promisify(execFile);
 const VALIDATE_AND_DEPS = [
