@@ -1,4 +1,4 @@
-import { defineConfig } from "vitest/config";
+import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
   // Workspace packages (runtime, sdk) resolve to their TypeScript sources, not their build.
@@ -14,6 +14,8 @@ export default defineConfig({
       "examples/**/*.test.ts",
       "bench/**/*.test.ts",
     ],
+    // Build output (npm run build) is never a test source.
+    exclude: [...configDefaults.exclude, "**/dist/**"],
     globalSetup: ["test/global-setup.ts"],
     testTimeout: 30_000,
     hookTimeout: 60_000,

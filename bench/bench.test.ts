@@ -16,12 +16,12 @@ const dir = mkdtempSync(join(tmpdir(), "bench-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe("npm run bench -- --quick", () => {
-  it("writes every row, each with numeric values, and prints the table", { timeout: 150_000 }, async () => {
+  it("writes every row, each with numeric values, and prints the table", { timeout: 180_000 }, async () => {
     const out = join(dir, "quick.json");
     const { stdout } = await promisify(execFile)(
       process.execPath,
       ["--conditions=source", "--import", "tsx", "bench/run.ts", "--quick", "--out", out],
-      { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 140_000 },
+      { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 170_000 },
     );
     const report = JSON.parse(readFileSync(out, "utf8")) as Report;
 

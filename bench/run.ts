@@ -21,10 +21,11 @@ import { type Platform, startPlatform, unsentCount, waitOutboxEmpty } from "./li
 import { type CpuWindow, rssMiB, sampleRss, startCpuWindow } from "./lib/proc.js";
 import { topFunctions } from "./lib/profile.js";
 import { type Report, ROW_IDS, type Row, renderTable } from "./lib/report.js";
+import { measureStartup } from "./lib/startup.js";
 import { type LoadResult, mergeLoads, summarize } from "./lib/stats.js";
 import type { ScenarioSpec } from "./scenarios.js";
 
-const GROUPS = ["get", "jwt", "update", "register", "auth", "tokens", "drain"] as const;
+const GROUPS = ["startup", "get", "jwt", "update", "register", "auth", "tokens", "drain"] as const;
 type Group = (typeof GROUPS)[number];
 
 export interface BenchOptions {
@@ -85,6 +86,10 @@ interface Timing {
   slowWarmupMs: number;
   slowDurationMs: number;
   drainEvents: number;
+  /** Starts per service and variant (compiled, tsx) in the start-up rows. */
+  startupReps: number;
+  /** How long a started service idles before its RSS is read (the load platform's services: 1 s). */
+  startupIdleMs: number;
 }
 
 const QUICK: Timing = {
@@ -95,6 +100,8 @@ const QUICK: Timing = {
   slowWarmupMs: 800,
   slowDurationMs: 1600,
   drainEvents: 300,
+  startupReps: 1,
+  startupIdleMs: 250,
 };
 const FULL: Timing = {
   rounds: 3,
@@ -104,6 +111,8 @@ const FULL: Timing = {
   slowWarmupMs: 2000,
   slowDurationMs: 5000,
   drainEvents: 3000,
+  startupReps: 5,
+  startupIdleMs: 1000,
 };
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -113,6 +122,9 @@ const round = (v: number, d = 2) => Math.round(v * 10 ** d) / 10 ** d;
 export async function runBench(opts: BenchOptions): Promise<Report> {
   const started = Date.now();
   const timing = opts.quick ? QUICK : FULL;
+  const want = (g: Group) => opts.only.size === 0 || opts.only.has(g);
+  // First, while nothing else of the bench runs: a start-up competes with nothing but PostgreSQL and NATS.
+  const startup = want("startup") ? await startupRows(timing) : [];
   const p = await startPlatform({ customers: 2000, accounts: CONCURRENCY, log });
   const stopOnSignal = () => {
     log("interrupted: stopping services");
@@ -203,8 +215,7 @@ export async function runBench(opts: BenchOptions): Promise<Report> {
   };
   const measure = async (job: Job): Promise<Measured> => (await compare(job))[0] as Measured;
 
-  const rows: Row[] = [];
-  const want = (g: Group) => opts.only.size === 0 || opts.only.has(g);
+  const rows: Row[] = [...startup];
   try {
     if (want("get")) rows.push(...(await getRows(p, compare)));
     if (want("jwt")) rows.push(await jwtRow(p, compare));
@@ -679,6 +690,77 @@ async function drainRow(p: Platform, measure: MeasureFn, events: number): Promis
     },
     raw.load,
   ];
+}
+
+/** Start-up to ready and idle RSS of each service, compiled against tsx (see bench/lib/startup.ts). */
+async function startupRows(timing: Timing): Promise<Row[]> {
+  log(`Start-up to ready and idle RSS, compiled vs tsx (${timing.startupReps} starts each)`);
+  const logDir = join(ROOT, ".tmp/bench");
+  mkdirSync(logDir, { recursive: true });
+  const idleMs = timing.startupIdleMs;
+  const measured = await measureStartup({ reps: timing.startupReps, idleMs, logDir, log });
+  const services = [
+    {
+      service: "customer-service",
+      npm: "customer",
+      startup: "startup_customer_service",
+      rss: "rss_customer_service_compiled",
+    },
+    {
+      service: "identity-service",
+      npm: "identity",
+      startup: "startup_identity_service",
+      rss: "rss_identity_service_compiled",
+    },
+  ] as const;
+  return services.flatMap(({ service, npm, startup, rss }): Row[] => {
+    const { readyMs, idleRssMiB } = measured[service];
+    const compiled = { label: `compiled, npm run serve:${npm}` };
+    const tsx = { label: `tsx, npm run start:${npm}` };
+    const ready = { compiled: median(readyMs.compiled), tsx: median(readyMs.tsx) };
+    const idle = { compiled: median(idleRssMiB.compiled), tsx: median(idleRssMiB.tsx) };
+    return [
+      {
+        id: startup,
+        title: `${service} start-up to ready, compiled vs tsx`,
+        unit: "ms",
+        ours: { ...compiled, value: round(ready.compiled, 0) },
+        baseline: { ...tsx, value: round(ready.tsx, 0) },
+        ratio: round(ready.compiled / ready.tsx, 3),
+        details: {
+          statistic: "median",
+          startsEach: timing.startupReps,
+          compiledMs: readyMs.compiled.map((v) => round(v, 0)),
+          tsxMs: readyMs.tsx.map((v) => round(v, 0)),
+        },
+      },
+      {
+        id: rss,
+        title: `${service} RSS idle, compiled vs tsx`,
+        unit: "MiB",
+        ours: { ...compiled, value: round(idle.compiled, 1) },
+        baseline: { ...tsx, value: round(idle.tsx, 1) },
+        ratio: round(idle.compiled / idle.tsx, 3),
+        details: {
+          statistic: "median",
+          startsEach: timing.startupReps,
+          readAfterReadyMs: idleMs,
+          compiledMiB: idleRssMiB.compiled.map((v) => round(v, 1)),
+          tsxMiB: idleRssMiB.tsx.map((v) => round(v, 1)),
+        },
+      },
+    ];
+  });
+}
+
+/** The middle value (the mean of the two middle ones for an even count). */
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  if (sorted.length === 0) return Number.NaN;
+  return sorted.length % 2 === 1
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 }
 
 function memoryRows(p: Platform, peakRss: Map<number, number>): Row[] {

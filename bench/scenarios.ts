@@ -4,12 +4,15 @@
  * generated clients; baselines go straight to postgres.js, argon2 and
  * JetStream, issuing the same statements / verifications / publishes.
  */
+
 import { randomBytes, randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { setCloudEventHeaders } from "@customer-platform/sdk/cloudevents";
+import { customerSubjects } from "@customer-platform/sdk/subjects";
 import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect, headers, nanos } from "@nats-io/transport-node";
 import argon2 from "argon2";
@@ -246,16 +249,14 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
       return {
         async op() {
           const eventId = randomUUID();
-          const h = headers();
-          h.set("ce-specversion", "1.0");
-          h.set("ce-id", eventId);
-          h.set("ce-type", "customer.v1.CustomerUpdated");
-          h.set("ce-source", "bench");
-          h.set("ce-time", new Date().toISOString());
-          h.set("ce-subject", eventId);
-          h.set("ce-datacontenttype", "application/protobuf");
-          h.set("content-type", "application/protobuf");
-          await js.publish(`${spec.subjectPrefix}.updated.${eventId}`, payload, {
+          const h = setCloudEventHeaders(headers(), {
+            id: eventId,
+            type: "customer.v1.CustomerUpdated",
+            source: "bench",
+            time: new Date(),
+            subject: eventId,
+          });
+          await js.publish(customerSubjects(spec.subjectPrefix).updated(eventId), payload, {
             msgID: eventId,
             headers: h,
             timeout: 5000,

@@ -6,9 +6,11 @@
  * services. No NATS CLI needed.
  */
 import { type DescMessage, toJson } from "@bufbuild/protobuf";
+import { readCloudEvent } from "@customer-platform/sdk/cloudevents";
+import { decodeEvent, eventSchemas } from "@customer-platform/sdk/events";
+import { customerSubjects, identitySubjects } from "@customer-platform/sdk/subjects";
 import { DeliverPolicy, type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { decodeEvent, eventSchemas } from "@customer-platform/runtime/events";
 
 const USAGE = `usage: npm run events -- tail [subject…] [--all]
 
@@ -19,15 +21,15 @@ the streams from the start. NATS_URL sets the server (default nats://127.0.0.1:4
 
 /** One output line for msg. */
 function eventLine(m: JsMsg): string {
-  const h = m.headers;
+  const ce = readCloudEvent(m.headers);
   const base = {
     subject: m.subject,
     seq: m.seq,
-    type: h?.get("ce-type") ?? null,
-    id: h?.get("ce-id") ?? null,
-    time: h?.get("ce-time") ?? null,
-    source: h?.get("ce-source") ?? null,
-    customer_id: h?.get("ce-subject") ?? null,
+    type: ce.type || null,
+    id: ce.id || null,
+    time: ce.time?.toISOString() ?? null,
+    source: ce.source || null,
+    customer_id: ce.subject || null,
   };
   try {
     const decoded = decodeEvent(m);
@@ -110,7 +112,8 @@ async function main(argv: string[]): Promise<number> {
     return 69; // EX_UNAVAILABLE
   }
   try {
-    await tail(nc, subjects.length > 0 ? subjects : ["customer.>", "identity.>"], rest.includes("--all"));
+    const defaults = [customerSubjects().all, identitySubjects().all];
+    await tail(nc, subjects.length > 0 ? subjects : defaults, rest.includes("--all"));
   } finally {
     await nc.close();
   }

@@ -1,8 +1,8 @@
 /**
  * `npm start`: the whole platform on one machine. Runs the identity and the
  * customer service as two child processes with the same configuration they
- * read on their own (embedded PGlite under .data/ without a *_DATABASE_URL),
- * makes the customer service trust this identity service, passes their JSON
+ * read on their own (where a *_DATABASE_URL is not set, it passes
+ * `pglite:./.data/<service>`, the embedded database, and says so), makes the customer service trust this identity service, passes their JSON
  * logs through, prints where everything is once both answer /readyz, and
  * stops both on SIGINT/SIGTERM. Exits 0 only when both stopped cleanly; if
  * one dies, the other is stopped and the exit code is non-zero.
@@ -14,10 +14,10 @@ import { dirname, isAbsolute, join, relative } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
+import { ConfigError, type Env, PGLITE_SCHEME, redactUrl } from "@customer-platform/runtime/config";
 import { connect } from "@nats-io/transport-node";
 import { envToConfig as customerEnvToConfig } from "../customer-service/src/config.js";
 import { envToConfig as identityEnvToConfig } from "../identity-service/src/config.js";
-import { ConfigError, type Env, redactUrl } from "@customer-platform/runtime/config";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 // Services get this long to stop (their own grace period plus the outbox flush) before SIGKILL.
@@ -56,14 +56,42 @@ function probeHost(host: string): string {
   return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
 }
 
-function describeDatabase(url: string | undefined, dataDir: string): string {
-  if (url) return redactUrl(url);
+function describeDatabase(url: string): string {
+  if (!url.startsWith(PGLITE_SCHEME)) return redactUrl(url);
+  const dataDir = url.slice(PGLITE_SCHEME.length);
   const rel = relative(process.cwd(), dataDir);
   return `embedded PGlite at ${rel && !rel.startsWith("..") && !isAbsolute(rel) ? rel : dataDir}`;
 }
 
+// The services need a database URL; on one machine the embedded database is the
+// point. Only where nothing at all was said: a DATABASE_URL or a former *_DATA_DIR
+// is left for the services' configuration to refuse, naming the right variable.
+const EMBEDDED_DEFAULTS = [
+  ["IDENTITY_DATABASE_URL", "IDENTITY_DATA_DIR", `${PGLITE_SCHEME}./.data/identity`],
+  ["CUSTOMER_DATABASE_URL", "CUSTOMER_DATA_DIR", `${PGLITE_SCHEME}./.data/customer`],
+] as const;
+
+/** Sets the embedded database for each service whose URL is not set; returns what it set. */
+function embeddedDefaults(env: Env): string[] {
+  if (env.DATABASE_URL?.trim()) return [];
+  const set: string[] = [];
+  for (const [variable, dataDirVariable, url] of EMBEDDED_DEFAULTS) {
+    if (env[variable]?.trim() || env[dataDirVariable]?.trim()) continue;
+    env[variable] = url;
+    set.push(`${variable}=${url}`);
+  }
+  return set;
+}
+
 /** The configuration both children will read, checked before either starts. */
-function plan(env: Env): { services: [Service, Service]; natsUrl: string; issuer: string; jwksUrl: string } {
+function plan(env: Env): {
+  services: [Service, Service];
+  natsUrl: string;
+  issuer: string;
+  jwksUrl: string;
+  embedded: string[];
+} {
+  const embedded = embeddedDefaults(env);
   // Without IDENTITY_ISSUER the issuer follows IDENTITY_HOST/IDENTITY_PORT, so the
   // customer service trusts the identity service wherever it listens.
   const first = identityEnvToConfig(env, ROOT);
@@ -88,7 +116,7 @@ function plan(env: Env): { services: [Service, Service]; natsUrl: string; issuer
         host: identity.host,
         port: identity.port,
         portVar: "IDENTITY_PORT",
-        database: describeDatabase(identity.databaseUrl, identity.dataDir),
+        database: describeDatabase(identity.database.url),
       },
       {
         name: "customer",
@@ -97,16 +125,17 @@ function plan(env: Env): { services: [Service, Service]; natsUrl: string; issuer
         host: customer.host,
         port: customer.port,
         portVar: "CUSTOMER_PORT",
-        database: describeDatabase(customer.databaseUrl, customer.dataDir),
+        database: describeDatabase(customer.database.url),
       },
     ],
     natsUrl: customer.natsUrl,
     issuer: identity.issuer,
     jwksUrl: customer.jwksUrl,
+    embedded,
   };
 }
 
-/** True when host:port can be bound; a second `npm start` must not open the same PGlite directory. */
+/** True when host:port can be bound: a platform already running is reported before anything starts. */
 function portFree(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const srv = createServer();
@@ -199,13 +228,14 @@ async function main(): Promise<number> {
     }
     throw err;
   }
-  const { services, natsUrl, issuer, jwksUrl } = setup;
+  const { services, natsUrl, issuer, jwksUrl, embedded } = setup;
   for (const svc of services) {
     if (!(await portFree(svc.host, svc.port))) {
       say(`${svc.portVar}: port ${svc.port} on ${svc.host} is already in use (is the platform already running?)`);
       return 1;
     }
   }
+  if (embedded.length > 0) say(`no database URL set: using the embedded database (${embedded.join(", ")})`);
   const natsProbe = natsReachable(natsUrl);
 
   let stopping = false;

@@ -1,12 +1,12 @@
 /**
  * The same service suite on both databases a service can run on: embedded
- * PGlite (no database URL, a data directory) and a real PostgreSQL. Both
+ * PGlite (a `pglite:<dir>` URL) and a real PostgreSQL. Both
  * services run in-process on their real servers; the customer service
  * trusts the identity service's JWKS, as under `npm start`. Happy paths,
  * constraint errors, concurrency, the outbox relay and a restart.
  */
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
@@ -29,6 +29,8 @@ type Kind = "pglite" | "postgres";
 
 /** Both services on one kind of database; restartable on the same data. */
 interface Platform {
+  /** Where the PGlite directories are (nothing is written there on PostgreSQL). */
+  readonly dataRoot: string;
   readonly identityConfig: IdentityConfig;
   readonly customerConfig: CustomerConfig;
   identity: IdentityServer;
@@ -51,8 +53,7 @@ async function createPlatform(kind: Kind): Promise<Platform> {
   const identityConfig = identityEnvToConfig({
     IDENTITY_PORT: String(identityPort),
     IDENTITY_ISSUER: issuer,
-    IDENTITY_DATABASE_URL: databases[0]?.url,
-    IDENTITY_DATA_DIR: join(dataRoot, "identity"),
+    IDENTITY_DATABASE_URL: databases[0]?.url ?? `pglite:${join(dataRoot, "identity")}`,
     NATS_URL: sharedNatsUrl,
     IDENTITY_STREAM: idStreams.stream,
     IDENTITY_SUBJECT_PREFIX: idStreams.subjectPrefix,
@@ -63,14 +64,14 @@ async function createPlatform(kind: Kind): Promise<Platform> {
   const customerConfig = customerEnvToConfig({
     CUSTOMER_PORT: "0",
     IDENTITY_ISSUER: issuer,
-    CUSTOMER_DATABASE_URL: databases[1]?.url,
-    CUSTOMER_DATA_DIR: join(dataRoot, "customer"),
+    CUSTOMER_DATABASE_URL: databases[1]?.url ?? `pglite:${join(dataRoot, "customer")}`,
     NATS_URL: sharedNatsUrl,
     CUSTOMER_STREAM: custStreams.stream,
     CUSTOMER_SUBJECT_PREFIX: custStreams.subjectPrefix,
     SHUTDOWN_GRACE_MS: "2000",
   });
   const platform: Platform = {
+    dataRoot,
     identityConfig,
     customerConfig,
     identity: undefined as unknown as IdentityServer,
@@ -140,14 +141,16 @@ describe.each(["pglite", "postgres"] as const)("on %s", (kind) => {
   it(`runs on ${kind === "pglite" ? "an embedded PGlite data directory" : "its PostgreSQL database"}`, () => {
     const { identityConfig: id, customerConfig: cust } = p;
     if (kind === "pglite") {
-      expect([id.databaseUrl, cust.databaseUrl]).toEqual([undefined, undefined]);
-      expect(existsSync(join(id.dataDir, "PG_VERSION"))).toBe(true);
-      expect(existsSync(join(cust.dataDir, "PG_VERSION"))).toBe(true);
+      expect([id.database.url, cust.database.url]).toEqual([
+        `pglite:${join(p.dataRoot, "identity")}`,
+        `pglite:${join(p.dataRoot, "customer")}`,
+      ]);
+      expect(existsSync(join(p.dataRoot, "identity", "PG_VERSION"))).toBe(true);
+      expect(existsSync(join(p.dataRoot, "customer", "PG_VERSION"))).toBe(true);
     } else {
-      expect(id.databaseUrl).toMatch(/^postgres:\/\//);
-      expect(cust.databaseUrl).toMatch(/^postgres:\/\//);
-      expect(existsSync(id.dataDir)).toBe(false);
-      expect(existsSync(cust.dataDir)).toBe(false);
+      expect(id.database.url).toMatch(/^postgres:\/\//);
+      expect(cust.database.url).toMatch(/^postgres:\/\//);
+      expect(readdirSync(p.dataRoot)).toEqual([]);
     }
   });
 
@@ -179,13 +182,14 @@ describe.each(["pglite", "postgres"] as const)("on %s", (kind) => {
       expect(updated.customer).toMatchObject({ version: 2n, phoneNumber: "+4915123456789" });
       expect(updated.customer?.address?.addressLines).toEqual(["12 St James Sq"]);
 
-      await p.customer.relay.waitIdle();
-      await p.identity.relay.waitIdle();
+      // Each relay publishes its service's events (PGlite: from inside the service's process).
       const cs = p.customerConfig;
       const is = p.identityConfig;
-      expect(await hasEvent(cs.stream, `${cs.subjectPrefix}.registered.${customerId}`)).toBe(true);
-      expect(await hasEvent(cs.stream, `${cs.subjectPrefix}.updated.${customerId}`)).toBe(true);
-      expect(await hasEvent(is.stream, `${is.subjectPrefix}.customer.authenticated.${customerId}`)).toBe(true);
+      await expect.poll(() => hasEvent(cs.stream, `${cs.subjectPrefix}.registered.${customerId}`)).toBe(true);
+      await expect.poll(() => hasEvent(cs.stream, `${cs.subjectPrefix}.updated.${customerId}`)).toBe(true);
+      await expect
+        .poll(() => hasEvent(is.stream, `${is.subjectPrefix}.customer.authenticated.${customerId}`))
+        .toBe(true);
     });
 
     it("rotates refresh tokens, and only one of two parallel uses wins", async () => {

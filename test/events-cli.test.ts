@@ -12,6 +12,7 @@ import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, type Clients, createClients } from "./support/clients.js";
 import { startTestIssuer, type TestIssuer } from "./support/issuer.js";
+import { waitForOutboxEmpty } from "./support/outbox.js";
 import {
   type RunningCustomerService,
   type RunningIdentityService,
@@ -55,11 +56,15 @@ interface Tail {
 }
 
 function spawnTail(...args: string[]): Tail {
-  const child = spawn(process.execPath, ["--conditions=source", "--import", "tsx", "scripts/events.ts", "tail", ...args], {
-    cwd: ROOT,
-    env: { ...process.env, NATS_URL: customer.natsUrl },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    process.execPath,
+    ["--conditions=source", "--import", "tsx", "scripts/events.ts", "tail", ...args],
+    {
+      cwd: ROOT,
+      env: { ...process.env, NATS_URL: customer.natsUrl },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   children.push(child);
   const stdout: string[] = [];
   const stderr: string[] = [];
@@ -106,7 +111,7 @@ async function register() {
 describe("npm run events -- tail", () => {
   it("with --all prints events already in the stream, decoded, with subject and CloudEvents attributes", async () => {
     const c = await register();
-    await customer.server.relay.waitIdle();
+    await waitForOutboxEmpty(customer.database.url);
     const tail = spawnTail(`${customer.streams.subjectPrefix}.>`, "--all");
     const rec = await tail.line((r) => r.customer_id === c.id);
     expect(rec).toMatchObject({
@@ -126,7 +131,7 @@ describe("npm run events -- tail", () => {
 
   it("by default prints only new events, from both services' subjects", async () => {
     const old = await register();
-    await customer.server.relay.waitIdle();
+    await waitForOutboxEmpty(customer.database.url);
     const tail = spawnTail(`${customer.streams.subjectPrefix}.>`, `${identity.streams.subjectPrefix}.>`);
     await untilStderr(tail, 2);
 

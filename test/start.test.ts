@@ -7,7 +7,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -77,6 +77,15 @@ function tempDir(label: string): string {
   return dir;
 }
 
+/** This environment without the platform's own variables. */
+function cleanEnv(): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([k, v]) => v !== undefined && !/^(CUSTOMER|IDENTITY|NATS|DATABASE)_/.test(k) && k !== "LOG_LEVEL",
+    ),
+  ) as Record<string, string>;
+}
+
 /** Runs scripts/start.ts the way `npm start` does, with env on top of a clean environment. */
 async function startPlatform(env: Record<string, string>): Promise<Platform> {
   const customerPort = await freePort();
@@ -84,19 +93,14 @@ async function startPlatform(env: Record<string, string>): Promise<Platform> {
   const fullEnv: Record<string, string> = {
     CUSTOMER_PORT: String(customerPort),
     IDENTITY_PORT: String(identityPort),
-    CUSTOMER_DATA_DIR: join(tempDir("customer"), "db"),
-    IDENTITY_DATA_DIR: join(tempDir("identity"), "db"),
+    CUSTOMER_DATABASE_URL: `pglite:${join(tempDir("customer"), "db")}`,
+    IDENTITY_DATABASE_URL: `pglite:${join(tempDir("identity"), "db")}`,
     SHUTDOWN_GRACE_MS: "2000",
     ...env,
   };
-  const base = Object.fromEntries(
-    Object.entries(process.env).filter(
-      ([k, v]) => v !== undefined && !/^(CUSTOMER|IDENTITY|NATS)_/.test(k) && k !== "LOG_LEVEL",
-    ),
-  ) as Record<string, string>;
   const child = spawn(process.execPath, ["--conditions=source", "--import", "tsx", "scripts/start.ts"], {
     cwd: ROOT,
-    env: { ...base, ...fullEnv },
+    env: { ...cleanEnv(), ...fullEnv },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const stdout: string[] = [];
@@ -164,6 +168,11 @@ async function whenReady(p: Platform): Promise<void> {
   // A fresh PGlite data directory takes seconds to initialise, more on a busy machine.
   await until("both /readyz", p, async () => (await ready(p.identityUrl)) && (await ready(p.customerUrl)), 90_000);
   await until("the summary", p, () => p.stderr.some((l) => l.includes("platform ready")));
+}
+
+/** The PGlite directory a service of p runs on. */
+function dataDir(p: Platform, prefix: "CUSTOMER" | "IDENTITY"): string {
+  return (p.env[`${prefix}_DATABASE_URL`] ?? "").replace(/^pglite:/, "");
 }
 
 function logs(p: Platform): Array<Record<string, unknown>> {
@@ -240,8 +249,10 @@ describe("npm start", () => {
     await whenReady(p);
 
     const summary = p.stderr.join("\n");
-    expect(summary).toContain(`identity  ${p.identityUrl}  embedded PGlite at ${p.env.IDENTITY_DATA_DIR}`);
-    expect(summary).toContain(`customer  ${p.customerUrl}  embedded PGlite at ${p.env.CUSTOMER_DATA_DIR}`);
+    expect(summary).toContain(`identity  ${p.identityUrl}  embedded PGlite at ${dataDir(p, "IDENTITY")}`);
+    expect(summary).toContain(`customer  ${p.customerUrl}  embedded PGlite at ${dataDir(p, "CUSTOMER")}`);
+    // The URLs were given: npm start chose no database itself.
+    expect(summary).not.toContain("no database URL set");
     expect(summary).toContain(
       `issuer ${p.identityUrl}, customer service verifies with ${p.identityUrl}/.well-known/jwks.json`,
     );
@@ -270,8 +281,8 @@ describe("npm start", () => {
       .filter((l) => l.msg === "stopped")
       .map((l) => l.service);
     expect(stopped.sort()).toEqual(["customer-service", "identity-service"]);
-    expect(existsSync(join(p.env.CUSTOMER_DATA_DIR ?? "", "PG_VERSION"))).toBe(true);
-    expect(existsSync(join(p.env.IDENTITY_DATA_DIR ?? "", "PG_VERSION"))).toBe(true);
+    expect(existsSync(join(dataDir(p, "CUSTOMER"), "PG_VERSION"))).toBe(true);
+    expect(existsSync(join(dataDir(p, "IDENTITY"), "PG_VERSION"))).toBe(true);
   }, 150_000);
 
   it("serves without NATS, says so once per service, and delivers the held events when NATS appears", async () => {
@@ -352,6 +363,16 @@ describe("npm start", () => {
     expect(await bad.exit()).toBe(78);
     expect(bad.stderr).toEqual(['start: configuration error: CUSTOMER_PORT must be an integer, got "eighty"']);
 
+    // A plain DATABASE_URL is not taken for either service, nor replaced by the embedded database.
+    const plain = await startPlatform({
+      DATABASE_URL: "postgres://postgres@127.0.0.1:5432/postgres",
+      IDENTITY_DATABASE_URL: "",
+    });
+    expect(await plain.exit()).toBe(78);
+    expect(plain.stderr).toEqual([
+      "start: configuration error: IDENTITY_DATABASE_URL is required; DATABASE_URL is ignored (each service has its own): set IDENTITY_DATABASE_URL",
+    ]);
+
     const taken: Server = createServer();
     await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
     cleanups.push(() => new Promise<void>((resolve) => taken.close(() => resolve())));
@@ -363,4 +384,88 @@ describe("npm start", () => {
     ]);
     expect(busy.stdout).toEqual([]);
   }, 30_000);
+});
+
+interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** `npm run identity -- <args>` as a user types it, with the platform's configuration. */
+function identityCli(p: Platform, args: string[]): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("npm", ["run", "--silent", "identity", "--", ...args], {
+      cwd: ROOT,
+      env: { ...cleanEnv(), ...p.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d;
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d;
+    });
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describe("the identity CLI while npm start runs", () => {
+  it("refuses the embedded database the platform holds, loses nothing, and works once the platform stopped", async () => {
+    const streams = streamEnv();
+    cleanups.push(() => deleteStreams(sharedNatsUrl, streams.customer.stream, streams.identity.stream));
+    const p = await startPlatform({ NATS_URL: sharedNatsUrl, ...streams.env });
+    await whenReady(p);
+    const email = `ada.${randomUUID().slice(0, 8)}@example.com`;
+    const id = createClients(p.identityUrl);
+    cleanups.push(() => id.close());
+    const { customerId } = await id.client(AuthService).createCredentials({ email, password: PASSWORD });
+
+    const dir = dataDir(p, "IDENTITY");
+    const lock = JSON.parse(readFileSync(join(dir, "pglite.lock"), "utf8")) as { since: string };
+    const inUse = `error: IDENTITY_DATABASE_URL: the embedded database ${dir} is in use by identity-service (pid ${p.pids().identity}, since ${lock.since}); stop it first, or use PostgreSQL (IDENTITY_DATABASE_URL=postgres://…)\n`;
+    const create = ["clients", "create", "orders-service", "--scopes", "customer:read"];
+    expect(await identityCli(p, create)).toEqual({ code: 75, stdout: "", stderr: inUse });
+    expect(await identityCli(p, ["keys", "rotate"])).toEqual({ code: 75, stdout: "", stderr: inUse });
+    // The platform did not notice: it still signs the customer in.
+    expect((await id.client(AuthService).authenticateCustomer({ email, password: PASSWORD })).customerId).toBe(
+      customerId,
+    );
+    p.child.kill("SIGTERM");
+    expect(await p.exit()).toBe(0);
+
+    // Stopped, the directory is free: the same commands work on the same data.
+    const created = await identityCli(p, create);
+    expect({ code: created.code, stderr: created.stderr }).toEqual({ code: 0, stderr: "" });
+    const secret = (
+      JSON.parse(created.stdout.slice(0, created.stdout.lastIndexOf("}") + 1)) as { client_secret: string }
+    ).client_secret;
+    const rotated = await identityCli(p, ["keys", "rotate"]);
+    expect({ code: rotated.code, stderr: rotated.stderr }).toEqual({ code: 0, stderr: "" });
+
+    // And after a restart everything is there: the customer from before, the client, both keys.
+    const again = await startPlatform({
+      NATS_URL: sharedNatsUrl,
+      ...streams.env,
+      IDENTITY_DATABASE_URL: p.env.IDENTITY_DATABASE_URL ?? "",
+      CUSTOMER_DATABASE_URL: p.env.CUSTOMER_DATABASE_URL ?? "",
+    });
+    await whenReady(again);
+    const auth = createClients(again.identityUrl);
+    cleanups.push(() => auth.close());
+    expect((await auth.client(AuthService).authenticateCustomer({ email, password: PASSWORD })).customerId).toBe(
+      customerId,
+    );
+    const token = await auth
+      .client(AuthService)
+      .authenticateClient({ clientId: "orders-service", clientSecret: secret, scope: "customer:read" });
+    expect(token.tokens?.accessToken).toMatch(/^eyJ/);
+    const jwks = (await (await fetch(`${again.identityUrl}/.well-known/jwks.json`)).json()) as { keys: unknown[] };
+    expect(jwks.keys).toHaveLength(2);
+    again.child.kill("SIGTERM");
+    expect(await again.exit()).toBe(0);
+  }, 300_000);
 });

@@ -39,7 +39,13 @@ export interface SpawnOptions {
 /** Starts `node --import tsx [--import probe] entry`. */
 export function spawnChild(opts: SpawnOptions): IpcChild {
   const out = opts.logFile ? openSync(opts.logFile, "a") : "ignore";
-  const flags = [...(opts.nodeFlags ?? []), "--conditions=source", "--import", TSX, ...(opts.probe ? ["--import", PROBE] : [])];
+  const flags = [
+    ...(opts.nodeFlags ?? []),
+    "--conditions=source",
+    "--import",
+    TSX,
+    ...(opts.probe ? ["--import", PROBE] : []),
+  ];
   const child = spawn(process.execPath, [...flags, opts.entry, ...(opts.args ?? [])], {
     cwd: ROOT,
     env: { ...process.env, ...opts.env },

@@ -1,4 +1,5 @@
 /** Reading back what the relays published, with JetStream's own store times. */
+import { CE_TIME } from "@customer-platform/sdk/cloudevents";
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 
@@ -35,7 +36,7 @@ export async function storedEvents(natsUrl: string, stream: string, fromSeq: num
     const messages = await consumer.consume();
     const timeout = setTimeout(() => messages.stop(), 60_000);
     for await (const m of messages) {
-      const ceTime = m.headers?.get("ce-time");
+      const ceTime = m.headers?.get(CE_TIME);
       out.push({
         seq: m.seq,
         occurMs: ceTime ? Date.parse(ceTime) : Number.NaN,

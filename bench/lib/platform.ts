@@ -10,11 +10,11 @@ import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { openDatabase } from "@customer-platform/runtime/db";
 import type { JWK } from "jose";
 import postgres from "postgres";
 import * as customerSchema from "../../customer-service/src/db/schema.js";
 import { runCli } from "../../identity-service/src/cli.js";
-import { openDatabase } from "@customer-platform/runtime/db";
 import {
   deleteStreams,
   freePort,
@@ -168,7 +168,7 @@ async function start(
   };
   const drain = { child: drainChild, url: `http://127.0.0.1:${drainPort}`, db: drainDb, streams: drainStreams, nats };
   const migrateBaseline = async () => {
-    const database = await openDatabase({ url: baselineDb.url, dataDir: "", schema: customerSchema });
+    const database = await openDatabase({ url: baselineDb.url, schema: customerSchema });
     try {
       await database.migrate(CUSTOMER_MIGRATIONS);
     } finally {

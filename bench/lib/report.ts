@@ -16,6 +16,10 @@ export const ROW_IDS = [
   "client_credentials_per_vcpu",
   "rss_customer_service",
   "rss_identity_service",
+  "startup_customer_service",
+  "rss_customer_service_compiled",
+  "startup_identity_service",
+  "rss_identity_service_compiled",
 ] as const;
 
 export type RowId = (typeof ROW_IDS)[number];

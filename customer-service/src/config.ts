@@ -2,12 +2,12 @@
  * The customer service's configuration, read from the environment once in
  * main.ts. Every value is checked; a bad one names its variable.
  */
-import { join } from "node:path";
 import {
+  type DatabaseConfig,
   type Env,
+  envDatabase,
   envEnum,
   envInt,
-  envOptional,
   envPort,
   envString,
   envSubjectPrefix,
@@ -19,9 +19,8 @@ import {
 export interface CustomerConfig {
   host: string;
   port: number;
-  /** PostgreSQL URL; undefined runs embedded PGlite in dataDir. */
-  databaseUrl: string | undefined;
-  dataDir: string;
+  /** CUSTOMER_DATABASE_URL: PostgreSQL, or `pglite:<dir>` for the embedded database. */
+  database: DatabaseConfig;
   natsUrl: string;
   /** JetStream stream for this service's events, and the subject prefix it captures. */
   stream: string;
@@ -54,8 +53,6 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
   return {
     host: envString(env, "CUSTOMER_HOST", "127.0.0.1"),
     port: envPort(env, "CUSTOMER_PORT", 8080),
-    databaseUrl: envUrl(env, "CUSTOMER_DATABASE_URL", ["postgres:", "postgresql:"]),
-    dataDir: envOptional(env, "CUSTOMER_DATA_DIR") ?? join(cwd, ".data/customer"),
     natsUrl: envUrl(env, "NATS_URL", ["nats:", "tls:", "ws:", "wss:"], "nats://127.0.0.1:4222"),
     stream: envString(env, "CUSTOMER_STREAM", "CUSTOMER"),
     subjectPrefix,
@@ -74,5 +71,11 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
     logLevel: envEnum(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     maxRequestBytes: envInt(env, "CUSTOMER_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
     shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+    // Last, so that a missing database URL does not hide a mistake in another variable.
+    database: envDatabase(env, "CUSTOMER_DATABASE_URL", {
+      cwd,
+      embedded: "./.data/customer",
+      dataDirVariable: "CUSTOMER_DATA_DIR",
+    }),
   };
 }

@@ -8,12 +8,13 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { type Customer, CustomerSchema, type PostalAddress } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import type { Principal } from "@customer-platform/runtime/auth";
 import { fieldViolation } from "@customer-platform/runtime/errors";
+import { SCOPE_CUSTOMER_READ, SCOPE_CUSTOMER_WRITE } from "@customer-platform/sdk/scopes";
 import type { CustomerRow, StoredAddress } from "./db/schema.js";
 
 /** Scope a service token needs to read any profile. */
-export const SCOPE_READ = "customer:read";
+export const SCOPE_READ = SCOPE_CUSTOMER_READ;
 /** Scope a service token needs to change any profile. */
-export const SCOPE_WRITE = "customer:write";
+export const SCOPE_WRITE = SCOPE_CUSTOMER_WRITE;
 
 /** The customer.v1.Customer message for a stored row. */
 export function toCustomer(row: CustomerRow): Customer {

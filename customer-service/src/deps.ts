@@ -1,13 +1,14 @@
 import type { Authenticator } from "@customer-platform/runtime/auth";
 import type { Db } from "@customer-platform/runtime/db";
+import type { Outbox } from "@customer-platform/runtime/outbox";
 import type * as schema from "./db/schema.js";
-import type { EventsConfig } from "./events.js";
 
 /** What the CustomerService handlers need. */
 export interface CustomerServiceDeps {
   readonly db: Db<typeof schema>;
   readonly auth: Authenticator;
-  readonly events: EventsConfig;
+  /** Where events go: the service's outbox (customer-service/src/outbox.ts). */
+  readonly events: Outbox;
   /** The current time; tests may pin it. */
   readonly now: () => Date;
 }

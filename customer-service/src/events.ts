@@ -7,31 +7,25 @@ import { FieldMaskSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Customer } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { uuidv7 } from "@customer-platform/runtime/ids";
-import { type OutboxEvent, outboxEvent } from "@customer-platform/runtime/outbox";
-
-/** Where events go: the `ce-source`, the subject prefix (default "customer") and the NOTIFY channel. */
-export interface EventsConfig {
-  readonly source: string;
-  readonly subjectPrefix: string;
-  readonly notifyChannel: string;
-}
+import type { Outbox } from "@customer-platform/runtime/outbox";
+import { type OutboxEvent, outboxEvent } from "@customer-platform/runtime/outbox-writer";
+import { customerSubjects } from "@customer-platform/sdk/subjects";
 
 /** customer.v1.CustomerRegistered, as an outbox event. */
-export function customerRegistered(cfg: EventsConfig, customer: Customer, occurTime: Date): OutboxEvent {
+export function customerRegistered(outbox: Outbox, customer: Customer, occurTime: Date): OutboxEvent {
   const eventId = uuidv7();
   const event = create(CustomerRegisteredSchema, { eventId, occurTime: timestampFromDate(occurTime), customer });
-  return outboxEvent(CustomerRegisteredSchema, event, {
+  return outboxEvent(outbox, CustomerRegisteredSchema, event, {
     eventId,
     occurTime,
-    subject: `${cfg.subjectPrefix}.registered.${customer.customerId}`,
-    source: cfg.source,
+    subject: customerSubjects(outbox.subjectPrefix).registered(customer.customerId),
     ceSubject: customer.customerId,
   });
 }
 
 /** customer.v1.CustomerUpdated, as an outbox event. */
 export function customerUpdated(
-  cfg: EventsConfig,
+  outbox: Outbox,
   customer: Customer,
   changedPaths: string[],
   occurTime: Date,
@@ -43,11 +37,10 @@ export function customerUpdated(
     customer,
     updateMask: create(FieldMaskSchema, { paths: changedPaths }),
   });
-  return outboxEvent(CustomerUpdatedSchema, event, {
+  return outboxEvent(outbox, CustomerUpdatedSchema, event, {
     eventId,
     occurTime,
-    subject: `${cfg.subjectPrefix}.updated.${customer.customerId}`,
-    source: cfg.source,
+    subject: customerSubjects(outbox.subjectPrefix).updated(customer.customerId),
     ceSubject: customer.customerId,
   });
 }

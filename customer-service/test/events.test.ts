@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, type Clients, createClients } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { waitForStream } from "../../test/support/nats.js";
+import { waitForOutboxEmpty } from "../../test/support/outbox.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 
 const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -208,7 +209,7 @@ describe("customer events", () => {
 
   it("publishes nothing for an update that changes nothing", async () => {
     const { id, token } = await register();
-    await svc.server.relay.waitIdle();
+    await waitForOutboxEmpty(svc.database.url);
     const before = await messageCount();
     const [{ n: rowsBefore }] = await sql<[{ n: number }]>`select count(*)::int as n from outbox`;
 
@@ -223,7 +224,7 @@ describe("customer events", () => {
     expect(res.customer?.version).toBe(1n);
     const [{ n: rowsAfter }] = await sql<[{ n: number }]>`select count(*)::int as n from outbox`;
     expect(rowsAfter).toBe(rowsBefore);
-    await svc.server.relay.waitIdle();
+    await waitForOutboxEmpty(svc.database.url);
     expect(await messageCount()).toBe(before);
 
     // The pipeline works: a real change adds exactly one event, so nothing above was merely late.
@@ -231,7 +232,7 @@ describe("customer events", () => {
       { customer: { customerId: id, givenName: "Augusta" }, updateMask: { paths: ["given_name"] } },
       bearer(token),
     );
-    await svc.server.relay.waitIdle();
+    await waitForOutboxEmpty(svc.database.url);
     expect(await messageCount()).toBe(before + 1);
     const msgs = await eventsOf(id, 2);
     expect(msgs.map((m) => m.subject.split(".").at(-2))).toEqual(["registered", "updated"]);

@@ -5,10 +5,12 @@
  * and once NATS is back every event reaches the stream exactly once, in
  * version order per customer.
  */
+
 import { randomUUID } from "node:crypto";
 import { fromBinary } from "@bufbuild/protobuf";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
+import { CE_TYPE } from "@customer-platform/sdk/cloudevents";
 import { type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import postgres from "postgres";
@@ -16,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, type Clients, createClients } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { type PrivateNats, startPrivateNats } from "../../test/support/nats.js";
+import { waitForOutboxEmpty } from "../../test/support/outbox.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 
 let issuer: TestIssuer;
@@ -72,7 +75,7 @@ async function readStream(expected: number): Promise<Event[]> {
     for (;;) {
       const msg: JsMsg | null = await consumer.next({ expires: events.length < expected ? 5_000 : 1_000 });
       if (!msg) break;
-      const type = msg.headers?.get("ce-type") ?? "";
+      const type = msg.headers?.get(CE_TYPE) ?? "";
       const event =
         type === CustomerRegisteredSchema.typeName
           ? fromBinary(CustomerRegisteredSchema, msg.data)
@@ -117,7 +120,7 @@ describe("with NATS down", () => {
       { email: `early.${early.id.slice(0, 8)}@example.com`, givenName: "Early", familyName: "Bird" },
       bearer(early.token),
     );
-    await svc.server.relay.waitIdle();
+    await waitForOutboxEmpty(svc.database.url);
     expect(await streamMessages()).toBe(1);
 
     await nats.kill();
@@ -158,10 +161,10 @@ describe("with NATS down", () => {
     const heldCount = 2 + customers.length * updatesEach;
     const [{ n: held }] = await sql<[{ n: number }]>`select count(*)::int as n from outbox where published_at is null`;
     expect(held).toBe(heldCount);
-    expect(svc.server.relay.natsConnected).toBe(false);
+    expect(svc.server.relay.status.nats).toBe("disconnected");
 
     await nats.start();
-    await svc.server.relay.waitIdle(20_000);
+    await waitForOutboxEmpty(svc.database.url, 20_000);
 
     const total = 1 + heldCount;
     const events = await readStream(total);
@@ -183,7 +186,7 @@ describe("with NATS down", () => {
         "customer.v1.CustomerUpdated",
       ]);
     }
-    expect(svc.server.relay.natsConnected).toBe(true);
+    expect(svc.server.relay.status.nats).toBe("connected");
   });
 
   it("keeps relaying after a second outage", async () => {
@@ -198,7 +201,7 @@ describe("with NATS down", () => {
       ),
     );
     await nats.start();
-    await svc.server.relay.waitIdle(20_000);
+    await waitForOutboxEmpty(svc.database.url, 20_000);
     expect(await streamMessages()).toBe(before + 1);
   });
   it("repeats nothing when NATS dies in the middle of relaying a backlog", async () => {
@@ -240,7 +243,7 @@ describe("with NATS down", () => {
     expect(seen).toBeLessThan(before + backlog);
     await nats.start();
     // A publish cut off by the kill waits out its ack timeout (5 s) before the retry.
-    await svc.server.relay.waitIdle(20_000);
+    await waitForOutboxEmpty(svc.database.url, 20_000);
 
     const events = (await readStream(before + backlog)).slice(before);
     expect(events).toHaveLength(backlog);

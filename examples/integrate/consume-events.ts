@@ -4,12 +4,12 @@
  */
 import { fromBinary } from "@bufbuild/protobuf";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
+import { consumeEvents, customerSubjects, type EventConsumer, readCloudEvent } from "@customer-platform/sdk";
 import { AckPolicy, type JetStreamClient } from "@nats-io/jetstream";
 import type postgres from "postgres";
-import { consumeEvents, type EventConsumer } from "@customer-platform/runtime/events";
 
 /**
- * With runtime/events.ts: typed handlers, ack after success, redelivery on
+ * With the SDK's consumeEvents: typed handlers, ack after success, redelivery on
  * error. CustomerAuthenticated has no version, so the handler is made
  * idempotent by its event id: the id and the effect commit in one
  * transaction, and an id seen before is skipped.
@@ -41,24 +41,29 @@ export async function consumeSignIns(
 }
 
 /**
- * Plain JetStream, without the helper: a durable pull consumer, decode by
- * the `ce-type` header with the generated schema, ack after handling.
- * Returns a function that stops it.
+ * Plain JetStream, without consumeEvents: a durable pull consumer on the
+ * customer subjects, decode by the `ce-type` header (read with the SDK's
+ * readCloudEvent) with the generated schema, ack after handling. Returns a
+ * function that stops it.
  */
 export async function consumeCustomersPlain(
   js: JetStreamClient,
   onCustomer: (customerId: string, version: bigint, eventId: string) => Promise<void>,
   stream = "CUSTOMER",
+  subjectPrefix = "customer",
   durable = "orders-customers",
 ): Promise<() => Promise<void>> {
   const jsm = await js.jetstreamManager();
-  await jsm.consumers.add(stream, { durable_name: durable, ack_policy: AckPolicy.Explicit });
+  await jsm.consumers.add(stream, {
+    durable_name: durable,
+    ack_policy: AckPolicy.Explicit,
+    filter_subject: customerSubjects(subjectPrefix).all,
+  });
   const consumer = await js.consumers.get(stream, durable);
   const messages = await consumer.consume();
   const done = (async () => {
     for await (const m of messages) {
-      const type = m.headers?.get("ce-type");
-      const eventId = m.headers?.get("ce-id") ?? "";
+      const { type, id: eventId } = readCloudEvent(m.headers);
       try {
         if (type === CustomerRegisteredSchema.typeName) {
           const { customer } = fromBinary(CustomerRegisteredSchema, m.data);

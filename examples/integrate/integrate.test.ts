@@ -1,19 +1,25 @@
 /**
  * The integration samples docs/integrate.md shows, run against the real
  * services: GetCustomer over Connect and gRPC with a client-credentials
- * token, offline token verification, and both ways of consuming events.
+ * token, an HTTP API that trusts our tokens with the SDK (revocations
+ * included), and both ways of consuming events.
  */
 import { randomUUID } from "node:crypto";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { CUSTOMER_TOKEN_SCOPES, identitySubjects } from "@customer-platform/sdk";
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { pino } from "pino";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
 import { bearer, type Clients, createClients } from "../../test/support/clients.js";
 import { freePort } from "../../test/support/nats.js";
+import { waitForOutboxEmpty } from "../../test/support/outbox.js";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import {
   type RunningCustomerService,
@@ -23,7 +29,7 @@ import {
 } from "../../test/support/services.js";
 import { consumeCustomersPlain, consumeSignIns } from "./consume-events.js";
 import { connectCustomerClient, createTokenSource, findCustomer, grpcCustomerClient } from "./customer-client.js";
-import { bearerToken, createAccessTokenVerifier } from "./verify-token.js";
+import { createOrdersAuth, withPrincipal } from "./verify-token.js";
 
 const PASSWORD = "correct horse battery staple";
 let issuer: string;
@@ -36,7 +42,11 @@ let js: JetStreamClient;
 
 beforeAll(async () => {
   issuer = `http://127.0.0.1:${await freePort()}`;
-  identity = await startIdentityService({ IDENTITY_PORT: new URL(issuer).port, IDENTITY_ISSUER: issuer });
+  identity = await startIdentityService({
+    IDENTITY_PORT: new URL(issuer).port,
+    IDENTITY_ISSUER: issuer,
+    IDENTITY_AUDIENCES: "customer-service orders-service",
+  });
   customer = await startCustomerService({ IDENTITY_ISSUER: issuer }, { identityStreams: identity.streams });
   idClients = createClients(identity.url);
   custClients = createClients(customer.url);
@@ -111,41 +121,89 @@ describe("calling GetCustomer from another service", () => {
   });
 });
 
-describe("verifying access tokens", () => {
-  it("accepts customer and service tokens and says who they are", async () => {
-    const verify = createAccessTokenVerifier({ issuer, audience: "customer-service" });
-    const c = await newCustomer();
-    expect(await verify(bearerToken(`Bearer ${c.token}`) ?? "")).toMatchObject({
-      subject: c.customerId,
-      clientId: "first-party",
-      sessionId: expect.any(String),
+describe("an HTTP API that trusts our access tokens", () => {
+  let orders: Server;
+  let ordersUrl: string;
+  let auth: ReturnType<typeof createOrdersAuth>;
+
+  beforeAll(async () => {
+    auth = createOrdersAuth({
+      issuer,
+      audience: "orders-service",
+      nats: nc,
+      identityStream: identity.streams.stream,
+      identitySubjectPrefix: identity.streams.subjectPrefix,
+      logger: pino({ level: "silent" }),
     });
-    const creds = await serviceCredentials("customer:read");
-    const service = await verify(await createTokenSource(creds)());
-    expect(service).toMatchObject({ subject: creds.clientId, clientId: creds.clientId, scopes: ["customer:read"] });
-    expect(service.sessionId).toBeUndefined();
-    expect(service.expiresAt.getTime()).toBeGreaterThan(Date.now());
+    auth.revocations.start();
+    orders = createServer(
+      withPrincipal(auth.tokens, (_req, res, p) => {
+        res.setHeader("content-type", "application/json");
+        res.end(JSON.stringify({ subject: p.subject, clientId: p.clientId, scopes: [...p.scopes], sid: p.sessionId }));
+      }),
+    );
+    await new Promise<void>((resolve) => orders.listen(0, "127.0.0.1", resolve));
+    ordersUrl = `http://127.0.0.1:${(orders.address() as AddressInfo).port}/orders`;
   });
 
-  it("rejects another audience, another issuer and a tampered token", async () => {
+  afterAll(async () => {
+    orders?.closeAllConnections();
+    await new Promise((resolve) => orders?.close(resolve));
+    await auth?.revocations.stop();
+  });
+
+  const call = async (authorization?: string) => {
+    const res = await fetch(ordersUrl, { headers: authorization ? { authorization } : {} });
+    return { status: res.status, challenge: res.headers.get("www-authenticate"), body: await res.json() };
+  };
+
+  it("accepts customer and service tokens and says who they are", async () => {
     const c = await newCustomer();
-    await expect(createAccessTokenVerifier({ issuer, audience: "billing" })(c.token)).rejects.toMatchObject({
-      code: "ERR_JWT_CLAIM_VALIDATION_FAILED",
-      claim: "aud",
+    expect(await call(`Bearer ${c.token}`)).toEqual({
+      status: 200,
+      challenge: null,
+      body: {
+        subject: c.customerId,
+        clientId: "first-party",
+        scopes: [...CUSTOMER_TOKEN_SCOPES],
+        sid: expect.any(String),
+      },
     });
-    await expect(
-      createAccessTokenVerifier({
-        issuer: "https://elsewhere.example",
-        audience: "customer-service",
-        jwksUrl: `${issuer}/.well-known/jwks.json`,
-      })(c.token),
-    ).rejects.toMatchObject({ code: "ERR_JWT_CLAIM_VALIDATION_FAILED", claim: "iss" });
+    const creds = await serviceCredentials("customer:read");
+    expect(await call(`Bearer ${await createTokenSource(creds)()}`)).toEqual({
+      status: 200,
+      challenge: null,
+      body: { subject: creds.clientId, clientId: creds.clientId, scopes: ["customer:read"] },
+    });
+  });
+
+  it("answers 401 without a token, to a token of another issuer or audience, and to a tampered one", async () => {
+    const c = await newCustomer();
+    expect(await call()).toEqual({ status: 401, challenge: "Bearer", body: { error: "missing bearer token" } });
+    const invalid = { status: 401, challenge: 'Bearer error="invalid_token"', body: { error: "invalid access token" } };
+    const elsewhere = createOrdersAuth({
+      issuer: "https://elsewhere.example",
+      jwksUrl: `${issuer}/.well-known/jwks.json`,
+      audience: "orders-service",
+      nats: nc,
+      logger: pino({ level: "silent" }),
+    });
+    await expect(elsewhere.tokens.verify(c.token)).rejects.toMatchObject({ reason: "invalid" });
+    const billing = createOrdersAuth({ issuer, audience: "billing", nats: nc, logger: pino({ level: "silent" }) });
+    await expect(billing.tokens.verify(c.token)).rejects.toMatchObject({ reason: "invalid" });
     const [h, p, s] = c.token.split(".");
-    const tampered = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p ?? "", "base64url").toString()), sub: randomUUID() })).toString("base64url")}.${s}`;
-    await expect(createAccessTokenVerifier({ issuer, audience: "customer-service" })(tampered)).rejects.toMatchObject({
-      code: "ERR_JWS_SIGNATURE_VERIFICATION_FAILED",
-    });
-    expect(bearerToken("Basic abc")).toBeUndefined();
+    const claims = JSON.parse(Buffer.from(p ?? "", "base64url").toString());
+    const forged = Buffer.from(JSON.stringify({ ...claims, sub: randomUUID() })).toString("base64url");
+    expect(await call(`Bearer ${h}.${forged}.${s}`)).toEqual(invalid);
+  });
+
+  it("answers 401 moments after the identity service revoked the token", async () => {
+    const c = await newCustomer();
+    expect((await call(`Bearer ${c.token}`)).status).toBe(200);
+    await idClients.client(AuthService).revokeToken({ token: c.token });
+    await expect
+      .poll(() => call(`Bearer ${c.token}`), { timeout: 10_000, interval: 50 })
+      .toEqual({ status: 401, challenge: 'Bearer error="invalid_token"', body: { error: "access token revoked" } });
   });
 });
 
@@ -161,15 +219,15 @@ describe("consuming events", () => {
     await db?.drop();
   });
 
-  it("counts each sign-in once with runtime/events.ts, even when an event comes twice", async () => {
+  it("counts each sign-in once with the SDK's consumeEvents, even when an event comes twice", async () => {
     const c = await newCustomer();
     const auth = idClients.client(AuthService);
     await auth.authenticateCustomer({ email: c.email, password: PASSWORD });
     await auth.authenticateCustomer({ email: c.email, password: PASSWORD });
-    await identity.server.relay.waitIdle();
+    await waitForOutboxEmpty(identity.database.url);
     // Repeat the last sign-in event under a new Nats-Msg-Id, as an outage longer than the duplicate window could.
     const jsm = await js.jetstreamManager();
-    const subject = `${identity.streams.subjectPrefix}.customer.authenticated.${c.customerId}`;
+    const subject = identitySubjects(identity.streams.subjectPrefix).customerAuthenticated(c.customerId);
     const last = await jsm.streams.getMessage(identity.streams.stream, { last_by_subj: subject });
     if (!last) throw new Error("no sign-in event");
     const copy = headers();
@@ -198,6 +256,7 @@ describe("consuming events", () => {
         seen.push([id, version]);
       },
       customer.streams.stream,
+      customer.streams.subjectPrefix,
     );
     try {
       const c = await newCustomer();

@@ -1,62 +1,84 @@
 /**
- * Verifying the platform's access tokens in another service, offline,
- * against the identity service's JWKS: RFC 9068 JWTs (`typ: at+jwt`) signed
- * with EdDSA, with `iss`, `sub`, `aud`, `exp`, `iat`, `jti`, `client_id`,
- * `scope` and, on a customer's token, `sid`. See docs/integrate.md.
+ * Trusting the platform's access tokens in another service's HTTP API with
+ * the SDK: offline verification against the identity service's JWKS, and
+ * the revocations it publishes, on the process's one NATS connection. A
+ * refused token is answered 401, or 503 while the identity service's keys
+ * cannot be fetched. See docs/integrate.md.
  */
-import { createRemoteJWKSet, jwtVerify } from "jose";
+import type { IncomingMessage, RequestListener, ServerResponse } from "node:http";
+import {
+  createRevocationList,
+  createTokenVerifier,
+  type Logger,
+  type Principal,
+  type RevocationList,
+  TokenError,
+  type TokenVerifier,
+} from "@customer-platform/sdk";
+import type { NatsConnection } from "@nats-io/transport-node";
 
-export interface AccessTokenVerifierOptions {
+export interface OrdersAuthOptions {
   /** The identity service's IDENTITY_ISSUER, e.g. http://127.0.0.1:8081 */
   issuer: string;
   /** Your service's audience; it must be listed in the identity service's IDENTITY_AUDIENCES. */
   audience: string;
   /** Default `<issuer>/.well-known/jwks.json`. */
   jwksUrl?: string;
+  /** Your process's NATS connection (reconnecting forever), for the revocations. */
+  nats: NatsConnection;
+  /** The identity service's stream and subject prefix; default `IDENTITY` and `identity`. */
+  identityStream?: string;
+  identitySubjectPrefix?: string;
+  /** pino, or anything with the same debug/info/warn/error/child. */
+  logger: Logger;
 }
 
-/** What a verified token says. */
-export interface AccessToken {
-  /** The customer id for a customer's token; the client id for a service's. */
-  subject: string;
-  /** `first-party` for customers signed in through the company's apps, else the service's client id. */
-  clientId: string;
-  scopes: string[];
-  /** Token id (`jti`), for logs and revocation lists. */
-  id: string;
-  /** The customer's sign-in session (`sid`), for revocation lists; absent on a service's token. */
-  sessionId?: string;
-  expiresAt: Date;
+/** A token verifier that honours revocations; start() the revocations with the process, stop() them at the end. */
+export function createOrdersAuth(opts: OrdersAuthOptions): { tokens: TokenVerifier; revocations: RevocationList } {
+  const revocations = createRevocationList({
+    nats: opts.nats,
+    stream: opts.identityStream ?? "IDENTITY",
+    subjectPrefix: opts.identitySubjectPrefix ?? "identity",
+    // The identity service's access-token lifetime (IDENTITY_ACCESS_TOKEN_TTL, 15 minutes).
+    lookbackMs: 15 * 60_000,
+    logger: opts.logger,
+  });
+  const tokens = createTokenVerifier({
+    jwksUrl: opts.jwksUrl ?? `${opts.issuer}/.well-known/jwks.json`,
+    issuer: opts.issuer,
+    audience: opts.audience,
+    revocations,
+  });
+  return { tokens, revocations };
 }
 
 /**
- * Returns a function that verifies an access token or throws (a jose error:
- * bad signature, wrong issuer, audience or type, expired). Keys are fetched
- * once, cached, and refetched when a token names an unknown `kid` (rotation).
+ * Wraps a request handler: it runs only with a verified principal; a request
+ * without one is answered here.
  */
-export function createAccessTokenVerifier(opts: AccessTokenVerifierOptions): (token: string) => Promise<AccessToken> {
-  const jwks = createRemoteJWKSet(new URL(opts.jwksUrl ?? `${opts.issuer}/.well-known/jwks.json`));
-  return async (token) => {
-    const { payload } = await jwtVerify(token, jwks, {
-      issuer: opts.issuer,
-      audience: opts.audience,
-      typ: "at+jwt",
-      algorithms: ["EdDSA"],
-      requiredClaims: ["sub", "exp", "iat", "jti", "client_id"],
-    });
-    return {
-      subject: String(payload.sub),
-      clientId: String(payload.client_id),
-      scopes: typeof payload.scope === "string" ? payload.scope.split(" ").filter(Boolean) : [],
-      id: String(payload.jti),
-      ...(typeof payload.sid === "string" && { sessionId: payload.sid }),
-      expiresAt: new Date((payload.exp ?? 0) * 1000),
-    };
+export function withPrincipal(
+  tokens: TokenVerifier,
+  handler: (req: IncomingMessage, res: ServerResponse, principal: Principal) => void | Promise<void>,
+): RequestListener {
+  return async (req, res) => {
+    let principal: Principal;
+    try {
+      principal = await tokens.verifyAuthorizationHeader(req.headers.authorization);
+    } catch (err) {
+      if (!(err instanceof TokenError)) {
+        res.writeHead(500).end();
+        return;
+      }
+      // keys_unavailable: the identity service is unreachable, which is not the caller's fault.
+      const status = err.reason === "keys_unavailable" ? 503 : 401;
+      const challenge = err.reason === "missing" ? "Bearer" : 'Bearer error="invalid_token"';
+      res.writeHead(status, {
+        "content-type": "application/json",
+        ...(status === 401 && { "www-authenticate": challenge }),
+      });
+      res.end(JSON.stringify({ error: err.message }));
+      return;
+    }
+    await handler(req, res, principal);
   };
-}
-
-/** The Bearer token of an Authorization header, or undefined. */
-export function bearerToken(authorization: string | null | undefined): string | undefined {
-  const m = authorization?.match(/^Bearer ([A-Za-z0-9._~+/-]+=*)$/i);
-  return m?.[1];
 }

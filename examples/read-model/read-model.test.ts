@@ -8,12 +8,14 @@ import { randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
+import { customerSubjects, readCloudEvent, setCloudEventHeaders } from "@customer-platform/sdk";
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, type Clients, createClients } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
+import { waitForOutboxEmpty } from "../../test/support/outbox.js";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 import { type AppliedEvent, readCustomer, startReadModel } from "./read-model.js";
@@ -109,7 +111,7 @@ async function streamEventIds(): Promise<string[]> {
   const consumer = await js.consumers.get(svc.streams.stream);
   const messages = await consumer.fetch({ max_messages: info.state.messages, expires: 5_000 });
   for await (const m of messages) {
-    ids.push(m.headers?.get("ce-id") ?? "");
+    ids.push(readCloudEvent(m.headers).id);
     if (m.info.pending === 0) break;
   }
   return ids;
@@ -163,7 +165,7 @@ describe("the example read model", () => {
         for (let n = 6; n <= 8; n++) await update(c, n);
       }),
     );
-    await svc.server.relay.waitIdle();
+    await waitForOutboxEmpty(svc.database.url);
     const pending = await jsm.consumers.info(svc.streams.stream, consumer);
     expect(pending.num_pending).toBeGreaterThan(0);
     expect(await converged(all)).toBe(false);
@@ -191,14 +193,15 @@ describe("the example read model", () => {
         customer: { ...before, givenName: "Stale", version: 2n },
         updateMask: { paths: ["given_name"] },
       });
-      const h = headers();
-      h.set("ce-id", stale.eventId);
-      h.set("ce-type", CustomerUpdatedSchema.typeName);
-      h.set("ce-subject", target.id);
-      await js.publish(`${svc.streams.subjectPrefix}.updated.${target.id}`, toBinary(CustomerUpdatedSchema, stale), {
-        msgID: stale.eventId,
-        headers: h,
+      const h = setCloudEventHeaders(headers(), {
+        id: stale.eventId,
+        type: CustomerUpdatedSchema.typeName,
+        source: "customer-service",
+        time: new Date(),
+        subject: target.id,
       });
+      const subject = customerSubjects(svc.streams.subjectPrefix).updated(target.id);
+      await js.publish(subject, toBinary(CustomerUpdatedSchema, stale), { msgID: stale.eventId, headers: h });
       await until("the duplicate to be handled", () => handled.has(stale.eventId));
       expect(applied.has(stale.eventId)).toBe(false);
       expect(await readCustomer(sql, target.id)).toEqual(before);

@@ -2,7 +2,7 @@
  * An example read model: a local `customers_read_model` table, in the
  * consumer's own database, kept up to date from CustomerRegistered and
  * CustomerUpdated with a durable JetStream consumer. Built only on the
- * generated code, runtime/events.ts and postgres.js, as another team would.
+ * generated code, @customer-platform/sdk and postgres.js, as another team would.
  *
  * Both events carry the full profile with its version, so applying one is a
  * single upsert that wins only with a greater version: a redelivery, a
@@ -12,9 +12,9 @@
 import { create, fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Customer, CustomerSchema, PostalAddressSchema } from "@customer-platform/gen/customer/v1/customer_pb.js";
+import { consumeEvents, type EventConsumer, type EventMeta } from "@customer-platform/sdk";
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type postgres from "postgres";
-import { consumeEvents, type EventConsumer, type EventMeta } from "@customer-platform/runtime/events";
 
 /** The table, created if missing. */
 export async function migrateReadModel(sql: postgres.Sql): Promise<void> {

@@ -8,21 +8,20 @@
  *   keys list
  *   keys rotate
  *
- * Uses the same configuration as the server (IDENTITY_DATABASE_URL, or the
- * embedded database in IDENTITY_DATA_DIR / .data/identity).
+ * Uses the same configuration as the server (IDENTITY_DATABASE_URL) and
+ * opens the database as the service host does, migrating it first.
  */
 import { randomBytes } from "node:crypto";
-import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { describeStartFailure } from "@customer-platform/runtime/main";
+import { openServiceDatabase } from "@customer-platform/runtime/service-host";
 import { eq, isNull } from "drizzle-orm";
-import { openDatabase } from "@customer-platform/runtime/db";
 import { envToConfig } from "./config.js";
-import * as schema from "./db/schema.js";
+import { identityDatabase } from "./database.js";
 import { clients, signingKeys } from "./db/schema.js";
 import { hashToken, KEY_ACTIVATION_DELAY_MS, newSigningKey } from "./tokens.js";
 
-const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), "db/migrations");
 const CLIENT_ID = /^[a-z][a-z0-9._-]{2,63}$/;
 const SCOPE = /^[!#-[\]-~]+$/;
 
@@ -35,9 +34,8 @@ export async function runCli(argv: string[], env = process.env, out = console.lo
   });
   const [group, command, arg] = positionals;
   const config = envToConfig(env);
-  const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, schema, max: 2 });
+  const database = await openServiceDatabase(config, identityDatabase, { name: "identity-cli", max: 2 });
   try {
-    await database.migrate(MIGRATIONS);
     const db = database.db;
     const newSecret = () => randomBytes(32).toString("base64url");
     switch (`${group} ${command}`) {
@@ -126,7 +124,8 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     (code) => process.exit(code),
     (err: Error) => {
       console.error(`error: ${err.message}`);
-      process.exit(1);
+      // A bad configuration, or a database that cannot be used (e.g. held by a running service).
+      process.exit(describeStartFailure(err)?.exitCode ?? 1);
     },
   );
 }

@@ -2,12 +2,12 @@
  * The identity service's configuration, read from the environment once in
  * main.ts. Every value is checked; a bad one names its variable.
  */
-import { join } from "node:path";
 import {
+  type DatabaseConfig,
   type Env,
+  envDatabase,
   envEnum,
   envInt,
-  envOptional,
   envPort,
   envString,
   envSubjectPrefix,
@@ -21,9 +21,8 @@ import { DEFAULT_THROTTLE, type ThrottleSettings } from "./throttle.js";
 export interface IdentityConfig {
   host: string;
   port: number;
-  /** PostgreSQL URL; undefined runs embedded PGlite in dataDir. */
-  databaseUrl: string | undefined;
-  dataDir: string;
+  /** IDENTITY_DATABASE_URL: PostgreSQL, or `pglite:<dir>` for the embedded database. */
+  database: DatabaseConfig;
   natsUrl: string;
   stream: string;
   subjectPrefix: string;
@@ -51,8 +50,6 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConf
   return {
     host: envString(env, "IDENTITY_HOST", "127.0.0.1"),
     port: envPort(env, "IDENTITY_PORT", 8081),
-    databaseUrl: envUrl(env, "IDENTITY_DATABASE_URL", ["postgres:", "postgresql:"]),
-    dataDir: envOptional(env, "IDENTITY_DATA_DIR") ?? join(cwd, ".data/identity"),
     natsUrl: envUrl(env, "NATS_URL", ["nats:", "tls:", "ws:", "wss:"], "nats://127.0.0.1:4222"),
     stream: envString(env, "IDENTITY_STREAM", "IDENTITY"),
     subjectPrefix,
@@ -75,5 +72,11 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConf
     logLevel: envEnum(env, "LOG_LEVEL", LOG_LEVELS, "info"),
     maxRequestBytes: envInt(env, "IDENTITY_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
     shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+    // Last, so that a missing database URL does not hide a mistake in another variable.
+    database: envDatabase(env, "IDENTITY_DATABASE_URL", {
+      cwd,
+      embedded: "./.data/identity",
+      dataDirVariable: "IDENTITY_DATA_DIR",
+    }),
   };
 }

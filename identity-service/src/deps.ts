@@ -1,16 +1,10 @@
 import type { Authenticator } from "@customer-platform/runtime/auth";
 import type { Db } from "@customer-platform/runtime/db";
+import type { Outbox } from "@customer-platform/runtime/outbox";
 import type * as schema from "./db/schema.js";
 import type { PasswordHasher } from "./passwords.js";
 import type { Throttle } from "./throttle.js";
 import type { KeyStore, TokenSettings } from "./tokens.js";
-
-/** Where this service's events go: `ce-source`, subject prefix (default "identity") and NOTIFY channel. */
-export interface EventsConfig {
-  readonly source: string;
-  readonly subjectPrefix: string;
-  readonly notifyChannel: string;
-}
 
 /** What the AuthService handlers need. */
 export interface AuthServiceDeps {
@@ -21,7 +15,8 @@ export interface AuthServiceDeps {
   readonly tokens: TokenSettings;
   /** Verifies our own access tokens, revocations included. */
   readonly auth: Authenticator;
-  readonly events: EventsConfig;
+  /** Where events go: the service's outbox (identity-service/src/outbox.ts). */
+  readonly events: Outbox;
   /** client_id of tokens issued to customers by the first-party sign-in API. */
   readonly firstPartyClientId: string;
   readonly now: () => Date;

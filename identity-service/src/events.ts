@@ -11,13 +11,14 @@ import {
   TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
 import { uuidv7 } from "@customer-platform/runtime/ids";
-import { enqueueEvent, type OutboxTx, outboxEvent } from "@customer-platform/runtime/outbox";
-import type { EventsConfig } from "./deps.js";
+import type { Outbox } from "@customer-platform/runtime/outbox";
+import { enqueueEvent, type OutboxTx, outboxEvent } from "@customer-platform/runtime/outbox-writer";
+import { identitySubjects } from "@customer-platform/sdk/subjects";
 
 /** Writes identity.v1.CustomerAuthenticated to the outbox. It carries no credential. */
 export async function emitCustomerAuthenticated(
   tx: OutboxTx,
-  cfg: EventsConfig,
+  outbox: Outbox,
   customerId: string,
   method: AuthenticationMethod,
   occurTime: Date,
@@ -31,14 +32,13 @@ export async function emitCustomerAuthenticated(
   });
   await enqueueEvent(
     tx,
-    outboxEvent(CustomerAuthenticatedSchema, event, {
+    outboxEvent(outbox, CustomerAuthenticatedSchema, event, {
       eventId,
       occurTime,
-      subject: `${cfg.subjectPrefix}.customer.authenticated.${customerId}`,
-      source: cfg.source,
+      subject: identitySubjects(outbox.subjectPrefix).customerAuthenticated(customerId),
       ceSubject: customerId,
     }),
-    cfg.notifyChannel,
+    outbox,
   );
 }
 
@@ -59,7 +59,7 @@ export interface RevokedTokens {
  * Writes identity.v1.TokensRevoked to the outbox, so resource servers that
  * verify access tokens offline learn of the revocation. Ids only, no token.
  */
-export async function emitTokensRevoked(tx: OutboxTx, cfg: EventsConfig, revoked: RevokedTokens, occurTime: Date) {
+export async function emitTokensRevoked(tx: OutboxTx, outbox: Outbox, revoked: RevokedTokens, occurTime: Date) {
   const eventId = uuidv7();
   const customerId = "customerId" in revoked.owner ? revoked.owner.customerId : "";
   const clientId = "clientId" in revoked.owner ? revoked.owner.clientId : "";
@@ -75,16 +75,13 @@ export async function emitTokensRevoked(tx: OutboxTx, cfg: EventsConfig, revoked
   });
   await enqueueEvent(
     tx,
-    outboxEvent(TokensRevokedSchema, event, {
+    outboxEvent(outbox, TokensRevokedSchema, event, {
       eventId,
       occurTime,
-      subject: customerId
-        ? `${cfg.subjectPrefix}.token.revoked.${customerId}`
-        : `${cfg.subjectPrefix}.token.revoked.client.${clientId}`,
-      source: cfg.source,
+      subject: identitySubjects(outbox.subjectPrefix).tokensRevoked(customerId ? { customerId } : { clientId }),
       ceSubject: customerId || clientId,
     }),
-    cfg.notifyChannel,
+    outbox,
   );
 }
 

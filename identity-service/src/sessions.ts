@@ -5,10 +5,10 @@
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { TokenSetSchema } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { and, eq, isNotNull, isNull, sql } from "drizzle-orm";
 import { type Authenticator, bearerToken, type Principal, revokedAccessToken } from "@customer-platform/runtime/auth";
 import type { Db } from "@customer-platform/runtime/db";
 import { uuidv7 } from "@customer-platform/runtime/ids";
+import { and, eq, isNotNull, isNull, sql } from "drizzle-orm";
 import type * as schema from "./db/schema.js";
 import { refreshTokens, revokedAccessTokens } from "./db/schema.js";
 import type { AuthServiceDeps } from "./deps.js";

@@ -13,8 +13,8 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RetryInfoSchema } from "@customer-platform/gen/google/rpc/error_details_pb.js";
-import { eq, sql } from "drizzle-orm";
 import type { Db } from "@customer-platform/runtime/db";
+import { eq, sql } from "drizzle-orm";
 import type * as schema from "./db/schema.js";
 import { loginThrottles } from "./db/schema.js";
 

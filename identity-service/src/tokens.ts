@@ -6,6 +6,9 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { type Principal, verifyAccessToken } from "@customer-platform/runtime/auth";
+import type { Db } from "@customer-platform/runtime/db";
+import { uuidv7 } from "@customer-platform/runtime/ids";
 import { desc, gt, isNull, or, sql } from "drizzle-orm";
 import {
   type CryptoKey,
@@ -18,9 +21,6 @@ import {
   type JWTVerifyGetKey,
   SignJWT,
 } from "jose";
-import { type Principal, verifyAccessToken } from "@customer-platform/runtime/auth";
-import type { Db } from "@customer-platform/runtime/db";
-import { uuidv7 } from "@customer-platform/runtime/ids";
 import type * as schema from "./db/schema.js";
 import { signingKeys } from "./db/schema.js";
 

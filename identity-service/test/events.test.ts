@@ -5,6 +5,7 @@
  * CustomerAuthenticated for anything but a successful sign-in, and one
  * TokensRevoked per revocation that changed something.
  */
+
 import { randomUUID } from "node:crypto";
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
@@ -17,6 +18,7 @@ import {
   type TokensRevoked,
   TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
+import { CE_SUBJECT } from "@customer-platform/sdk/cloudevents";
 import { type Consumer, type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { decodeJwt } from "jose";
@@ -24,6 +26,7 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, type Clients, createClients, rpcError } from "../../test/support/clients.js";
 import { waitForStream } from "../../test/support/nats.js";
+import { waitForOutboxEmpty } from "../../test/support/outbox.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
 import { runCli } from "../src/cli.js";
 
@@ -87,12 +90,12 @@ describe("CustomerAuthenticated", () => {
       rpcError("invalid email or password", Code.Unauthenticated),
     );
     expect(await outboxRows()).toBe(rowsBefore);
-    await svc.server.relay.waitIdle();
+    await waitForOutboxEmpty(svc.database.url);
     expect(await messageCount()).toBe(before);
 
     // The pipeline works: a sign-in adds exactly one event, so nothing earlier was merely late.
     await auth().authenticateCustomer({ email: address, password: PASSWORD });
-    await svc.server.relay.waitIdle();
+    await waitForOutboxEmpty(svc.database.url);
     expect(await messageCount()).toBe(before + 1);
     const msg = await nextOn(subjectFor(customerId));
     expect(msg.subject).toBe(subjectFor(customerId));
@@ -172,7 +175,7 @@ describe("CustomerAuthenticated", () => {
     const address = email();
     const { customerId } = await auth().createCredentials({ email: address, password: PASSWORD });
     for (let i = 0; i < 3; i++) await auth().authenticateCustomer({ email: address, password: PASSWORD });
-    await svc.server.relay.waitIdle();
+    await waitForOutboxEmpty(svc.database.url);
     const consumer = await jetstream(nc).consumers.get(svc.streams.stream, {
       filter_subjects: subjectFor(customerId),
     });
@@ -205,7 +208,7 @@ describe("TokensRevoked", () => {
       },
       /** True when nothing more arrives, once everything committed was relayed. */
       async none(): Promise<boolean> {
-        await svc.server.relay.waitIdle();
+        await waitForOutboxEmpty(svc.database.url);
         return (await consumer.next({ expires: 1_000 })) === null;
       },
     };
@@ -293,7 +296,7 @@ describe("TokensRevoked", () => {
     const subject = `${svc.streams.subjectPrefix}.token.revoked.client.${clientId}`;
     const { msg, event } = await (await reader(subject)).next();
     expect(event).toMatchObject({ customerId: "", clientId, jwtIds: [claims(token).jti], sessionIds: [] });
-    expect(msg.headers?.get("ce-subject")).toBe(clientId);
+    expect(msg.headers?.get(CE_SUBJECT)).toBe(clientId);
   });
 
   it("arrives with the DESIGN.md headers and carries ids, never a token", async () => {

@@ -1,10 +1,10 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Database, openDatabase } from "@customer-platform/runtime/db";
 import { runHousekeeping } from "@customer-platform/runtime/housekeeping";
 import { createLogger } from "@customer-platform/runtime/logger";
+import { afterAll, beforeAll, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import * as schema from "../src/db/schema.js";
 import { identityHousekeeping } from "../src/housekeeping.js";
@@ -15,7 +15,7 @@ let database: Database<typeof schema>;
 
 beforeAll(async () => {
   testDb = await createTestDatabase("housekeeping");
-  database = await openDatabase({ url: testDb.url, dataDir: "", schema });
+  database = await openDatabase({ url: testDb.url, schema });
   await database.migrate(join(dirname(fileURLToPath(import.meta.url)), "../src/db/migrations"));
 });
 

@@ -2,6 +2,7 @@
  * Reading configuration from the environment: every value is checked at
  * start, and a bad one names its variable.
  */
+import { resolve } from "node:path";
 
 export type Env = Record<string, string | undefined>;
 
@@ -62,6 +63,62 @@ export function envUrl(env: Env, name: string, protocols: string[], fallback?: s
     throw new ConfigError(`${name} must use ${protocols.join(" or ")}, got "${url.protocol}"`);
   }
   return raw;
+}
+
+/** Where a service's database is, and the variable that said so (named in every database error). */
+export interface DatabaseConfig {
+  /** `postgres://…`, `postgresql://…`, or `pglite:<absolute directory>` for the embedded database. */
+  readonly url: string;
+  /** e.g. "CUSTOMER_DATABASE_URL". */
+  readonly variable: string;
+  /** PostgreSQL `statement_timeout` for the service's pool, in ms (0: none). */
+  readonly statementTimeoutMs: number;
+  /** PostgreSQL `idle_in_transaction_session_timeout`, in ms (0: none). */
+  readonly idleInTransactionTimeoutMs: number;
+}
+
+/** The URL scheme that asks for the embedded PGlite database in a directory. */
+export const PGLITE_SCHEME = "pglite:";
+
+/**
+ * A service's database from `name` (e.g. CUSTOMER_DATABASE_URL), which is
+ * required: a service that forgot it must not run on a throwaway embedded
+ * database. `pglite:<dir>` asks for the embedded one, a relative dir resolved
+ * against cwd. `embedded` is the example the error message suggests. The
+ * former `<PREFIX>_DATA_DIR` (given as dataDirVariable) and a plain
+ * DATABASE_URL are refused rather than silently ignored.
+ */
+export function envDatabase(
+  env: Env,
+  name: string,
+  opts: { cwd: string; embedded: string; dataDirVariable: string },
+): DatabaseConfig {
+  if (env[opts.dataDirVariable]?.trim()) {
+    throw new ConfigError(
+      `${opts.dataDirVariable} is no longer read: set ${name}=pglite:<dir> for the embedded database instead`,
+    );
+  }
+  // Shared by both services, as SHUTDOWN_GRACE_MS is; 0 turns one off.
+  const timeouts = {
+    statementTimeoutMs: envInt(env, "DATABASE_STATEMENT_TIMEOUT_MS", 30_000, 0, 3_600_000),
+    idleInTransactionTimeoutMs: envInt(env, "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000, 0, 3_600_000),
+  };
+  const raw = env[name]?.trim();
+  if (!raw) {
+    if (env.DATABASE_URL?.trim()) {
+      throw new ConfigError(`${name} is required; DATABASE_URL is ignored (each service has its own): set ${name}`);
+    }
+    throw new ConfigError(
+      `${name} is required (postgres://… or ${PGLITE_SCHEME}${opts.embedded} for the embedded database)`,
+    );
+  }
+  if (raw.toLowerCase().startsWith(PGLITE_SCHEME)) {
+    const dir = raw.slice(PGLITE_SCHEME.length);
+    if (!dir)
+      throw new ConfigError(`${name} must name a directory after ${PGLITE_SCHEME}, e.g. ${raw}${opts.embedded}`);
+    return { url: `${PGLITE_SCHEME}${resolve(opts.cwd, dir)}`, variable: name, ...timeouts };
+  }
+  return { url: envUrl(env, name, ["postgres:", "postgresql:", PGLITE_SCHEME], raw), variable: name, ...timeouts };
 }
 
 /** One of a fixed set of values. */

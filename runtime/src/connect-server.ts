@@ -3,7 +3,7 @@
  * gRPC-Web (HTTP/1.1 and h2c), health, reflection, validation, request logs,
  * a request size limit and deadlines.
  */
-import type { DescFile, DescService } from "@bufbuild/protobuf";
+import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
@@ -24,9 +24,8 @@ export interface ConnectServerOptions<S extends DescService> {
   host: string;
   port: number;
   logger: Logger;
+  /** Reflection serves it, and the file that declares it with its dependencies. */
   service: S;
-  /** The file that declares service: reflection serves it with its dependencies. */
-  file: DescFile;
   impl: ServiceImpl<S>;
   /** Largest request message in bytes; a larger one is RESOURCE_EXHAUSTED. */
   readMaxBytes: number;
@@ -54,17 +53,19 @@ export interface ConnectServer {
  */
 const STRICT_JSON = { textDecoder: new TextDecoder("utf-8", { fatal: true }) } as object;
 
+/** The answer to a path nobody serves; the end of a chain of plain HTTP routes. */
+export const notFound: NodeHandlerFn = (_req, res) => {
+  res.writeHead(404, { "content-type": "text/plain; charset=utf-8" });
+  res.end("not found\n");
+};
+
 /** Starts serving; resolves once the port is bound. */
 export async function startConnectServer<S extends DescService>(opts: ConnectServerOptions<S>): Promise<ConnectServer> {
   const health = createHealth({ "": ServingStatus.NOT_SERVING, [opts.service.typeName]: ServingStatus.NOT_SERVING });
   const routes = (router: ConnectRouter) => {
     router.service(opts.service, opts.impl);
     registerHealth(router, health);
-    registerReflection(router, [opts.file]);
-  };
-  const notFound: NodeHandlerFn = (_req, res) => {
-    res.writeHead(404, { "content-type": "text/plain; charset=utf-8" });
-    res.end("not found\n");
+    registerReflection(router);
   };
   const handler = connectNodeAdapter({
     routes,

@@ -1,14 +1,22 @@
 /**
- * The database a service runs on: PostgreSQL through postgres.js, or an
- * embedded PGlite when no URL is configured. Both give the same drizzle API,
- * the same migrations, LISTEN/NOTIFY and advisory locks.
+ * The database a service runs on: PostgreSQL through postgres.js, or the
+ * embedded PGlite when its URL asks for it (`pglite:<dir>`). Both give the
+ * same drizzle API, the same migrations, LISTEN/NOTIFY and advisory locks.
+ *
+ * Opening fails with a StartupError (one line naming the URL's variable,
+ * what to do, and an exit code) for what an operator fixes: PostgreSQL
+ * unreachable (69), the database missing or the login refused (78), an
+ * embedded directory that other users can read (78) or that another process
+ * holds (75).
  */
-import { mkdirSync } from "node:fs";
 import net from "node:net";
 import { type Column, getTableColumns, type SQL, sql, type Table } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import postgres from "postgres";
-import { redactUrl } from "./config.js";
+import { PGLITE_SCHEME, redactUrl } from "./config.js";
+import { openEmbeddedDirectory } from "./embedded-dir.js";
+import { EXIT_CONFIG, EXIT_UNAVAILABLE } from "./exit-codes.js";
+import { StartupError } from "./main.js";
 
 /** A drizzle database over either driver. */
 export type Db<S extends Record<string, unknown>> = PgDatabase<PgQueryResultHKT, S>;
@@ -24,6 +32,8 @@ export interface Database<S extends Record<string, unknown>> {
   readonly db: Db<S>;
   /** "postgres://…" (password hidden) or "pglite:<dir>", for logs. */
   readonly description: string;
+  /** True on the embedded PGlite: one session in this process, which a second pool cannot share. */
+  readonly embedded: boolean;
   /** Runs one statement on any pooled connection. */
   query<T = Record<string, unknown>>(text: string, params?: unknown[]): Promise<T[]>;
   /** Calls onNotify for every NOTIFY on channel until the returned function is called. */
@@ -36,17 +46,35 @@ export interface Database<S extends Record<string, unknown>> {
 }
 
 export interface DatabaseOptions<S extends Record<string, unknown>> {
-  /** A postgres:// URL, or undefined for embedded PGlite in dataDir. */
-  url: string | undefined;
-  dataDir: string;
+  /** `postgres://…`, `postgresql://…`, or `pglite:<dir>` for the embedded database. */
+  url: string;
+  /** The variable the URL came from (e.g. "CUSTOMER_DATABASE_URL"), named in every start-up error. */
+  variable?: string;
   schema: S;
   /** Pool size for PostgreSQL. */
   max?: number;
+  /**
+   * Who opens it, e.g. "customer-service": PostgreSQL's application_name,
+   * and the holder another process is told about while this one holds an
+   * embedded directory.
+   */
+  name?: string;
+  /** PostgreSQL statement_timeout of the pool's sessions, in ms; 0 for none. Default 30 000. */
+  statementTimeoutMs?: number;
+  /** PostgreSQL idle_in_transaction_session_timeout, in ms; 0 for none. Default 60 000. */
+  idleInTransactionTimeoutMs?: number;
 }
+
+/** statement_timeout unless configured otherwise. */
+export const DEFAULT_STATEMENT_TIMEOUT_MS = 30_000;
+/** idle_in_transaction_session_timeout unless configured otherwise. */
+export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000;
 
 // Both services migrate under this lock so two instances starting at once
 // never run the same migration twice.
 const MIGRATION_LOCK = 7_310_001n;
+// postgres.js's connect timeout, in seconds.
+const CONNECT_TIMEOUT_S = 5;
 
 /**
  * The socket postgres.js talks over, reporting every close as clean.
@@ -73,9 +101,26 @@ function pgSocket(options: { host: string[]; port: number[]; path?: string | fal
 // `socket` is a postgres.js option its type definitions leave out.
 const PG_SOCKET: object = { socket: pgSocket };
 
-/** Opens the configured database. */
+/** Opens the database `opts.url` names. */
 export async function openDatabase<S extends Record<string, unknown>>(opts: DatabaseOptions<S>): Promise<Database<S>> {
-  return opts.url ? openPostgres(opts.url, opts) : openPglite(opts.dataDir, opts);
+  return opts.url.toLowerCase().startsWith(PGLITE_SCHEME)
+    ? openPglite(opts.url.slice(PGLITE_SCHEME.length), opts)
+    : openPostgres(opts.url, opts);
+}
+
+/**
+ * Server-side limits on every pooled session. They do not detect a lost
+ * server (TCP keepalive and the socket's close do that); they bound what a
+ * live server lets one session do: a statement that runs or waits on a lock
+ * too long is cancelled (57014, answered as an internal error), and a
+ * transaction left open by a stalled caller is ended, releasing its locks.
+ */
+function sessionParameters(opts: DatabaseOptions<Record<string, unknown>>, statementTimeoutMs: number) {
+  return {
+    application_name: opts.name ?? "customer-platform",
+    statement_timeout: statementTimeoutMs,
+    idle_in_transaction_session_timeout: opts.idleInTransactionTimeoutMs ?? DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+  };
 }
 
 async function openPostgres<S extends Record<string, unknown>>(
@@ -88,35 +133,29 @@ async function openPostgres<S extends Record<string, unknown>>(
     // migrate() holds one connection for its lock and runs on another.
     max: Math.max(2, opts.max ?? 10),
     onnotice: () => {},
-    connect_timeout: 5,
+    connect_timeout: CONNECT_TIMEOUT_S,
     idle_timeout: 60,
     ...PG_SOCKET,
-    // Statements must not wait forever on a lost server.
-    connection: { application_name: "customer-platform" },
+    connection: sessionParameters(opts, opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS),
   });
   // postgres.js fetches the array types on each new connection, from a promise
   // nobody handles: a connection cut during that query is an unhandled
   // rejection, which ends the process. The types are the same for every
   // connection, so only the first one fetches them.
-  try {
-    await client`select 1`;
-  } catch (err) {
-    await client.end({ timeout: 1 }).catch(() => {});
-    throw err;
-  }
+  await probe(client, opts.variable);
   client.options.fetch_types = false;
   const db = drizzle({ client: guardTransactions(client), schema: opts.schema }) as unknown as Db<S>;
   // A dedicated one-connection client rather than client.reserve(): postgres.js
   // throws an uncaught TypeError when a reserved connection whose socket closed
   // is used, and would silently reconnect a plain client to a session that no
   // longer holds the lock. Once closed, this session only throws.
-  const session = async (): Promise<SqlSession> => {
+  const session = async (statementTimeoutMs = opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS) => {
     let lost = false;
     const one = postgres(url, {
       max: 1,
       idle_timeout: 0,
       max_lifetime: null,
-      connect_timeout: 5,
+      connect_timeout: CONNECT_TIMEOUT_S,
       // Scalar parameters only; and see fetch_types above.
       fetch_types: false,
       ...PG_SOCKET,
@@ -124,8 +163,10 @@ async function openPostgres<S extends Record<string, unknown>>(
       onclose: () => {
         lost = true;
       },
+      connection: sessionParameters(opts, statementTimeoutMs),
     });
     return {
+      one,
       async query<T>(text: string, params: unknown[] = []) {
         if (lost) throw Object.assign(new Error("session connection lost"), { code: "CONNECTION_CLOSED" });
         return (await one.unsafe(text, params as never[])) as unknown as T[];
@@ -136,25 +177,108 @@ async function openPostgres<S extends Record<string, unknown>>(
   return {
     db,
     description: redactUrl(url),
+    embedded: false,
     query: async <T>(text: string, params: unknown[] = []) =>
       (await client.unsafe(text, params as never[])) as unknown as T[],
     async listen(channel, onNotify) {
       const sub = await client.listen(channel, onNotify);
       return () => sub.unlisten();
     },
-    session,
+    session: () => session(),
     async migrate(folder) {
-      const s = await session();
+      // Without a statement timeout: waiting for another instance's migration is
+      // one statement (pg_advisory_lock), and so is building an index on a big table.
+      const lock = await session(0);
+      const run = await session(0);
       try {
-        await s.query("select pg_advisory_lock($1)", [MIGRATION_LOCK.toString()]);
-        await migrate(drizzle({ client: client }), { migrationsFolder: folder });
+        await lock.query("select pg_advisory_lock($1)", [MIGRATION_LOCK.toString()]);
+        await migrate(drizzle({ client: guardTransactions(run.one) }), { migrationsFolder: folder });
       } finally {
-        await s.query("select pg_advisory_unlock($1)", [MIGRATION_LOCK.toString()]).catch(() => {});
-        await s.release();
+        await lock.query("select pg_advisory_unlock($1)", [MIGRATION_LOCK.toString()]).catch(() => {});
+        await Promise.all([lock.release(), run.release()]);
       }
     },
     close: () => client.end({ timeout: 5 }),
   };
+}
+
+/**
+ * The first query, bounded in time: postgres.js reconnects without end to a
+ * server that accepts the connection and closes it before answering (a
+ * proxy without a backend), so its connect timeout alone does not end the
+ * wait. A failure an operator can fix becomes a one-line StartupError.
+ */
+async function probe(client: postgres.Sql, variable = "the database URL"): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(Object.assign(new Error("no answer"), { code: "START_TIMEOUT" })),
+      (CONNECT_TIMEOUT_S + 1) * 1000,
+    );
+  });
+  try {
+    await Promise.race([client`select 1`, deadline]);
+  } catch (err) {
+    await client.end({ timeout: 0 }).catch(() => {});
+    throw startupError(err, client.options, variable) ?? err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const UNREACHABLE: Record<string, string> = {
+  ECONNREFUSED: "connection refused",
+  ENOTFOUND: "host not found",
+  EAI_AGAIN: "host not found",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  ETIMEDOUT: "connection timed out",
+  ECONNRESET: "connection reset",
+  CONNECT_TIMEOUT: `no connection within ${CONNECT_TIMEOUT_S} s`,
+  START_TIMEOUT: `no answer within ${CONNECT_TIMEOUT_S + 1} s`,
+  CONNECTION_CLOSED: "connection closed",
+  "57P03": "the server is starting up or shutting down",
+};
+
+/**
+ * The StartupError for a failed first connection, or undefined for anything
+ * else (a bug, not the operator's to fix: it keeps its stack).
+ */
+function startupError(
+  err: unknown,
+  options: { host: string[]; port: number[]; user: string; database: string; path?: string | false | undefined },
+  variable: string,
+): StartupError | undefined {
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code !== "string") return undefined;
+  const server = options.path
+    ? options.path
+    : options.host.map((h, i) => `${h.includes(":") ? `[${h}]` : h}:${options.port[i] ?? options.port[0]}`).join(",");
+  const said = err instanceof Error ? err.message : String(err);
+  const reason = UNREACHABLE[code];
+  if (reason) {
+    return new StartupError(
+      `${variable}: cannot reach PostgreSQL at ${server} (${reason}); start it, or point ${variable} at a running server`,
+      EXIT_UNAVAILABLE,
+      { cause: err },
+    );
+  }
+  if (code === "3D000") {
+    const host = options.path ? "" : `-h ${options.host[0]} -p ${options.port[0]} `;
+    return new StartupError(
+      `${variable}: database "${options.database}" does not exist on ${server}; create it (createdb ${host}-U ${options.user} ${options.database}) or fix ${variable}`,
+      EXIT_CONFIG,
+      { cause: err },
+    );
+  }
+  if (code === "28P01" || code === "28000") {
+    return new StartupError(
+      `${variable}: PostgreSQL at ${server} refused user "${options.user}" (${said}); check the user and password in ${variable}`,
+      EXIT_CONFIG,
+      { cause: err },
+    );
+  }
+  return undefined;
 }
 
 /**
@@ -224,13 +348,24 @@ async function openPglite<S extends Record<string, unknown>>(
   const { PGlite } = await import("@electric-sql/pglite");
   const { drizzle } = await import("drizzle-orm/pglite");
   const { migrate } = await import("drizzle-orm/pglite/migrator");
-  mkdirSync(dataDir, { recursive: true });
-  const pg = await PGlite.create(dataDir);
+  const dir = openEmbeddedDirectory(dataDir, {
+    variable: opts.variable ?? "the database URL",
+    name: opts.name ?? "a process",
+  });
+  let pg: InstanceType<typeof PGlite>;
+  try {
+    pg = await PGlite.create(dir.path);
+    dir.makePrivate();
+  } catch (err) {
+    dir.release();
+    throw err;
+  }
   const db = drizzle({ client: pg, schema: opts.schema }) as unknown as Db<S>;
   const query = async <T>(text: string, params: unknown[] = []) => (await pg.query<T>(text, params)).rows;
   return {
     db,
-    description: `pglite:${dataDir}`,
+    description: `${PGLITE_SCHEME}${dir.path}`,
+    embedded: true,
     query,
     async listen(channel, onNotify) {
       const unsub = await pg.listen(channel, onNotify);
@@ -239,7 +374,15 @@ async function openPglite<S extends Record<string, unknown>>(
     // PGlite is one session in one process: the session is the database itself.
     session: async () => ({ query, release: async () => {} }),
     migrate: async (folder) => migrate(drizzle({ client: pg }), { migrationsFolder: folder }),
-    close: () => pg.close(),
+    async close() {
+      try {
+        await pg.close();
+        // A directory PostgreSQL made while running passed emscripten's umask (022).
+        dir.makePrivate();
+      } finally {
+        dir.release();
+      }
+    },
   };
 }
 

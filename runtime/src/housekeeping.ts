@@ -1,6 +1,7 @@
 /**
  * Periodic deletion of rows nobody needs any more (published outbox rows,
- * expired tokens, stale throttle counters), so tables do not grow forever.
+ * expired tokens, stale throttle counters), so tables do not grow forever;
+ * and the periodic timer it runs on, which the service host also uses.
  */
 import type { Logger } from "./logger.js";
 
@@ -30,22 +31,49 @@ export async function runHousekeeping(
   }
 }
 
-/** Runs every task shortly after start and then every intervalMs; returns the function that stops it. */
+/**
+ * Calls `run` after `firstMs`, then every `intervalMs` after the previous
+ * call ended (calls never overlap); `run` must not throw. The timers do not
+ * keep the process alive. Returns the function that stops it, which resolves
+ * once a call under way has ended, so nothing runs on a resource being closed.
+ */
+export function startPeriodic(
+  run: (stopped: () => boolean) => Promise<void>,
+  opts: { firstMs: number; intervalMs: number },
+): () => Promise<void> {
+  let stopped = false;
+  let running: Promise<void> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const schedule = (ms: number) => {
+    timer = setTimeout(() => {
+      running = run(() => stopped).finally(() => {
+        running = undefined;
+        if (!stopped) schedule(opts.intervalMs);
+      });
+    }, ms).unref();
+  };
+  schedule(opts.firstMs);
+  return async () => {
+    stopped = true;
+    clearTimeout(timer);
+    await running;
+  };
+}
+
+/**
+ * Runs every task 5 s after start and then every intervalMs; returns the
+ * function that stops it (resolving once a run under way has ended).
+ */
 export function startHousekeeping(
   database: Queryable,
   tasks: HousekeepingTask[],
   intervalMs: number,
   logger: Logger,
-): () => void {
-  let stopped = false;
-  const run = () => runHousekeeping(database, tasks, logger, () => stopped);
-  const timer = setInterval(() => void run(), intervalMs).unref();
-  const first = setTimeout(() => void run(), 5_000).unref();
-  return () => {
-    stopped = true;
-    clearInterval(timer);
-    clearTimeout(first);
-  };
+): () => Promise<void> {
+  return startPeriodic((stopped) => runHousekeeping(database, tasks, logger, stopped), {
+    firstMs: 5_000,
+    intervalMs,
+  });
 }
 
 /** Deletes published outbox rows older than days (they stay a while for inspection and replay). */

@@ -4,12 +4,20 @@
  * HTTP/2 connection preface, with a graceful close.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import http2, { type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
+import http2, {
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+} from "node:http2";
 import net from "node:net";
 import type { Logger } from "./logger.js";
 
 /** The first bytes of every HTTP/2 connection (RFC 9113, section 3.4). */
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
+
+/** How long a connection whose side we ended, closing, may take to close its own. */
+const PEER_CLOSE_WAIT_MS = 1_000;
 
 /** A request listener for both protocols, such as `connectNodeAdapter(…)`. */
 export type RequestHandler = (
@@ -36,7 +44,8 @@ export interface HttpServer {
   readonly url: string;
   /**
    * Stops accepting connections, lets in-flight requests finish for up to `graceMs`
-   * (default 10 s) while idle connections are closed (HTTP/2 sessions get a GOAWAY),
+   * (default 10 s) while idle connections are closed (HTTP/2 sessions get a GOAWAY;
+   * a client that has not closed its side a second after ours is disconnected),
    * then destroys whatever is left. Safe to call more than once.
    */
   close(opts?: { graceMs?: number }): Promise<void>;
@@ -68,7 +77,10 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
 
   const h2 = http2.createServer(
     opts.maxHeaderSize === undefined ? {} : { settings: { maxHeaderListSize: opts.maxHeaderSize } },
-    handler,
+    (req, res) => {
+      discardUnreadRequest(res.stream);
+      handler(req, res);
+    },
   );
   h2.on("session", (session) => {
     sessions.add(session);
@@ -111,6 +123,11 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
   const tcp = net.createServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
+    // Closing, we end our side (after a GOAWAY on HTTP/2) and a client answers by
+    // closing its own; one that does not is not waited for until the grace period ends.
+    socket.once("finish", () => {
+      if (closing) setTimeout(() => socket.destroy(), PEER_CLOSE_WAIT_MS).unref();
+    });
     sniff(socket);
   });
   await new Promise<void>((resolve, reject) => {
@@ -160,4 +177,23 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
       return closed;
     },
   };
+}
+
+/**
+ * Reads and drops what is left of a request once its response is complete,
+ * e.g. the rest of a message over readMaxBytes, answered without being read.
+ * Node frees a closed stream only when its request side has ended, which a
+ * reader that stopped halfway never lets happen: the stream would stay in its
+ * session for good, counting against the client's concurrent streams, and a
+ * graceful close would wait the whole grace period for an idle client.
+ * (HTTP/1.1 does the same: Node dumps an unread request body.)
+ */
+function discardUnreadRequest(stream: ServerHttp2Stream): void {
+  stream.once("finish", () => {
+    const drain = () => {
+      while (stream.read() !== null);
+    };
+    stream.on("readable", drain);
+    drain();
+  });
 }

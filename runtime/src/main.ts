@@ -1,41 +1,72 @@
 /**
  * The entry point both services share: environment → configuration →
- * server, a clear message for bad configuration, and a graceful stop on
- * SIGTERM/SIGINT (a second signal exits at once).
+ * server, one clear line for a bad configuration or a start-up failure the
+ * operator can fix, and a graceful stop on SIGTERM/SIGINT (a second signal
+ * exits at once).
  */
 import { ConfigError, type Env } from "./config.js";
+import { EXIT_CONFIG } from "./exit-codes.js";
 import type { Logger } from "./logger.js";
 
-interface Startable {
+// EX_CONFIG (sysexits.h), with the other exit codes in exit-codes.ts.
+export { EXIT_CONFIG };
+
+/**
+ * A failure to start that the operator can fix (database unreachable,
+ * missing, refused credentials, …): runMain prints only its message, one
+ * line that names the variable and what to do, and exits with exitCode
+ * instead of printing a stack trace.
+ */
+export class StartupError extends Error {
+  override name = "StartupError";
+  /** The process exit code runMain uses (documented per error in the README). */
+  readonly exitCode: number;
+
+  constructor(message: string, exitCode: number, options?: ErrorOptions) {
+    super(message, options);
+    this.exitCode = exitCode;
+  }
+}
+
+/** What runMain runs: a service host, or anything with its lifecycle. */
+export interface Startable {
   readonly logger: Logger;
   start(): Promise<void>;
+  /** Graceful; also ends a start() still under way. */
   stop(): Promise<void>;
 }
 
-/** Runs a service until a signal stops it. The only place that calls process.exit. */
+/**
+ * The exit code and the one line (no stack trace) for a failure the operator
+ * can fix, or undefined for anything else. For every process entry point
+ * (services, CLI, `npm start`), so each says the same about the same failure.
+ */
+export function describeStartFailure(err: unknown): { exitCode: number; message: string } | undefined {
+  if (err instanceof ConfigError) return { exitCode: EXIT_CONFIG, message: `configuration error: ${err.message}` };
+  if (err instanceof StartupError) return { exitCode: err.exitCode, message: err.message };
+  return undefined;
+}
+
+/**
+ * Runs a service until a signal stops it: SIGTERM or SIGINT stops it
+ * gracefully and exits 0 (1 if stopping failed), also while it is still
+ * starting. The only place that calls process.exit.
+ */
 export function runMain<C>(
   name: string,
   envToConfig: (env: Env) => C,
-  createServer: (config: C) => Promise<Startable>,
+  createServer: (config: C) => Promise<Startable> | Startable,
 ): void {
+  let stopping = false;
   const run = async () => {
-    let config: C;
-    try {
-      config = envToConfig(process.env);
-    } catch (err) {
-      if (err instanceof ConfigError) {
-        console.error(`${name}: configuration error: ${err.message}`);
-        process.exit(78); // EX_CONFIG
-      }
-      throw err;
-    }
-    const server = await createServer(config);
+    const server = await createServer(envToConfig(process.env));
     let signals = 0;
     const onSignal = (signal: NodeJS.Signals) => {
       if (++signals > 1) {
         server.logger.warn({ signal }, "second signal: exiting now");
         process.exit(1);
       }
+      stopping = true;
       server.logger.info({ signal }, "shutting down");
       server.stop().then(
         () => process.exit(0),
@@ -50,6 +81,13 @@ export function runMain<C>(
     await server.start();
   };
   run().catch((err: unknown) => {
+    // A start ended by a signal: the stop under way exits.
+    if (stopping) return;
+    const known = describeStartFailure(err);
+    if (known) {
+      console.error(`${name}: ${known.message}`);
+      process.exit(known.exitCode);
+    }
     console.error(`${name}: failed to start:`, err);
     process.exit(1);
   });

@@ -2,9 +2,16 @@ import http2 from "node:http2";
 import net from "node:net";
 import { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { connectNodeAdapter, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { Health, HealthCheckResponse_ServingStatus } from "@customer-platform/gen/grpc/health/v1/health_pb.js";
+import {
+  Health,
+  HealthCheckRequestSchema,
+  HealthCheckResponse_ServingStatus,
+  HealthCheckResponseSchema,
+} from "@customer-platform/gen/grpc/health/v1/health_pb.js";
+import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createHealth, registerHealth } from "../src/health.js";
@@ -26,11 +33,12 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
  * `release` is called, `/hang` never answers, anything else echoes
  * "<http version> <method> <url>". Every request's HTTP version and URL are recorded.
  */
-async function start() {
+async function start(opts: { readMaxBytes?: number } = {}) {
   const versions: string[] = [];
   const urls: string[] = [];
   const release = deferred();
   const adapter = connectNodeAdapter({
+    ...opts,
     routes: (router) => registerHealth(router, createHealth()),
     fallback: (req, res) => {
       if (req.url === "/hang") return;
@@ -139,6 +147,7 @@ function h2Get(
   });
 }
 
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 const SETTINGS = 0x4;
 const GOAWAY = 0x7;
 
@@ -148,6 +157,20 @@ function frameTypes(raw: string): number[] {
   const types: number[] = [];
   for (let at = 0; at + 9 <= bytes.length; at += 9 + bytes.readUIntBE(at, 3)) types.push(bytes.readUInt8(at + 3));
   return types;
+}
+
+/** grpc.health.v1.Health/Check of `service` from @grpc/grpc-js; resolves with the status code. */
+function grpcJsCheck(client: grpc.Client, service: string): Promise<grpc.status> {
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(
+      "/grpc.health.v1.Health/Check",
+      (req: { service: string }) =>
+        Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, req))),
+      (bytes: Buffer) => fromBinary(HealthCheckResponseSchema, bytes),
+      { service },
+      (err) => resolve(err ? err.code : grpc.status.OK),
+    );
+  });
 }
 
 function h2Connect(url: string, opts: http2.ClientSessionOptions = {}): Promise<http2.ClientHttp2Session> {
@@ -288,6 +311,42 @@ describe("close", () => {
     await closing;
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(session.closed || session.destroyed).toBe(true);
+  });
+
+  it("closes an idle grpc-js connection at once, also after a request it answered without reading it all", async () => {
+    const { server } = await start({ readMaxBytes: 1024 });
+    const client = new grpc.Client(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure());
+    try {
+      expect(await grpcJsCheck(client, "")).toBe(grpc.status.OK);
+      // Rejected after its first bytes: the rest of its 64 KiB is never read by the handler.
+      expect(await grpcJsCheck(client, "x".repeat(64 * 1024))).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(await grpcJsCheck(client, "")).toBe(grpc.status.OK);
+      const started = Date.now();
+      await server.close({ graceMs: 10_000 });
+      expect(Date.now() - started).toBeLessThan(3_000);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("does not wait the grace period for a client that never closes its side", async () => {
+    const { server } = await start();
+    // A client that speaks HTTP/2 (preface, empty SETTINGS), then ignores everything, even the server's FIN.
+    const socket = net.connect({ port: server.port, host: "127.0.0.1", allowHalfOpen: true });
+    let received = "";
+    socket.on("data", (d) => {
+      received += d.toString("latin1");
+    });
+    const ended = new Promise<void>((resolve) => socket.once("end", () => resolve()));
+    socket.on("error", () => {});
+    socket.write(Buffer.concat([H2_PREFACE, Buffer.from([0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])]));
+    await vi.waitFor(() => expect(frameTypes(received)).toContain(SETTINGS), { interval: 5 });
+    const started = Date.now();
+    await server.close({ graceMs: 10_000 });
+    expect(Date.now() - started).toBeLessThan(3_000);
+    await ended;
+    expect(frameTypes(received)).toContain(GOAWAY);
+    socket.destroy();
   });
 
   it("destroys the connections still busy when the grace period ends", async () => {

@@ -4,6 +4,7 @@
  * tokens offline against the default JWKS URL, with subscribers on both
  * streams.
  */
+
 import { randomUUID } from "node:crypto";
 import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -11,6 +12,7 @@ import { CustomerService } from "@customer-platform/gen/customer/v1/customer_ser
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
+import { CE_TYPE } from "@customer-platform/sdk/cloudevents";
 import { type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type CryptoKey, decodeProtectedHeader, importJWK, type JWK, SignJWT } from "jose";
@@ -26,6 +28,7 @@ import {
   uniqueStreamNames,
   waitForStream,
 } from "../support/nats.js";
+import { waitForOutboxEmpty } from "../support/outbox.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import {
   type RunningCustomerService,
@@ -170,23 +173,23 @@ describe("customer and identity services together", () => {
       const [authn] = await identityEvents.until(1);
       if (!reg || !upd || !authn) throw new Error("events missing");
       expect(reg.subject).toBe(`${customer.streams.subjectPrefix}.registered.${customerId}`);
-      expect(reg.headers?.get("ce-type")).toBe("customer.v1.CustomerRegistered");
+      expect(reg.headers?.get(CE_TYPE)).toBe("customer.v1.CustomerRegistered");
       expect(fromBinary(CustomerRegisteredSchema, reg.data).customer).toEqual(registered.customer);
       expect(upd.subject).toBe(`${customer.streams.subjectPrefix}.updated.${customerId}`);
-      expect(upd.headers?.get("ce-type")).toBe("customer.v1.CustomerUpdated");
+      expect(upd.headers?.get(CE_TYPE)).toBe("customer.v1.CustomerUpdated");
       const updEvent = fromBinary(CustomerUpdatedSchema, upd.data);
       expect(updEvent.customer).toEqual(updated.customer);
       expect(updEvent.updateMask?.paths).toEqual(["given_name"]);
       expect(authn.subject).toBe(`${identityStreams.subjectPrefix}.customer.authenticated.${customerId}`);
-      expect(authn.headers?.get("ce-type")).toBe("identity.v1.CustomerAuthenticated");
+      expect(authn.headers?.get(CE_TYPE)).toBe("identity.v1.CustomerAuthenticated");
       expect(fromBinary(CustomerAuthenticatedSchema, authn.data)).toMatchObject({
         customerId,
         method: AuthenticationMethod.PASSWORD,
       });
 
       // Nothing else: sign-up published no CustomerAuthenticated, and every event came once.
-      await identity.server.relay.waitIdle();
-      await customer.server.relay.waitIdle();
+      await waitForOutboxEmpty(identity.database.url);
+      await waitForOutboxEmpty(customer.database.url);
       await sleep(200);
       expect(customerEvents.received.length).toBe(2);
       expect(identityEvents.received.length).toBe(1);

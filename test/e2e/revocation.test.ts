@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { failure, type Platform, type SignedUp, startPlatform } from "../abuse/support.js";
 import { bearer, createClients, rpcError } from "../support/clients.js";
 import { type PrivateNats, startPrivateNats } from "../support/nats.js";
+import { waitForOutboxEmpty } from "../support/outbox.js";
 import { startCustomerService } from "../support/services.js";
 
 const PASSWORD = "correct horse battery staple";
@@ -106,7 +107,7 @@ describe("on the shared NATS", () => {
     const c = await platform.newCustomer(PASSWORD, "late");
     const kept = await signIn(c);
     await platform.auth().revokeToken({ token: c.accessToken });
-    await platform.identity.server.relay.waitIdle();
+    await waitForOutboxEmpty(platform.identity.database.url);
     await using late = await startCustomerService(
       { IDENTITY_ISSUER: platform.issuer, LOG_LEVEL: "warn" },
       { identityStreams: platform.identity.streams },

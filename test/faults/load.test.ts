@@ -21,6 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, type Clients, createClients } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
+import { waitForOutboxEmpty } from "../support/outbox.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { type RunningIdentityService, startIdentityService } from "../support/services.js";
 import {
@@ -152,7 +153,7 @@ describe("sustained mixed load", () => {
 
     // One event per successful command, in each stream.
     await customerOutboxDrained();
-    await identity.server.relay.waitIdle(20_000);
+    await waitForOutboxEmpty(identity.database.url, 20_000);
     const customerEvents = await readStream(sharedNatsUrl, names.stream);
     checkCustomerEvents(customerEvents, ledger, { exact: true });
     expect(customerEvents).toHaveLength(ledger.commands());

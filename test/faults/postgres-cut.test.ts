@@ -17,6 +17,7 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Clients, createClients } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
+import { waitForOutboxEmpty } from "../support/outbox.js";
 import { adminUrl, createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../support/services.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
@@ -149,7 +150,7 @@ describe("PostgreSQL cut and restored during sustained writes", () => {
     expect.soft(ledger.slow).toEqual([]);
 
     // The outbox resumes: everything committed, before the cut and after it, is published.
-    await svc.server.relay.waitIdle(20_000);
+    await waitForOutboxEmpty(svc.database.url, 20_000);
     const events = await readStream(svc.natsUrl, svc.streams.stream);
     const latest = checkCustomerEvents(events, ledger, { exact: false });
 
@@ -164,6 +165,6 @@ describe("PostgreSQL cut and restored during sustained writes", () => {
     // And the stream holds exactly the outbox.
     const outbox = await sql<{ event_id: string }[]>`select event_id::text as event_id from outbox`;
     expect(events.map((e) => e.eventId).sort()).toEqual(outbox.map((r) => r.event_id).sort());
-    expect(svc.server.relay.isLeader).toBe(true);
+    expect(svc.server.relay.status.state).toBe("leader");
   });
 });

@@ -5,6 +5,7 @@
  * command has exactly its event, versions consecutive and in order per
  * customer, no event twice), and the customer service as a child process.
  */
+
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
@@ -15,6 +16,7 @@ import type { CustomerService } from "@customer-platform/gen/customer/v1/custome
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
+import { CE_TYPE } from "@customer-platform/sdk/cloudevents";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { expect } from "vitest";
@@ -79,7 +81,7 @@ export async function readStream(natsUrl: string, stream: string): Promise<Strea
     const consumer = await jetstream(nc).consumers.get(stream);
     const messages = await consumer.consume({ max_messages: 512 });
     for await (const msg of messages) {
-      const type = msg.headers?.get("ce-type") ?? "";
+      const type = msg.headers?.get(CE_TYPE) ?? "";
       const base = { seq: msg.seq, msgId: msg.headers?.get("Nats-Msg-Id") ?? "", type };
       if (type === AUTHENTICATED) {
         const e = fromBinary(CustomerAuthenticatedSchema, msg.data);

@@ -1,7 +1,7 @@
 /**
  * Two instances of each service on one database and one stream: writes go
  * to both, exactly one relays at a time (one advisory lock holder, one
- * `relay.isLeader`), stopping the leader mid-load hands relaying to the
+ * relay in the `leader` state), stopping the leader mid-load hands relaying to the
  * other, and the stream ends up with exactly the outbox: no event lost, none
  * published twice. And the crash case: a leader cut off from the database
  * (its lock session dies with its connections) is replaced by the other
@@ -11,12 +11,13 @@
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import type { OutboxRelay } from "@customer-platform/runtime/outbox-relay";
 import postgres from "postgres";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { OutboxRelay } from "@customer-platform/runtime/outbox";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type Clients, createClients } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
+import { waitForOutboxEmpty } from "../support/outbox.js";
 import { adminUrl, createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import {
   type RunningCustomerService,
@@ -36,10 +37,6 @@ import {
   sleep,
   waitFor,
 } from "./support.js";
-
-// The relays' advisory lock keys (customer-service/src/server.ts, identity-service/src/server.ts).
-const CUSTOMER_RELAY_LOCK = 7_310_002;
-const IDENTITY_RELAY_LOCK = 7_310_003;
 
 let issuer: TestIssuer;
 const databases: TestDatabase[] = [];
@@ -70,19 +67,37 @@ interface Pair<T> {
 /** Leadership watchers still running, stopped before their database clients close. */
 const watchers: Array<{ stop(): Promise<unknown> }> = [];
 
+const leads = (relay: OutboxRelay) => relay.status.state === "leader" || relay.status.state === "draining";
+
 /**
- * Watches two relays on one database for the whole test: how often both
- * claimed to lead at once, and the most sessions ever seen holding the lock.
+ * Watches two relays on one database for the whole test: their leadership
+ * events in order (`<index>:leader`, `<index>:follower:<reason>`), how often
+ * both claimed to lead at once, and the most sessions ever seen holding the lock.
  */
-function watchLeadership(relays: readonly [OutboxRelay, OutboxRelay], sql: postgres.Sql, lockKey: number) {
+function watchLeadership(relays: readonly [OutboxRelay, OutboxRelay], sql: postgres.Sql) {
+  const lockKey = relays[0].outbox.lockKey.toString();
   let both = 0;
   let maxHolders = 0;
-  let samples = 0;
   let lockSamples = 0;
-  const flags = setInterval(() => {
-    samples++;
-    if (relays[0].isLeader && relays[1].isLeader) both++;
-  }, 10);
+  const transitions: string[] = [];
+  const leading = relays.map(leads);
+  const unsubscribe = relays.map((relay, i) => {
+    const leader = () => {
+      transitions.push(`${i}:leader`);
+      leading[i] = true;
+      if (leading.every(Boolean)) both++;
+    };
+    const follower = ({ reason }: { reason: string }) => {
+      transitions.push(`${i}:follower:${reason}`);
+      leading[i] = false;
+    };
+    relay.events.on("leader", leader);
+    relay.events.on("follower", follower);
+    return () => {
+      relay.events.off("leader", leader);
+      relay.events.off("follower", follower);
+    };
+  });
   let polling = true;
   const locks = (async () => {
     while (polling) {
@@ -99,10 +114,10 @@ function watchLeadership(relays: readonly [OutboxRelay, OutboxRelay], sql: postg
   });
   const watcher = {
     async stop() {
-      clearInterval(flags);
+      for (const off of unsubscribe) off();
       polling = false;
       await locks;
-      return { both, maxHolders, samples, lockSamples };
+      return { both, maxHolders, lockSamples, transitions };
     },
   };
   watchers.push(watcher);
@@ -115,7 +130,7 @@ function pair<T extends { server: { relay: OutboxRelay } }>(instances: readonly 
     leader: async () => {
       const { index } = await waitFor(
         () => {
-          const [a, b] = instances.map((i) => i.server.relay.isLeader);
+          const [a, b] = instances.map((i) => leads(i.server.relay));
           return a !== b ? { index: a ? (0 as const) : (1 as const) } : undefined;
         },
         10_000,
@@ -150,7 +165,7 @@ describe("two customer-service instances on one database and one stream", () => 
     const first = await svc.leader();
     const leader = svc.instances[first];
     const follower = svc.instances[1 - first] as RunningCustomerService;
-    const watch = watchLeadership([a.server.relay, b.server.relay], sql, CUSTOMER_RELAY_LOCK);
+    const watch = watchLeadership([a.server.relay, b.server.relay], sql);
 
     const clients = [createClients(a.url), createClients(b.url)];
     clientSets.push(...clients);
@@ -171,9 +186,10 @@ describe("two customer-service instances on one database and one stream", () => 
     try {
       await sleep(1_500);
       // Both took writes; only the leader published.
-      await waitFor(() => leader.server.relay.published > 0, 5_000, "the leader publishes");
-      expect(follower.server.relay.published).toBe(0);
-      expect(follower.server.relay.isLeader).toBe(false);
+      await expect
+        .poll(() => leader.server.relay.status.published, { timeout: 5_000, message: "the leader publishes" })
+        .toBeGreaterThan(0);
+      expect(follower.server.relay.status).toMatchObject({ state: "follower", published: 0 });
 
       // Stop the leader: no new calls to it, in-flight ones finish, its relay flushes and lets go.
       // As a load balancer would: out of rotation first, then stopped.
@@ -181,7 +197,7 @@ describe("two customer-service instances on one database and one stream", () => 
       await sleep(250);
       await leader.server.stop();
       const handedOver = performance.now();
-      await waitFor(() => follower.server.relay.isLeader, 10_000, "the other instance takes over relaying");
+      await vi.waitUntil(() => leads(follower.server.relay), { timeout: 10_000, interval: 10 });
       const takeoverMs = performance.now() - handedOver;
       expect(takeoverMs).toBeLessThan(5_000);
       const atTakeover = ledger.commands();
@@ -192,13 +208,14 @@ describe("two customer-service instances on one database and one stream", () => 
     }
     expect(ledger.unexpected).toEqual([]);
 
-    await follower.server.relay.waitIdle(20_000);
+    await waitForOutboxEmpty(follower.database.url, 20_000);
     const leadership = await watch.stop();
+    // One hand-over: the leader let go as it stopped, then the other took the lock.
+    expect(leadership.transitions).toEqual([`${first}:follower:stopping`, `${1 - first}:leader`]);
     expect(leadership.both).toBe(0);
     expect(leadership.maxHolders).toBe(1);
-    expect(leadership.samples).toBeGreaterThan(100);
     expect(leadership.lockSamples).toBeGreaterThan(10);
-    expect(follower.server.relay.published).toBeGreaterThan(0);
+    expect(follower.server.relay.status.published).toBeGreaterThan(0);
 
     const events = await readStream(sharedNatsUrl, a.streams.stream);
     checkCustomerEvents(events, ledger, { exact: true });
@@ -232,7 +249,7 @@ describe("two identity-service instances on one database and one stream", () => 
     const first = await svc.leader();
     const leader = svc.instances[first];
     const follower = svc.instances[1 - first] as RunningIdentityService;
-    const watch = watchLeadership([a.server.relay, b.server.relay], sql, IDENTITY_RELAY_LOCK);
+    const watch = watchLeadership([a.server.relay, b.server.relay], sql);
 
     const clients = [createClients(a.url), createClients(b.url)];
     clientSets.push(...clients);
@@ -250,15 +267,19 @@ describe("two identity-service instances on one database and one stream", () => 
     let ledger: Awaited<typeof load> | undefined;
     try {
       await sleep(1_500);
-      await waitFor(() => leader.server.relay.published > 0, 5_000, "the leader publishes");
-      expect(follower.server.relay.published).toBe(0);
+      await expect
+        .poll(() => leader.server.relay.status.published, { timeout: 5_000, message: "the leader publishes" })
+        .toBeGreaterThan(0);
+      expect(follower.server.relay.status.published).toBe(0);
 
       // As a load balancer would: out of rotation first, then stopped.
       live.splice(live.indexOf(clients[first] as Clients), 1);
       await sleep(250);
       await leader.server.stop();
-      await waitFor(() => follower.server.relay.isLeader, 10_000, "the other instance takes over relaying");
-      await waitFor(() => follower.server.relay.published > 10, 10_000, "the survivor publishes");
+      await vi.waitUntil(() => leads(follower.server.relay), { timeout: 10_000, interval: 10 });
+      await expect
+        .poll(() => follower.server.relay.status.published, { timeout: 10_000, message: "the survivor publishes" })
+        .toBeGreaterThan(10);
     } finally {
       stop = true;
       ledger = await load;
@@ -266,8 +287,9 @@ describe("two identity-service instances on one database and one stream", () => 
     expect(ledger.unexpected).toEqual([]);
     expect(ledger.total()).toBeGreaterThan(20);
 
-    await follower.server.relay.waitIdle(20_000);
+    await waitForOutboxEmpty(follower.database.url, 20_000);
     const leadership = await watch.stop();
+    expect(leadership.transitions).toEqual([`${first}:follower:stopping`, `${1 - first}:leader`]);
     expect(leadership.both).toBe(0);
     expect(leadership.maxHolders).toBe(1);
     expect(leadership.lockSamples).toBeGreaterThan(10);
@@ -308,7 +330,7 @@ describe("a customer-service leader cut off from the database", () => {
         return cutOff.close();
       },
     });
-    await waitFor(() => cutOff.server.relay.isLeader, 10_000, "the first instance leads");
+    await vi.waitUntil(() => leads(cutOff.server.relay), { timeout: 10_000, interval: 20 });
     other = await startCustomerService(env, { database, streams: names });
     running.push(other);
     sql = postgres(database.url, { max: 2, onnotice: () => {} });
@@ -316,7 +338,7 @@ describe("a customer-service leader cut off from the database", () => {
   });
 
   it("hands relaying to the other instance, loses and repeats nothing", async () => {
-    const watch = watchLeadership([cutOff.server.relay, other.server.relay], sql, CUSTOMER_RELAY_LOCK);
+    const watch = watchLeadership([cutOff.server.relay, other.server.relay], sql);
     const clients = [createClients(cutOff.url), createClients(other.url)];
     clientSets.push(...clients);
     let next = 0;
@@ -335,19 +357,23 @@ describe("a customer-service leader cut off from the database", () => {
       backoffMs: 20,
     });
     try {
-      await waitFor(() => cutOff.server.relay.published > 20, 10_000, "the leader publishes");
-      expect(other.server.relay.published).toBe(0);
+      await expect
+        .poll(() => cutOff.server.relay.status.published, { timeout: 10_000, message: "the leader publishes" })
+        .toBeGreaterThan(20);
+      expect(other.server.relay.status.published).toBe(0);
 
       proxy.cut();
       // Its lock went with its session: the other instance takes the lock and relays.
-      await waitFor(() => other.server.relay.isLeader, 10_000, "the other instance takes over relaying");
+      await vi.waitUntil(() => leads(other.server.relay), { timeout: 10_000, interval: 20 });
       const atTakeover = ledger.commands();
       await waitFor(() => ledger.commands() > atTakeover + 40, 10_000, "writes go on through the other instance");
-      await waitFor(() => other.server.relay.published > 20, 10_000, "the new leader publishes");
+      await expect
+        .poll(() => other.server.relay.status.published, { timeout: 10_000, message: "the new leader publishes" })
+        .toBeGreaterThan(20);
 
       // Back on the network, the old leader finds its lock gone and stays a follower.
       proxy.restore();
-      await waitFor(() => !cutOff.server.relay.isLeader, 10_000, "the old leader steps down");
+      await vi.waitUntil(() => !leads(cutOff.server.relay), { timeout: 10_000, interval: 20 });
       const atRestore = ledger.commands();
       await waitFor(() => ledger.commands() > atRestore + 20, 10_000, "writes go on through both");
     } finally {
@@ -355,10 +381,12 @@ describe("a customer-service leader cut off from the database", () => {
       await load;
     }
     expect(ledger.unexpected).toEqual([]);
-    await other.server.relay.waitIdle(20_000);
-    expect(other.server.relay.isLeader).toBe(true);
-    expect(cutOff.server.relay.isLeader).toBe(false);
+    await waitForOutboxEmpty(other.database.url, 20_000);
+    expect(other.server.relay.status.state).toBe("leader");
+    expect(cutOff.server.relay.status.state).toBe("follower");
     const leadership = await watch.stop();
+    // The old leader learnt of its lost session only after the other had taken the lock.
+    expect(leadership.transitions).toEqual(["1:leader", "0:follower:lock session lost"]);
     expect(leadership.maxHolders).toBe(1);
     expect(leadership.lockSamples).toBeGreaterThan(10);
 

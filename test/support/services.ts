@@ -4,11 +4,11 @@
  * secret is ever logged).
  */
 import { Writable } from "node:stream";
+import { createLogger, type Logger } from "@customer-platform/runtime/logger";
 import { envToConfig as customerEnvToConfig } from "../../customer-service/src/config.js";
 import { type CustomerServer, createCustomerServer } from "../../customer-service/src/server.js";
 import { envToConfig as identityEnvToConfig } from "../../identity-service/src/config.js";
 import { createIdentityServer, type IdentityServer } from "../../identity-service/src/server.js";
-import { createLogger, type Logger } from "@customer-platform/runtime/logger";
 import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "./nats.js";
 import { createTestDatabase, type TestDatabase } from "./postgres.js";
 

@@ -1,8 +1,8 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
-import { eq } from "drizzle-orm";
 import { pgConstraint, pgErrorCode, placeholders } from "@customer-platform/runtime/db";
-import { eventValues, prepareWithEvent } from "@customer-platform/runtime/outbox";
+import { eventValues, prepareWithEvent } from "@customer-platform/runtime/outbox-writer";
+import { eq } from "drizzle-orm";
 import { rejectBlank, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
 import { type CustomerRow, customers } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";
@@ -32,7 +32,7 @@ export function registerCustomer(
       )
       .returning({ customerId: customers.customerId }),
   );
-  const insert = prepareWithEvent(deps.db, created, deps.events.notifyChannel, "register_customer");
+  const insert = prepareWithEvent(deps.db, created, deps.events, "register_customer");
   return {
     async registerCustomer(req, ctx) {
       const principal = await deps.auth.authenticate(ctx);

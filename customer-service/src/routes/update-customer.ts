@@ -1,9 +1,10 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { Customer } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
-import { and, eq, sql } from "drizzle-orm";
 import { pgConstraint, pgErrorCode, placeholder, placeholders } from "@customer-platform/runtime/db";
-import { eventValues, prepareWithEvent } from "@customer-platform/runtime/outbox";
+import type { Outbox } from "@customer-platform/runtime/outbox";
+import { eventValues, prepareWithEvent } from "@customer-platform/runtime/outbox-writer";
+import { and, eq, sql } from "drizzle-orm";
 import { authorize, rejectBlank, SCOPE_WRITE, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
 import { type CustomerRow, customers, type StoredAddress } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";
@@ -37,7 +38,7 @@ const MASK_FIELDS: Record<string, MaskField<keyof Change>> = {
  * only if the row is still at the version it was read at: zero rows when
  * another update came first.
  */
-function prepareWrite(db: CustomerServiceDeps["db"], channel: string) {
+function prepareWrite(db: CustomerServiceDeps["db"], outbox: Outbox) {
   const updated = db.$with("updated").as(
     db
       .update(customers)
@@ -53,7 +54,7 @@ function prepareWrite(db: CustomerServiceDeps["db"], channel: string) {
       )
       .returning({ customerId: customers.customerId }),
   );
-  return prepareWithEvent(db, updated, channel, "update_customer");
+  return prepareWithEvent(db, updated, outbox, "update_customer");
 }
 
 /**
@@ -69,7 +70,7 @@ export function updateCustomer(deps: CustomerServiceDeps): Pick<ServiceImpl<type
     .from(customers)
     .where(eq(customers.customerId, sql.placeholder("customerId")))
     .prepare("update_customer_read");
-  const write = prepareWrite(deps.db, deps.events.notifyChannel);
+  const write = prepareWrite(deps.db, deps.events);
   return {
     async updateCustomer(req, ctx) {
       const customerId = req.customer?.customerId ?? "";
@@ -120,7 +121,7 @@ export function updateCustomer(deps: CustomerServiceDeps): Pick<ServiceImpl<type
               .from(customers)
               .where(eq(customers.customerId, customerId))
               .for("update");
-            const txWrite = prepareWrite(tx, deps.events.notifyChannel);
+            const txWrite = prepareWrite(tx, deps.events);
             const row = await apply(current, txWrite.execute.bind(txWrite));
             if (!row) throw new Error("locked row changed inside its transaction");
             return row;

@@ -12,6 +12,7 @@ import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManage
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { CE_TYPE, setCloudEventHeaders } from "../src/cloudevents.js";
 import { consumeEvents, decodeEvent, type EventMeta } from "../src/events.js";
 
 const { stream, subjectPrefix } = uniqueStreamNames("customer");
@@ -61,14 +62,13 @@ async function publishRegistered(topic: string, customerId: string, version = 1n
 }
 
 async function publishRaw(subject: string, type: string, payload: Uint8Array, eventId: string, customerId: string) {
-  const h = headers();
-  h.set("ce-specversion", "1.0");
-  h.set("ce-id", eventId);
-  h.set("ce-type", type);
-  h.set("ce-source", "customer-service");
-  h.set("ce-time", new Date().toISOString());
-  h.set("ce-subject", customerId);
-  h.set("content-type", "application/protobuf");
+  const h = setCloudEventHeaders(headers(), {
+    id: eventId,
+    type,
+    source: "customer-service",
+    time: new Date(),
+    subject: customerId,
+  });
   await js.publish(subject, payload, { msgID: eventId, headers: h });
 }
 
@@ -257,11 +257,11 @@ describe("consumeEvents", () => {
       method: AuthenticationMethod.PASSWORD,
     });
     const h = headers();
-    h.set("ce-type", "identity.v1.CustomerAuthenticated");
+    h.set(CE_TYPE, "identity.v1.CustomerAuthenticated");
     const decoded = decodeEvent({ headers: h, data: toBinary(CustomerAuthenticatedSchema, event) });
     expect(decoded?.type).toBe("identity.v1.CustomerAuthenticated");
     expect(decoded?.event).toEqual(event);
-    h.set("ce-type", "other.v1.Thing");
+    h.set(CE_TYPE, "other.v1.Thing");
     expect(decodeEvent({ headers: h, data: new Uint8Array() })).toBeUndefined();
   });
 });

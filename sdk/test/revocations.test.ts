@@ -3,7 +3,9 @@
  * for a stream that does not exist yet, reads what is in force from the
  * lookback on, follows new TokensRevoked events, forgets nothing it was told
  * until expire_time and takes nothing else; NATS unreachable at start is
- * retried quietly and a stop is prompt either way.
+ * retried quietly and a stop is prompt either way. On the caller's NATS
+ * connection it survives a NATS restart, never closes that connection, and
+ * says so when the caller closed it.
  */
 import { randomUUID } from "node:crypto";
 import { Writable } from "node:stream";
@@ -12,10 +14,12 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CustomerAuthenticatedSchema, TokensRevokedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
-import { createLogger } from "../src/logger.js";
-import { createRevocationList, type RevocationList } from "../src/revocations.js";
+import { freePort, sharedNatsUrl, startPrivateNats, uniqueStreamNames } from "../../test/support/nats.js";
+import { setCloudEventHeaders } from "../src/cloudevents.js";
+import { createRevocationList, type RevocationList, type RevocationSource } from "../src/revocations.js";
+import { identitySubjects } from "../src/subjects.js";
 
 const { stream, subjectPrefix } = uniqueStreamNames("identity");
 let nc: NatsConnection;
@@ -45,7 +49,10 @@ async function until(what: string, check: () => boolean, timeoutMs = 10_000): Pr
 }
 
 /** Publishes a TokensRevoked the way the identity service's relay does. */
-async function publishRevoked(revoked: { jwtIds?: string[]; sessionIds?: string[]; expireTime: Date }) {
+async function publishRevoked(
+  revoked: { jwtIds?: string[]; sessionIds?: string[]; expireTime: Date },
+  conn: NatsConnection = nc,
+) {
   const customerId = id();
   const eventId = id();
   const event = create(TokensRevokedSchema, {
@@ -57,20 +64,25 @@ async function publishRevoked(revoked: { jwtIds?: string[]; sessionIds?: string[
     expireTime: timestampFromDate(revoked.expireTime),
   });
   await publish(
-    `${subjectPrefix}.token.revoked.${customerId}`,
+    identitySubjects(subjectPrefix).tokensRevoked({ customerId }),
     TokensRevokedSchema.typeName,
     toBinary(TokensRevokedSchema, event),
+    conn,
   );
 }
 
-async function publish(subject: string, type: string, payload: Uint8Array) {
-  const h = headers();
-  h.set("ce-type", type);
-  h.set("content-type", "application/protobuf");
-  await jetstream(nc).publish(subject, payload, { headers: h });
+async function publish(subject: string, type: string, payload: Uint8Array, conn: NatsConnection = nc) {
+  const h = setCloudEventHeaders(headers(), {
+    id: id(),
+    type,
+    source: "identity-service",
+    time: new Date(),
+    subject: subject.split(".").at(-1) ?? "",
+  });
+  await jetstream(conn).publish(subject, payload, { headers: h });
 }
 
-function startList(natsUrl: string, name: string) {
+function startList(source: RevocationSource | string, name: string) {
   const lines: string[] = [];
   const destination = new Writable({
     write(chunk, _enc, done) {
@@ -78,9 +90,10 @@ function startList(natsUrl: string, name: string) {
       done();
     },
   });
-  const logger = createLogger({ name, level: "debug", destination });
+  // The list takes any pino-compatible logger.
+  const logger = pino({ name, level: "debug" }, destination);
   const list = createRevocationList({
-    natsUrl,
+    ...(typeof source === "string" ? { natsUrl: source } : source),
     stream,
     subjectPrefix,
     lookbackMs: 60_000,
@@ -90,7 +103,7 @@ function startList(natsUrl: string, name: string) {
   });
   lists.push(list);
   list.start();
-  const messages = () => lines.map((l) => JSON.parse(l) as { level: number; msg: string });
+  const messages = () => lines.map((l) => JSON.parse(l) as { level: number; msg: string; from?: unknown });
   return { list, messages };
 }
 
@@ -169,5 +182,83 @@ describe("the revocation list", () => {
     await list.stop();
     expect(Date.now() - started).toBeLessThan(2_000);
     expect(list.subscribed).toBe(false);
+  });
+});
+
+describe("the revocation list on the caller's NATS connection", () => {
+  it("follows revocations and leaves the connection open when it stops", async () => {
+    const conn = await connect({ servers: sharedNatsUrl });
+    try {
+      const { list } = startList({ nats: conn }, "shared");
+      await until("the subscription", () => list.subscribed);
+      const revoked = id();
+      await publishRevoked({ jwtIds: [revoked], expireTime: inFuture() });
+      await until("the revocation", () => list.isRevoked({ tokenId: revoked }));
+      const started = Date.now();
+      await list.stop();
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(conn.isClosed()).toBe(false);
+      await expect(conn.flush()).resolves.toBeUndefined();
+    } finally {
+      await conn.close();
+    }
+  });
+
+  it("survives a NATS restart, resuming after the last event it applied", async () => {
+    await using nats = await startPrivateNats();
+    const conn = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    try {
+      await (await jetstreamManager(conn)).streams.add({ name: stream, subjects: [`${subjectPrefix}.>`] });
+      const { list, messages } = startList({ nats: conn }, "restart");
+      const before = id();
+      await publishRevoked({ jwtIds: [before], expireTime: inFuture() }, conn);
+      await until("the first revocation", () => list.isRevoked({ tokenId: before }));
+
+      await nats.kill();
+      await until("the consumer to end", () => !list.subscribed);
+      await nats.start();
+      const after = id();
+      // JetStream answers a moment after the server accepts connections again.
+      await expect
+        .poll(
+          () =>
+            publishRevoked({ jwtIds: [after], expireTime: inFuture() }, conn).then(
+              () => true,
+              () => false,
+            ),
+          {
+            timeout: 10_000,
+            interval: 200,
+          },
+        )
+        .toBe(true);
+      await until("the revocation after the restart", () => list.isRevoked({ tokenId: after }), 15_000);
+      expect(list.isRevoked({ tokenId: before })).toBe(true);
+      // From the lookback at start, then after sequence 1, the one event applied before the restart.
+      const reading = messages().filter((m) => m.msg === "reading token revocations");
+      expect(reading.map((m) => m.from)).toEqual([expect.any(String), 2]);
+      expect(messages().filter((m) => m.level >= 40)).toEqual([
+        expect.objectContaining({ level: 40, msg: expect.stringMatching(/^NATS connection lost; /) }),
+      ]);
+      await list.stop();
+      expect(conn.isClosed()).toBe(false);
+    } finally {
+      await conn.close();
+    }
+  });
+
+  it("says once that it stopped following when the caller closed the connection", async () => {
+    const conn = await connect({ servers: sharedNatsUrl });
+    const { list, messages } = startList({ nats: conn }, "closed");
+    await until("the subscription", () => list.subscribed);
+    await conn.close();
+    const closed = "the NATS connection was closed; token revocations are no longer followed";
+    await until("the warning", () => messages().some((m) => m.msg === closed));
+    await sleep(1_000); // two retry periods: nothing more is attempted
+    expect(messages().filter((m) => m.level >= 40)).toEqual([expect.objectContaining({ level: 40, msg: closed })]);
+    expect(list.subscribed).toBe(false);
+    const started = Date.now();
+    await list.stop();
+    expect(Date.now() - started).toBeLessThan(500);
   });
 });

@@ -10,6 +10,17 @@
  * knows, retries by itself and resumes after the last event it applied, so a
  * revocation published meanwhile is honoured once NATS is back. It never
  * blocks a request: `isRevoked` is a lookup in two maps.
+ *
+ * Give it the process's NATS connection (`nats`), created with
+ * `maxReconnectAttempts: -1` so it outlives an outage; the list never closes
+ * it. Or give it `natsUrl` and it keeps a connection of its own, which also
+ * lets a process start while NATS is down.
+ *
+ * ```ts
+ * const revocations = createRevocationList({ nats: nc, stream: "IDENTITY", subjectPrefix: "identity", lookbackMs: 15 * 60_000, logger });
+ * revocations.start();
+ * const tokens = createTokenVerifier({ jwksUrl, issuer, audience, revocations });
+ * ```
  */
 import { randomUUID } from "node:crypto";
 import { fromBinary } from "@bufbuild/protobuf";
@@ -29,11 +40,28 @@ import {
 } from "@nats-io/jetstream";
 import { connect, type NatsConnection, nanos } from "@nats-io/transport-node";
 import { settlesWithin } from "./async.js";
-import type { Principal, RevocationCheck } from "./auth.js";
+import { createSupervisedLoop, type StepResult } from "./background.js";
+import { CE_TYPE } from "./cloudevents.js";
 import { errMessage, type Logger } from "./logger.js";
+import { identitySubjects } from "./subjects.js";
+import type { Principal, RevocationCheck } from "./tokens.js";
 
-export interface RevocationListOptions {
-  natsUrl: string;
+export type { Logger };
+
+/** Where the list reads from: the caller's connection, or a URL it connects to itself. */
+export type RevocationSource =
+  | {
+      /** A connection of the caller's (never closed by the list); it should reconnect forever. */
+      nats: NatsConnection;
+      natsUrl?: never;
+    }
+  | {
+      /** The list connects here itself, retrying while NATS is down, and closes it on stop(). */
+      natsUrl: string;
+      nats?: never;
+    };
+
+export type RevocationListOptions = RevocationSource & {
   /** The identity provider's stream, e.g. `IDENTITY`. */
   stream: string;
   /** Its subject prefix, e.g. `identity`: the list reads `<prefix>.token.revoked.>`. */
@@ -44,13 +72,14 @@ export interface RevocationListOptions {
   skewMs?: number;
   /** Longest wait between attempts to (re)subscribe. Default 5 s. */
   maxRetryMs?: number;
+  /** Where the list says what it does; a pino logger fits. */
   logger: Logger;
-}
+};
 
 export interface RevocationList extends RevocationCheck, AsyncDisposable {
   /** Starts following revocations in the background; never throws, never waits for NATS. */
   start(): void;
-  /** Stops following and closes the NATS connection. Never throws. */
+  /** Stops following (closing the NATS connection if the list opened it). Never throws. */
   stop(): Promise<void>;
   /** True while a consumer delivers revocations. */
   readonly subscribed: boolean;
@@ -62,9 +91,16 @@ const PRUNE_INTERVAL_MS = 30_000;
 // A consumer left behind by a crash is removed by the server after this long.
 const INACTIVE_THRESHOLD_MS = 2 * 60_000;
 
+/** A failure while the NATS connection is down. */
+class ConnectionLost extends Error {
+  constructor(cause: unknown) {
+    super("NATS connection lost", { cause });
+  }
+}
+
 /** Creates the list; nothing connects until start(). */
 export function createRevocationList(opts: RevocationListOptions): RevocationList {
-  const subject = `${opts.subjectPrefix}.token.revoked.>`;
+  const subject = identitySubjects(opts.subjectPrefix).ofType("identity.v1.TokensRevoked");
   const skewMs = opts.skewMs ?? 60_000;
   const maxRetryMs = opts.maxRetryMs ?? 5_000;
   const log = opts.logger.child({ component: "revocations", stream: opts.stream, subject });
@@ -77,42 +113,17 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
   // When the stream lastSeq counts in was created.
   let streamCreated: string | undefined;
 
-  let started = false;
-  let stopping = false;
-  let loop: Promise<void> = Promise.resolve();
-  let pruneTimer: NodeJS.Timeout | undefined;
+  let pruneTimer: ReturnType<typeof setInterval> | undefined;
+  // The connection the list opened itself (natsUrl); a caller's is never closed here.
   let nc: NatsConnection | undefined;
+  let statuses: { stop?(): void } | undefined;
   let messages: ConsumerMessages | undefined;
   let subscribed = false;
-  let failing = false;
-  let wakeUp: (() => void) | undefined;
-
-  const wake = () => wakeUp?.();
-  const pause = (ms: number) =>
-    stopping
-      ? Promise.resolve()
-      : new Promise<void>((resolve) => {
-          const done = () => {
-            clearTimeout(timer);
-            wakeUp = undefined;
-            resolve();
-          };
-          const timer = setTimeout(done, ms);
-          wakeUp = done;
-        });
-
-  // One warning per outage, not one per attempt.
-  const trouble = (message: string, err?: unknown) => {
-    if (failing) {
-      log.debug({ err: errMessage(err) }, message);
-      return;
-    }
-    failing = true;
-    log.warn(
-      { err: errMessage(err) },
-      `${message}; tokens revoked meanwhile are accepted until revocations can be read again`,
-    );
-  };
+  // Set by a disconnect, cleared by the next subscription: the consumer of the
+  // time ended with the connection, and what fails meanwhile fails for that.
+  let lostConnection = false;
+  // Consecutive reads that found no stream; they back off, but are no failure.
+  let noStream = 0;
 
   const remember = (entries: Map<string, number>, id: string, until: number) => {
     if (id && (entries.get(id) ?? 0) < until) entries.set(id, until);
@@ -120,7 +131,7 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
 
   function apply(m: JsMsg): void {
     lastSeq = m.seq;
-    if (m.headers?.get("ce-type") !== TokensRevokedSchema.typeName) return;
+    if (m.headers?.get(CE_TYPE) !== TokensRevokedSchema.typeName) return;
     let event: TokensRevoked;
     try {
       event = fromBinary(TokensRevokedSchema, m.data);
@@ -142,7 +153,11 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
     }
   }
 
-  async function connection(): Promise<NatsConnection> {
+  async function connection(signal: AbortSignal): Promise<NatsConnection> {
+    if (opts.nats) {
+      if (!statuses) void watch(opts.nats);
+      return opts.nats;
+    }
     if (nc && !nc.isClosed()) return nc;
     const conn = await connect({
       servers: opts.natsUrl,
@@ -152,7 +167,7 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
       maxReconnectAttempts: -1,
       reconnectTimeWait: 1_000,
     });
-    if (stopping) {
+    if (signal.aborted) {
       await conn.close().catch(() => {});
       throw new Error("stopping");
     }
@@ -166,14 +181,15 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
   // disconnect ends the current one and the loop makes a new one, resuming
   // after lastSeq, as soon as the connection is back.
   async function watch(conn: NatsConnection): Promise<void> {
+    const iter = conn.status();
+    statuses = iter as { stop?(): void };
     try {
-      for await (const s of conn.status()) {
-        if (stopping) break;
+      for await (const s of iter) {
         if (s.type === "disconnect") {
-          trouble("NATS connection lost");
+          lostConnection = true;
           void messages?.close();
         } else if (s.type === "reconnect") {
-          wake();
+          loop.retryNow();
         }
       }
     } catch {
@@ -182,7 +198,7 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
   }
 
   // Follows the stream until the consumer ends; "no stream" while there is none to follow.
-  async function follow(conn: NatsConnection): Promise<"ended" | "no stream"> {
+  async function follow(conn: NatsConnection, signal: AbortSignal): Promise<"ended" | "no stream"> {
     const jsm = await jetstreamManager(conn, { timeout: 5_000 });
     let stream: StreamInfo;
     try {
@@ -216,11 +232,12 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
       .consume({ max_messages: 256, expires: 5_000, abort_on_missing_resource: true });
     messages = iter;
     subscribed = true;
-    if (stopping) void iter.close();
-    if (failing || lastSeq === 0) {
-      failing = false;
+    if (signal.aborted) void iter.close();
+    if (loop.failures > 0 || lastSeq === 0) {
       log.info({ from: from.opt_start_seq ?? from.opt_start_time }, "reading token revocations");
     }
+    lostConnection = false;
+    loop.recovered();
     let delivered = 0;
     try {
       for await (const m of iter) {
@@ -242,49 +259,74 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
     return "ended";
   }
 
-  async function run(): Promise<void> {
-    let toldNoStream = false;
-    for (let failures = 0; !stopping; ) {
-      try {
-        if ((await follow(await connection())) === "ended") {
-          failures = 0;
-        } else {
-          // Nothing can have been revoked into a stream that does not exist: not a failure.
-          if (!toldNoStream) log.info("no revocations stream yet; reading it once it exists");
-          toldNoStream = true;
-          failures++;
-        }
-      } catch (err) {
-        if (stopping) return;
-        trouble("cannot read token revocations", err);
-        failures++;
-      }
-      await pause(Math.min(maxRetryMs, 250 * 2 ** failures));
+  // A caller's connection, once closed, never comes back: retrying cannot help.
+  const callerClosed = () => {
+    if (!opts.nats?.isClosed()) return false;
+    log.warn({}, "the NATS connection was closed; token revocations are no longer followed");
+    return true;
+  };
+
+  // One step follows the stream for as long as its consumer lasts.
+  async function step(signal: AbortSignal): Promise<StepResult> {
+    if (callerClosed()) return "done";
+    let outcome: "ended" | "no stream";
+    try {
+      outcome = await follow(await connection(signal), signal);
+    } catch (err) {
+      if (signal.aborted || callerClosed()) return "done";
+      throw lostConnection ? new ConnectionLost(err) : err;
     }
+    // A consumer ended by an outage is a failure (one warning per outage); by itself, not.
+    if (lostConnection) throw new ConnectionLost(undefined);
+    if (outcome === "ended") {
+      noStream = 0;
+      return 250;
+    }
+    // Nothing can have been revoked into a stream that does not exist: not a failure.
+    if (noStream === 0) log.info({}, "no revocations stream yet; reading it once it exists");
+    noStream++;
+    return Math.min(maxRetryMs, 250 * 2 ** noStream);
   }
+
+  const loop = createSupervisedLoop({
+    name: "revocation list",
+    logger: log,
+    step,
+    minBackoffMs: 500,
+    maxBackoffMs: maxRetryMs,
+    failureMessage: (err) =>
+      `${err instanceof ConnectionLost ? "NATS connection lost" : "cannot read token revocations"}; ` +
+      "tokens revoked meanwhile are accepted until revocations can be read again",
+    // "reading token revocations" says it.
+    recoveryMessage: false,
+  });
 
   let stopped: Promise<void> | undefined;
   const stop = () => {
     stopped ??= (async () => {
-      stopping = true;
       clearInterval(pruneTimer);
-      wake();
-      // Ending the consumer's messages ends the loop, which deletes the consumer;
+      // Ending the consumer's messages ends the step, which deletes the consumer;
       // closing the connection ends whatever it still waits for.
+      const stopping = loop.stop(2_000);
       await messages?.close().catch(() => {});
-      await settlesWithin(loop, 2_000);
+      statuses?.stop?.();
+      const ended = await stopping;
+      if (opts.nats) {
+        // Not ours to close: a request still pending ends by its own timeout, and the loop with it.
+        if (!ended) log.debug({}, "revocation list stopped with a NATS request pending");
+        return;
+      }
       await nc?.close().catch(() => {});
-      await loop;
+      await loop.done;
     })().catch((err: unknown) => log.error({ err: errMessage(err) }, "revocation list stop failed"));
     return stopped;
   };
 
   return {
     start() {
-      if (started || stopping) return;
-      started = true;
+      if (pruneTimer || stopped) return;
       pruneTimer = setInterval(prune, PRUNE_INTERVAL_MS).unref();
-      loop = run().catch((err: unknown) => log.error({ err: errMessage(err) }, "revocation list stopped unexpectedly"));
+      loop.start();
     },
     stop,
     [Symbol.asyncDispose]: stop,

@@ -1,11 +1,8 @@
 /**
- * A typed consumer for the platform's events, for services that build on
- * them. Depends only on the generated code (`@customer-platform/gen`) and
- * `@nats-io/jetstream`, so another repository can copy this file as is.
- *
- * Every event arrives as protobuf binary with CloudEvents binary-mode
- * headers; `ce-type` names the message, so a handler receives the decoded,
- * generated message:
+ * A typed consumer for the platform's events. Every event arrives as
+ * protobuf binary with CloudEvents binary-mode headers (./cloudevents.ts);
+ * `ce-type` names the message, so a handler receives the decoded, generated
+ * message:
  *
  * ```ts
  * const consumer = await consumeEvents({
@@ -57,6 +54,7 @@ import {
   type JetStreamClient,
   type JsMsg,
 } from "@nats-io/jetstream";
+import { CE_TYPE, readCloudEvent } from "./cloudevents.js";
 
 /** Every event the platform publishes, by `ce-type`. */
 export interface PlatformEvents {
@@ -90,7 +88,7 @@ export type DecodedEvent = { [T in EventType]: { type: T; event: PlatformEvents[
  * this code does not know; throws if the payload is not a valid message.
  */
 export function decodeEvent(msg: Pick<JsMsg, "headers" | "data">): DecodedEvent | undefined {
-  const type = msg.headers?.get("ce-type");
+  const type = msg.headers?.get(CE_TYPE);
   if (!isEventType(type)) return undefined;
   const schema: GenMessage<PlatformEvents[EventType]> = eventSchemas[type];
   return { type, event: fromBinary(schema, msg.data) } as DecodedEvent;
@@ -103,7 +101,7 @@ export interface EventMeta {
   readonly type: EventType;
   /** `ce-source`, e.g. `customer-service`. */
   readonly source: string;
-  /** `ce-time`: when the change committed. */
+  /** `ce-time`: when the change committed (undefined if missing or not a date). */
   readonly time: Date | undefined;
   /** `ce-subject`: the customer id (a service's client id for its revoked token). */
   readonly customerId: string;
@@ -200,10 +198,11 @@ export async function consumeEvents(opts: ConsumeEventsOptions): Promise<EventCo
   let stopping = false;
 
   const handle = async (m: JsMsg) => {
-    const type = m.headers?.get("ce-type");
+    const ce = readCloudEvent(m.headers);
+    const type = ce.type;
     if (!isEventType(type)) {
       m.term();
-      report(new Error(`unknown ce-type "${type ?? ""}" on ${m.subject}`), m);
+      report(new Error(`unknown ${CE_TYPE} "${type}" on ${m.subject}`), m);
       return;
     }
     const handler = dispatch[type];
@@ -219,13 +218,12 @@ export async function consumeEvents(opts: ConsumeEventsOptions): Promise<EventCo
       report(err, m);
       return;
     }
-    const time = m.headers?.get("ce-time");
     const meta: EventMeta = {
-      id: m.headers?.get("ce-id") ?? "",
+      id: ce.id,
       type,
-      source: m.headers?.get("ce-source") ?? "",
-      time: time ? new Date(time) : undefined,
-      customerId: m.headers?.get("ce-subject") ?? "",
+      source: ce.source,
+      time: ce.time,
+      customerId: ce.subject,
       subject: m.subject,
       streamSequence: m.seq,
       deliveryCount: m.info.deliveryCount,

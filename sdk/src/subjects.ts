@@ -1,0 +1,122 @@
+/**
+ * NATS subjects of the platform's events: the builders the publishing
+ * services use, and the filters a consumer subscribes with, so producer and
+ * consumer compute a subject in one place.
+ *
+ * | event                               | subject                                                   | stream     |
+ * | ----------------------------------- | --------------------------------------------------------- | ---------- |
+ * | `customer.v1.CustomerRegistered`    | `customer.registered.<customer_id>`                       | `CUSTOMER` |
+ * | `customer.v1.CustomerUpdated`       | `customer.updated.<customer_id>`                          | `CUSTOMER` |
+ * | `identity.v1.CustomerAuthenticated` | `identity.customer.authenticated.<customer_id>`           | `IDENTITY` |
+ * | `identity.v1.TokensRevoked`         | `identity.token.revoked.<customer_id>`, or for a service's token `identity.token.revoked.client.<client_id>` | `IDENTITY` |
+ *
+ * The first token is the stream's subject prefix (configurable per
+ * deployment; the defaults are `customer` and `identity`). Customer ids are
+ * UUIDs; a client id may contain `.` (then its subject has more tokens, still
+ * under `<prefix>.token.revoked.>`).
+ */
+
+/** The customer service's default subject prefix. */
+export const DEFAULT_CUSTOMER_PREFIX = "customer";
+/** The identity service's default subject prefix. */
+export const DEFAULT_IDENTITY_PREFIX = "identity";
+
+/** Event types in the customer stream. */
+export type CustomerEventType = "customer.v1.CustomerRegistered" | "customer.v1.CustomerUpdated";
+/** Event types in the identity stream. */
+export type IdentityEventType = "identity.v1.CustomerAuthenticated" | "identity.v1.TokensRevoked";
+
+/** Subjects of the customer service's stream (`<prefix>.>`). */
+export interface CustomerSubjects {
+  readonly prefix: string;
+  /** Every event of the stream: `<prefix>.>`. */
+  readonly all: string;
+  /** `<prefix>.registered.<customer_id>` */
+  registered(customerId: string): string;
+  /** `<prefix>.updated.<customer_id>` */
+  updated(customerId: string): string;
+  /** Filter: every event of one type, e.g. `<prefix>.updated.*`. */
+  ofType(type: CustomerEventType): string;
+  /** Filter: every event of one customer, `<prefix>.*.<customer_id>`; throws TypeError for an id that is no single token. */
+  ofCustomer(customerId: string): string;
+}
+
+/** Subjects of the customer service's stream; prefix as its `CUSTOMER_SUBJECT_PREFIX`. */
+export function customerSubjects(prefix: string = DEFAULT_CUSTOMER_PREFIX): CustomerSubjects {
+  const types: Record<CustomerEventType, string> = {
+    "customer.v1.CustomerRegistered": `${prefix}.registered.*`,
+    "customer.v1.CustomerUpdated": `${prefix}.updated.*`,
+  };
+  return {
+    prefix,
+    all: `${prefix}.>`,
+    registered: (customerId) => `${prefix}.registered.${customerId}`,
+    updated: (customerId) => `${prefix}.updated.${customerId}`,
+    ofType: (type) => types[type],
+    ofCustomer: (customerId) => `${prefix}.*.${token(customerId, "customer id")}`,
+  };
+}
+
+/** Whose tokens a TokensRevoked event is about: a customer's, or a service's (client credentials). */
+export type TokenOwner = { readonly customerId: string } | { readonly clientId: string };
+
+/** Subjects of the identity service's stream (`<prefix>.>`). */
+export interface IdentitySubjects {
+  readonly prefix: string;
+  /** Every event of the stream: `<prefix>.>`. */
+  readonly all: string;
+  /** `<prefix>.customer.authenticated.<customer_id>` */
+  customerAuthenticated(customerId: string): string;
+  /** `<prefix>.token.revoked.<customer_id>`, or `<prefix>.token.revoked.client.<client_id>` for a service. */
+  tokensRevoked(owner: TokenOwner): string;
+  /** Filter: every event of one type, e.g. `<prefix>.token.revoked.>` (customers' and services'). */
+  ofType(type: IdentityEventType): string;
+  /**
+   * Filter: every event about one customer, `<prefix>.*.*.<customer_id>` (sign-ins and revocations);
+   * throws TypeError for an id that is no single token.
+   */
+  ofCustomer(customerId: string): string;
+}
+
+/** Subjects of the identity service's stream; prefix as its `IDENTITY_SUBJECT_PREFIX`. */
+export function identitySubjects(prefix: string = DEFAULT_IDENTITY_PREFIX): IdentitySubjects {
+  const types: Record<IdentityEventType, string> = {
+    "identity.v1.CustomerAuthenticated": `${prefix}.customer.authenticated.*`,
+    "identity.v1.TokensRevoked": `${prefix}.token.revoked.>`,
+  };
+  return {
+    prefix,
+    all: `${prefix}.>`,
+    customerAuthenticated: (customerId) => `${prefix}.customer.authenticated.${customerId}`,
+    tokensRevoked: (owner) =>
+      "customerId" in owner
+        ? `${prefix}.token.revoked.${owner.customerId}`
+        : `${prefix}.token.revoked.client.${owner.clientId}`,
+    ofType: (type) => types[type],
+    ofCustomer: (customerId) => `${prefix}.*.*.${token(customerId, "customer id")}`,
+  };
+}
+
+/**
+ * True when subject matches filter by NATS rules: `*` is one token, `>` (last)
+ * one or more. For routing events received on a wide subscription.
+ */
+export function subjectMatches(filter: string, subject: string): boolean {
+  const f = filter.split(".");
+  const s = subject.split(".");
+  for (let i = 0; i < f.length; i++) {
+    const part = f[i];
+    if (part === ">") return i === f.length - 1 && s.length > i;
+    if (i >= s.length) return false;
+    if (part !== "*" && part !== s[i]) return false;
+  }
+  return f.length === s.length;
+}
+
+// One subject token: a wildcard or separator in an id would widen a filter to other customers' events.
+const TOKEN = /^[^\s.*>]+$/;
+
+function token(value: string, what: string): string {
+  if (!TOKEN.test(value)) throw new TypeError(`${what} ${JSON.stringify(value)} cannot be a subject token`);
+  return value;
+}

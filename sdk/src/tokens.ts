@@ -1,0 +1,206 @@
+/**
+ * The platform's access tokens (RFC 9068 JWTs from the identity service),
+ * verified offline against its JWKS: signature with the pinned algorithm,
+ * `typ: at+jwt`, issuer, audience, expiry; and, given a revocation list,
+ * not revoked. Independent of any RPC framework: a failure is a
+ * {@link TokenError} whose `reason` says what to answer.
+ *
+ * ```ts
+ * const tokens = createTokenVerifier({
+ *   jwksUrl: "http://127.0.0.1:8081/.well-known/jwks.json",
+ *   issuer: "http://127.0.0.1:8081",
+ *   audience: "orders-service",
+ * });
+ * const principal = await tokens.verifyAuthorizationHeader(req.headers.authorization);
+ * ```
+ */
+import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
+
+/** Who is calling: a customer (token subject is the customer id) or a service (client credentials). */
+export interface Principal {
+  readonly kind: "customer" | "service";
+  /** The customer id, or the client id of a service. */
+  readonly subject: string;
+  /** `first-party` for a customer signed in through the company's apps; a service's own client id. */
+  readonly clientId: string;
+  readonly scopes: ReadonlySet<string>;
+  /** The token's `jti`. */
+  readonly tokenId: string;
+  /** The token's `sid`: the customer's sign-in session (refresh-token family); absent for a service. */
+  readonly sessionId?: string;
+  readonly expiresAt: Date;
+  readonly issuedAt: Date;
+}
+
+/**
+ * Why a token was refused. `keys_unavailable` is the identity service's JWKS
+ * being unreachable (not the caller's fault: answer 503 / UNAVAILABLE); every
+ * other reason is the caller's (401 / UNAUTHENTICATED).
+ */
+export type TokenErrorReason = "missing" | "malformed" | "invalid" | "expired" | "revoked" | "keys_unavailable";
+
+const MESSAGES: Record<TokenErrorReason, string> = {
+  missing: "missing bearer token",
+  malformed: "malformed authorization header",
+  invalid: "invalid access token",
+  expired: "access token expired",
+  revoked: "access token revoked",
+  keys_unavailable: "token keys unavailable",
+};
+
+/** A refused access token; `message` is fit to answer the caller with, `cause` (if any) is for the log. */
+export class TokenError extends Error {
+  override readonly name = "TokenError";
+  readonly reason: TokenErrorReason;
+
+  constructor(reason: TokenErrorReason, options?: { cause?: unknown }) {
+    super(MESSAGES[reason], options);
+    this.reason = reason;
+  }
+}
+
+/**
+ * The algorithms access tokens may be signed with: what the identity service
+ * signs with. Anything else (and `none`) is refused, so a token cannot pick
+ * how it is checked.
+ */
+export const ACCESS_TOKEN_ALGORITHMS: readonly string[] = ["EdDSA"];
+
+/** The `typ` header of an access token (RFC 9068); an ID token or other JWT is refused. */
+export const ACCESS_TOKEN_TYPE = "at+jwt";
+
+export interface AccessTokenOptions {
+  /** The identity service's `IDENTITY_ISSUER`, exactly (no trailing slash). */
+  issuer: string;
+  /** Your service's audience; the identity service must list it in `IDENTITY_AUDIENCES`. */
+  audience: string;
+  /** Allowed clock skew in seconds; default 5. */
+  clockToleranceSec?: number;
+  /** The current time, for expiry; default the wall clock. */
+  now?: () => Date;
+}
+
+/** Tells whether a verified token was revoked before it expires (e.g. `createRevocationList`). */
+export interface RevocationCheck {
+  /** True when the token's `jti`, or its `sid`, is known to be revoked. */
+  isRevoked(principal: Pick<Principal, "tokenId" | "sessionId">): boolean;
+}
+
+/** The Bearer token of an `Authorization` header; TokenError `missing` or `malformed` otherwise. */
+export function bearerToken(authorization: string | null | undefined): string {
+  if (!authorization) throw new TokenError("missing");
+  const match = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(authorization);
+  if (!match?.[1]) throw new TokenError("malformed");
+  return match[1];
+}
+
+/**
+ * Verifies an access token with the given keys and turns its claims into a
+ * principal. Throws TokenError `expired` or `invalid`; an error of keys (e.g.
+ * TokenError `keys_unavailable`) passes through.
+ */
+export async function verifyAccessToken(
+  token: string,
+  keys: JWTVerifyGetKey,
+  opts: AccessTokenOptions,
+): Promise<Principal> {
+  let payload: JWTPayload;
+  try {
+    ({ payload } = await jwtVerify(token, keys, {
+      issuer: opts.issuer,
+      audience: opts.audience,
+      algorithms: [...ACCESS_TOKEN_ALGORITHMS],
+      typ: ACCESS_TOKEN_TYPE,
+      requiredClaims: ["sub", "exp", "iat", "jti", "client_id"],
+      clockTolerance: opts.clockToleranceSec ?? 5,
+      ...(opts.now && { currentDate: opts.now() }),
+    }));
+  } catch (err) {
+    if (err instanceof errors.JWTExpired) throw new TokenError("expired", { cause: err });
+    if (err instanceof errors.JOSEError) throw new TokenError("invalid", { cause: err });
+    throw err;
+  }
+  return principalFromClaims(payload);
+}
+
+/** The principal a verified token's claims describe; a service token has `sub` equal to `client_id`. */
+export function principalFromClaims(payload: JWTPayload): Principal {
+  const sub = payload.sub;
+  const clientId = payload.client_id;
+  const scope = payload.scope ?? "";
+  const sid = payload.sid;
+  if (
+    typeof sub !== "string" ||
+    typeof clientId !== "string" ||
+    typeof scope !== "string" ||
+    !payload.jti ||
+    (sid !== undefined && (typeof sid !== "string" || sid === ""))
+  ) {
+    throw new TokenError("invalid");
+  }
+  return {
+    kind: sub === clientId ? "service" : "customer",
+    subject: sub,
+    clientId,
+    scopes: new Set(scope.split(" ").filter(Boolean)),
+    tokenId: payload.jti,
+    ...(typeof sid === "string" && { sessionId: sid }),
+    expiresAt: new Date((payload.exp ?? 0) * 1000),
+    issuedAt: new Date((payload.iat ?? 0) * 1000),
+  };
+}
+
+export interface TokenVerifierOptions extends AccessTokenOptions {
+  /** The identity service's key set, `<issuer>/.well-known/jwks.json`. */
+  jwksUrl: string;
+  /** How long fetched keys are trusted before a refetch (default 10 minutes). */
+  cacheMaxAgeMs?: number;
+  /** Minimum time between refetches triggered by an unknown `kid` (default 30 s). */
+  cooldownMs?: number;
+  /** Timeout of one JWKS request (default 5 s). */
+  jwksTimeoutMs?: number;
+  /** Revocations to honour; without, a genuine token is accepted until it expires. */
+  revocations?: RevocationCheck;
+}
+
+/** Verifies access tokens; every failure is a {@link TokenError}. */
+export interface TokenVerifier {
+  /** The principal of a valid, unrevoked access token. */
+  verify(token: string): Promise<Principal>;
+  /** The principal of the Bearer token of an `Authorization` header (`missing` without one). */
+  verifyAuthorizationHeader(authorization: string | null | undefined): Promise<Principal>;
+}
+
+/**
+ * A verifier for a resource server: keys come from the identity service's
+ * JWKS URL, cached, and refetched when a token names an unknown `kid` (key
+ * rotation). With `revocations`, a revoked token is refused like an invalid one.
+ */
+export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
+  const keys = createRemoteJWKSet(new URL(opts.jwksUrl), {
+    cacheMaxAge: opts.cacheMaxAgeMs ?? 600_000,
+    cooldownDuration: opts.cooldownMs ?? 30_000,
+    timeoutDuration: opts.jwksTimeoutMs ?? 5_000,
+  });
+  const getKey: JWTVerifyGetKey = async (header, input) => {
+    try {
+      return await keys(header, input);
+    } catch (err) {
+      // fetch fails with a TypeError when the identity service is unreachable.
+      if (err instanceof errors.JWKSTimeout || (err instanceof TypeError && !(err instanceof errors.JOSEError))) {
+        throw new TokenError("keys_unavailable", { cause: err });
+      }
+      throw err;
+    }
+  };
+  const revocations = opts.revocations;
+  const verify = async (token: string) => {
+    const principal = await verifyAccessToken(token, getKey, opts);
+    if (revocations?.isRevoked(principal)) throw new TokenError("revoked");
+    return principal;
+  };
+  return {
+    verify,
+    verifyAuthorizationHeader: async (authorization) => verify(bearerToken(authorization)),
+  };
+}
