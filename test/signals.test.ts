@@ -203,39 +203,44 @@ describe("signalling only the npm process", () => {
     expect(await refused(port)).toBe(true);
   });
 
-  it.each(SIGNALS)("npm start stops both services on %s", async (signal) => {
-    const [customerPort, identityPort] = [await freePort(), await freePort()];
-    const dataRoot = mkdtempSync(join(tmpdir(), "signals-start-"));
-    cleanups.push(() => rmSync(dataRoot, { recursive: true, force: true }));
-    const run = npmRun(["start"], {
-      CUSTOMER_PORT: String(customerPort),
-      IDENTITY_PORT: String(identityPort),
-      CUSTOMER_DATABASE_URL: `pglite:${join(dataRoot, "customer")}`,
-      IDENTITY_DATABASE_URL: `pglite:${join(dataRoot, "identity")}`,
-      NATS_URL: sharedNatsUrl,
-      CUSTOMER_STREAM: customerStreams.stream,
-      CUSTOMER_SUBJECT_PREFIX: customerStreams.subjectPrefix,
-      IDENTITY_STREAM: identityStreams.stream,
-      IDENTITY_SUBJECT_PREFIX: identityStreams.subjectPrefix,
-      SHUTDOWN_GRACE_MS: "2000",
-    });
-    // A fresh PGlite directory takes seconds to initialise, more on a busy machine.
-    await until("the summary", run, () => run.stderr.some((l) => l.includes("platform ready")), 120_000);
-    // The services run in process groups of their own (so a terminal's Ctrl-C reaches them once).
-    const pids = ["identity", "customer"].map((name) => {
-      const line = run.stderr.find((l) => l.trimStart().startsWith(`${name} `) && / pid \d+/.test(l));
-      return Number(line?.match(/ pid (\d+)/)?.[1]);
-    });
-    expect(pids.every((pid) => pid > 0 && alive(pid))).toBe(true);
-    cleanups.push(() => {
-      for (const pid of pids) if (alive(pid)) process.kill(pid, "SIGKILL");
-    });
+  it.each(SIGNALS)(
+    "npm start stops both services on %s",
+    async (signal) => {
+      const [customerPort, identityPort] = [await freePort(), await freePort()];
+      const dataRoot = mkdtempSync(join(tmpdir(), "signals-start-"));
+      cleanups.push(() => rmSync(dataRoot, { recursive: true, force: true, maxRetries: 5 }));
+      const run = npmRun(["start"], {
+        CUSTOMER_PORT: String(customerPort),
+        IDENTITY_PORT: String(identityPort),
+        CUSTOMER_DATABASE_URL: `pglite:${join(dataRoot, "customer")}`,
+        IDENTITY_DATABASE_URL: `pglite:${join(dataRoot, "identity")}`,
+        NATS_URL: sharedNatsUrl,
+        CUSTOMER_STREAM: customerStreams.stream,
+        CUSTOMER_SUBJECT_PREFIX: customerStreams.subjectPrefix,
+        IDENTITY_STREAM: identityStreams.stream,
+        IDENTITY_SUBJECT_PREFIX: identityStreams.subjectPrefix,
+        SHUTDOWN_GRACE_MS: "2000",
+      });
+      // A fresh PGlite directory takes seconds to initialise, more on a busy machine.
+      await until("the summary", run, () => run.stderr.some((l) => l.includes("platform ready")), 120_000);
+      // The services run in process groups of their own (so a terminal's Ctrl-C reaches them once).
+      const pids = ["identity", "customer"].map((name) => {
+        const line = run.stderr.find((l) => l.trimStart().startsWith(`${name} `) && / pid \d+/.test(l));
+        return Number(line?.match(/ pid (\d+)/)?.[1]);
+      });
+      expect(pids.every((pid) => pid > 0 && alive(pid))).toBe(true);
+      cleanups.push(async () => {
+        for (const pid of pids) if (alive(pid)) process.kill(pid, "SIGKILL");
+        while (pids.some(alive)) await new Promise((r) => setTimeout(r, 50));
+      });
 
-    const stopped = await stopWith(run, signal, pids);
-    expect(stopped).toMatchObject({ exit: { code: 0, signal: null }, groupGone: true, othersGone: [] });
-    expect(await refused(customerPort)).toBe(true);
-    expect(await refused(identityPort)).toBe(true);
-  });
+      const stopped = await stopWith(run, signal, pids);
+      expect(stopped).toMatchObject({ exit: { code: 0, signal: null }, groupGone: true, othersGone: [] });
+      expect(await refused(customerPort)).toBe(true);
+      expect(await refused(identityPort)).toBe(true);
+    },
+    180_000,
+  );
 
   it.each(SIGNALS)("npm run events -- tail stops on %s", async (signal) => {
     const streams = uniqueStreamNames("customer");

@@ -264,7 +264,7 @@ describe("a bad configuration", () => {
     [
       "CUSTOMER_DATABASE_URL",
       "mysql://db/customers",
-      'CUSTOMER_DATABASE_URL must use postgres: or postgresql:, got "mysql:"',
+      'CUSTOMER_DATABASE_URL must use postgres: or postgresql: or pglite:, got "mysql:"',
     ],
     ["LOG_LEVEL", "loud", 'LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "loud"'],
     [
