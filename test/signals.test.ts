@@ -11,7 +11,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
@@ -22,6 +21,7 @@ import { connect } from "@nats-io/transport-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { loadGrpcJsClient } from "./support/grpc-js.js";
 import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
+import { refused } from "./support/ports.js";
 import { createTestDatabase, type TestDatabase } from "./support/postgres.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -70,17 +70,6 @@ function alive(id: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code !== "ESRCH";
   }
-}
-
-function refused(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(false);
-    });
-    socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code === "ECONNREFUSED"));
-  });
 }
 
 async function ready(port: number): Promise<boolean> {

@@ -194,6 +194,7 @@ export function createService<C extends HostConfig, S extends Record<string, unk
 
   const acquired = (what: string, release: () => unknown) => {
     releasers.push({ name: what, release });
+    logger.debug({ resource: what }, "acquired");
     events.emit("acquired", what);
   };
 
@@ -207,6 +208,7 @@ export function createService<C extends HostConfig, S extends Record<string, unk
         error = err;
         logger.error({ err: errMessage(err), resource: r.name }, "release failed");
       }
+      if (error === undefined) logger.debug({ resource: r.name }, "released");
       events.emit("released", r.name, error);
     }
   };
@@ -243,6 +245,8 @@ export function createService<C extends HostConfig, S extends Record<string, unk
       database,
       get nats() {
         if (!nats) {
+          // Made after stop() it would never be closed.
+          checkpoint();
           const made = createNats({ url: config.natsUrl, name, logger });
           nats = made;
           acquired("nats", () => made.close());

@@ -27,6 +27,7 @@ import { pino } from "pino";
 import postgres from "postgres";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { refused } from "../../test/support/ports.js";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import { defineOutbox } from "../src/outbox.js";
 import { outbox as outboxTable } from "../src/outbox-schema.js";
@@ -162,17 +163,6 @@ async function connections(): Promise<string[]> {
     select application_name from pg_stat_activity
     where datname = ${database.name} and pid <> pg_backend_pid()`;
   return rows.map((r) => r.application_name);
-}
-
-function refused(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(false);
-    });
-    socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code === "ECONNREFUSED"));
-  });
 }
 
 /** A port something else listens on, until the returned function is called. */
