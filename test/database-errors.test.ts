@@ -9,6 +9,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
@@ -16,7 +17,7 @@ import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { freePort, sharedNatsUrl } from "./support/nats.js";
 import { startPgRefuser } from "./support/pg-refuser.js";
-import { adminUrl } from "./support/postgres.js";
+import { adminUrl, createTestDatabase } from "./support/postgres.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ENTRY = { customer: "customer-service/src/main.ts", identity: "identity-service/src/main.ts" } as const;
@@ -171,4 +172,20 @@ describe("the embedded database of a service", () => {
       listened: false,
     });
   }, 180_000);
+});
+
+describe("a port that cannot be bound", () => {
+  it("in use: one line naming the variable, exit code 75, after the database was opened and migrated", async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, "127.0.0.1", resolve));
+    cleanups.push(() => new Promise((resolve) => holder.close(resolve)));
+    const taken = (holder.address() as { port: number }).port;
+    const db = await createTestDatabase("port_in_use");
+    cleanups.push(() => db.drop());
+    expect(await failure("customer", { CUSTOMER_PORT: String(taken), CUSTOMER_DATABASE_URL: db.url })).toEqual({
+      code: 75,
+      stderr: `customer-service: CUSTOMER_PORT: cannot listen on 127.0.0.1:${taken}: the address is in use; stop what holds it or choose another port\n`,
+      listened: false,
+    });
+  }, 60_000);
 });

@@ -3,25 +3,17 @@
  * main.ts. Every value is checked; a bad one names its variable.
  */
 import {
-  type DatabaseConfig,
   type Env,
-  envDatabase,
-  envEnum,
+  envHostConfig,
   envInt,
-  envPort,
   envString,
   envSubjectPrefix,
   envUrl,
-  LOG_LEVELS,
-  type LogLevel,
+  type HostConfig,
 } from "@customer-platform/runtime/config";
 
-export interface CustomerConfig {
-  host: string;
-  port: number;
-  /** CUSTOMER_DATABASE_URL: PostgreSQL, or `pglite:<dir>` for the embedded database. */
-  database: DatabaseConfig;
-  natsUrl: string;
+/** The customer service's settings, besides what every service has (`HostConfig`). */
+export interface CustomerConfig extends HostConfig {
   /** JetStream stream for this service's events, and the subject prefix it captures. */
   stream: string;
   subjectPrefix: string;
@@ -33,10 +25,6 @@ export interface CustomerConfig {
   revocationSubjectPrefix: string;
   /** How far back revocations are read at start: the identity provider's access-token lifetime. */
   revocationLookbackSec: number;
-  logLevel: LogLevel;
-  /** Largest request message accepted, in bytes. */
-  maxRequestBytes: number;
-  /** Time allowed for in-flight calls at shutdown. */
   shutdownGraceMs: number;
 }
 
@@ -51,9 +39,6 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
     envSubjectPrefix(env, "IDENTITY_SUBJECT_PREFIX", "identity"),
   );
   return {
-    host: envString(env, "CUSTOMER_HOST", "127.0.0.1"),
-    port: envPort(env, "CUSTOMER_PORT", 8080),
-    natsUrl: envUrl(env, "NATS_URL", ["nats:", "tls:", "ws:", "wss:"], "nats://127.0.0.1:4222"),
     stream: envString(env, "CUSTOMER_STREAM", "CUSTOMER"),
     subjectPrefix,
     jwksUrl: envUrl(env, "IDENTITY_JWKS_URL", ["http:", "https:"], `${issuer}/.well-known/jwks.json`),
@@ -68,14 +53,7 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
       30,
       86_400,
     ),
-    logLevel: envEnum(env, "LOG_LEVEL", LOG_LEVELS, "info"),
-    maxRequestBytes: envInt(env, "CUSTOMER_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
-    shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
-    // Last, so that a missing database URL does not hide a mistake in another variable.
-    database: envDatabase(env, "CUSTOMER_DATABASE_URL", {
-      cwd,
-      embedded: "./.data/customer",
-      dataDirVariable: "CUSTOMER_DATA_DIR",
-    }),
+    // Last: the database URL is read last (see envHostConfig).
+    ...envHostConfig(env, "CUSTOMER", { port: 8080, cwd }),
   };
 }

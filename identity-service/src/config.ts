@@ -3,27 +3,19 @@
  * main.ts. Every value is checked; a bad one names its variable.
  */
 import {
-  type DatabaseConfig,
   type Env,
-  envDatabase,
-  envEnum,
+  envHostConfig,
   envInt,
-  envPort,
   envString,
   envSubjectPrefix,
   envUrl,
-  LOG_LEVELS,
-  type LogLevel,
+  type HostConfig,
 } from "@customer-platform/runtime/config";
 import { type Argon2Params, OWASP_ARGON2 } from "./passwords.js";
 import { DEFAULT_THROTTLE, type ThrottleSettings } from "./throttle.js";
 
-export interface IdentityConfig {
-  host: string;
-  port: number;
-  /** IDENTITY_DATABASE_URL: PostgreSQL, or `pglite:<dir>` for the embedded database. */
-  database: DatabaseConfig;
-  natsUrl: string;
+/** The identity service's settings, besides what every service has (`HostConfig`). */
+export interface IdentityConfig extends HostConfig {
   stream: string;
   subjectPrefix: string;
   /** Token `iss`, and the base of the discovery document. */
@@ -36,8 +28,6 @@ export interface IdentityConfig {
   firstPartyClientId: string;
   argon2: Argon2Params;
   throttle: ThrottleSettings;
-  logLevel: LogLevel;
-  maxRequestBytes: number;
   shutdownGraceMs: number;
 }
 
@@ -48,9 +38,6 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConf
     .split(/[\s,]+/)
     .filter(Boolean);
   return {
-    host: envString(env, "IDENTITY_HOST", "127.0.0.1"),
-    port: envPort(env, "IDENTITY_PORT", 8081),
-    natsUrl: envUrl(env, "NATS_URL", ["nats:", "tls:", "ws:", "wss:"], "nats://127.0.0.1:4222"),
     stream: envString(env, "IDENTITY_STREAM", "IDENTITY"),
     subjectPrefix,
     issuer: envUrl(env, "IDENTITY_ISSUER", ["http:", "https:"], "http://127.0.0.1:8081").replace(/\/+$/, ""),
@@ -69,14 +56,7 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConf
       maxDelayMs: envInt(env, "IDENTITY_THROTTLE_MAX_DELAY_MS", DEFAULT_THROTTLE.maxDelayMs, 1, 86_400_000),
       windowMs: DEFAULT_THROTTLE.windowMs,
     },
-    logLevel: envEnum(env, "LOG_LEVEL", LOG_LEVELS, "info"),
-    maxRequestBytes: envInt(env, "IDENTITY_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
-    shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
-    // Last, so that a missing database URL does not hide a mistake in another variable.
-    database: envDatabase(env, "IDENTITY_DATABASE_URL", {
-      cwd,
-      embedded: "./.data/identity",
-      dataDirVariable: "IDENTITY_DATA_DIR",
-    }),
+    // Last: the database URL is read last (see envHostConfig).
+    ...envHostConfig(env, "IDENTITY", { port: 8081, cwd }),
   };
 }

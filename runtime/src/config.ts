@@ -144,3 +144,46 @@ export function redactUrl(raw: string): string {
 
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** What every service's configuration has; each service's own type extends it. */
+export interface HostConfig {
+  /** Interface and port to listen on (0 picks a free port). */
+  host: string;
+  port: number;
+  /** The variable `port` came from, for messages (e.g. `CUSTOMER_PORT`). */
+  portVariable?: string;
+  /** PostgreSQL, or `pglite:<dir>` for the embedded database. */
+  database: DatabaseConfig;
+  natsUrl: string;
+  /** Largest request message accepted, in bytes. */
+  maxRequestBytes: number;
+  /** Time allowed for the calls in flight at shutdown. */
+  shutdownGraceMs: number;
+  logLevel: LogLevel;
+}
+
+/**
+ * The settings every service reads, from variables named after its prefix
+ * (`<PREFIX>_HOST`, `_PORT`, `_MAX_REQUEST_BYTES`, `_DATABASE_URL`) and the
+ * shared ones (`NATS_URL`, `LOG_LEVEL`, `SHUTDOWN_GRACE_MS`, the database
+ * timeouts). Spread it last into a service's configuration: the database URL
+ * is read last, so that a missing one does not hide a mistake in another
+ * variable.
+ */
+export function envHostConfig(env: Env, prefix: string, opts: { port: number; cwd: string }): HostConfig {
+  const portVariable = `${prefix}_PORT`;
+  return {
+    host: envString(env, `${prefix}_HOST`, "127.0.0.1"),
+    port: envPort(env, portVariable, opts.port),
+    portVariable,
+    natsUrl: envUrl(env, "NATS_URL", ["nats:", "tls:", "ws:", "wss:"], "nats://127.0.0.1:4222"),
+    logLevel: envEnum(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+    maxRequestBytes: envInt(env, `${prefix}_MAX_REQUEST_BYTES`, 64 * 1024, 1024, 16 * 1024 * 1024),
+    shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+    database: envDatabase(env, `${prefix}_DATABASE_URL`, {
+      cwd: opts.cwd,
+      embedded: `./.data/${prefix.toLowerCase()}`,
+      dataDirVariable: `${prefix}_DATA_DIR`,
+    }),
+  };
+}

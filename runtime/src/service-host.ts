@@ -16,30 +16,19 @@ import { EventEmitter } from "node:events";
 import type { DescService } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { DatabaseConfig, LogLevel } from "./config.js";
+import type { HostConfig } from "./config.js";
 import { type ConnectServer, startConnectServer } from "./connect-server.js";
 import { type Database, openDatabase } from "./db.js";
+import { EXIT_CONFIG, EXIT_TEMPFAIL } from "./exit-codes.js";
 import type { NodeHandlerFn } from "./health.js";
 import { type HousekeepingTask, startHousekeeping, startPeriodic } from "./housekeeping.js";
 import { createLogger, errMessage, type Logger } from "./logger.js";
+import { StartupError } from "./main.js";
 import { createNats, type Nats } from "./nats.js";
 import type { Outbox } from "./outbox.js";
 import { createOutboxRelay, type OutboxRelay } from "./outbox-relay.js";
 
-/** What every service's configuration has; each service's own type extends it. */
-export interface HostConfig {
-  /** Interface and port to listen on (0 picks a free port). */
-  host: string;
-  port: number;
-  /** PostgreSQL, or `pglite:<dir>` for the embedded database. */
-  database: DatabaseConfig;
-  natsUrl: string;
-  /** Largest request message accepted, in bytes. */
-  maxRequestBytes: number;
-  /** Time allowed for the calls in flight at shutdown. */
-  shutdownGraceMs: number;
-  logLevel: LogLevel;
-}
+export type { HostConfig } from "./config.js";
 
 /** A service's database: the drizzle schema and the drizzle-kit migrations folder that builds it. */
 export interface ServiceDatabase<S extends Record<string, unknown>> {
@@ -324,6 +313,8 @@ export function createService<C extends HostConfig, S extends Record<string, unk
       readMaxBytes: config.maxRequestBytes,
       ...(routes.http ? { http: routes.http } : {}),
       probe: () => database.query("select 1"),
+    }).catch((err: unknown) => {
+      throw listenFailure(err, config);
     });
     server = listening;
     acquired("http server", () => listening.close(config.shutdownGraceMs));
@@ -388,4 +379,24 @@ export function extendHost<H extends ServiceHost, X extends object>(
     Object.defineProperty(host, key, { get, enumerable: true });
   }
   return host as H & X;
+}
+
+/** A port that cannot be bound, as one line naming the variable (a StartupError), or err itself. */
+function listenFailure(err: unknown, config: HostConfig): unknown {
+  const code = (err as { code?: unknown }).code;
+  const where = `${config.portVariable ?? "port"}: cannot listen on ${config.host}:${config.port}`;
+  if (code === "EADDRINUSE") {
+    return new StartupError(
+      `${where}: the address is in use; stop what holds it or choose another port`,
+      EXIT_TEMPFAIL,
+      {
+        cause: err,
+      },
+    );
+  }
+  if (code === "EACCES" || code === "EADDRNOTAVAIL") {
+    const why = code === "EACCES" ? "permission denied (a port below 1024 needs privileges)" : "no such local address";
+    return new StartupError(`${where}: ${why}`, EXIT_CONFIG, { cause: err });
+  }
+  return err;
 }
