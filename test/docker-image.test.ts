@@ -26,7 +26,8 @@ import {
   type StageSources,
   stageChain,
 } from "./support/dockerfile.js";
-import { deleteStreams, freePort, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
+import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
+import { freePort } from "./support/ports.js";
 import { createTestDatabase, type TestDatabase } from "./support/postgres.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));

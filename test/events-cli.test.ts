@@ -10,9 +10,10 @@ import { fileURLToPath } from "node:url";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bearer, type Clients, createClients } from "./support/clients.js";
+import { bearer } from "./support/clients.js";
 import { startTestIssuer, type TestIssuer } from "./support/issuer.js";
 import { waitForOutboxEmpty } from "./support/outbox.js";
+import { waitWhileRunning } from "./support/processes.js";
 import {
   type RunningCustomerService,
   type RunningIdentityService,
@@ -25,22 +26,16 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 let issuer: TestIssuer;
 let customer: RunningCustomerService;
 let identity: RunningIdentityService;
-let custClients: Clients;
-let idClients: Clients;
 const children: ChildProcess[] = [];
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
   customer = await startCustomerService({ IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl });
   identity = await startIdentityService({});
-  custClients = createClients(customer.url);
-  idClients = createClients(identity.url);
 });
 
 afterAll(async () => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-  custClients?.close();
-  idClients?.close();
   await customer?.close();
   await identity?.close();
   await issuer?.close();
@@ -75,34 +70,37 @@ function spawnTail(...args: string[]): Tail {
     child,
     stdout,
     stderr,
-    async line(match) {
-      const deadline = Date.now() + 15_000;
-      for (;;) {
-        const found = stdout.map((l) => JSON.parse(l) as Record<string, unknown>).find(match);
-        if (found) return found;
-        if (child.exitCode !== null) throw new Error(`tail exited: ${stderr.join("\n")}`);
-        if (Date.now() > deadline) throw new Error(`no matching line; stdout:\n${stdout.join("\n")}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    },
+    line: (match) =>
+      waitWhileRunning(
+        exited,
+        () => {
+          const found = stdout.map((l) => JSON.parse(l) as Record<string, unknown>).find(match);
+          if (!found) throw new Error(`no matching line; stdout:\n${stdout.join("\n")}`);
+          return found;
+        },
+        { timeout: 15_000, exitedError: () => new Error(`tail exited: ${stderr.join("\n")}`) },
+      ),
     exit: () => exited,
   };
 }
 
 async function untilStderr(tail: Tail, n: number): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  while (tail.stderr.filter((l) => l.startsWith("events: tailing")).length < n) {
-    if (tail.child.exitCode !== null) throw new Error(`tail exited: ${tail.stderr.join("\n")}`);
-    if (Date.now() > deadline) throw new Error(`tail not ready: ${tail.stderr.join("\n")}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await waitWhileRunning(
+    tail.exit(),
+    () => {
+      if (tail.stderr.filter((l) => l.startsWith("events: tailing")).length < n) {
+        throw new Error(`tail not ready: ${tail.stderr.join("\n")}`);
+      }
+    },
+    { timeout: 15_000, exitedError: () => new Error(`tail exited: ${tail.stderr.join("\n")}`) },
+  );
 }
 
 async function register() {
   const id = randomUUID();
   const token = await issuer.customer(id);
   const email = `${id.slice(0, 8)}@example.com`;
-  await custClients
+  await customer.clients
     .client(CustomerService)
     .registerCustomer({ email, givenName: "Ada", familyName: "Lovelace" }, bearer(token));
   return { id, token, email };
@@ -135,14 +133,14 @@ describe("npm run events -- tail", () => {
     const tail = spawnTail(`${customer.streams.subjectPrefix}.>`, `${identity.streams.subjectPrefix}.>`);
     await untilStderr(tail, 2);
 
-    await custClients
+    await customer.clients
       .client(CustomerService)
       .updateCustomer(
         { customer: { customerId: old.id, familyName: "Byron" }, updateMask: { paths: ["family_name"] } },
         bearer(old.token),
       );
     const email = `${randomUUID().slice(0, 8)}@example.com`;
-    const auth = idClients.client(AuthService);
+    const auth = identity.clients.client(AuthService);
     const { customerId, tokens } = await auth.createCredentials({ email, password: "correct horse battery staple" });
     await auth.authenticateCustomer({ email, password: "correct horse battery staple" });
     await auth.revokeToken({ token: tokens?.refreshToken ?? "" });

@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Platform, startPlatform } from "./abuse/support.js";
+import { type Platform, startPlatform } from "./support/platform.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 

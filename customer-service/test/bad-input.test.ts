@@ -5,24 +5,24 @@
  * Plus the health endpoints.
  */
 import { randomBytes, randomUUID } from "node:crypto";
-import http2 from "node:http2";
-import net from "node:net";
+import type http2 from "node:http2";
 import { Code } from "@connectrpc/connect";
 import type { GetCustomerResponse } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@customer-platform/gen/grpc/health/v1/health_pb.js";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bearer, type Clients, createClients, PROTOCOLS, rpcError } from "../../test/support/clients.js";
+import { bearer, CORE_PROTOCOLS, PROTOCOLS, type Protocol, rpcError } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
+import { holdLock } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
+import { envelope, field, grpcRaw, httpPost, rawTcp } from "../../test/support/wire.js";
 
 const MAX_BYTES = 4096;
 const PATH = "/customer.v1.CustomerService";
 
 let issuer: TestIssuer;
 let svc: RunningCustomerService;
-let clients: Clients;
 let sql: postgres.Sql;
 /** A customer registered first, and GetCustomer's answer for it then. */
 let known: { id: string; token: string; snapshot: GetCustomerResponse };
@@ -34,11 +34,10 @@ beforeAll(async () => {
     IDENTITY_JWKS_URL: issuer.jwksUrl,
     CUSTOMER_MAX_REQUEST_BYTES: String(MAX_BYTES),
   });
-  clients = createClients(svc.url);
-  sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
+  sql = svc.database.sql;
   const id = randomUUID();
   const token = await issuer.customer(id);
-  await clients.client(CustomerService).registerCustomer(
+  await svc.clients.client(CustomerService).registerCustomer(
     {
       email: `known.${id.slice(0, 8)}@example.com`,
       givenName: "Ada",
@@ -48,115 +47,30 @@ beforeAll(async () => {
     },
     bearer(token),
   );
-  const snapshot = await clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token));
+  const snapshot = await svc.clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token));
   known = { id, token, snapshot };
 });
 
 afterAll(async () => {
-  clients?.close();
-  await sql?.end();
   await svc?.close();
   await issuer?.close();
 });
 
 /** The server still answers, with the known customer as it was. */
-async function stillServing(protocol: (typeof PROTOCOLS)[number] = "connect-http1"): Promise<void> {
-  const got = await clients
+async function stillServing(protocol: Protocol = "connect-http1"): Promise<void> {
+  const got = await svc.clients
     .client(CustomerService, protocol)
     .getCustomer({ customerId: known.id }, bearer(known.token));
   expect(got).toEqual(known.snapshot);
 }
 
-/** A raw HTTP/1.1 POST; the body parsed as JSON when it is some. */
-async function post(path: string, body: Uint8Array | string, headers: Record<string, string>) {
-  const res = await fetch(`${svc.url}${path}`, { method: "POST", body, headers });
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, contentType: res.headers.get("content-type"), text, json };
-}
+/** A raw HTTP/1.1 POST to path; the body parsed as JSON when it is some. */
+const post = (path: string, body: Uint8Array | string, headers: Record<string, string>) =>
+  httpPost(`${svc.url}${path}`, body, headers);
 
-interface H2Result {
-  headers: http2.IncomingHttpHeaders;
-  trailers: http2.IncomingHttpHeaders;
-  data: Buffer;
-}
-
-/** One raw HTTP/2 request on its own session. */
-function h2request(headers: http2.OutgoingHttpHeaders, body: Uint8Array): Promise<H2Result> {
-  return new Promise((resolve, reject) => {
-    const session = http2.connect(svc.url);
-    session.on("error", reject);
-    const req = session.request({ ":method": "POST", ...headers });
-    const result: H2Result = { headers: {}, trailers: {}, data: Buffer.alloc(0) };
-    req.on("response", (h) => {
-      result.headers = h;
-    });
-    req.on("trailers", (t) => {
-      result.trailers = t;
-    });
-    req.on("data", (d: Buffer) => {
-      result.data = Buffer.concat([result.data, d]);
-    });
-    req.on("error", reject);
-    req.on("end", () => {
-      session.close();
-      resolve(result);
-    });
-    req.end(body);
-  });
-}
-
-/** A gRPC call over raw HTTP/2: the status from the trailers (or a trailers-only response). */
-async function grpcRaw(method: string, body: Uint8Array, extra: http2.OutgoingHttpHeaders = {}) {
-  const res = await h2request(
-    {
-      ":path": `${PATH}/${method}`,
-      "content-type": "application/grpc",
-      te: "trailers",
-      authorization: `Bearer ${known.token}`,
-      ...extra,
-    },
-    body,
-  );
-  const status = res.trailers["grpc-status"] ?? res.headers["grpc-status"];
-  const message = res.trailers["grpc-message"] ?? res.headers["grpc-message"];
-  return {
-    httpStatus: res.headers[":status"],
-    status: Number(status),
-    message: decodeURIComponent(String(message ?? "")),
-    data: res.data,
-  };
-}
-
-/** A gRPC length-prefixed message. */
-function envelope(message: Uint8Array, declaredLength = message.length): Buffer {
-  const head = Buffer.alloc(5);
-  head.writeUInt8(0, 0);
-  head.writeUInt32BE(declaredLength, 1);
-  return Buffer.concat([head, message]);
-}
-
-/** Hand-encoded protobuf: a varint. */
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  while (n > 0x7f) {
-    out.push((n & 0x7f) | 0x80);
-    n >>>= 7;
-  }
-  out.push(n);
-  return Buffer.from(out);
-}
-
-/** Hand-encoded protobuf: a length-delimited field (string, bytes, message). */
-const field = (no: number, value: Buffer | string) => {
-  const bytes = typeof value === "string" ? Buffer.from(value, "utf8") : value;
-  return Buffer.concat([varint((no << 3) | 2), varint(bytes.length), bytes]);
-};
+/** A gRPC call of method over raw HTTP/2, with the known customer's token unless extra names another. */
+const grpcCall = (method: string, body: Uint8Array, extra: http2.OutgoingHttpHeaders = {}) =>
+  grpcRaw(svc.url, `${PATH}/${method}`, body, { authorization: `Bearer ${known.token}`, ...extra });
 
 /** A RegisterCustomerRequest whose address.region holds `region` as raw bytes. */
 function registerRequest(email: string, region: Buffer): Buffer {
@@ -164,32 +78,11 @@ function registerRequest(email: string, region: Buffer): Buffer {
   return Buffer.concat([field(1, email), field(2, "Ada"), field(3, "Lovelace"), field(5, address)]);
 }
 
-/** Writes bytes on a raw TCP connection; resolves with all the server sent until it closed the connection. */
-function rawTcp(bytes: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(svc.server.port, "127.0.0.1");
-    let received = Buffer.alloc(0);
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error("server kept the connection open"));
-    }, 10_000);
-    socket.on("data", (d) => {
-      received = Buffer.concat([received, d]);
-    });
-    socket.on("error", () => {});
-    socket.on("close", () => {
-      clearTimeout(timer);
-      resolve(received);
-    });
-    socket.write(bytes);
-  });
-}
-
 describe("request size limit", () => {
   it.each(PROTOCOLS)(
     "answers RESOURCE_EXHAUSTED for an oversized message over %s, then serves on",
     async (protocol) => {
-      const client = clients.client(CustomerService, protocol);
+      const client = svc.clients.client(CustomerService, protocol);
       const huge = `${randomUUID()}${"x".repeat(MAX_BYTES)}`;
       await expect(client.getCustomer({ customerId: huge }, bearer(known.token))).rejects.toMatchObject({
         code: Code.ResourceExhausted,
@@ -216,7 +109,7 @@ describe("request size limit", () => {
   });
 
   it("answers RESOURCE_EXHAUSTED to a gRPC frame that only claims to be huge, without waiting for it", async () => {
-    const res = await grpcRaw("GetCustomer", envelope(Buffer.alloc(10), 1 << 30));
+    const res = await grpcCall("GetCustomer", envelope(Buffer.alloc(10), { declaredLength: 1 << 30 }));
     expect(res).toMatchObject({
       httpStatus: 200,
       status: Code.ResourceExhausted,
@@ -267,7 +160,7 @@ describe("garbage on the wire", () => {
 
   it("answers a gRPC status for a truncated gRPC frame over HTTP/2", async () => {
     // The envelope promises 100 bytes; the stream ends after 10.
-    const res = await grpcRaw("GetCustomer", envelope(randomBytes(10), 100));
+    const res = await grpcCall("GetCustomer", envelope(randomBytes(10), { declaredLength: 100 }));
     expect(res).toMatchObject({
       httpStatus: 200,
       status: Code.InvalidArgument,
@@ -279,7 +172,7 @@ describe("garbage on the wire", () => {
 
   it("answers HTTP 400 and closes a TCP connection that sends random bytes", async () => {
     // A leading NUL is no HTTP method and no HTTP/2 preface.
-    const reply = await rawTcp(Buffer.concat([Buffer.from([0]), randomBytes(512)]));
+    const reply = await rawTcp(svc.server.port, Buffer.concat([Buffer.from([0]), randomBytes(512)]));
     expect(reply.toString("latin1")).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
     await stillServing();
     await stillServing("grpc");
@@ -289,7 +182,7 @@ describe("garbage on the wire", () => {
     const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
     // A frame header with an unknown type on stream 0 is ignored; a DATA frame on stream 0 is a protocol error.
     const badFrame = Buffer.from([0, 0, 4, 0x0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
-    const reply = await rawTcp(Buffer.concat([preface, badFrame, randomBytes(256)]));
+    const reply = await rawTcp(svc.server.port, Buffer.concat([preface, badFrame, randomBytes(256)]));
     const types: number[] = [];
     for (let at = 0; at + 9 <= reply.length; ) {
       types.push(reply.readUInt8(at + 3));
@@ -315,30 +208,30 @@ describe("garbage on the wire", () => {
       code: "internal",
       message: "parse binary: The encoded data was not valid for encoding utf-8",
     });
-    const overGrpc = await grpcRaw("RegisterCustomer", envelope(bad), { authorization: `Bearer ${token}` });
+    const overGrpc = await grpcCall("RegisterCustomer", envelope(bad), { authorization: `Bearer ${token}` });
     expect(overGrpc).toMatchObject({
       status: Code.Internal,
       message: "parse binary: The encoded data was not valid for encoding utf-8",
     });
-    await expect(clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token))).rejects.toMatchObject(
-      rpcError("customer not found", Code.NotFound),
-    );
+    await expect(
+      svc.clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token)),
+    ).rejects.toMatchObject(rpcError("customer not found", Code.NotFound));
     const rows = await sql`select 1 from customers where customer_id = ${id}`;
     expect(rows.length).toBe(0);
 
     // The same bytes with valid UTF-8 register: the hand encoding is right, only the UTF-8 was wrong.
-    const good = await grpcRaw("RegisterCustomer", envelope(registerRequest(email, Buffer.from("Lé", "utf8"))), {
+    const good = await grpcCall("RegisterCustomer", envelope(registerRequest(email, Buffer.from("Lé", "utf8"))), {
       authorization: `Bearer ${token}`,
     });
     expect(good).toMatchObject({ status: 0 });
-    const got = await clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token));
+    const got = await svc.clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token));
     expect(got.customer?.address?.region).toBe("Lé");
   });
 
   it("answers INTERNAL, not a crash, for deeply nested groups in an unknown field", async () => {
     // Field 15, wire type 3 (start group), nested 2000 times and never closed.
     const nested = Buffer.alloc(2000, (15 << 3) | 3);
-    const res = await grpcRaw("GetCustomer", envelope(Buffer.concat([field(1, known.id), nested])));
+    const res = await grpcCall("GetCustomer", envelope(Buffer.concat([field(1, known.id), nested])));
     // protobuf-es stops at its recursion limit (100) instead of exhausting the stack.
     expect(res).toMatchObject({ status: Code.Internal, message: "parse binary: maximum recursion depth reached" });
     await stillServing("grpc");
@@ -402,7 +295,7 @@ describe("deadlines", () => {
     "a call with timeoutMs 1 fails with DEADLINE_EXCEEDED over %s, then the server serves on",
     async (protocol) => {
       await expect(
-        clients
+        svc.clients
           .client(CustomerService, protocol)
           .getCustomer({ customerId: known.id }, { ...bearer(known.token), timeoutMs: 1 }),
       ).rejects.toMatchObject(rpcError("the operation timed out", Code.DeadlineExceeded));
@@ -413,32 +306,14 @@ describe("deadlines", () => {
   it("the server answers DEADLINE_EXCEEDED when the deadline passes, even while the handler still waits", async () => {
     const id = randomUUID();
     const token = await issuer.customer(id);
-    await clients
+    await svc.clients
       .client(CustomerService)
       .registerCustomer(
         { email: `deadline.${id.slice(0, 8)}@example.com`, givenName: "D", familyName: "L" },
         bearer(token),
       );
     // Hold the row lock UpdateCustomer needs until the answers are in (or 5 s, so a failure cannot hang).
-    let release = () => {};
-    const released = new Promise<void>((r) => {
-      release = r;
-      setTimeout(r, 5_000);
-    });
-    let locked = () => {};
-    const isLocked = new Promise<void>((r) => {
-      locked = r;
-    });
-    const holder = sql.begin(async (tx) => {
-      await tx`select 1 from customers where customer_id = ${id} for update`;
-      locked();
-      await released;
-    });
-    await isLocked;
-    let lockHeld = true;
-    void holder.finally(() => {
-      lockHeld = false;
-    });
+    const lock = await holdLock(sql, (tx) => tx`select 1 from customers where customer_id = ${id} for update`, 5_000);
     const update = JSON.stringify({ customer: { customer_id: id, given_name: "Late" }, update_mask: "givenName" });
     try {
       // No client-side timer here: only the server knows the deadline.
@@ -451,7 +326,7 @@ describe("deadlines", () => {
         status: 504,
         json: { code: "deadline_exceeded", message: "the operation timed out" },
       });
-      const grpc = await grpcRaw(
+      const grpc = await grpcCall(
         "UpdateCustomer",
         envelope(
           Buffer.concat([field(1, Buffer.concat([field(1, id), field(3, "Late")])), field(2, field(1, "given_name"))]),
@@ -460,10 +335,9 @@ describe("deadlines", () => {
       );
       expect(grpc).toMatchObject({ status: Code.DeadlineExceeded, message: "the operation timed out" });
       // Both answers came while the handlers were still blocked.
-      expect(lockHeld).toBe(true);
+      expect(lock.held).toBe(true);
     } finally {
-      release();
-      await holder;
+      await lock.release();
     }
     await stillServing();
   });
@@ -471,8 +345,8 @@ describe("deadlines", () => {
 
 describe("health", () => {
   it("grpc.health.v1.Health/Check says SERVING for the server and CustomerService", async () => {
-    for (const protocol of ["grpc", "connect-http1"] as const) {
-      const health = clients.client(Health, protocol);
+    for (const protocol of CORE_PROTOCOLS) {
+      const health = svc.clients.client(Health, protocol);
       expect((await health.check({ service: "" })).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
       expect((await health.check({ service: "customer.v1.CustomerService" })).status).toBe(
         HealthCheckResponse_ServingStatus.SERVING,
@@ -501,7 +375,7 @@ describe("after all of it", () => {
     expect(row.version).toBe("1");
     const id = randomUUID();
     const token = await issuer.customer(id);
-    const res = await clients
+    const res = await svc.clients
       .client(CustomerService, "grpc")
       .registerCustomer(
         { email: `after.${id.slice(0, 8)}@example.com`, givenName: "New", familyName: "One" },

@@ -7,7 +7,7 @@ import { randomUUID } from "node:crypto";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bufCurl, type CurlProtocol, CURL_PROTOCOLS as PROTOCOLS } from "../../test/support/buf-curl.js";
-import { bearer, type Clients, createClients } from "../../test/support/clients.js";
+import { bearer } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 
@@ -15,16 +15,14 @@ const SERVICE = "customer.v1.CustomerService";
 
 let issuer: TestIssuer;
 let svc: RunningCustomerService;
-let clients: Clients;
 let customer: { id: string; token: string };
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
   svc = await startCustomerService({ IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl });
-  clients = createClients(svc.url);
   const id = randomUUID();
   const token = await issuer.customer(id);
-  await clients.client(CustomerService).registerCustomer(
+  await svc.clients.client(CustomerService).registerCustomer(
     {
       email: `curl.${id.slice(0, 8)}@example.com`,
       givenName: "Ada",
@@ -37,7 +35,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  clients?.close();
   await svc?.close();
   await issuer?.close();
 });
@@ -104,7 +101,7 @@ describe("buf curl via server reflection", () => {
         createTime: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/),
         updateTime: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/),
       });
-      const got = await clients
+      const got = await svc.clients
         .client(CustomerService)
         .getCustomer({ customerId: customer.id }, bearer(customer.token));
       const createTime = got.customer?.createTime;
@@ -148,7 +145,7 @@ describe("buf curl via server reflection", () => {
   it("updates a profile with a field mask in JSON", async () => {
     const id = randomUUID();
     const token = await issuer.customer(id);
-    await clients
+    await svc.clients
       .client(CustomerService)
       .registerCustomer(
         { email: `curl.${id.slice(0, 8)}@example.com`, givenName: "Ada", familyName: "Lovelace" },

@@ -7,27 +7,24 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { ViolationsSchema } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bearer, type Clients, createClients, PROTOCOLS, rpcError } from "../../test/support/clients.js";
+import { bearer, PROTOCOLS, rpcError } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
+import { sleep } from "../../test/support/timing.js";
 
 let issuer: TestIssuer;
 let svc: RunningCustomerService;
-let clients: Clients;
 let sql: postgres.Sql;
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
   svc = await startCustomerService({ IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl });
-  clients = createClients(svc.url);
-  sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
+  sql = svc.database.sql;
 });
 
 afterAll(async () => {
-  clients?.close();
-  await sql?.end();
   await svc?.close();
   await issuer?.close();
 });
@@ -48,7 +45,7 @@ const profile = (n: string) => ({
 
 describe.each(PROTOCOLS)("over %s", (protocol) => {
   it("registers, reads and updates a profile", async () => {
-    const client = clients.client(CustomerService, protocol);
+    const client = svc.clients.client(CustomerService, protocol);
     const id = randomUUID();
     const token = await issuer.customer(id);
     const reg = await client.registerCustomer(profile(id.slice(0, 8)), bearer(token));
@@ -83,13 +80,13 @@ describe.each(PROTOCOLS)("over %s", (protocol) => {
   it("answers NOT_FOUND for an unknown customer", async () => {
     const id = randomUUID();
     await expect(
-      clients.client(CustomerService, protocol).getCustomer({ customerId: id }, bearer(await issuer.customer(id))),
+      svc.clients.client(CustomerService, protocol).getCustomer({ customerId: id }, bearer(await issuer.customer(id))),
     ).rejects.toMatchObject(rpcError("customer not found", Code.NotFound));
   });
 
   it("answers INVALID_ARGUMENT with violations for a bad request", async () => {
     const id = randomUUID();
-    const err = await clients
+    const err = await svc.clients
       .client(CustomerService, protocol)
       .registerCustomer(
         { ...profile("x"), email: "not-an-email", phoneNumber: "12" },
@@ -107,7 +104,7 @@ describe.each(PROTOCOLS)("over %s", (protocol) => {
 });
 
 describe("RegisterCustomer", () => {
-  const client = () => clients.client(CustomerService);
+  const client = () => svc.clients.client(CustomerService);
 
   it("returns the same customer for an identical retry, without a second event", async () => {
     const id = randomUUID();
@@ -142,7 +139,7 @@ describe("RegisterCustomer", () => {
 });
 
 describe("UpdateCustomer", () => {
-  const client = () => clients.client(CustomerService);
+  const client = () => svc.clients.client(CustomerService);
   const register = async () => {
     const id = randomUUID();
     const token = await issuer.customer(id);
@@ -242,13 +239,13 @@ describe("UpdateCustomer", () => {
 });
 
 describe("authorization", () => {
-  const client = () => clients.client(CustomerService, "grpc");
+  const client = () => svc.clients.client(CustomerService, "grpc");
   let owner: { id: string; token: string };
 
   beforeAll(async () => {
     const id = randomUUID();
     const token = await issuer.customer(id);
-    await clients.client(CustomerService).registerCustomer(profile(id.slice(0, 8)), bearer(token));
+    await svc.clients.client(CustomerService).registerCustomer(profile(id.slice(0, 8)), bearer(token));
     owner = { id, token };
   });
 
@@ -342,7 +339,7 @@ describe("authorization", () => {
   });
   it("picks up a rotated signing key (refetches the JWKS on an unknown kid)", async () => {
     await issuer.rotate();
-    await new Promise((r) => setTimeout(r, 5_100)); // past the verifier's refetch cooldown
+    await sleep(5_100); // past the verifier's refetch cooldown
     const got = await client().getCustomer({ customerId: owner.id }, bearer(await issuer.customer(owner.id)));
     expect(got.customer?.customerId).toBe(owner.id);
   });

@@ -7,18 +7,19 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import net from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bearer, createClients } from "../../test/support/clients.js";
+import { bearer, type CoreProtocol, createClients } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
-import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
-import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
+import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { freePort, refused } from "../../test/support/ports.js";
+import { createTestDatabase, holdLock, type TestDatabase } from "../../test/support/postgres.js";
+import { waitWhileRunning } from "../../test/support/processes.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "../..");
 const MAIN = "customer-service/src/main.ts";
@@ -60,19 +61,15 @@ function run(env: Record<string, string>): Running {
   return { child, stdout, stderr, exited };
 }
 
-/** Polls until check returns true; fails after ms, or at once if the process has exited. */
+/** Waits until check returns true; fails after ms, or at once if the process has exited. */
 async function until(what: string, proc: Running, check: () => Promise<boolean> | boolean, ms = 20_000) {
-  const deadline = Date.now() + ms;
-  let gone = false;
-  void proc.exited.then(() => {
-    gone = true;
-  });
-  for (;;) {
-    if (await check()) return;
-    if (gone) throw new Error(`process exited while waiting for ${what}: ${proc.stderr.join("")}`);
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await waitWhileRunning(
+    proc.exited,
+    async () => {
+      if (!(await check())) throw new Error(`timed out waiting for ${what}`);
+    },
+    { timeout: ms, exitedError: () => new Error(`process exited while waiting for ${what}: ${proc.stderr.join("")}`) },
+  );
 }
 
 /** Within ms, or a clear failure. */
@@ -85,16 +82,6 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
     }),
   ]);
 }
-
-const refused = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(false);
-    });
-    socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code === "ECONNREFUSED"));
-  });
 
 afterAll(() => {
   for (const child of started) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
@@ -109,11 +96,10 @@ describe("the customer service process", () => {
   beforeAll(async () => {
     issuer = await startTestIssuer();
     database = await createTestDatabase("lifecycle");
-    sql = postgres(database.url, { max: 2, onnotice: () => {} });
+    sql = database.sql;
   });
 
   afterAll(async () => {
-    await sql?.end();
     await database?.drop();
     await deleteStreams(sharedNatsUrl, streams.stream);
     await issuer?.close();
@@ -154,21 +140,8 @@ describe("the customer service process", () => {
       expect(reg.customer?.version).toBe(1n);
 
       // Two calls in flight, over HTTP/1.1 and HTTP/2, both held up by a row lock the test owns.
-      let release = () => {};
-      const released = new Promise<void>((r) => {
-        release = r;
-      });
-      let locked = () => {};
-      const isLocked = new Promise<void>((r) => {
-        locked = r;
-      });
-      const holder = sql.begin(async (tx) => {
-        await tx`select 1 from customers where customer_id = ${id} for update`;
-        locked();
-        await released;
-      });
-      await isLocked;
-      const update = (protocol: "connect-http1" | "grpc", familyName: string) =>
+      const lock = await holdLock(sql, (tx) => tx`select 1 from customers where customer_id = ${id} for update`);
+      const update = (protocol: CoreProtocol, familyName: string) =>
         clients
           .client(CustomerService, protocol)
           .updateCustomer(
@@ -189,8 +162,7 @@ describe("the customer service process", () => {
       await until("the port to refuse connections", proc, () => refused(port), 5_000);
       expect(proc.child.exitCode).toBeNull();
 
-      release();
-      await holder;
+      await lock.release();
       const results = await within(Promise.all(inFlight), 5_000, "the calls in flight");
       expect(results.map((r) => r.customer?.version).sort()).toEqual([2n, 3n]);
       const exit = await within(proc.exited, 10_000, "the exit");

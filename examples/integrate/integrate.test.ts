@@ -14,19 +14,15 @@ import { CUSTOMER_TOKEN_SCOPES, identitySubjects } from "@customer-platform/sdk"
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
-import { bearer, type Clients, createClients } from "../../test/support/clients.js";
-import { freePort } from "../../test/support/nats.js";
+import { bearer } from "../../test/support/clients.js";
 import { waitForOutboxEmpty } from "../../test/support/outbox.js";
+import { type Platform, startPlatform } from "../../test/support/platform.js";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
-import {
-  type RunningCustomerService,
-  type RunningIdentityService,
-  startCustomerService,
-  startIdentityService,
-} from "../../test/support/services.js";
+import type { RunningCustomerService, RunningIdentityService } from "../../test/support/services.js";
+import { until } from "../../test/support/timing.js";
 import { consumeCustomersPlain, consumeSignIns } from "./consume-events.js";
 import { connectCustomerClient, createTokenSource, findCustomer, grpcCustomerClient } from "./customer-client.js";
 import { createOrdersAuth, withPrincipal } from "./verify-token.js";
@@ -35,41 +31,21 @@ const PASSWORD = "correct horse battery staple";
 let issuer: string;
 let identity: RunningIdentityService;
 let customer: RunningCustomerService;
-let idClients: Clients;
-let custClients: Clients;
+let platform: Platform;
 let nc: NatsConnection;
 let js: JetStreamClient;
 
 beforeAll(async () => {
-  issuer = `http://127.0.0.1:${await freePort()}`;
-  identity = await startIdentityService({
-    IDENTITY_PORT: new URL(issuer).port,
-    IDENTITY_ISSUER: issuer,
-    IDENTITY_AUDIENCES: "customer-service orders-service",
-  });
-  customer = await startCustomerService({ IDENTITY_ISSUER: issuer }, { identityStreams: identity.streams });
-  idClients = createClients(identity.url);
-  custClients = createClients(customer.url);
+  platform = await startPlatform({ identityEnv: { IDENTITY_AUDIENCES: "customer-service orders-service" } });
+  ({ issuer, identity, customer } = platform);
   nc = await connect({ servers: customer.natsUrl });
   js = jetstream(nc);
 });
 
 afterAll(async () => {
-  idClients?.close();
-  custClients?.close();
   await nc?.close();
-  await customer?.close();
-  await identity?.close();
+  await platform?.close();
 });
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function until(what: string, check: () => boolean | Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 /** A service client created with the CLI, as an operator would. */
 async function serviceCredentials(scopes: string) {
@@ -82,9 +58,11 @@ async function serviceCredentials(scopes: string) {
 
 async function newCustomer() {
   const email = `ada.${randomUUID().slice(0, 8)}@example.com`;
-  const { customerId, tokens } = await idClients.client(AuthService).createCredentials({ email, password: PASSWORD });
+  const { customerId, tokens } = await identity.clients
+    .client(AuthService)
+    .createCredentials({ email, password: PASSWORD });
   const token = tokens?.accessToken ?? "";
-  const { customer: profile } = await custClients
+  const { customer: profile } = await customer.clients
     .client(CustomerService)
     .registerCustomer({ email, givenName: "Ada", familyName: "Lovelace" }, bearer(token));
   return { customerId, email, token, profile };
@@ -200,7 +178,7 @@ describe("an HTTP API that trusts our access tokens", () => {
   it("answers 401 moments after the identity service revoked the token", async () => {
     const c = await newCustomer();
     expect((await call(`Bearer ${c.token}`)).status).toBe(200);
-    await idClients.client(AuthService).revokeToken({ token: c.token });
+    await identity.clients.client(AuthService).revokeToken({ token: c.token });
     await expect
       .poll(() => call(`Bearer ${c.token}`), { timeout: 10_000, interval: 50 })
       .toEqual({ status: 401, challenge: 'Bearer error="invalid_token"', body: { error: "access token revoked" } });
@@ -212,16 +190,15 @@ describe("consuming events", () => {
   let sql: postgres.Sql;
   beforeAll(async () => {
     db = await createTestDatabase("integrate");
-    sql = postgres(db.url, { max: 2, onnotice: () => {} });
+    sql = db.sql;
   });
   afterAll(async () => {
-    await sql?.end();
     await db?.drop();
   });
 
   it("counts each sign-in once with the SDK's consumeEvents, even when an event comes twice", async () => {
     const c = await newCustomer();
-    const auth = idClients.client(AuthService);
+    const auth = identity.clients.client(AuthService);
     await auth.authenticateCustomer({ email: c.email, password: PASSWORD });
     await auth.authenticateCustomer({ email: c.email, password: PASSWORD });
     await waitForOutboxEmpty(identity.database.url);

@@ -11,18 +11,19 @@ import { CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events
 import { customerSubjects, readCloudEvent, setCloudEventHeaders } from "@customer-platform/sdk";
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bearer, type Clients, createClients } from "../../test/support/clients.js";
+import { bearer } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { waitForOutboxEmpty } from "../../test/support/outbox.js";
-import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
+import { connectSql, createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
+import { waitForStream } from "../../test/support/streams.js";
+import { until } from "../../test/support/timing.js";
 import { type AppliedEvent, readCustomer, startReadModel } from "./read-model.js";
 
 let issuer: TestIssuer;
 let svc: RunningCustomerService;
-let clients: Clients;
 let readDb: TestDatabase;
 let sql: postgres.Sql;
 let nc: NatsConnection;
@@ -32,22 +33,16 @@ let jsm: JetStreamManager;
 beforeAll(async () => {
   issuer = await startTestIssuer();
   svc = await startCustomerService({ IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl });
-  clients = createClients(svc.url);
   readDb = await createTestDatabase("read_model");
-  sql = postgres(readDb.url, { max: 4, onnotice: () => {} });
+  // The read model writes from several handlers at once.
+  sql = connectSql(readDb.url, 4);
   nc = await connect({ servers: svc.natsUrl });
   js = jetstream(nc);
   jsm = await jetstreamManager(nc);
-  await until("the customer stream", () =>
-    jsm.streams.info(svc.streams.stream).then(
-      () => true,
-      () => false,
-    ),
-  );
+  await waitForStream(jsm, svc.streams.stream, 20_000);
 });
 
 afterAll(async () => {
-  clients?.close();
   await nc?.close();
   await sql?.end();
   await readDb?.drop();
@@ -55,17 +50,7 @@ afterAll(async () => {
   await issuer?.close();
 });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-const customers = () => clients.client(CustomerService);
+const customers = () => svc.clients.client(CustomerService);
 
 interface Registered {
   id: string;
@@ -149,7 +134,7 @@ describe("the example read model", () => {
     const all = await Promise.all(Array.from({ length: 20 }, register));
     // Five updates per customer, customers in parallel; the consumer stops halfway.
     let done = 0;
-    const stopped = until("half the burst", () => done >= 50).then(() => readModel.stop());
+    const stopped = until("half the burst", () => done >= 50, 20_000).then(() => readModel.stop());
     await Promise.all(
       all.map(async (c) => {
         for (let n = 1; n <= 5; n++) {
@@ -172,7 +157,7 @@ describe("the example read model", () => {
 
     readModel = await start();
     try {
-      await until("the read model to converge", () => converged(all));
+      await until("the read model to converge", () => converged(all), 20_000);
       for (const c of all) {
         const { customer } = await customers().getCustomer({ customerId: c.id }, bearer(c.token));
         expect(await readCustomer(sql, c.id)).toEqual(customer);
@@ -202,7 +187,7 @@ describe("the example read model", () => {
       });
       const subject = customerSubjects(svc.streams.subjectPrefix).updated(target.id);
       await js.publish(subject, toBinary(CustomerUpdatedSchema, stale), { msgID: stale.eventId, headers: h });
-      await until("the duplicate to be handled", () => handled.has(stale.eventId));
+      await until("the duplicate to be handled", () => handled.has(stale.eventId), 20_000);
       expect(applied.has(stale.eventId)).toBe(false);
       expect(await readCustomer(sql, target.id)).toEqual(before);
     } finally {

@@ -7,33 +7,29 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { RetryInfoSchema } from "@customer-platform/gen/google/rpc/error_details_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { decodeJwt, decodeProtectedHeader } from "jose";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bearer, type Clients, createClients, rpcError } from "../../test/support/clients.js";
+import { bearer, CORE_PROTOCOLS, type CoreProtocol, rpcError } from "../../test/support/clients.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
 import { runCli } from "../src/cli.js";
 
 let svc: RunningIdentityService;
-let clients: Clients;
 let sql: postgres.Sql;
 
 beforeAll(async () => {
   svc = await startIdentityService({ IDENTITY_THROTTLE_BASE_DELAY_MS: "60000" });
-  clients = createClients(svc.url);
-  sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
+  sql = svc.database.sql;
 });
 
 afterAll(async () => {
-  clients?.close();
-  await sql?.end();
   await svc?.close();
 });
 
-const auth = (protocol: "connect-http1" | "grpc" = "connect-http1") => clients.client(AuthService, protocol);
+const auth = (protocol: CoreProtocol = "connect-http1") => svc.clients.client(AuthService, protocol);
 const email = () => `user.${randomUUID().slice(0, 8)}@example.com`;
 const PASSWORD = "correct horse battery staple";
 
-async function signUp(protocol: "connect-http1" | "grpc" = "connect-http1") {
+async function signUp(protocol: CoreProtocol = "connect-http1") {
   const address = email();
   const res = await auth(protocol).createCredentials({ email: address, password: PASSWORD });
   return { email: address, ...res };
@@ -49,7 +45,7 @@ async function createClient(scopes: string): Promise<{ clientId: string; secret:
   return { clientId, secret: printed.client_secret };
 }
 
-describe.each(["connect-http1", "grpc"] as const)("sign-up and sign-in over %s", (protocol) => {
+describe.each(CORE_PROTOCOLS)("sign-up and sign-in over %s", (protocol) => {
   it("creates credentials and returns a customer id with tokens", async () => {
     const res = await signUp(protocol);
     expect(res.customerId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);

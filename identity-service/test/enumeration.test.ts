@@ -7,16 +7,14 @@
 import { randomUUID } from "node:crypto";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import argon2 from "argon2";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Clients, createClients } from "../../test/support/clients.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
 
 const OWASP_PREFIX = "$argon2id$v=19$m=19456,t=2,p=1$";
 const PASSWORD = "correct horse battery staple";
 
 let svc: RunningIdentityService;
-let clients: Clients;
 let sql: postgres.Sql;
 
 beforeAll(async () => {
@@ -26,13 +24,10 @@ beforeAll(async () => {
     // Dozens of failures for one login must all reach the password check.
     IDENTITY_THROTTLE_FREE_ATTEMPTS: "1000",
   });
-  clients = createClients(svc.url);
-  sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
+  sql = svc.database.sql;
 });
 
 afterAll(async () => {
-  clients?.close();
-  await sql?.end();
   await svc?.close();
 });
 
@@ -40,7 +35,7 @@ const email = (label: string) => `${label}.${randomUUID().slice(0, 8)}@example.c
 
 async function signUp(): Promise<{ email: string; customerId: string }> {
   const address = email("known");
-  const res = await clients.client(AuthService).createCredentials({ email: address, password: PASSWORD });
+  const res = await svc.clients.client(AuthService).createCredentials({ email: address, password: PASSWORD });
   return { email: address, customerId: res.customerId };
 }
 
@@ -162,7 +157,7 @@ describe("rehash on sign-in", () => {
       insert into identities (customer_id, email, password_hash, created_at, updated_at, password_changed_at)
       values (${customerId}, ${address}, ${legacy}, now(), now(), now())`;
 
-    const auth = clients.client(AuthService);
+    const auth = svc.clients.client(AuthService);
     await expect(auth.authenticateCustomer({ email: address, password: "wrong password!" })).rejects.toMatchObject({
       rawMessage: "invalid email or password",
     });

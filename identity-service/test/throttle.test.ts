@@ -9,12 +9,13 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RetryInfoSchema } from "@customer-platform/gen/google/rpc/error_details_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Clients, createClients, rpcError } from "../../test/support/clients.js";
+import { outcome, rpcError } from "../../test/support/clients.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
+import { sleep } from "../../test/support/timing.js";
 
 const FREE_ATTEMPTS = 3;
 const SHORT_DELAY_MS = 500;
@@ -27,7 +28,6 @@ let database: TestDatabase;
 let slow: RunningIdentityService[] = [];
 /** Two instances with a short delay, for the recovery test. */
 let fast: RunningIdentityService[] = [];
-const clientSets: Clients[] = [];
 let sql: postgres.Sql;
 
 beforeAll(async () => {
@@ -43,12 +43,10 @@ beforeAll(async () => {
   // Sequentially: each runs the migrations on the shared database at start.
   slow = [await start(60_000), await start(60_000)];
   fast = [await start(SHORT_DELAY_MS), await start(SHORT_DELAY_MS)];
-  sql = postgres(database.url, { max: 2, onnotice: () => {} });
+  sql = database.sql;
 });
 
 afterAll(async () => {
-  for (const c of clientSets) c.close();
-  await sql?.end();
   for (const s of [...slow, ...fast]) await s.close();
   await database?.drop();
   await deleteStreams(sharedNatsUrl, streams.stream);
@@ -56,21 +54,10 @@ afterAll(async () => {
 
 /** An AuthService client per instance. */
 function authOf(instances: RunningIdentityService[]) {
-  return instances.map((s) => {
-    const c = createClients(s.url);
-    clientSets.push(c);
-    return c.client(AuthService);
-  });
+  return instances.map((s) => s.clients.client(AuthService));
 }
 
 const email = (label: string) => `${label}.${randomUUID().slice(0, 8)}@example.com`;
-
-/** "ok" or the error code's name. */
-const outcome = (call: Promise<unknown>): Promise<string> =>
-  call.then(
-    () => "ok",
-    (e: unknown) => Code[ConnectError.from(e).code] ?? "?",
-  );
 
 const count = (xs: string[], x: string) => xs.filter((y) => y === x).length;
 
@@ -156,7 +143,7 @@ describe("throttling shared by instances", () => {
     );
     expect(await throttleRow(address)).toEqual({ failures: FREE_ATTEMPTS, blocked: true });
 
-    await new Promise((r) => setTimeout(r, Math.max(0, blockedAt + SHORT_DELAY_MS + 100 - Date.now())));
+    await sleep(Math.max(0, blockedAt + SHORT_DELAY_MS + 100 - Date.now()));
     const res = await b.authenticateCustomer({ email: address, password: PASSWORD });
     expect(res.customerId).toBe(customerId);
     expect(await throttleRow(address)).toBeUndefined();

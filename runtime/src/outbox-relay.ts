@@ -12,10 +12,9 @@
  * `idle`, `stopped`) and as a `status` snapshot, for operators and tests.
  */
 import { EventEmitter } from "node:events";
-import { createSupervisedLoop, type StepResult } from "@customer-platform/sdk/background";
+import { createSupervisedLoop, type StepResult, settlesWithin } from "@customer-platform/sdk/background";
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { settlesWithin } from "./async.js";
 import { type Database, isConnectionError } from "./db.js";
 import { errMessage, type Logger } from "./logger.js";
 import type { Nats, NatsStatus } from "./nats.js";

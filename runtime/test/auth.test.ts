@@ -10,7 +10,7 @@ import { CustomerService } from "@customer-platform/gen/customer/v1/customer_ser
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { rpcError } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
-import { freePort } from "../../test/support/nats.js";
+import { freePort } from "../../test/support/ports.js";
 import { type Authenticator, createJwksAuthenticator, revokedAccessToken } from "../src/auth.js";
 
 let issuer: TestIssuer;

@@ -22,9 +22,10 @@ import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
-import { freePort } from "../../test/support/nats.js";
 import { startPgRefuser } from "../../test/support/pg-refuser.js";
+import { freePort } from "../../test/support/ports.js";
 import { adminUrl, createTestDatabase } from "../../test/support/postgres.js";
+import { sleep } from "../../test/support/timing.js";
 import { type Database, openDatabase } from "../src/db.js";
 import { LOCK_FILE, type LockHolder } from "../src/embedded-dir.js";
 
@@ -236,7 +237,7 @@ describe("PostgreSQL sessions", () => {
     await expect(
       database.db.transaction(async (tx) => {
         await tx.execute("select 1");
-        await new Promise((resolve) => setTimeout(resolve, 1_500));
+        await sleep(1_500);
         await tx.execute("select 1");
       }),
     ).rejects.toThrow();

@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { connectNodeAdapter, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { Health as HealthService } from "@customer-platform/gen/grpc/health/v1/health_pb.js";
@@ -7,7 +6,8 @@ import { service as grpcHealthDefinition } from "grpc-health-check";
 import { pino } from "pino";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { adminUrl } from "../../test/support/postgres.js";
+import { adminUrl, connectSql } from "../../test/support/postgres.js";
+import { sleep } from "../../test/support/timing.js";
 import {
   createHealth,
   type Health,
@@ -213,7 +213,7 @@ describe("watchReadiness", () => {
   let sql: postgres.Sql;
   let unreachable: postgres.Sql;
   beforeAll(() => {
-    sql = postgres(adminUrl, { max: 1, onnotice: () => {} });
+    sql = connectSql(adminUrl, 1);
     unreachable = postgres("postgres://postgres@127.0.0.1:1/postgres", { max: 1, connect_timeout: 1 });
   });
   afterAll(async () => {

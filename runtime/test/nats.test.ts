@@ -6,6 +6,7 @@
  */
 import { describe, expect, it, vi } from "vitest";
 import { startPrivateNats } from "../../test/support/nats.js";
+import { sleep } from "../../test/support/timing.js";
 import type { NatsStatus } from "../src/nats.js";
 import { afterThisTest, captureLogger, testNats } from "./outbox-harness.js";
 
@@ -23,7 +24,7 @@ describe("createNats", () => {
     expect(nats.status).toBe("connecting");
 
     await vi.waitUntil(() => nats.status === "disconnected");
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
     expect(nats.connection).toBeUndefined();
     expect(count("cannot connect to NATS; retrying", 40)).toBe(1);
 
@@ -59,7 +60,7 @@ describe("createNats", () => {
     expect(performance.now() - t0).toBeLessThan(1_000);
     // Nothing connects after close, even once NATS is there.
     await server.start();
-    await new Promise((r) => setTimeout(r, 1_000));
+    await sleep(1_000);
     expect(nats.status).toBe("closed");
     expect(nats.connection).toBeUndefined();
   });

@@ -8,6 +8,7 @@
 import { describe, expect, it, vi } from "vitest";
 import { startPrivateNats } from "../../test/support/nats.js";
 import { unsentEvents, waitForOutboxEmpty } from "../../test/support/outbox.js";
+import { sleep } from "../../test/support/timing.js";
 import type { OutboxRelay } from "../src/outbox-relay.js";
 import {
   afterThisTest,
@@ -53,7 +54,7 @@ describe("outbox relay leadership", () => {
     await vi.waitUntil(() => a.status.state === "leader");
     b.start();
     // b tries the lock every 100–200 ms meanwhile.
-    await new Promise((r) => setTimeout(r, 600));
+    await sleep(600);
     expect(b.status.state).toBe("follower");
 
     const batch = () => Array.from({ length: 10 }, () => authenticated(outbox));

@@ -7,6 +7,7 @@
 import { describe, expect, it, vi } from "vitest";
 import { startPrivateNats } from "../../test/support/nats.js";
 import { unsentEvents, waitForOutboxEmpty } from "../../test/support/outbox.js";
+import { sleep } from "../../test/support/timing.js";
 import {
   afterThisTest,
   authenticated,
@@ -39,7 +40,7 @@ describe("outbox relay and NATS outages", () => {
     await nats.kill();
     await vi.waitUntil(() => relay.status.nats === "disconnected");
     for (let i = 0; i < 10; i++) await enqueueAll(database, outbox, [authenticated(outbox), authenticated(outbox)]);
-    await new Promise((r) => setTimeout(r, 500));
+    await sleep(500);
     expect(await unsentEvents(database)).toBe(20);
     expect(count(HELD, WARN)).toBe(1);
 
@@ -67,7 +68,7 @@ describe("outbox relay and NATS outages", () => {
     const events = [authenticated(outbox), authenticated(outbox), authenticated(outbox)];
     await enqueueAll(database, outbox, events);
     // Several connection attempts (backing off up to 500 ms) happen meanwhile.
-    await new Promise((r) => setTimeout(r, 2000));
+    await sleep(2000);
     expect(relay.status).toMatchObject({ state: "leader", nats: "disconnected", published: 0 });
     expect(await unsentEvents(database)).toBe(3);
     expect(count("cannot connect to NATS; retrying", WARN)).toBe(1);

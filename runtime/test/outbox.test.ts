@@ -11,6 +11,7 @@ import { CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/
 import { eq, sql } from "drizzle-orm";
 import { pgTable, text } from "drizzle-orm/pg-core";
 import { describe, expect, it } from "vitest";
+import { sleep } from "../../test/support/timing.js";
 import { defineOutbox } from "../src/outbox.js";
 import { enqueueEvent, eventValues, outboxEvent, prepareWithEvent } from "../src/outbox-writer.js";
 import { afterThisTest, authenticated, enqueueAll, outboxOrder, postgresOutbox, testOutbox } from "./outbox-harness.js";
@@ -101,7 +102,7 @@ describe("enqueueEvent", () => {
     let before = -1;
     await database.db.transaction(async (tx) => {
       for (const e of events) await enqueueEvent(tx, e, outbox);
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
       before = notified();
     });
     expect(before).toBe(0);

@@ -23,6 +23,9 @@
 import { settlesWithin } from "./async.js";
 import { errMessage, type Logger } from "./logger.js";
 
+/** Waits for a promise to settle, but at most a given time (for stop() with a timeout). */
+export { settlesWithin };
+
 /** The logging a loop does; a pino logger fits. */
 export type LoopLogger = Pick<Logger, "debug" | "info" | "warn" | "error">;
 

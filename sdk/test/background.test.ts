@@ -6,14 +6,13 @@
  * end in time.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import { sleep } from "../../test/support/timing.js";
 import { createSupervisedLoop, type LoopLogger, type StepResult, type SupervisedLoop } from "../src/background.js";
 
 const loops: SupervisedLoop[] = [];
 afterEach(async () => {
   await Promise.all(loops.splice(0).map((l) => l.stop(1_000)));
 });
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function captureLogger() {
   const lines: Array<{ level: "debug" | "info" | "warn" | "error"; msg: string; obj: object }> = [];

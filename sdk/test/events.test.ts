@@ -12,6 +12,7 @@ import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManage
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { sleep, until } from "../../test/support/timing.js";
 import { CE_TYPE, setCloudEventHeaders } from "../src/cloudevents.js";
 import { consumeEvents, decodeEvent, type EventMeta } from "../src/events.js";
 
@@ -31,16 +32,6 @@ afterAll(async () => {
   await jsm?.streams.delete(stream).catch(() => false);
   await nc?.close();
 });
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 /** Publishes an event the way the outbox relay does; returns its event id. */
 async function publishRegistered(topic: string, customerId: string, version = 1n): Promise<string> {

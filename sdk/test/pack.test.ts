@@ -17,8 +17,8 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Clients, createClients } from "../../test/support/clients.js";
-import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { reservePort } from "../../test/support/ports.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -126,18 +126,15 @@ try {
 
 let tmp: string;
 let identity: RunningIdentityService;
-let clients: Clients;
 const { stream, subjectPrefix } = uniqueStreamNames("customer");
 
 beforeAll(async () => {
   tmp = mkdtempSync(join(tmpdir(), "sdk-pack-"));
-  const issuer = `http://127.0.0.1:${await freePort()}`;
-  identity = await startIdentityService({ IDENTITY_PORT: new URL(issuer).port, IDENTITY_ISSUER: issuer });
-  clients = createClients(identity.url);
+  const port = await reservePort();
+  identity = await startIdentityService({ IDENTITY_ISSUER: `http://127.0.0.1:${port.port}` }, { port });
 });
 
 afterAll(async () => {
-  clients?.close();
   await identity?.close();
   await deleteStreams(sharedNatsUrl, stream);
   if (tmp) rmSync(tmp, { recursive: true, force: true });
@@ -179,10 +176,15 @@ describe("the SDK installed from its tarball in another project", () => {
     }
     expect(genFiles.filter((f) => !/_pb\.(js|d\.ts)$/.test(f))).toEqual(["package.json"]);
     expect(genFiles).toContain("customer/v1/events_pb.js");
-    expect(sdkFiles.filter((f) => !/^dist\/[a-z-]+\.(js|d\.ts)$/.test(f)).sort()).toEqual([
+    // dist/ runs; src/ is there so that every export condition, `source` included, names a file.
+    expect(sdkFiles.filter((f) => !/^(dist\/[a-z-]+\.(js|d\.ts)|src\/[a-z-]+\.ts)$/.test(f)).sort()).toEqual([
       "README.md",
       "package.json",
     ]);
+    const sdkExports = Object.values(
+      (JSON.parse(readFileSync(join(ROOT, "sdk/package.json"), "utf8")) as { exports: Record<string, object> }).exports,
+    ).flatMap((conditions) => Object.values(conditions) as string[]);
+    expect(sdkExports.map((target) => target.replace(/^\.\//, "")).filter((f) => !sdkFiles.includes(f))).toEqual([]);
     expect(sdkFiles).toEqual(expect.arrayContaining(["dist/index.js", "dist/index.d.ts", "dist/tokens.js"]));
 
     // A project of its own, outside the repository: nothing resolves to the workspace.
@@ -233,7 +235,7 @@ describe("the SDK installed from its tarball in another project", () => {
       throw new Error(`the program does not compile against the packages:\n${err.stdout}`);
     });
 
-    const auth = clients.client(AuthService);
+    const auth = identity.clients.client(AuthService);
     const password = "correct horse battery staple";
     const customer = await auth.createCredentials({ email: `${randomUUID().slice(0, 8)}@example.com`, password });
     const other = await auth.createCredentials({ email: `${randomUUID().slice(0, 8)}@example.com`, password });

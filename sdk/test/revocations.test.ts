@@ -16,7 +16,9 @@ import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jet
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort, sharedNatsUrl, startPrivateNats, uniqueStreamNames } from "../../test/support/nats.js";
+import { sharedNatsUrl, startPrivateNats, uniqueStreamNames } from "../../test/support/nats.js";
+import { freePort } from "../../test/support/ports.js";
+import { sleep, until } from "../../test/support/timing.js";
 import { setCloudEventHeaders } from "../src/cloudevents.js";
 import { createRevocationList, type RevocationList, type RevocationSource } from "../src/revocations.js";
 import { identitySubjects } from "../src/subjects.js";
@@ -37,16 +39,7 @@ afterAll(async () => {
   await nc?.close();
 });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const id = () => randomUUID();
-
-async function until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 /** Publishes a TokensRevoked the way the identity service's relay does. */
 async function publishRevoked(

@@ -12,7 +12,7 @@ import type { AddressInfo } from "node:net";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
-import { freePort } from "../../test/support/nats.js";
+import { freePort } from "../../test/support/ports.js";
 import {
   ACCESS_TOKEN_ALGORITHMS,
   bearerToken,

@@ -9,10 +9,10 @@
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bearer, rpcError } from "../support/clients.js";
-import { CLIENT_PROTOCOLS, failure, type Platform, type SignedUp, startPlatform } from "./support.js";
+import { bearer, CORE_PROTOCOLS, failure, rpcError } from "../support/clients.js";
+import { type Platform, type SignedUp, startPlatform } from "../support/platform.js";
 
 type Caller =
   | "no token"
@@ -38,8 +38,8 @@ type Rpc = (typeof RPCS)[number];
 
 beforeAll(async () => {
   platform = await startPlatform();
-  customerSql = postgres(platform.customer.database.url, { max: 2, onnotice: () => {} });
-  identitySql = postgres(platform.identity.database.url, { max: 2, onnotice: () => {} });
+  customerSql = platform.customer.database.sql;
+  identitySql = platform.identity.database.sql;
   services.read = await platform.serviceToken("customer:read");
   services.write = await platform.serviceToken("customer:write");
   services.unrelated = await platform.serviceToken("orders:read");
@@ -48,8 +48,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await customerSql?.end();
-  await identitySql?.end();
   await platform?.close();
 });
 
@@ -156,7 +154,7 @@ async function state(rpc: Rpc): Promise<unknown> {
 
 let renames = 0;
 /** Makes the call of one cell; checks what an allowed call must have done. */
-async function call(rpc: Rpc, caller: Caller, protocol: (typeof CLIENT_PROTOCOLS)[number]): Promise<void> {
+async function call(rpc: Rpc, caller: Caller, protocol: (typeof CORE_PROTOCOLS)[number]): Promise<void> {
   const opts = callerOptions(rpc, caller);
   const s = self(rpc);
   const customers = platform.customers(protocol);
@@ -207,7 +205,7 @@ const CALLERS = Object.keys(MATRIX.GetCustomer) as Caller[];
 describe.each(RPCS)("%s", (rpc) => {
   it.each(CALLERS)("%s", async (caller) => {
     const expected = MATRIX[rpc][caller];
-    for (const protocol of CLIENT_PROTOCOLS) {
+    for (const protocol of CORE_PROTOCOLS) {
       if (expected === "OK") {
         await call(rpc, caller, protocol);
         continue;

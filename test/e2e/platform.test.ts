@@ -5,152 +5,73 @@
  * streams.
  */
 
-import { randomUUID } from "node:crypto";
 import { fromBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
-import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import { Code } from "@connectrpc/connect";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
 import { CE_TYPE } from "@customer-platform/sdk/cloudevents";
-import { type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { type CryptoKey, decodeProtectedHeader, importJWK, type JWK, SignJWT } from "jose";
-import postgres from "postgres";
+import { decodeProtectedHeader } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
-import { bearer, type Clients, createClients, rpcError } from "../support/clients.js";
-import {
-  deleteStreams,
-  freePort,
-  type StreamNames,
-  sharedNatsUrl,
-  uniqueStreamNames,
-  waitForStream,
-} from "../support/nats.js";
+import { bearer, rpcError } from "../support/clients.js";
+import { customerClaims, jwt, nowSec, readSigningKey } from "../support/jwt.js";
+import { sharedNatsUrl } from "../support/nats.js";
 import { waitForOutboxEmpty } from "../support/outbox.js";
-import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
-import {
-  type RunningCustomerService,
-  type RunningIdentityService,
-  startCustomerService,
-  startIdentityService,
-} from "../support/services.js";
+import { type Platform, startPlatform, uniqueEmail } from "../support/platform.js";
+import { startIdentityService } from "../support/services.js";
+import { collect, waitForStream } from "../support/streams.js";
+import { sleep } from "../support/timing.js";
 
 const PASSWORD = "correct horse battery staple";
 
+let platform: Platform;
 let issuer: string;
-let identityEnv: Record<string, string>;
-let identityDb: TestDatabase;
-let identityStreams: StreamNames;
-let identity: RunningIdentityService;
-let customer: RunningCustomerService;
-let idClients: Clients;
-let custClients: Clients;
 let nc: NatsConnection;
-let identitySql: postgres.Sql;
-
-/** (Re)starts the identity service on its fixed port, database and stream. */
-async function startIdentity(): Promise<void> {
-  identity = await startIdentityService(identityEnv, { database: identityDb, streams: identityStreams });
-  idClients = createClients(identity.url);
-}
-
-async function stopIdentity(): Promise<void> {
-  idClients.close();
-  await identity.close();
-}
 
 beforeAll(async () => {
-  const port = await freePort();
-  issuer = `http://127.0.0.1:${port}`;
-  identityEnv = { IDENTITY_PORT: String(port), IDENTITY_ISSUER: issuer };
-  identityDb = await createTestDatabase("identity_e2e");
-  identityStreams = uniqueStreamNames("identity");
-  await startIdentity();
-  expect(identity.url).toBe(issuer);
   // No IDENTITY_JWKS_URL: the customer service derives <issuer>/.well-known/jwks.json.
-  customer = await startCustomerService({ IDENTITY_ISSUER: issuer }, { identityStreams });
-  custClients = createClients(customer.url);
+  platform = await startPlatform();
+  issuer = platform.issuer;
+  expect(platform.identity.url).toBe(issuer);
   nc = await connect({ servers: sharedNatsUrl });
   const jsm = await jetstreamManager(nc);
-  await waitForStream(jsm, identityStreams.stream);
-  await waitForStream(jsm, customer.streams.stream);
-  identitySql = postgres(identityDb.url, { max: 2, onnotice: () => {} });
+  await waitForStream(jsm, platform.identity.streams.stream);
+  await waitForStream(jsm, platform.customer.streams.stream);
 });
 
 afterAll(async () => {
-  custClients?.close();
-  await identitySql?.end();
   await nc?.close();
-  await customer?.close();
-  if (identity) await stopIdentity();
-  await identityDb?.drop();
-  if (identityStreams) await deleteStreams(sharedNatsUrl, identityStreams.stream);
+  await platform?.close();
 });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const auth = () => idClients.client(AuthService);
-const customers = () => custClients.client(CustomerService);
-const email = (label: string) => `${label}.${randomUUID().slice(0, 8)}@example.com`;
+const auth = () => platform.auth();
+const customers = () => platform.customers();
 const profile = (address: string) => ({ email: address, givenName: "Ada", familyName: "Lovelace" });
 
 /** Signs up with the identity service and registers a profile with the returned token. */
 async function newCustomer(label: string) {
-  const address = email(label);
-  const { customerId, tokens } = await auth().createCredentials({ email: address, password: PASSWORD });
-  const token = tokens?.accessToken ?? "";
-  await customers().registerCustomer(profile(address), bearer(token));
-  return { email: address, customerId, token };
-}
-
-/** A service client made with the CLI, signed in with client credentials. */
-async function serviceToken(scopes: string): Promise<string> {
-  const clientId = `e2e-${randomUUID().slice(0, 8)}`;
-  const out: string[] = [];
-  expect(await runCli(["clients", "create", clientId, "--scopes", scopes], identity.env, (l) => out.push(l))).toBe(0);
-  const { client_secret } = JSON.parse(out[0] ?? "{}") as { client_secret: string };
-  const res = await auth().authenticateClient({ clientId, clientSecret: client_secret, scope: "" });
-  return res.tokens?.accessToken ?? "";
-}
-
-/** Collects every message on subject (filter) from the start of stream, as a subscriber would. */
-async function subscribe(stream: string, subject: string) {
-  const consumer = await jetstream(nc).consumers.get(stream, { filter_subjects: subject });
-  const messages = await consumer.consume();
-  const received: JsMsg[] = [];
-  const done = (async () => {
-    for await (const m of messages) received.push(m);
-  })();
-  return {
-    received,
-    async until(n: number): Promise<JsMsg[]> {
-      const deadline = Date.now() + 10_000;
-      while (received.length < n) {
-        if (Date.now() > deadline) throw new Error(`${received.length} of ${n} events on ${subject}`);
-        await sleep(20);
-      }
-      return received;
-    },
-    async stop() {
-      await messages.close();
-      await done;
-    },
-  };
+  const c = await platform.newCustomer(PASSWORD, label);
+  return { email: c.email, customerId: c.customerId, token: c.accessToken };
 }
 
 describe("customer and identity services together", () => {
   it("signs up, registers, signs in, reads and updates; subscribers see all three event types", async () => {
-    const address = email("flow");
+    const address = uniqueEmail("flow");
     const signUp = await auth().createCredentials({ email: address, password: PASSWORD });
     const customerId = signUp.customerId;
-    const customerEvents = await subscribe(
+    const { customer, identity } = platform;
+    const customerEvents = await collect(
+      nc,
       customer.streams.stream,
       `${customer.streams.subjectPrefix}.*.${customerId}`,
     );
-    const identityEvents = await subscribe(
-      identityStreams.stream,
-      `${identityStreams.subjectPrefix}.customer.authenticated.${customerId}`,
+    const identityEvents = await collect(
+      nc,
+      identity.streams.stream,
+      `${identity.streams.subjectPrefix}.customer.authenticated.${customerId}`,
     );
     try {
       const registered = await customers().registerCustomer(profile(address), bearer(signUp.tokens?.accessToken ?? ""));
@@ -180,7 +101,7 @@ describe("customer and identity services together", () => {
       const updEvent = fromBinary(CustomerUpdatedSchema, upd.data);
       expect(updEvent.customer).toEqual(updated.customer);
       expect(updEvent.updateMask?.paths).toEqual(["given_name"]);
-      expect(authn.subject).toBe(`${identityStreams.subjectPrefix}.customer.authenticated.${customerId}`);
+      expect(authn.subject).toBe(`${identity.streams.subjectPrefix}.customer.authenticated.${customerId}`);
       expect(authn.headers?.get(CE_TYPE)).toBe("identity.v1.CustomerAuthenticated");
       expect(fromBinary(CustomerAuthenticatedSchema, authn.data)).toMatchObject({
         customerId,
@@ -201,7 +122,7 @@ describe("customer and identity services together", () => {
 
   it("lets a customer:read service read any profile but not change it", async () => {
     const c = await newCustomer("svc");
-    const token = await serviceToken("customer:read");
+    const token = await platform.serviceToken("customer:read");
     const got = await customers().getCustomer({ customerId: c.customerId }, bearer(token));
     expect(got.customer?.customerId).toBe(c.customerId);
     await expect(
@@ -210,7 +131,7 @@ describe("customer and identity services together", () => {
         bearer(token),
       ),
     ).rejects.toMatchObject(rpcError('token lacks scope "customer:write"', Code.PermissionDenied));
-    await expect(customers().registerCustomer(profile(email("svc")), bearer(token))).rejects.toMatchObject(
+    await expect(customers().registerCustomer(profile(uniqueEmail("svc")), bearer(token))).rejects.toMatchObject(
       rpcError("only a customer token can register a profile", Code.PermissionDenied),
     );
   });
@@ -235,19 +156,8 @@ describe("customer and identity services together", () => {
   describe("tokens the customer service must refuse", () => {
     /** A token signed with the identity service's own live key, claims as it issues them unless overridden. */
     async function forge(sub: string, claims: { aud?: string[]; exp?: number; iat?: number }): Promise<string> {
-      const [row] = await identitySql<[{ kid: string; private_jwk: JWK }]>`
-        select kid, private_jwk from signing_keys where retired_at is null order by created_at desc limit 1`;
-      const key = (await importJWK(row.private_jwk, "EdDSA")) as CryptoKey;
-      const now = Math.floor(Date.now() / 1000);
-      return new SignJWT({ client_id: "first-party", scope: "openid profile customer:self" })
-        .setProtectedHeader({ alg: "EdDSA", typ: "at+jwt", kid: row.kid })
-        .setIssuer(issuer)
-        .setAudience(claims.aud ?? ["customer-service", issuer])
-        .setSubject(sub)
-        .setJti(randomUUID())
-        .setIssuedAt(claims.iat ?? now)
-        .setExpirationTime(claims.exp ?? now + 900)
-        .sign(key);
+      const key = await readSigningKey(platform.identity.database.sql);
+      return jwt({ alg: "EdDSA", typ: "at+jwt", kid: key.kid }, customerClaims(issuer, sub, claims), key.sign);
     }
 
     it("accepts the reference forgery, so the rejections below are for the claim changed", async () => {
@@ -260,7 +170,7 @@ describe("customer and identity services together", () => {
 
     it("rejects an expired token", async () => {
       const c = await newCustomer("expired");
-      const now = Math.floor(Date.now() / 1000);
+      const now = nowSec();
       const token = await forge(c.customerId, { iat: now - 1000, exp: now - 60 });
       await expect(customers().getCustomer({ customerId: c.customerId }, bearer(token))).rejects.toMatchObject(
         rpcError("access token expired", Code.Unauthenticated),
@@ -277,28 +187,22 @@ describe("customer and identity services together", () => {
 
     it("rejects a token from another identity instance with the same issuer but its own key", async () => {
       const c = await newCustomer("foreign");
-      const impostor = await startIdentityService({ IDENTITY_ISSUER: issuer });
-      const impostorClients = createClients(impostor.url);
-      try {
-        const res = await impostorClients
-          .client(AuthService)
-          .createCredentials({ email: email("impostor"), password: PASSWORD });
-        // Same issuer and audience; only the key differs. Even the victim's id as subject does not help.
-        const token = res.tokens?.accessToken ?? "";
-        await expect(customers().getCustomer({ customerId: res.customerId }, bearer(token))).rejects.toMatchObject(
-          rpcError("invalid access token", Code.Unauthenticated),
-        );
-        const [h, p, s] = token.split(".");
-        const claims = JSON.parse(Buffer.from(p ?? "", "base64url").toString()) as Record<string, unknown>;
-        expect(claims.iss).toBe(issuer);
-        const asVictim = `${h}.${Buffer.from(JSON.stringify({ ...claims, sub: c.customerId })).toString("base64url")}.${s}`;
-        await expect(customers().getCustomer({ customerId: c.customerId }, bearer(asVictim))).rejects.toMatchObject(
-          rpcError("invalid access token", Code.Unauthenticated),
-        );
-      } finally {
-        impostorClients.close();
-        await impostor.close();
-      }
+      await using impostor = await startIdentityService({ IDENTITY_ISSUER: issuer });
+      const res = await impostor.clients
+        .client(AuthService)
+        .createCredentials({ email: uniqueEmail("impostor"), password: PASSWORD });
+      // Same issuer and audience; only the key differs. Even the victim's id as subject does not help.
+      const token = res.tokens?.accessToken ?? "";
+      await expect(customers().getCustomer({ customerId: res.customerId }, bearer(token))).rejects.toMatchObject(
+        rpcError("invalid access token", Code.Unauthenticated),
+      );
+      const [h, p, s] = token.split(".");
+      const claims = JSON.parse(Buffer.from(p ?? "", "base64url").toString()) as Record<string, unknown>;
+      expect(claims.iss).toBe(issuer);
+      const asVictim = `${h}.${Buffer.from(JSON.stringify({ ...claims, sub: c.customerId })).toString("base64url")}.${s}`;
+      await expect(customers().getCustomer({ customerId: c.customerId }, bearer(asVictim))).rejects.toMatchObject(
+        rpcError("invalid access token", Code.Unauthenticated),
+      );
     });
 
     it("rejects a tampered token and an unsigned one", async () => {
@@ -328,39 +232,34 @@ describe("customer and identity services together", () => {
     const oldKid = decodeProtectedHeader(oldToken).kid;
 
     const out: string[] = [];
-    expect(await runCli(["keys", "rotate"], identity.env, (l) => out.push(l))).toBe(0);
+    expect(await runCli(["keys", "rotate"], platform.identity.env, (l) => out.push(l))).toBe(0);
     const newKid = /^new signing key ([0-9a-f-]{36})/.exec(out[0] ?? "")?.[1];
     expect(newKid).toBeDefined();
     expect(newKid).not.toBe(oldKid);
 
     // A restart reloads the keys: the new one is published, the old one still signs.
-    await stopIdentity();
-    await startIdentity();
+    await platform.restartIdentity();
     const jwks = (await (await fetch(`${issuer}/.well-known/jwks.json`)).json()) as { keys: { kid: string }[] };
     expect(jwks.keys.map((k) => k.kid).sort()).toEqual([oldKid, newKid].sort());
     const during = await auth().authenticateCustomer({ email: c.email, password: PASSWORD });
     expect(decodeProtectedHeader(during.tokens?.accessToken ?? "").kid).toBe(oldKid);
 
     // Let the activation delay pass (backdating the new key), restart: tokens carry the new kid.
-    await identitySql`update signing_keys set created_at = created_at - interval '3 minutes' where kid = ${newKid ?? ""}`;
-    await stopIdentity();
-    await startIdentity();
+    await platform.identity.database
+      .sql`update signing_keys set created_at = created_at - interval '3 minutes' where kid = ${newKid ?? ""}`;
+    await platform.restartIdentity();
     const after = await auth().authenticateCustomer({ email: c.email, password: PASSWORD });
     const newToken = after.tokens?.accessToken ?? "";
     expect(decodeProtectedHeader(newToken).kid).toBe(newKid);
 
     // The customer service has only cached the old key: an unknown kid makes it refetch the JWKS
     // (at most once per 5 s cooldown, so a fetch just before may delay it by that much).
-    const deadline = Date.now() + 10_000;
-    let outcome: unknown;
-    for (;;) {
-      outcome = await customers()
-        .getCustomer({ customerId: c.customerId }, bearer(newToken))
-        .catch((e: unknown) => ConnectError.from(e));
-      if (!(outcome instanceof ConnectError) || Date.now() > deadline) break;
-      await sleep(250);
-    }
-    expect(outcome).toMatchObject({ customer: { customerId: c.customerId } });
+    await expect
+      .poll(() => customers().getCustomer({ customerId: c.customerId }, bearer(newToken)), {
+        timeout: 10_000,
+        interval: 250,
+      })
+      .toMatchObject({ customer: { customerId: c.customerId } });
     // Tokens of the old key keep working until they expire.
     await expect(customers().getCustomer({ customerId: c.customerId }, bearer(oldToken))).resolves.toMatchObject({
       customer: { customerId: c.customerId },

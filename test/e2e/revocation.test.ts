@@ -11,10 +11,10 @@
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { failure, type Platform, type SignedUp, startPlatform } from "../abuse/support.js";
-import { bearer, createClients, rpcError } from "../support/clients.js";
+import { bearer, failure, rpcError } from "../support/clients.js";
 import { type PrivateNats, startPrivateNats } from "../support/nats.js";
 import { waitForOutboxEmpty } from "../support/outbox.js";
+import { type Platform, type SignedUp, startPlatform } from "../support/platform.js";
 import { startCustomerService } from "../support/services.js";
 
 const PASSWORD = "correct horse battery staple";
@@ -112,17 +112,12 @@ describe("on the shared NATS", () => {
       { IDENTITY_ISSUER: platform.issuer, LOG_LEVEL: "warn" },
       { identityStreams: platform.identity.streams },
     );
-    const clients = createClients(late.url);
-    try {
-      const customers = clients.client(CustomerService);
-      // Its own database has no profile: NOT_FOUND is the answer a valid token gets.
-      await expect.poll(() => failure(read(platform, c, c.accessToken, customers)), PROPAGATION).toMatchObject(REVOKED);
-      await expect(read(platform, c, kept?.accessToken ?? "", customers)).rejects.toMatchObject({
-        code: Code.NotFound,
-      });
-    } finally {
-      clients.close();
-    }
+    const customers = late.clients.client(CustomerService);
+    // Its own database has no profile: NOT_FOUND is the answer a valid token gets.
+    await expect.poll(() => failure(read(platform, c, c.accessToken, customers)), PROPAGATION).toMatchObject(REVOKED);
+    await expect(read(platform, c, kept?.accessToken ?? "", customers)).rejects.toMatchObject({
+      code: Code.NotFound,
+    });
   });
 });
 

@@ -16,26 +16,17 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bearer, type Clients, createClients } from "../support/clients.js";
+import { bearer } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
+import { checkCustomerEvents, checkSignInEvents, startCustomerLoad, startIdentityLoad } from "../support/load.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
 import { waitForOutboxEmpty } from "../support/outbox.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
+import { type ChildService, spawnService } from "../support/processes.js";
 import { type RunningIdentityService, startIdentityService } from "../support/services.js";
-import {
-  type ChildService,
-  checkCustomerEvents,
-  checkSignInEvents,
-  readStream,
-  runCustomerLoad,
-  runIdentityLoad,
-  sleep,
-  spawnCustomerService,
-  streamCount,
-  waitFor,
-} from "./support.js";
+import { readStream, streamCount } from "../support/streams.js";
+import { sleep } from "../support/timing.js";
 
 // Load runs for WARMUP_MS unmeasured (the child has just started: JIT, pools, caches), then LOAD_MS sampled.
 const WARMUP_MS = 1_500;
@@ -43,18 +34,15 @@ const LOAD_MS = 5_000;
 
 let issuer: TestIssuer;
 let database: TestDatabase;
-let sql: postgres.Sql;
 const names = uniqueStreamNames("customer");
 let customer: ChildService;
 let identity: RunningIdentityService;
-let customerClients: Clients;
-let identityClients: Clients;
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
   database = await createTestDatabase("faults_load");
-  sql = postgres(database.url, { max: 2, onnotice: () => {} });
-  customer = await spawnCustomerService(
+  customer = await spawnService(
+    "customer-service",
     {
       CUSTOMER_DATABASE_URL: database.url,
       NATS_URL: sharedNatsUrl,
@@ -66,34 +54,20 @@ beforeAll(async () => {
     { memoryProbe: true },
   );
   identity = await startIdentityService({});
-  customerClients = createClients(customer.url);
-  identityClients = createClients(identity.url);
 });
 
 afterAll(async () => {
-  customerClients?.close();
-  identityClients?.close();
   await customer?.stop();
   await identity?.close();
-  await sql?.end();
   await database?.drop();
   await deleteStreams(sharedNatsUrl, names.stream);
   await issuer?.close();
 });
 
-const customers = () => customerClients.client(CustomerService, "grpc");
+const customers = () => customer.clients.client(CustomerService, "grpc");
 
 /** Waits until the child's relay has published everything in the outbox. */
-async function customerOutboxDrained(): Promise<void> {
-  await waitFor(
-    async () => {
-      const [row] = await sql<[{ n: number }]>`select count(*)::int as n from outbox where published_at is null`;
-      return row.n === 0;
-    },
-    20_000,
-    "the customer outbox drains",
-  );
-}
+const customerOutboxDrained = () => waitForOutboxEmpty(database.url, 20_000);
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -102,21 +76,18 @@ const median = (xs: number[]) => {
 
 describe("sustained mixed load", () => {
   it("fails nothing, publishes one event per command, and keeps memory flat", async () => {
-    let stop = false;
-    const customerLoad = runCustomerLoad({
+    const customerLoad = startCustomerLoad({
       client: customers,
       issuer,
       workers: 8,
       updatesPerCustomer: 4,
       reads: true,
-      done: () => stop,
       timeoutMs: 15_000,
     });
-    const identityLoad = runIdentityLoad({
-      client: () => identityClients.client(AuthService, "grpc"),
+    const identityLoad = startIdentityLoad({
+      client: () => identity.clients.client(AuthService, "grpc"),
       workers: 2,
       signInsPerLogin: 4,
-      done: () => stop,
       timeoutMs: 15_000,
     });
     await sleep(WARMUP_MS);
@@ -131,8 +102,10 @@ describe("sustained mixed load", () => {
       }
     }, 100);
     const heap: Array<{ at: number; used: number }> = [];
+    let sampling = true;
+    // Sampled while the load runs: a loop rather than a wait, it ends with the load.
     const heapSampler = (async () => {
-      while (!stop) {
+      while (sampling) {
         const m = await customer.memoryAfterGc();
         heap.push({ at: performance.now() - started, used: m.heapUsed });
         await sleep(200);
@@ -140,9 +113,9 @@ describe("sustained mixed load", () => {
     })();
     heapSampler.catch(() => {});
     await sleep(LOAD_MS);
-    stop = true;
+    sampling = false;
     clearInterval(rssSampler);
-    const [ledger, signIns] = await Promise.all([customerLoad, identityLoad]);
+    const [ledger, signIns] = await Promise.all([customerLoad.stop(), identityLoad.stop()]);
     await heapSampler;
 
     expect(ledger.unexpected).toEqual([]);

@@ -7,28 +7,18 @@
  * the stream, in per-customer version order, none twice.
  */
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
-import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Clients, createClients } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
+import { checkCustomerEvents, expectStreamHoldsOutbox, startCustomerLoad } from "../support/load.js";
 import { type PrivateNats, startPrivateNats } from "../support/nats.js";
 import { waitForOutboxEmpty } from "../support/outbox.js";
 import { type RunningCustomerService, startCustomerService } from "../support/services.js";
-import {
-  checkCustomerEvents,
-  createLedger,
-  readStream,
-  runCustomerLoad,
-  sleep,
-  streamCount,
-  waitFor,
-} from "./support.js";
+import { readStream, streamCount, waitForStream } from "../support/streams.js";
+import { sleep } from "../support/timing.js";
 
 let issuer: TestIssuer;
 let nats: PrivateNats;
 let svc: RunningCustomerService;
-let clients: Clients;
-let sql: postgres.Sql;
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
@@ -37,18 +27,10 @@ beforeAll(async () => {
     { IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl },
     { natsUrl: nats.url },
   );
-  clients = createClients(svc.url);
-  sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
-  await waitFor(
-    async () => (await streamCount(nats.url, svc.streams.stream)) !== undefined,
-    10_000,
-    "the relay creates the stream",
-  );
+  await waitForStream(nats.url, svc.streams.stream);
 });
 
 afterAll(async () => {
-  clients?.close();
-  await sql?.end();
   await svc?.close();
   await nats?.stop();
   await issuer?.close();
@@ -56,38 +38,39 @@ afterAll(async () => {
 
 describe("NATS killed and restarted during sustained writes", () => {
   it("fails no command and publishes exactly the acknowledged events, in order", async () => {
-    let stop = false;
-    const ledger = createLedger();
-    const load = runCustomerLoad({
-      ledger,
-      client: () => clients.client(CustomerService, "grpc"),
+    const load = startCustomerLoad({
+      client: () => svc.clients.client(CustomerService, "grpc"),
       issuer,
       workers: 4,
       updatesPerCustomer: 3,
-      done: () => stop,
       timeoutMs: 10_000,
       // A command never waits for NATS (a publish would wait 5 s for its ack).
       slowMs: 4_000,
     });
+    const { ledger } = load;
     try {
       // Events flow before the kill, commands go on while NATS is down (for at least a
       // second) and after it is back.
-      await waitFor(
-        async () => ((await streamCount(nats.url, svc.streams.stream)) ?? 0) >= 50,
-        10_000,
-        "events are relayed before the kill",
-      );
+      await expect
+        .poll(async () => (await streamCount(nats.url, svc.streams.stream)) ?? 0, {
+          timeout: 10_000,
+          message: "events are relayed before the kill",
+        })
+        .toBeGreaterThanOrEqual(50);
       await nats.kill();
       const atKill = ledger.commands();
       await sleep(1_000);
-      await waitFor(() => ledger.commands() >= atKill + 50, 10_000, "commands go on while NATS is down");
+      await expect
+        .poll(() => ledger.commands(), { timeout: 10_000, message: "commands go on while NATS is down" })
+        .toBeGreaterThanOrEqual(atKill + 50);
       expect(svc.server.relay.status.nats).toBe("disconnected");
       await nats.start();
       const atRestart = ledger.commands();
-      await waitFor(() => ledger.commands() >= atRestart + 50, 10_000, "commands go on after the restart");
+      await expect
+        .poll(() => ledger.commands(), { timeout: 10_000, message: "commands go on after the restart" })
+        .toBeGreaterThanOrEqual(atRestart + 50);
     } finally {
-      stop = true;
-      await load;
+      await load.stop();
     }
 
     expect(ledger.unexpected).toEqual([]);
@@ -99,9 +82,6 @@ describe("NATS killed and restarted during sustained writes", () => {
     checkCustomerEvents(events, ledger, { exact: true });
     expect(events).toHaveLength(ledger.commands());
 
-    // The stream holds exactly the outbox. (Across customers the order may differ: rows are
-    // published in commit order, which need not be id order.)
-    const rows = await sql<{ event_id: string }[]>`select event_id::text as event_id from outbox`;
-    expect(events.map((e) => e.eventId).sort()).toEqual(rows.map((r) => r.event_id).sort());
+    await expectStreamHoldsOutbox(events, svc.database.sql);
   });
 });

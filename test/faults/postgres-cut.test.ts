@@ -13,23 +13,21 @@
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@customer-platform/gen/grpc/health/v1/health_pb.js";
-import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Clients, createClients } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
+import {
+  checkCustomerEvents,
+  expectStoredMatchesEvents,
+  expectStreamHoldsOutbox,
+  startCustomerLoad,
+  storedVersions,
+} from "../support/load.js";
 import { waitForOutboxEmpty } from "../support/outbox.js";
 import { adminUrl, createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../support/services.js";
+import { readStream, waitForStream } from "../support/streams.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
-import {
-  checkCustomerEvents,
-  createLedger,
-  readStream,
-  runCustomerLoad,
-  sleep,
-  streamCount,
-  waitFor,
-} from "./support.js";
+import { sleep } from "../support/timing.js";
 
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
@@ -37,8 +35,6 @@ let issuer: TestIssuer;
 let database: TestDatabase;
 let proxy: TcpProxy;
 let svc: RunningCustomerService;
-let clients: Clients;
-let sql: postgres.Sql;
 const crashes: string[] = [];
 const onUncaught = (err: unknown) => crashes.push(`uncaught exception: ${(err as Error)?.stack ?? err}`);
 const onUnhandled = (err: unknown) => crashes.push(`unhandled rejection: ${(err as Error)?.stack ?? err}`);
@@ -58,21 +54,12 @@ beforeAll(async () => {
     },
     { database },
   );
-  clients = createClients(svc.url);
-  // The test's own connection goes around the proxy.
-  sql = postgres(database.url, { max: 2, onnotice: () => {} });
-  await waitFor(
-    async () => (await streamCount(svc.natsUrl, svc.streams.stream)) !== undefined,
-    10_000,
-    "the relay creates the stream",
-  );
+  await waitForStream(svc.natsUrl, svc.streams.stream);
 });
 
 afterAll(async () => {
-  clients?.close();
   proxy?.restore();
   await svc?.close();
-  await sql?.end();
   await proxy?.close();
   await database?.drop();
   await issuer?.close();
@@ -80,10 +67,8 @@ afterAll(async () => {
   process.off("unhandledRejection", onUnhandled);
 });
 
-const health = () => clients.client(Health, "grpc");
-
-async function status(): Promise<HealthCheckResponse_ServingStatus> {
-  return (await health().check({ service: "" }, { timeoutMs: 2_000 })).status;
+async function servingStatus(): Promise<HealthCheckResponse_ServingStatus> {
+  return (await svc.clients.client(Health, "grpc").check({ service: "" }, { timeoutMs: 2_000 })).status;
 }
 
 async function readyz(): Promise<number> {
@@ -92,17 +77,13 @@ async function readyz(): Promise<number> {
 
 describe("PostgreSQL cut and restored during sustained writes", () => {
   it("answers UNAVAILABLE while down, recovers by itself, loses and corrupts nothing", async () => {
-    expect(await status()).toBe(SERVING);
-    let stop = false;
-    const ledger = createLedger();
-    const load = runCustomerLoad({
-      ledger,
-      client: () => clients.client(CustomerService, "grpc"),
+    expect(await servingStatus()).toBe(SERVING);
+    const load = startCustomerLoad({
+      client: () => svc.clients.client(CustomerService, "grpc"),
       issuer,
       workers: 4,
       updatesPerCustomer: 3,
       reads: true,
-      done: () => stop,
       allowed: [Code.Unavailable],
       // A broken connection must fail the call at once, not after a long TCP timeout; a
       // reconnect attempt through the cut proxy is refused immediately too.
@@ -110,26 +91,30 @@ describe("PostgreSQL cut and restored during sustained writes", () => {
       timeoutMs: 15_000,
       backoffMs: 20,
     });
+    const { ledger } = load;
+    const commands = (atLeast: number, timeout: number, message: string) =>
+      expect.poll(() => ledger.commands(), { timeout, message }).toBeGreaterThanOrEqual(atLeast);
+    const health = (status: HealthCheckResponse_ServingStatus, timeout: number, message: string) =>
+      expect.poll(servingStatus, { timeout, message }).toBe(status);
     try {
-      await waitFor(() => ledger.commands() >= 30, 10_000, "the load gets going");
+      await commands(30, 10_000, "the load gets going");
       expect(ledger.failures).toEqual({});
 
       proxy.cut();
       const cutAt = performance.now();
       // The readiness probe runs every 2 s and gives up after 3 s.
-      await waitFor(async () => (await status()) === NOT_SERVING, 6_000, "health goes NOT_SERVING");
+      await health(NOT_SERVING, 6_000, "health goes NOT_SERVING");
       expect(await readyz()).toBe(503);
       await sleep(Math.max(0, 3_000 - (performance.now() - cutAt)));
       // Calls were refused while it was down.
       expect(ledger.failures.Unavailable ?? 0).toBeGreaterThan(4);
-      expect(await status()).toBe(NOT_SERVING);
+      expect(await servingStatus()).toBe(NOT_SERVING);
 
       proxy.restore();
-      await waitFor(async () => (await status()) === SERVING, 6_000, "health goes SERVING again");
+      await health(SERVING, 6_000, "health goes SERVING again");
       expect(await readyz()).toBe(200);
       // Calls succeed again: a good number of commands after recovery.
-      const recovered = ledger.commands();
-      await waitFor(() => ledger.commands() >= recovered + 40, 10_000, "commands succeed after recovery");
+      await commands(ledger.commands() + 40, 10_000, "commands succeed after recovery");
 
       // Flapping: short cuts catch transactions mid-way far more often than one long cut.
       for (let i = 0; i < 6; i++) {
@@ -138,12 +123,10 @@ describe("PostgreSQL cut and restored during sustained writes", () => {
         proxy.restore();
         await sleep(250);
       }
-      const settled = ledger.commands();
-      await waitFor(() => ledger.commands() >= settled + 40, 10_000, "commands succeed after the flapping");
-      await waitFor(async () => (await status()) === SERVING, 10_000, "health goes SERVING after the flapping");
+      await commands(ledger.commands() + 40, 10_000, "commands succeed after the flapping");
+      await health(SERVING, 10_000, "health goes SERVING after the flapping");
     } finally {
-      stop = true;
-      await load;
+      await load.stop();
     }
     expect.soft(crashes).toEqual([]);
     expect.soft(ledger.unexpected).toEqual([]);
@@ -155,16 +138,12 @@ describe("PostgreSQL cut and restored during sustained writes", () => {
     const latest = checkCustomerEvents(events, ledger, { exact: false });
 
     // Every acknowledged registration is stored; every stored customer's version is its last event's.
-    const rows = await sql<{ customer_id: string; version: number }[]>`
-      select customer_id::text as customer_id, version from customers`;
-    const stored = new Map(rows.map((r) => [r.customer_id, Number(r.version)]));
+    const stored = await storedVersions(database.sql);
     expect([...ledger.registered].filter((id) => !stored.has(id))).toEqual([]);
-    const disagree = rows.filter((r) => latest.get(r.customer_id) !== Number(r.version));
-    expect(disagree).toEqual([]);
+    await expectStoredMatchesEvents(latest, database.sql);
     expect([...latest.keys()].filter((id) => !stored.has(id))).toEqual([]);
     // And the stream holds exactly the outbox.
-    const outbox = await sql<{ event_id: string }[]>`select event_id::text as event_id from outbox`;
-    expect(events.map((e) => e.eventId).sort()).toEqual(outbox.map((r) => r.event_id).sort());
+    await expectStreamHoldsOutbox(events, database.sql);
     expect(svc.server.relay.status.state).toBe("leader");
   });
 });

@@ -12,11 +12,19 @@ import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import type { OutboxRelay } from "@customer-platform/runtime/outbox-relay";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { type Clients, createClients } from "../support/clients.js";
+import type { Clients } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
-import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
+import {
+  checkCustomerEvents,
+  checkSignInEvents,
+  expectStoredMatchesEvents,
+  expectStreamHoldsOutbox,
+  startCustomerLoad,
+  startIdentityLoad,
+} from "../support/load.js";
+import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
 import { waitForOutboxEmpty } from "../support/outbox.js";
 import { adminUrl, createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import {
@@ -25,24 +33,14 @@ import {
   startCustomerService,
   startIdentityService,
 } from "../support/services.js";
+import { readStream } from "../support/streams.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
-import {
-  checkCustomerEvents,
-  checkSignInEvents,
-  createLedger,
-  type Ledger,
-  readStream,
-  runCustomerLoad,
-  runIdentityLoad,
-  sleep,
-  waitFor,
-} from "./support.js";
+import { sleep } from "../support/timing.js";
 
 let issuer: TestIssuer;
 const databases: TestDatabase[] = [];
 const streams: string[] = [];
 const running: Array<{ close(): Promise<void> }> = [];
-const clientSets: Clients[] = [];
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
@@ -50,7 +48,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const w of watchers) await w.stop();
-  for (const c of clientSets) c.close();
   // Last started, first closed: a proxy outlives the instance behind it.
   for (const r of running.reverse()) await r.close();
   for (const d of databases) await d.drop();
@@ -58,10 +55,78 @@ afterAll(async () => {
   await issuer?.close();
 });
 
+/** A fresh database and stream names for one describe, dropped and deleted after all. */
+async function sharedStore(label: string, context: "customer" | "identity") {
+  const database = await createTestDatabase(label);
+  databases.push(database);
+  const names = uniqueStreamNames(context);
+  streams.push(names.stream);
+  return { database, streams: names };
+}
+
+/** Clients of several instances taken in turn, as a load balancer would; take() one out of rotation. */
+function roundRobin(instances: ReadonlyArray<{ clients: Clients }>) {
+  const live = instances.map((i) => i.clients);
+  let next = 0;
+  return {
+    client: <S extends typeof CustomerService | typeof AuthService>(service: S) =>
+      (live[next++ % live.length] as Clients).client(service, "grpc"),
+    take(index: number) {
+      live.splice(live.indexOf(instances[index]?.clients as Clients), 1);
+    },
+  };
+}
+
+/** Two instances of a service on one database and one stream. */
 interface Pair<T> {
   readonly instances: readonly [T, T];
-  /** The index of the instance whose relay leads, once exactly one does. */
-  leader(): Promise<0 | 1>;
+  /** Their database, for the test's own queries. */
+  readonly sql: postgres.Sql;
+  /**
+   * Once exactly one relay leads: which one, the leader and the follower, a
+   * watch on their leadership from now on, and a round robin over both.
+   */
+  handOver(): Promise<{
+    first: 0 | 1;
+    leader: T;
+    follower: T;
+    watch: ReturnType<typeof watchLeadership>;
+    balancer: ReturnType<typeof roundRobin>;
+  }>;
+}
+
+/** Starts two instances, one after the other (each migrates the shared database as it starts). */
+async function startPair<T extends { clients: Clients; server: { relay: OutboxRelay } }>(
+  label: string,
+  context: "customer" | "identity",
+  start: (store: { database: TestDatabase; streams: StreamNames }) => Promise<T & { close(): Promise<void> }>,
+): Promise<Pair<T>> {
+  const store = await sharedStore(label, context);
+  const a = await start(store);
+  running.push(a);
+  const b = await start(store);
+  running.push(b);
+  const instances = [a, b] as const;
+  return {
+    instances,
+    sql: store.database.sql,
+    async handOver() {
+      const { index: first } = await vi.waitUntil(
+        () => {
+          const [x, y] = instances.map((i) => leads(i.server.relay));
+          return x !== y ? { index: x ? (0 as const) : (1 as const) } : undefined;
+        },
+        { timeout: 10_000, interval: 50 },
+      );
+      return {
+        first,
+        leader: instances[first],
+        follower: instances[1 - first] as T,
+        watch: watchLeadership([a.server.relay, b.server.relay], store.database.sql),
+        balancer: roundRobin(instances),
+      };
+    },
+  };
 }
 
 /** Leadership watchers still running, stopped before their database clients close. */
@@ -99,6 +164,7 @@ function watchLeadership(relays: readonly [OutboxRelay, OutboxRelay], sql: postg
     };
   });
   let polling = true;
+  // Sampled for the whole test: a loop rather than a wait, it ends with the test.
   const locks = (async () => {
     while (polling) {
       const [row] = await sql<[{ n: number }]>`
@@ -124,65 +190,25 @@ function watchLeadership(relays: readonly [OutboxRelay, OutboxRelay], sql: postg
   return watcher;
 }
 
-function pair<T extends { server: { relay: OutboxRelay } }>(instances: readonly [T, T]): Pair<T> {
-  return {
-    instances,
-    leader: async () => {
-      const { index } = await waitFor(
-        () => {
-          const [a, b] = instances.map((i) => leads(i.server.relay));
-          return a !== b ? { index: a ? (0 as const) : (1 as const) } : undefined;
-        },
-        10_000,
-        "exactly one relay leads",
-      );
-      return index;
-    },
-  };
-}
-
 describe("two customer-service instances on one database and one stream", () => {
   let svc: Pair<RunningCustomerService>;
-  let sql: postgres.Sql;
 
   beforeAll(async () => {
-    const database = await createTestDatabase("faults_two_customer");
-    databases.push(database);
-    const names = uniqueStreamNames("customer");
-    streams.push(names.stream);
     const env = { IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl };
-    const a = await startCustomerService(env, { database, streams: names });
-    running.push(a);
-    const b = await startCustomerService(env, { database, streams: names });
-    running.push(b);
-    svc = pair([a, b]);
-    sql = postgres(database.url, { max: 2, onnotice: () => {} });
-    running.push({ close: () => sql.end() });
+    svc = await startPair("faults_two_customer", "customer", (store) => startCustomerService(env, store));
   });
 
   it("relays from one at a time, hands over when the leader stops, loses and repeats nothing", async () => {
-    const [a, b] = svc.instances;
-    const first = await svc.leader();
-    const leader = svc.instances[first];
-    const follower = svc.instances[1 - first] as RunningCustomerService;
-    const watch = watchLeadership([a.server.relay, b.server.relay], sql);
-
-    const clients = [createClients(a.url), createClients(b.url)];
-    clientSets.push(...clients);
-    const live = [...clients];
-    let next = 0;
-    let stop = false;
-    const ledger = createLedger();
-    const load = runCustomerLoad({
-      ledger,
+    const { first, leader, follower, watch, balancer } = await svc.handOver();
+    const load = startCustomerLoad({
       // Round robin: a customer registered on one instance is updated on the other.
-      client: () => (live[next++ % live.length] as Clients).client(CustomerService, "grpc"),
+      client: () => balancer.client(CustomerService),
       issuer,
       workers: 4,
       updatesPerCustomer: 3,
-      done: () => stop,
       timeoutMs: 10_000,
     });
+    const { ledger } = load;
     try {
       await sleep(1_500);
       // Both took writes; only the leader published.
@@ -193,7 +219,7 @@ describe("two customer-service instances on one database and one stream", () => 
 
       // Stop the leader: no new calls to it, in-flight ones finish, its relay flushes and lets go.
       // As a load balancer would: out of rotation first, then stopped.
-      live.splice(live.indexOf(clients[first] as Clients), 1);
+      balancer.take(first);
       await sleep(250);
       await leader.server.stop();
       const handedOver = performance.now();
@@ -201,10 +227,11 @@ describe("two customer-service instances on one database and one stream", () => 
       const takeoverMs = performance.now() - handedOver;
       expect(takeoverMs).toBeLessThan(5_000);
       const atTakeover = ledger.commands();
-      await waitFor(() => ledger.commands() > atTakeover + 40, 10_000, "writes continue on the survivor");
+      await expect
+        .poll(() => ledger.commands(), { timeout: 10_000, message: "writes continue on the survivor" })
+        .toBeGreaterThan(atTakeover + 40);
     } finally {
-      stop = true;
-      await load;
+      await load.stop();
     }
     expect(ledger.unexpected).toEqual([]);
 
@@ -217,54 +244,30 @@ describe("two customer-service instances on one database and one stream", () => 
     expect(leadership.lockSamples).toBeGreaterThan(10);
     expect(follower.server.relay.status.published).toBeGreaterThan(0);
 
-    const events = await readStream(sharedNatsUrl, a.streams.stream);
+    const events = await readStream(sharedNatsUrl, leader.streams.stream);
     checkCustomerEvents(events, ledger, { exact: true });
-    const outbox = await sql<{ event_id: string }[]>`select event_id::text as event_id from outbox`;
-    expect(events).toHaveLength(outbox.length);
-    expect(events.map((e) => e.eventId).sort()).toEqual(outbox.map((r) => r.event_id).sort());
+    await expectStreamHoldsOutbox(events, svc.sql);
     expect(events).toHaveLength(ledger.commands());
   });
 });
 
 describe("two identity-service instances on one database and one stream", () => {
   let svc: Pair<RunningIdentityService>;
-  let sql: postgres.Sql;
 
   beforeAll(async () => {
-    const database = await createTestDatabase("faults_two_identity");
-    databases.push(database);
-    const names = uniqueStreamNames("identity");
-    streams.push(names.stream);
-    const a = await startIdentityService({}, { database, streams: names });
-    running.push(a);
-    const b = await startIdentityService({}, { database, streams: names });
-    running.push(b);
-    svc = pair([a, b]);
-    sql = postgres(database.url, { max: 2, onnotice: () => {} });
-    running.push({ close: () => sql.end() });
+    svc = await startPair("faults_two_identity", "identity", (store) => startIdentityService({}, store));
   });
 
   it("relays from one at a time, hands over when the leader stops, loses and repeats nothing", async () => {
-    const [a, b] = svc.instances;
-    const first = await svc.leader();
-    const leader = svc.instances[first];
-    const follower = svc.instances[1 - first] as RunningIdentityService;
-    const watch = watchLeadership([a.server.relay, b.server.relay], sql);
-
-    const clients = [createClients(a.url), createClients(b.url)];
-    clientSets.push(...clients);
-    const live = [...clients];
-    let next = 0;
-    let stop = false;
-    const load = runIdentityLoad({
+    const { first, leader, follower, watch, balancer } = await svc.handOver();
+    const load = startIdentityLoad({
       // Sign-up on one instance, sign-ins alternating between both.
-      client: () => (live[next++ % live.length] as Clients).client(AuthService, "grpc"),
+      client: () => balancer.client(AuthService),
       workers: 4,
       signInsPerLogin: 3,
-      done: () => stop,
       timeoutMs: 10_000,
     });
-    let ledger: Awaited<typeof load> | undefined;
+    const { ledger } = load;
     try {
       await sleep(1_500);
       await expect
@@ -273,7 +276,7 @@ describe("two identity-service instances on one database and one stream", () => 
       expect(follower.server.relay.status.published).toBe(0);
 
       // As a load balancer would: out of rotation first, then stopped.
-      live.splice(live.indexOf(clients[first] as Clients), 1);
+      balancer.take(first);
       await sleep(250);
       await leader.server.stop();
       await vi.waitUntil(() => leads(follower.server.relay), { timeout: 10_000, interval: 10 });
@@ -281,8 +284,7 @@ describe("two identity-service instances on one database and one stream", () => 
         .poll(() => follower.server.relay.status.published, { timeout: 10_000, message: "the survivor publishes" })
         .toBeGreaterThan(10);
     } finally {
-      stop = true;
-      ledger = await load;
+      await load.stop();
     }
     expect(ledger.unexpected).toEqual([]);
     expect(ledger.total()).toBeGreaterThan(20);
@@ -294,36 +296,29 @@ describe("two identity-service instances on one database and one stream", () => 
     expect(leadership.maxHolders).toBe(1);
     expect(leadership.lockSamples).toBeGreaterThan(10);
 
-    const events = await readStream(sharedNatsUrl, a.streams.stream);
+    const events = await readStream(sharedNatsUrl, leader.streams.stream);
     checkSignInEvents(events, ledger);
-    const outbox = await sql<{ event_id: string }[]>`select event_id::text as event_id from outbox`;
-    expect(events.map((e) => e.eventId).sort()).toEqual(outbox.map((r) => r.event_id).sort());
+    await expectStreamHoldsOutbox(events, svc.sql);
     expect(events).toHaveLength(ledger.total());
   });
 });
 
 describe("a customer-service leader cut off from the database", () => {
   let proxy: TcpProxy;
-  let database: TestDatabase;
-  let names: ReturnType<typeof uniqueStreamNames>;
+  let names: StreamNames;
   let cutOff: RunningCustomerService;
   let other: RunningCustomerService;
   let sql: postgres.Sql;
 
   beforeAll(async () => {
-    database = await createTestDatabase("faults_two_cut");
-    databases.push(database);
-    names = uniqueStreamNames("customer");
-    streams.push(names.stream);
+    const store = await sharedStore("faults_two_cut", "customer");
+    names = store.streams;
     const target = new URL(adminUrl);
     proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
     running.push({ close: () => proxy.close() });
     const env = { IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl };
     // The instance behind the proxy starts first, so it is the one that leads.
-    cutOff = await startCustomerService(
-      { ...env, CUSTOMER_DATABASE_URL: proxy.rewrite(database.url) },
-      { database, streams: names },
-    );
+    cutOff = await startCustomerService({ ...env, CUSTOMER_DATABASE_URL: proxy.rewrite(store.database.url) }, store);
     running.push({
       close: () => {
         proxy.restore();
@@ -331,31 +326,25 @@ describe("a customer-service leader cut off from the database", () => {
       },
     });
     await vi.waitUntil(() => leads(cutOff.server.relay), { timeout: 10_000, interval: 20 });
-    other = await startCustomerService(env, { database, streams: names });
+    other = await startCustomerService(env, store);
     running.push(other);
-    sql = postgres(database.url, { max: 2, onnotice: () => {} });
-    running.push({ close: () => sql.end() });
+    sql = store.database.sql;
   });
 
   it("hands relaying to the other instance, loses and repeats nothing", async () => {
     const watch = watchLeadership([cutOff.server.relay, other.server.relay], sql);
-    const clients = [createClients(cutOff.url), createClients(other.url)];
-    clientSets.push(...clients);
-    let next = 0;
-    let stop = false;
-    const ledger: Ledger = createLedger();
-    const load = runCustomerLoad({
-      ledger,
-      client: () => (clients[next++ % clients.length] as Clients).client(CustomerService, "grpc"),
+    const balancer = roundRobin([cutOff, other]);
+    const load = startCustomerLoad({
+      client: () => balancer.client(CustomerService),
       issuer,
       workers: 4,
       updatesPerCustomer: 3,
-      done: () => stop,
       // Calls to the cut-off instance fail while it is cut off.
       allowed: [Code.Unavailable],
       timeoutMs: 10_000,
       backoffMs: 20,
     });
+    const { ledger } = load;
     try {
       await expect
         .poll(() => cutOff.server.relay.status.published, { timeout: 10_000, message: "the leader publishes" })
@@ -366,7 +355,9 @@ describe("a customer-service leader cut off from the database", () => {
       // Its lock went with its session: the other instance takes the lock and relays.
       await vi.waitUntil(() => leads(other.server.relay), { timeout: 10_000, interval: 20 });
       const atTakeover = ledger.commands();
-      await waitFor(() => ledger.commands() > atTakeover + 40, 10_000, "writes go on through the other instance");
+      await expect
+        .poll(() => ledger.commands(), { timeout: 10_000, message: "writes go on through the other instance" })
+        .toBeGreaterThan(atTakeover + 40);
       await expect
         .poll(() => other.server.relay.status.published, { timeout: 10_000, message: "the new leader publishes" })
         .toBeGreaterThan(20);
@@ -375,10 +366,11 @@ describe("a customer-service leader cut off from the database", () => {
       proxy.restore();
       await vi.waitUntil(() => !leads(cutOff.server.relay), { timeout: 10_000, interval: 20 });
       const atRestore = ledger.commands();
-      await waitFor(() => ledger.commands() > atRestore + 20, 10_000, "writes go on through both");
+      await expect
+        .poll(() => ledger.commands(), { timeout: 10_000, message: "writes go on through both" })
+        .toBeGreaterThan(atRestore + 20);
     } finally {
-      stop = true;
-      await load;
+      await load.stop();
     }
     expect(ledger.unexpected).toEqual([]);
     await waitForOutboxEmpty(other.database.url, 20_000);
@@ -392,11 +384,8 @@ describe("a customer-service leader cut off from the database", () => {
 
     const events = await readStream(sharedNatsUrl, names.stream);
     const latest = checkCustomerEvents(events, ledger, { exact: false });
-    const outbox = await sql<{ event_id: string }[]>`select event_id::text as event_id from outbox`;
-    expect(events.map((e) => e.eventId).sort()).toEqual(outbox.map((r) => r.event_id).sort());
+    await expectStreamHoldsOutbox(events, sql);
     // A call cut off mid-way either committed with its event or not at all.
-    const rows = await sql<{ customer_id: string; version: number }[]>`
-      select customer_id::text as customer_id, version from customers`;
-    expect(rows.filter((r) => latest.get(r.customer_id) !== Number(r.version))).toEqual([]);
+    await expectStoredMatchesEvents(latest, sql);
   });
 });

@@ -3,7 +3,7 @@
  * HTTP/2 sessions do not keep a test alive.
  */
 import type { DescService } from "@bufbuild/protobuf";
-import { type Client, type Code, createClient, type Transport } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import {
   createConnectTransport,
   createGrpcTransport,
@@ -11,9 +11,14 @@ import {
   Http2SessionManager,
 } from "@connectrpc/connect-node";
 
-/** Each protocol and HTTP version a client may use. */
+/** Each protocol and HTTP version a client may use (Connect in its binary format). */
 export const PROTOCOLS = ["connect-http1", "connect-http2", "grpc", "grpc-web-http1", "grpc-web-http2"] as const;
-export type Protocol = (typeof PROTOCOLS)[number];
+/** Connect over HTTP/1.1 in its other forms: JSON instead of binary, and GET for side-effect-free methods. */
+export const CONNECT_FORMS = ["connect-json", "connect-get"] as const;
+export type Protocol = (typeof PROTOCOLS)[number] | (typeof CONNECT_FORMS)[number];
+/** The two protocols tests drive every call over when all five would only repeat them: Connect and gRPC. */
+export const CORE_PROTOCOLS = ["connect-http1", "grpc"] as const satisfies readonly Protocol[];
+export type CoreProtocol = (typeof CORE_PROTOCOLS)[number];
 
 export interface Clients {
   /** A client for service over protocol. */
@@ -38,6 +43,12 @@ export function createClients(baseUrl: string): Clients {
     switch (protocol) {
       case "connect-http1":
         t = createConnectTransport({ baseUrl, httpVersion: "1.1" });
+        break;
+      case "connect-json":
+        t = createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: false });
+        break;
+      case "connect-get":
+        t = createConnectTransport({ baseUrl, httpVersion: "1.1", useHttpGet: true });
         break;
       case "connect-http2":
         t = createConnectTransport({ baseUrl, httpVersion: "2", sessionManager: h2() });
@@ -69,3 +80,17 @@ export const bearer = (token: string) => ({ headers: { authorization: `Bearer ${
 
 /** Matches a ConnectError by code and message, whether it came over the wire or not. */
 export const rpcError = (message: string, code: Code) => ({ code, rawMessage: message });
+
+/** "OK" or the name of the error's code, e.g. "Unauthenticated". */
+export const outcome = (call: Promise<unknown>): Promise<string> =>
+  call.then(
+    () => "OK",
+    (e: unknown) => Code[ConnectError.from(e).code] ?? "?",
+  );
+
+/** The ConnectError a call failed with, or undefined if it succeeded (for expect.poll). */
+export const failure = (call: Promise<unknown>): Promise<ConnectError | undefined> =>
+  call.then(
+    () => undefined,
+    (e: unknown) => ConnectError.from(e),
+  );

@@ -1,15 +1,19 @@
 /**
  * NATS for tests: unique stream and subject names on the shared server, and
  * private nats-server processes that a fault test can kill and restart.
+ * (Reading streams: streams.ts.)
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { JetStreamManager } from "@nats-io/jetstream";
+import { createInterface } from "node:readline";
 import { connect } from "@nats-io/transport-node";
+import { freePort } from "./ports.js";
+
+/** Kept here for the files that import it from this module; it lives in ports.ts. */
+export { freePort };
 
 /** The shared server tests run against; `TEST_NATS_URL` overrides it. */
 export const sharedNatsUrl = process.env.TEST_NATS_URL ?? "nats://127.0.0.1:4222";
@@ -39,20 +43,6 @@ export async function deleteStreams(url: string, ...streams: string[]): Promise<
   }
 }
 
-/** A free TCP port on 127.0.0.1. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
 export interface PrivateNats extends AsyncDisposable {
   readonly url: string;
   readonly port: number;
@@ -66,6 +56,9 @@ export interface PrivateNats extends AsyncDisposable {
   stop(): Promise<void>;
 }
 
+/** How long a nats-server may take to say it is ready. */
+const READY_TIMEOUT_MS = 10_000;
+
 /** Starts a private `nats-server -js` on a free port with its own store dir. */
 export async function startPrivateNats(): Promise<PrivateNats> {
   const port = await freePort();
@@ -73,26 +66,41 @@ export async function startPrivateNats(): Promise<PrivateNats> {
   const url = `nats://127.0.0.1:${port}`;
   let proc: ChildProcess | undefined;
 
+  // Ready when it logs "Server is ready" (after JetStream and the client listener are up).
   const start = async () => {
     if (proc) return;
     const child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], {
-      stdio: "ignore",
+      stdio: ["ignore", "ignore", "pipe"],
     });
     proc = child;
-    child.once("exit", () => {
-      if (proc === child) proc = undefined;
+    const log: string[] = [];
+    let ready = false;
+    await new Promise<void>((resolve, reject) => {
+      const fail = (why: string) => {
+        clearTimeout(timer);
+        reject(new Error(`private nats-server on ${url} did not start: ${why}\n${log.join("\n")}`));
+      };
+      const timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        fail(`not ready after ${READY_TIMEOUT_MS} ms`);
+      }, READY_TIMEOUT_MS);
+      child.once("error", (err) => fail(err.message));
+      child.once("exit", (code, signal) => {
+        if (proc === child) proc = undefined;
+        if (!ready) fail(`exited (${signal ?? code})`);
+      });
+      if (!child.stderr) return fail("no stderr");
+      // Read to the end, so that a full pipe never blocks the server's logging.
+      createInterface({ input: child.stderr }).on("line", (line) => {
+        if (ready) return;
+        log.push(line);
+        if (line.endsWith("Server is ready")) {
+          ready = true;
+          clearTimeout(timer);
+          resolve();
+        }
+      });
     });
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      try {
-        const nc = await connect({ servers: url, reconnect: false, timeout: 500 });
-        await nc.close();
-        return;
-      } catch (err) {
-        if (Date.now() > deadline) throw new Error(`private nats-server on ${url} did not start: ${err}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
   };
   const kill = async () => {
     const child = proc;
@@ -117,21 +125,4 @@ export async function startPrivateNats(): Promise<PrivateNats> {
     stop,
     [Symbol.asyncDispose]: stop,
   };
-}
-
-/**
- * Waits until stream exists: a service's relay creates its stream once it
- * leads, and tests that count messages must wait for that.
- */
-export async function waitForStream(jsm: JetStreamManager, stream: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (
-    !(await jsm.streams.info(stream).then(
-      () => true,
-      () => false,
-    ))
-  ) {
-    if (Date.now() > deadline) throw new Error(`stream ${stream} was not created`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }

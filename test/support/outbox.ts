@@ -3,8 +3,8 @@
  * waiting until none do. It reads the table itself, so it works with any
  * relay (or none) and says nothing about which instance published.
  */
-import postgres from "postgres";
-import { expect } from "vitest";
+import { connectSql } from "./postgres.js";
+import { until } from "./timing.js";
 
 /** A database to read: a PostgreSQL URL, or anything with the runtime `Database`'s `query`. */
 export type OutboxSource = string | { query<T>(sql: string): Promise<T[]> };
@@ -17,7 +17,7 @@ export async function unsentEvents(db: OutboxSource): Promise<number> {
     const [row] = await db.query<{ n: number }>(UNSENT);
     return row?.n ?? 0;
   }
-  const sql = postgres(db, { max: 1, onnotice: () => {} });
+  const sql = connectSql(db, 1);
   try {
     const [row] = await sql.unsafe<{ n: number }[]>(UNSENT);
     return row?.n ?? 0;
@@ -26,14 +26,12 @@ export async function unsentEvents(db: OutboxSource): Promise<number> {
   }
 }
 
-/** Waits until every event in the outbox is published; fails after timeoutMs (default 10 s). */
+/** Waits until every event in the outbox is published (in a test or a hook); fails after timeoutMs (default 10 s). */
 export async function waitForOutboxEmpty(db: OutboxSource, timeoutMs = 10_000): Promise<void> {
-  const sql = typeof db === "string" ? postgres(db, { max: 1, onnotice: () => {} }) : undefined;
+  const sql = typeof db === "string" ? connectSql(db, 1) : undefined;
   const source: OutboxSource = sql ? { query: <T>(q: string) => sql.unsafe(q) as Promise<T[]> } : db;
   try {
-    await expect
-      .poll(() => unsentEvents(source), { timeout: timeoutMs, interval: 20, message: "unsent events in the outbox" })
-      .toBe(0);
+    await until("no unsent events in the outbox", async () => (await unsentEvents(source)) === 0, timeoutMs, 20);
   } finally {
     await sql?.end();
   }

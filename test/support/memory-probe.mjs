@@ -1,6 +1,6 @@
 /**
- * Preloaded into the customer service child by the load test
- * (NODE_OPTIONS="--expose-gc --import …/memory-probe.mjs"), so nothing in
+ * Preloaded into a service child by processes.ts when asked (the load test)
+ * (`node --expose-gc --import …/memory-probe.mjs`), so nothing in
  * src/ knows about it: on SIGUSR2 it runs a full garbage collection and
  * writes one line to stdout, `{"memoryProbe":{"heapUsed":…,"rss":…}}`.
  */

@@ -1,126 +1,51 @@
 /**
- * Property-based fuzzing of every request message of both services through
+ * Property-based fuzzing of every CustomerService request message through
  * the generated clients, over Connect (binary and JSON on HTTP/1.1, GET for
  * GetCustomer) and gRPC: arbitrary unicode, control characters, very long
  * strings, SQL-injection-shaped strings, random field masks and int64
- * versions.
+ * versions. (AuthService: fuzz-auth-requests.test.ts.)
  *
  * Every answer is OK or one of the codes the contract documents for the RPC
  * (never INTERNAL, UNKNOWN, UNAVAILABLE or a deadline: each call has a
  * timeout), what succeeded is stored and read back exactly as sent (trimmed
- * where the service trims), the servers keep serving, and rows nobody was
+ * where the service trims), the server keeps serving, and rows nobody was
  * allowed to touch stay as they were; table counts match what succeeded.
  */
 import { randomUUID } from "node:crypto";
-import { create, type DescService, type MessageInitShape, toJsonString } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { create, type MessageInitShape, toJsonString } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
 import type { Customer, CustomerSchema, PostalAddress } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import {
   CustomerService,
   type RegisterCustomerRequestSchema,
   UpdateCustomerRequestSchema,
 } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
-import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import fc from "fast-check";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli } from "../../identity-service/src/cli.js";
 import { bearer } from "../support/clients.js";
-import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
 import {
-  type RunningCustomerService,
-  type RunningIdentityService,
-  startCustomerService,
-  startIdentityService,
-} from "../support/services.js";
+  blankish,
+  evil,
+  expectCode,
+  FUZZ_PROTOCOLS,
+  type FuzzProtocol,
+  mostly,
+  opts,
+  RUNS,
+  run,
+  SPECIAL,
+  SQL_EMAIL_LOCALS,
+  SQL_SHAPED,
+  sqlEmail,
+  stored,
+  unique,
+  validEmail,
+  wf,
+} from "../support/fuzz.js";
+import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
+import { type RunningCustomerService, startCustomerService } from "../support/services.js";
 
-const RUNS = 150;
-const TIMEOUT_MS = 5_000;
-
-// ------------------------------------------------------------------ arbitraries
-
-const SQL_SHAPED = [
-  "'; drop table customers; --",
-  "Robert'); DROP TABLE customers;--",
-  "' OR '1'='1",
-  '" OR ""="',
-  "1; SELECT pg_sleep(10); --",
-  "'); delete from outbox; --",
-  "$$ || (select password_hash from identities limit 1) || $$",
-  "\\'; truncate customers cascade; --",
-  "' UNION SELECT private_jwk FROM signing_keys --",
-  "%' and 1=0 --",
-  "'||pg_sleep(5)||'",
-  "admin'--",
-  "$1",
-  "E'\\x27'",
-  "';COPY customers TO PROGRAM 'id';--",
-];
-/** Email local parts a validator accepts that still look like SQL. */
-const SQL_EMAIL_LOCALS = ["'or'1'='1'--", "o'brien", "x'||'y", "admin'--", "'%27--"];
-const SPECIAL = [
-  "\u0000",
-  "\u0001",
-  "\u0007",
-  "\u001b",
-  "\u007f",
-  "\u0085",
-  "\u00a0",
-  "\u200b",
-  "\u202e",
-  "\u2028",
-  "\ufeff",
-  "\ufffd",
-  "\ud800",
-  "\udfff",
-  "😀",
-  "👩‍👩‍👧",
-  "é",
-  "e\u0301",
-  "'",
-  '"',
-  ";",
-  "--",
-  "\\",
-  "%",
-  "_",
-  "$",
-  "\n",
-  "\r",
-  "\t",
-  " ",
-  "\u3000",
-  "a",
-];
-
-const evil = fc.oneof(
-  { arbitrary: fc.constantFrom(...SQL_SHAPED), weight: 3 },
-  // NUL: a classic for truncating strings in C and refused by PostgreSQL text.
-  { arbitrary: fc.constantFrom("\u0000", "x\u0000'; drop table customers; --"), weight: 1 },
-  { arbitrary: fc.string({ unit: "binary", maxLength: 30 }), weight: 3 },
-  { arbitrary: fc.string({ unit: "grapheme", maxLength: 30 }), weight: 2 },
-  { arbitrary: fc.string({ unit: fc.constantFrom(...SPECIAL), maxLength: 20 }), weight: 3 },
-  {
-    // Long strings: past every max_len, still far below the request size limit.
-    arbitrary: fc
-      .tuple(fc.constantFrom(...SQL_SHAPED, "x", "é", "😀"), fc.integer({ min: 2, max: 300 }))
-      .map(([s, n]) => s.repeat(n).slice(0, 2500)),
-    weight: 1,
-  },
-);
-/** Strings that look blank to someone: every kind of space, and U+FEFF, which only JavaScript trims. */
-const blankish = fc.string({
-  unit: fc.constantFrom(" ", "\t", "\ufeff", "\u00a0", "\u3000", "\u2028"),
-  minLength: 1,
-  maxLength: 4,
-});
-const unique = () => randomUUID().slice(0, 8);
-const validEmail = fc.constant(null).map(() => `f.${unique()}@example.com`);
-const sqlEmail = fc.constantFrom(...SQL_EMAIL_LOCALS).map((l) => `${l}${unique()}@example.com`);
-/** Mostly a valid value, so that requests get past validation; otherwise anything. */
-const mostly = <T>(valid: fc.Arbitrary<T>, other: fc.Arbitrary<T>) =>
-  fc.oneof({ arbitrary: valid, weight: 4 }, { arbitrary: other, weight: 1 });
 const name = fc.oneof(evil, blankish, fc.constantFrom("Ada", "José", "李小龍", "O'Brien", "a\u0000b"));
 const phone = fc.option(mostly(fc.constantFrom("+4915123456789", "+14155550100"), evil), {
   nil: undefined,
@@ -164,63 +89,13 @@ const validName = fc.oneof(
     .map((x) => `${x}x`),
 );
 
-// ------------------------------------------------------------------ clients
-
-type Proto = "connect" | "connect-json" | "grpc";
-const PROTOS: Proto[] = ["connect", "connect-json", "grpc"];
-const sessions: Http2SessionManager[] = [];
-
-function transports(baseUrl: string): Record<Proto | "connect-get", Transport> {
-  const h2 = new Http2SessionManager(baseUrl);
-  sessions.push(h2);
-  return {
-    connect: createConnectTransport({ baseUrl, httpVersion: "1.1" }),
-    "connect-json": createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: false }),
-    "connect-get": createConnectTransport({ baseUrl, httpVersion: "1.1", useHttpGet: true }),
-    grpc: createGrpcTransport({ baseUrl, sessionManager: h2 }),
-  };
-}
-function clientsFor<S extends DescService>(service: S, baseUrl: string): Record<Proto | "connect-get", Client<S>> {
-  const t = transports(baseUrl);
-  return {
-    connect: createClient(service, t.connect),
-    "connect-json": createClient(service, t["connect-json"]),
-    "connect-get": createClient(service, t["connect-get"]),
-    grpc: createClient(service, t.grpc),
-  };
-}
-
-/** The outcome of a call: "OK" and its response, or the code's name and the error. */
-async function run<T>(call: Promise<T>): Promise<{ code: string; res?: T; err?: ConnectError }> {
-  try {
-    return { code: "OK", res: await call };
-  } catch (e) {
-    const err = ConnectError.from(e);
-    return { code: Code[err.code] ?? String(err.code), err };
-  }
-}
-
-/** Fails with the message of an unexpected code, so a counterexample shows it. */
-function expectCode(got: { code: string; err?: ConnectError }, allowed: string[]): void {
-  if (!allowed.includes(got.code)) {
-    throw new Error(`unexpected ${got.code}: ${got.err?.rawMessage ?? ""} (allowed: ${allowed.join(", ")})`);
-  }
-}
-
-/** What the client puts on the wire for a string: lone surrogates become U+FFFD. */
-const wf = (s: string) =>
-  s.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "\ufffd");
-/** The stored form of a string the service trims. */
-const stored = (s: string) => wf(s).trim();
-const opts = (token?: string) => ({ ...(token ? bearer(token) : {}), timeoutMs: TIMEOUT_MS });
-
 // ------------------------------------------------------------------ customer service
 
 describe("CustomerService", () => {
   let issuer: TestIssuer;
   let svc: RunningCustomerService;
   let sql: postgres.Sql;
-  let cs: Record<Proto | "connect-get", Client<typeof CustomerService>>;
+  const cs = (protocol: FuzzProtocol | "connect-get") => svc.clients.client(CustomerService, protocol);
   /** The seeded customer nobody but its owner may change, and how it was. */
   let seeded: { id: string; token: string; snapshot: Customer; row: unknown };
   /** The customer the fuzzed updates target, as last seen. */
@@ -240,12 +115,11 @@ describe("CustomerService", () => {
       IDENTITY_JWKS_URL: issuer.jwksUrl,
       LOG_LEVEL: "warn",
     });
-    sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
-    cs = clientsFor(CustomerService, svc.url);
+    sql = svc.database.sql;
     const register = async (label: string) => {
       const id = randomUUID();
       const token = await issuer.customer(id);
-      const res = await cs.connect.registerCustomer(
+      const res = await cs("connect-http1").registerCustomer(
         {
           email: `${label}.${unique()}@example.com`,
           givenName: "Ada",
@@ -267,16 +141,14 @@ describe("CustomerService", () => {
   });
 
   afterAll(async () => {
-    for (const s of sessions.splice(0)) s.abort();
-    await sql?.end();
     await svc?.close();
     await issuer?.close();
   });
 
   /** The server still answers on every protocol, and the seeded customer is as it was. */
   async function stillServingAndUntouched(): Promise<void> {
-    for (const p of [...PROTOS, "connect-get"] as const) {
-      const got = await cs[p].getCustomer({ customerId: seeded.id }, opts(seeded.token));
+    for (const p of [...FUZZ_PROTOCOLS, "connect-get"] as const) {
+      const got = await cs(p).getCustomer({ customerId: seeded.id }, opts(seeded.token));
       expect(got.customer, p).toEqual(seeded.snapshot);
     }
     expect(await rowOf(seeded.id)).toEqual(seeded.row);
@@ -285,7 +157,7 @@ describe("CustomerService", () => {
   it("RegisterCustomer: documented codes only; what is accepted is stored and read back as sent", async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.constantFrom(...PROTOS),
+        fc.constantFrom(...FUZZ_PROTOCOLS),
         fc.record({
           email: mostly(fc.oneof(validEmail, sqlEmail), fc.oneof(evil, fc.constant(seeded.snapshot.email))),
           givenName: name,
@@ -297,7 +169,7 @@ describe("CustomerService", () => {
           const id = randomUUID();
           const token = await issuer.customer(id);
           const init = Object.fromEntries(Object.entries(req).filter(([, v]) => v !== undefined)) as typeof req;
-          const got = await run(cs[proto].registerCustomer(init, opts(token)));
+          const got = await run(cs(proto).registerCustomer(init, opts(token)));
           expectCode(got, ["OK", "InvalidArgument", "AlreadyExists"]);
           if (got.code !== "OK") {
             expect(await rowOf(id)).toBeUndefined();
@@ -316,7 +188,7 @@ describe("CustomerService", () => {
           expect(got.res?.customer?.phoneNumber).toBe(req.phoneNumber === undefined ? undefined : wf(req.phoneNumber));
           expect(addressView(got.res?.customer?.address)).toEqual(sentAddress(req.address));
           // Read back over another protocol, and straight from the table.
-          const back = await cs.grpc.getCustomer({ customerId: id }, opts(token));
+          const back = await cs("grpc").getCustomer({ customerId: id }, opts(token));
           expect(back.customer).toEqual(got.res?.customer);
           expect(await rowOf(id)).toMatchObject({
             email: expected.email,
@@ -334,7 +206,7 @@ describe("CustomerService", () => {
   it("UpdateCustomer: documented codes only, random masks and int64 versions; nobody else's row changes", async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.constantFrom(...PROTOS),
+        fc.constantFrom(...FUZZ_PROTOCOLS),
         fc.oneof(
           { arbitrary: fc.constant("target"), weight: 6 },
           { arbitrary: fc.constantFrom("seeded", "unknown", "upper-target"), weight: 2 },
@@ -389,8 +261,8 @@ describe("CustomerService", () => {
           };
           const before = target.now;
           // A FieldMask path whose lowerCamelCase does not map back cannot be written as JSON at all.
-          const via = proto === "connect-json" && !jsonEncodable(req) ? "connect" : proto;
-          const got = await run(cs[via].updateCustomer(req, opts(target.token)));
+          const via = proto === "connect-json" && !jsonEncodable(req) ? "connect-http1" : proto;
+          const got = await run(cs(via).updateCustomer(req, opts(target.token)));
           const allowed =
             which === "seeded" || which === "unknown"
               ? ["InvalidArgument", "PermissionDenied"]
@@ -422,7 +294,7 @@ describe("CustomerService", () => {
           );
           expectField("address", addressView(after.address), addressView(before.address), sentAddress(addr));
           expect(after.createTime).toEqual(before.createTime);
-          const back = await cs.grpc.getCustomer({ customerId: target.id }, opts(target.token));
+          const back = await cs("grpc").getCustomer({ customerId: target.id }, opts(target.token));
           expect(back.customer).toEqual(after);
           target.now = after;
           target.row = await rowOf(target.id);
@@ -436,12 +308,12 @@ describe("CustomerService", () => {
   it("GetCustomer: documented codes only, over Connect POST, GET and gRPC, as a customer or a service", async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.constantFrom(...PROTOS, "connect-get" as const),
+        fc.constantFrom(...FUZZ_PROTOCOLS, "connect-get" as const),
         fc.constantFrom("reader", "target"),
         fc.oneof(fc.constantFrom(seeded.id, target.id, seeded.id.toUpperCase()), fc.uuid().map(String), evil),
         async (proto, caller, customerId) => {
           const got = await run(
-            cs[proto].getCustomer({ customerId }, opts(caller === "reader" ? reader : target.token)),
+            cs(proto).getCustomer({ customerId }, opts(caller === "reader" ? reader : target.token)),
           );
           expectCode(got, ["OK", "InvalidArgument", "NotFound", "PermissionDenied"]);
           if (got.code === "OK") {
@@ -463,8 +335,8 @@ describe("CustomerService", () => {
       const id = randomUUID();
       const token = await issuer.customer(id);
       const email = `${SQL_EMAIL_LOCALS[i % SQL_EMAIL_LOCALS.length]}${unique()}@example.com`;
-      const proto = PROTOS[i % PROTOS.length] ?? "connect";
-      const res = await cs[proto].registerCustomer(
+      const proto = FUZZ_PROTOCOLS[i % FUZZ_PROTOCOLS.length] ?? "connect-http1";
+      const res = await cs(proto).registerCustomer(
         {
           email,
           givenName: s,
@@ -482,12 +354,14 @@ describe("CustomerService", () => {
         address: { addressLines: [s, s], locality: s, region: s, postalCode: "", countryCode: "DE" },
       });
       const other = SQL_SHAPED[(i + 1) % SQL_SHAPED.length] ?? "";
-      const updated = await cs[proto].updateCustomer(
+      const updated = await cs(proto).updateCustomer(
         { customer: { customerId: id, familyName: other }, updateMask: { paths: ["family_name"] } },
         opts(token),
       );
       expect(updated.customer).toMatchObject({ givenName: s, familyName: other, version: 2n });
-      expect(await cs.grpc.getCustomer({ customerId: id }, opts(token))).toMatchObject({ customer: updated.customer });
+      expect(await cs("grpc").getCustomer({ customerId: id }, opts(token))).toMatchObject({
+        customer: updated.customer,
+      });
       created.push(id);
       realUpdates++;
     }
@@ -509,7 +383,7 @@ describe("CustomerService", () => {
     const countsBefore = await counts();
     type Register = MessageInitShape<typeof RegisterCustomerRequestSchema>;
     type Update = MessageInitShape<typeof CustomerSchema>;
-    for (const proto of PROTOS) {
+    for (const proto of FUZZ_PROTOCOLS) {
       const registers: [Register, object][] = [
         [{ ...base, givenName: "Ada\u0000" }, nul],
         [{ ...base, familyName: "\u0000'; drop table customers; --" }, nul],
@@ -523,7 +397,7 @@ describe("CustomerService", () => {
       ];
       for (const [req, error] of registers) {
         await expect(
-          cs[proto].registerCustomer(req, opts(token)),
+          cs(proto).registerCustomer(req, opts(token)),
           `${proto} ${JSON.stringify(req)}`,
         ).rejects.toMatchObject(error);
       }
@@ -534,7 +408,7 @@ describe("CustomerService", () => {
       ];
       for (const [customer, paths, error] of updates) {
         await expect(
-          cs[proto].updateCustomer(
+          cs(proto).updateCustomer(
             { customer: { customerId: target.id, ...customer }, updateMask: { paths } },
             opts(target.token),
           ),
@@ -605,233 +479,3 @@ const sentAddress = (a: AddressInput | undefined) =>
     postalCode: stored(a.postalCode),
     countryCode: wf(a.countryCode),
   };
-
-// ------------------------------------------------------------------ identity service
-
-describe("AuthService", () => {
-  let svc: RunningIdentityService;
-  let sql: postgres.Sql;
-  let as: Record<Proto | "connect-get", Client<typeof AuthService>>;
-  let client: { id: string; secret: string; token: string };
-  /** A customer whose sessions and password must survive everything. */
-  let keeper: { customerId: string; email: string; password: string; refreshToken: string; accessToken: string };
-  let snapshot: unknown;
-  let tables: unknown;
-  let createdIdentities = 0;
-
-  const identityState = async () => ({
-    keeper: await sql`select * from identities where customer_id = ${keeper.customerId}`,
-    keeperTokens:
-      await sql`select id, revoked_at, rotated_at from refresh_tokens where customer_id = ${keeper.customerId}`,
-    clients: await sql`select * from clients order by client_id`,
-    keys: await sql`select kid, retired_at from signing_keys order by kid`,
-    revoked: await sql`select count(*)::int as n from revoked_access_tokens`,
-  });
-
-  beforeAll(async () => {
-    svc = await startIdentityService({ LOG_LEVEL: "warn" });
-    sql = postgres(svc.database.url, { max: 2, onnotice: () => {} });
-    as = clientsFor(AuthService, svc.url);
-    const out: string[] = [];
-    expect(
-      await runCli(["clients", "create", "fuzz-client", "--scopes", "customer:read"], svc.env, (l) => out.push(l)),
-    ).toBe(0);
-    const secret = (JSON.parse(out[0] ?? "{}") as { client_secret: string }).client_secret;
-    const auth = await as.connect.authenticateClient({ clientId: "fuzz-client", clientSecret: secret, scope: "" });
-    client = { id: "fuzz-client", secret, token: auth.tokens?.accessToken ?? "" };
-    const email = `keeper.${unique()}@example.com`;
-    const password = "keeper's password";
-    const res = await as.connect.createCredentials({ email, password });
-    keeper = {
-      customerId: res.customerId,
-      email,
-      password,
-      refreshToken: res.tokens?.refreshToken ?? "",
-      accessToken: res.tokens?.accessToken ?? "",
-    };
-    snapshot = await identityState();
-    tables = await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
-  });
-
-  afterAll(async () => {
-    await sql?.end();
-    await svc?.close();
-  });
-
-  /** The server still answers on every protocol; the keeper's credentials and sessions are intact. */
-  async function stillServingAndUntouched(): Promise<void> {
-    for (const p of PROTOS) {
-      await expect(as[p].introspectToken({ token: keeper.refreshToken }, opts(client.token)), p).resolves.toMatchObject(
-        { active: true, sub: keeper.customerId },
-      );
-    }
-    expect(await identityState()).toEqual(snapshot);
-  }
-
-  /** Tokens close to real ones: a flipped character, a JWT shape, random base64url. */
-  const tokenLike = fc.oneof(
-    evil,
-    fc.nat().map((n) => flip(keeper.refreshToken, n)),
-    fc.nat().map((n) => flip(keeper.accessToken, n)),
-    fc.nat().map((n) => flip(client.token, n)),
-    fc.base64String({ maxLength: 64 }).map((s) => s.replace(/\+/g, "-").replace(/\//g, "_").replace(/=/g, "")),
-    fc.tuple(evil, evil, evil).map((p) => p.map((x) => Buffer.from(x).toString("base64url")).join(".")),
-  );
-  const flip = (s: string, n: number) => {
-    const i = n % s.length;
-    return `${s.slice(0, i)}${s[i] === "A" ? "B" : "A"}${s.slice(i + 1)}`;
-  };
-  const password = fc.oneof(evil, fc.string({ minLength: 8, maxLength: 300 }), fc.constantFrom(...SQL_SHAPED));
-
-  it("CreateCredentials: documented codes only; an accepted password signs in exactly as sent", async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.constantFrom(...PROTOS),
-        fc.oneof(validEmail, sqlEmail, evil, fc.constant(keeper.email), fc.constant(keeper.email.toUpperCase())),
-        password,
-        async (proto, email, pw) => {
-          const got = await run(as[proto].createCredentials({ email, password: pw }, opts()));
-          expectCode(got, ["OK", "InvalidArgument", "AlreadyExists"]);
-          if (got.code !== "OK") return;
-          createdIdentities++;
-          const customerId = got.res?.customerId ?? "";
-          const [row] = await sql`select email from identities where customer_id = ${customerId}`;
-          expect(row?.email).toBe(stored(email).toLowerCase());
-          const signIn = await as.grpc.authenticateCustomer({ email, password: pw }, opts());
-          expect(signIn.customerId).toBe(customerId);
-        },
-      ),
-      { numRuns: RUNS },
-    );
-    await stillServingAndUntouched();
-  });
-
-  it("AuthenticateCustomer: documented codes only (never OK for a guess)", async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.constantFrom(...PROTOS),
-        fc.oneof(fc.constant(`victim.${unique()}@example.com`), sqlEmail, evil),
-        password,
-        async (proto, email, pw) => {
-          const got = await run(as[proto].authenticateCustomer({ email, password: pw }, opts()));
-          expectCode(got, ["Unauthenticated", "ResourceExhausted", "InvalidArgument"]);
-        },
-      ),
-      { numRuns: RUNS },
-    );
-    await stillServingAndUntouched();
-  });
-
-  it("RefreshToken, RevokeToken, IntrospectToken: documented codes only; no guessed token is active", async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.constantFrom(...PROTOS),
-        fc.constantFrom("refresh", "revoke", "introspect"),
-        tokenLike,
-        async (proto, rpc, token) => {
-          if (rpc === "refresh") {
-            expectCode(await run(as[proto].refreshToken({ refreshToken: token }, opts())), [
-              "Unauthenticated",
-              "InvalidArgument",
-            ]);
-          } else if (rpc === "revoke") {
-            expectCode(await run(as[proto].revokeToken({ token }, opts())), ["OK", "InvalidArgument"]);
-          } else {
-            const got = await run(as[proto].introspectToken({ token }, opts(client.token)));
-            expectCode(got, ["OK", "InvalidArgument"]);
-            if (got.res) expect(got.res.active).toBe(false);
-          }
-        },
-      ),
-      { numRuns: 2 * RUNS },
-    );
-    await stillServingAndUntouched();
-  });
-
-  it("ChangePassword: documented codes only; the password never changes without the current one", async () => {
-    const victim = await as.connect.createCredentials({
-      email: `cp.${unique()}@example.com`,
-      password: "victim's password",
-    });
-    createdIdentities++;
-    const [before] = await sql`select password_hash from identities where customer_id = ${victim.customerId}`;
-    await fc.assert(
-      fc.asyncProperty(fc.constantFrom(...PROTOS), password, password, async (proto, currentPassword, newPassword) => {
-        const got = await run(
-          as[proto].changePassword({ currentPassword, newPassword }, opts(victim.tokens?.accessToken ?? "")),
-        );
-        expectCode(got, ["Unauthenticated", "ResourceExhausted", "InvalidArgument"]);
-      }),
-      { numRuns: RUNS },
-    );
-    const [after] = await sql`select password_hash from identities where customer_id = ${victim.customerId}`;
-    expect(after).toEqual(before);
-    await stillServingAndUntouched();
-  });
-
-  it("AuthenticateClient: documented codes only; no token without the secret", async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.constantFrom(...PROTOS),
-        fc.oneof(fc.constant(client.id), fc.constantFrom(...SQL_SHAPED), evil),
-        fc.oneof(evil, fc.constant(flip(client.secret, 3))),
-        fc.oneof(evil, fc.constantFrom("", "customer:read", "customer:read customer:write", "admin", "customer:*")),
-        async (proto, clientId, clientSecret, scope) => {
-          const got = await run(as[proto].authenticateClient({ clientId, clientSecret, scope }, opts()));
-          expectCode(got, ["Unauthenticated", "PermissionDenied", "InvalidArgument"]);
-        },
-      ),
-      { numRuns: RUNS },
-    );
-    await stillServingAndUntouched();
-  });
-
-  it("NUL in a login or a client id is INVALID_ARGUMENT", async () => {
-    const nul = { code: Code.InvalidArgument, rawMessage: "strings must not contain NUL (U+0000) characters" };
-    for (const proto of PROTOS) {
-      await expect(
-        as[proto].authenticateCustomer({ email: `${keeper.email}\u0000`, password: keeper.password }, opts()),
-      ).rejects.toMatchObject(nul);
-      await expect(
-        as[proto].authenticateClient(
-          { clientId: `${client.id}\u0000`, clientSecret: client.secret, scope: "" },
-          opts(),
-        ),
-      ).rejects.toMatchObject(nul);
-    }
-    await stillServingAndUntouched();
-  });
-
-  it("SQL-injection-shaped logins: stored verbatim, sign in only with exactly that password", async () => {
-    for (const [i, s] of SQL_SHAPED.entries()) {
-      const email = `${SQL_EMAIL_LOCALS[i % SQL_EMAIL_LOCALS.length]}${unique()}@example.com`;
-      const pw = `${s}!${i}`.padEnd(8, "#");
-      const proto = PROTOS[i % PROTOS.length] ?? "connect";
-      const res = await as[proto].createCredentials({ email, password: pw }, opts());
-      createdIdentities++;
-      expect((await sql`select email from identities where customer_id = ${res.customerId}`)[0]?.email).toBe(email);
-      await expect(as[proto].authenticateCustomer({ email, password: pw }, opts())).resolves.toMatchObject({
-        customerId: res.customerId,
-      });
-      // The classic tautologies as password or as login get nobody in.
-      await expect(as[proto].authenticateCustomer({ email, password: "' OR '1'='1" }, opts())).rejects.toMatchObject({
-        code: Code.Unauthenticated,
-      });
-      await expect(
-        as[proto].authenticateCustomer({ email: `${email}' OR '1'='1`, password: pw }, opts()),
-      ).rejects.toMatchObject({ code: Code.Unauthenticated });
-      await expect(
-        as[proto].authenticateClient({ clientId: `${client.id}' OR '1'='1`, clientSecret: s, scope: "" }, opts()),
-      ).rejects.toMatchObject({ code: Code.Unauthenticated });
-    }
-    await stillServingAndUntouched();
-  });
-
-  it("afterwards: the same tables, one identity per accepted sign-up", async () => {
-    expect(
-      await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`,
-    ).toEqual(tables);
-    const [row] = await sql<{ n: number }[]>`select count(*)::int as n from identities`;
-    expect(row?.n).toBe(1 + createdIdentities);
-  });
-});
