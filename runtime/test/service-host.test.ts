@@ -233,13 +233,19 @@ describe("a service host", () => {
     const blocker = await takenPort();
     try {
       const { host, acquired, released, logs } = testHost({ config: config({ port: blocker.port }) });
-      await expect(host.start()).rejects.toMatchObject({ code: "EADDRINUSE" });
+      const inUse = {
+        name: "StartupError",
+        exitCode: 75,
+        message: `port: cannot listen on 127.0.0.1:${blocker.port}: the address is in use; stop what holds it or choose another port`,
+        cause: expect.objectContaining({ code: "EADDRINUSE" }),
+      };
+      await expect(host.start()).rejects.toMatchObject(inUse);
       expect(acquired).toEqual(["database", "relay database", "nats", "outbox relay"]);
       expect(released).toEqual(["outbox relay", "nats", "relay database", "database"]);
       await expect.poll(connections).toEqual([]);
       expect(logs.lines.filter((l) => l.level >= 50)).toEqual([]);
       // start() keeps its outcome; stop() after it has nothing left to release.
-      await expect(host.start()).rejects.toMatchObject({ code: "EADDRINUSE" });
+      await expect(host.start()).rejects.toMatchObject(inUse);
       await host.stop();
       expect(released).toHaveLength(4);
     } finally {
