@@ -4,12 +4,22 @@
  *   { id, cmd: "run", spec, concurrency, warmupMs, durationMs }   timed run
  *   { id, cmd: "run", spec, concurrency, maxOps }                 fixed amount of work
  * and gets `{ id, event: "start" | "end" }` at the edges of the measured
- * window, then `{ id, result: LoadResult }`.
+ * window, then `{ id, result: LoadResult }`. An RPC scenario's calls must all
+ * carry the content type it declares (`sends`), or the run fails.
+ *   { id, cmd: "drain", spec: RawDrainSpec }                     raw drain
+ * gets `{ id, event: "ready" }` when the bench may restart NATS, then
+ * `{ id, result: RawDrainResult }`.
  */
 
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { type LoadResult, summarize } from "./lib/stats.js";
-import { createScenario, type ScenarioSpec } from "./scenarios.js";
+import { createScenario, type RawDrainSpec, rawDrain, type ScenarioSpec } from "./scenarios.js";
+
+interface DrainRequest {
+  id: number;
+  cmd: "drain";
+  spec: RawDrainSpec;
+}
 
 interface RunRequest {
   id: number;
@@ -90,6 +100,11 @@ async function run(req: RunRequest, event: (e: "start" | "end") => void): Promis
     readEld();
     eld.disable();
     const seconds = ((bounded ? finished : windowEnd) - windowStart) / 1000;
+    const wire = scenario.wire && { request: [...scenario.wire.request], response: [...scenario.wire.response] };
+    const wrong = scenario.sends === undefined ? [] : (wire?.request.filter((t) => t !== scenario.sends) ?? []);
+    if (wrong.length > 0) {
+      throw new Error(`${req.spec.kind}: calls carried content-type ${wrong.join(", ")}, not ${scenario.sends}`);
+    }
     return {
       ops,
       errors,
@@ -100,15 +115,18 @@ async function run(req: RunRequest, event: (e: "start" | "end") => void): Promis
       concurrency: req.concurrency,
       samples: latencies.map((v) => Math.round(v * 1000) / 1000),
       ...(eldAtEnd && { eld: eldAtEnd }),
+      ...(wire && { wire }),
     };
   } finally {
     await scenario.close();
   }
 }
 
-process.on("message", (msg: RunRequest) => {
+process.on("message", (msg: RunRequest | DrainRequest) => {
   const send = (m: object) => process.send?.({ id: msg.id, ...m });
-  run(msg, (event) => send({ event })).then(
+  const work: Promise<unknown> =
+    msg.cmd === "drain" ? rawDrain(msg.spec, () => send({ event: "ready" })) : run(msg, (event) => send({ event }));
+  work.then(
     (result) => send({ result }),
     (err: unknown) => send({ error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
   );

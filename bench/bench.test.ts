@@ -1,6 +1,10 @@
 /**
- * The bench harness runs in quick mode and reports every row with numbers.
- * No timing is asserted: speed goals live in the bench's own table.
+ * The bench harness in quick mode: every row is there with numbers, the
+ * rows measure what they say (the JSON row sends JSON, the drain compares
+ * like with like, per-vCPU counts PostgreSQL), published figures stay out of
+ * the measured columns, and the table names its run. No timing is asserted:
+ * speed goals live in the bench's own table. Runs alone, after the rest of
+ * `npm test` (vitest.config.ts: the bench project's groupOrder).
  */
 import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -8,40 +12,157 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { afterAll, describe, expect, it } from "vitest";
-import { type Report, ROW_IDS } from "./lib/report.js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Report, ROW_IDS, type Row, type RowId, runName } from "./lib/report.js";
+import { CONNECT_JSON, GRPC_PROTO } from "./scenarios.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const SEED = 12345;
 const dir = mkdtempSync(join(tmpdir(), "bench-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-describe("npm run bench -- --quick", () => {
-  it("writes every row, each with numeric values, and prints the table", { timeout: 180_000 }, async () => {
-    const out = join(dir, "quick.json");
-    const { stdout } = await promisify(execFile)(
-      process.execPath,
-      ["--conditions=source", "--import", "tsx", "bench/run.ts", "--quick", "--out", out],
-      { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 170_000 },
-    );
-    const report = JSON.parse(readFileSync(out, "utf8")) as Report;
+let report: Report;
+let stdout: string;
+let stderr: string;
 
+beforeAll(async () => {
+  const out = join(dir, "quick.json");
+  ({ stdout, stderr } = await promisify(execFile)(
+    process.execPath,
+    ["--conditions=source", "--import", "tsx", "bench/run.ts", "--quick", "--seed", String(SEED), "--out", out],
+    { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 240_000 },
+  ));
+  report = JSON.parse(readFileSync(out, "utf8")) as Report;
+}, 250_000);
+
+const row = (id: RowId): Row => {
+  const found = report.rows.find((r) => r.id === id);
+  if (!found) throw new Error(`no row ${id}`);
+  return found;
+};
+
+interface LoadDetails {
+  errors?: number;
+  rps?: number;
+  identityCores?: number;
+  postgresCores?: number;
+  perIdentityVcpuOnly?: number;
+  contentTypes?: { request: string[]; response: string[] };
+  baseline?: { errors?: number };
+}
+
+const REFERENCE_ROWS: RowId[] = [
+  "password_sign_in_per_vcpu",
+  "refresh_token_per_vcpu",
+  "client_credentials_per_vcpu",
+  "rss_customer_service",
+  "rss_identity_service",
+];
+
+describe("npm run bench -- --quick", () => {
+  it("writes every row with finite numbers; no row is invalid and no side had a failed call", () => {
     expect(report.rows.map((r) => r.id)).toEqual([...ROW_IDS]);
-    for (const row of report.rows) {
-      const numbers: Array<[string, unknown]> = [["ours.value", row.ours.value]];
-      if (row.baseline) numbers.push(["baseline.value", row.baseline.value]);
-      if (row.ratio !== undefined) numbers.push(["ratio", row.ratio]);
-      if (row.ours.p50Ms !== undefined) numbers.push(["ours.p50Ms", row.ours.p50Ms], ["ours.p99Ms", row.ours.p99Ms]);
+    for (const r of report.rows) {
+      const numbers: Array<[string, unknown]> = [["ours.value", r.ours.value]];
+      if (r.baseline) numbers.push(["baseline.value", r.baseline.value]);
+      if (r.ratio !== undefined) numbers.push(["ratio", r.ratio]);
+      if (r.ours.p50Ms !== undefined) numbers.push(["ours.p50Ms", r.ours.p50Ms], ["ours.p99Ms", r.ours.p99Ms]);
       for (const [field, value] of numbers) {
-        expect({ row: row.id, field, finite: Number.isFinite(value) }).toEqual({ row: row.id, field, finite: true });
+        expect({ row: r.id, field, finite: Number.isFinite(value) }).toEqual({ row: r.id, field, finite: true });
       }
-      if (row.target) expect(typeof row.target.pass).toBe("boolean");
+      if (r.target) expect(typeof r.target.pass).toBe("boolean");
+      // An invalid row (a side with failed calls) would otherwise pass as a slow one.
+      expect({ row: r.id, invalid: r.invalid }).toEqual({ row: r.id, invalid: undefined });
+      const d = r.details as LoadDetails;
+      if (d.errors !== undefined) expect({ row: r.id, errors: d.errors }).toEqual({ row: r.id, errors: 0 });
+      if (d.baseline?.errors !== undefined) {
+        expect({ row: r.id, baselineErrors: d.baseline.errors }).toEqual({ row: r.id, baselineErrors: 0 });
+      }
     }
-    // Load rows ran without failed calls (a broken scenario would otherwise pass as a slow one).
-    for (const row of report.rows) {
-      const errors = (row.details as { errors?: number }).errors;
-      if (errors !== undefined) expect({ row: row.id, errors }).toEqual({ row: row.id, errors: 0 });
+    expect(report.meta).toMatchObject({ mode: "quick", concurrency: 32, seed: SEED });
+  });
+
+  it("names the run (mode, date, commit, seed) in the table's header and prints the seed", () => {
+    const name = runName(report.meta);
+    expect(name).toMatch(/^quick run \d{4}-\d\d-\d\d \d\d:\d\d UTC, commit [0-9a-f]{7,}(\+dirty)?, seed 12345$/);
+    // The table's header row: the run's name is its first cell.
+    const header = stdout.split("\n").find((l) => l.startsWith(name) && /^\S.* {2,}ours {2,}/.test(l));
+    expect(header).toMatch(/ {2}reference \(published, not measured here\)$/);
+    for (const r of report.rows) expect(stdout).toContain(r.title);
+    expect(stderr).toContain(`seed ${SEED}`);
+  });
+
+  it("sends JSON in the Connect JSON row and binary protobuf over gRPC, and the service answers in kind", () => {
+    expect((row("get_customer_connect_json_http1").details as LoadDetails).contentTypes).toEqual({
+      request: [CONNECT_JSON],
+      response: [CONNECT_JSON],
+    });
+    expect((row("get_customer_grpc").details as LoadDetails).contentTypes).toEqual({
+      request: [GRPC_PROTO],
+      response: [GRPC_PROTO],
+    });
+  });
+
+  it("keeps published figures in their own column: no baseline, no ratio, a source", () => {
+    for (const id of REFERENCE_ROWS) {
+      const r = row(id);
+      expect({ id, baseline: r.baseline, ratio: r.ratio }).toEqual({ id, baseline: undefined, ratio: undefined });
+      expect(r.reference).toMatchObject({ source: expect.stringMatching(/^https:\/\/www\.keycloak\.org\//) });
     }
-    expect(report.meta).toMatchObject({ mode: "quick", concurrency: 32 });
-    for (const row of report.rows) expect(stdout).toContain(row.title);
+    // Every baseline left is one this run measured.
+    for (const r of report.rows) expect(r.baseline?.label ?? "").not.toMatch(/keycloak/i);
+  });
+
+  it("counts PostgreSQL's CPU with the identity service's in the per-vCPU rows", () => {
+    for (const id of ["password_sign_in_per_vcpu", "refresh_token_per_vcpu", "client_credentials_per_vcpu"] as const) {
+      const r = row(id);
+      const d = r.details as Required<LoadDetails>;
+      expect({ id, postgresCores: Number.isFinite(d.postgresCores) }).toEqual({ id, postgresCores: true });
+      const expected = d.rps / (d.identityCores + d.postgresCores);
+      // Within the rounding of the cores (two decimals) in details.
+      expect(Math.abs(r.ours.value - expected) / expected).toBeLessThan(0.05);
+    }
+    // A client-credentials grant reads its client from PostgreSQL: over a second of them, its CPU shows.
+    const cc = row("client_credentials_per_vcpu").details as Required<LoadDetails>;
+    expect(cc.postgresCores).toBeGreaterThan(0);
+    expect(row("client_credentials_per_vcpu").ours.value).toBeLessThan(cc.perIdentityVcpuOnly);
+  });
+
+  it("drains like with like: both sides held and stored every event, no command failed, both timed from restart", () => {
+    const drain = row("outbox_drain");
+    const d = drain.details as {
+      eventsPerOutage: number;
+      window: number;
+      ours: Array<Record<string, number>>;
+      baseline: Array<Record<string, number>>;
+    };
+    expect(d.window).toBe(64);
+    for (const [sideName, rounds] of [
+      ["ours", d.ours],
+      ["baseline", d.baseline],
+    ] as const) {
+      expect(rounds.length).toBeGreaterThan(0);
+      for (const round of rounds) {
+        expect({ sideName, held: round.held, stored: round.stored, errors: round.errors }).toEqual({
+          sideName,
+          held: d.eventsPerOutage,
+          stored: d.eventsPerOutage,
+          errors: 0,
+        });
+        // Timed from NATS ready again: the reconnect is inside the time, the first event after it.
+        expect(round.restartToFirstStoredMs).toBeGreaterThanOrEqual(0);
+        expect(round.restartToLastStoredMs).toBeGreaterThanOrEqual(round.restartToFirstStoredMs as number);
+      }
+    }
+  });
+
+  it("reports each service's RSS after load next to its idle RSS", () => {
+    for (const service of ["customer_service", "identity_service"] as const) {
+      const idle = row(`rss_${service}`);
+      const after = row(`rss_${service}_after_load`);
+      expect(report.rows.indexOf(after)).toBe(report.rows.indexOf(idle) + 1);
+      expect(after.ours.value).toBeGreaterThan(0);
+      expect(after.details).toMatchObject({ idleMiB: idle.ours.value });
+    }
   });
 });

@@ -7,7 +7,7 @@
 
 import { randomBytes, randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
-import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
@@ -56,11 +56,26 @@ export type ScenarioSpec =
     }
   | { kind: "js-publish"; natsUrl: string; stream: string; subjectPrefix: string; payloadBytes: number };
 
+/** The content types a client's calls carried, as its transport put them on the wire, and what came back. */
+export interface Wire {
+  request: Set<string>;
+  response: Set<string>;
+}
+
 export interface Scenario {
   /** One operation by virtual user `vu`, its `i`-th; throws on any failure. */
   op(vu: number, i: number): Promise<void>;
   close(): Promise<void>;
+  /** For the RPC scenarios: the content types seen, request and response. */
+  wire?: Wire;
+  /** The request content type every call must carry (the agent checks it once per run). */
+  sends?: string;
 }
+
+/** The content type a Connect unary call with JSON carries (the JSON row must send exactly this). */
+export const CONNECT_JSON = "application/json";
+/** The content type a gRPC call with binary protobuf carries (connect-node's gRPC transport). */
+export const GRPC_PROTO = "application/grpc+proto";
 
 /** Builds the scenario a spec describes (connections opened, tokens minted). */
 export async function createScenario(spec: ScenarioSpec, concurrency: number): Promise<Scenario> {
@@ -71,7 +86,7 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
       const pool =
         spec.kind === "get-grpc"
           ? grpcClients(CustomerService, spec.url, spec.connections)
-          : http1Clients(CustomerService, spec.url);
+          : connectJsonClients(CustomerService, spec.url);
       const opts = { headers: { authorization: `Bearer ${spec.token}` } };
       const ids = spec.ids;
       return {
@@ -81,6 +96,8 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
           if (res.customer?.customerId !== customerId) throw new Error("wrong customer");
         },
         close: pool.close,
+        wire: pool.wire,
+        sends: spec.kind === "get-grpc" ? GRPC_PROTO : CONNECT_JSON,
       };
     }
     case "pg-select": {
@@ -111,6 +128,8 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
             );
         },
         close: pool.close,
+        wire: pool.wire,
+        sends: GRPC_PROTO,
       };
     }
     case "pg-update": {
@@ -159,6 +178,8 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
             );
         },
         close: pool.close,
+        wire: pool.wire,
+        sends: GRPC_PROTO,
       };
     }
     case "pg-register": {
@@ -195,6 +216,8 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
           if (!res.tokens?.accessToken) throw new Error("no token");
         },
         close: pool.close,
+        wire: pool.wire,
+        sends: GRPC_PROTO,
       };
     }
     case "argon2-verify": {
@@ -221,6 +244,8 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
           chains[k] = res.tokens.refreshToken;
         },
         close: pool.close,
+        wire: pool.wire,
+        sends: GRPC_PROTO,
       };
     }
     case "client-credentials-grpc": {
@@ -232,6 +257,8 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
           if (!res.tokens?.accessToken) throw new Error("no token");
         },
         close: pool.close,
+        wire: pool.wire,
+        sends: GRPC_PROTO,
       };
     }
     case "js-publish": {
@@ -323,26 +350,53 @@ function withEvent(
 interface ClientPool<S extends DescService> {
   client(vu: number): Client<S>;
   close(): Promise<void>;
+  wire: Wire;
+}
+
+/** Records the content type of each call's request and response (a set: a handful of strings, whatever the load). */
+function recordWire(wire: Wire): Interceptor {
+  return (next) => async (req) => {
+    wire.request.add(req.header.get("content-type") ?? "(none)");
+    const res = await next(req);
+    wire.response.add(res.header.get("content-type") ?? "(none)");
+    return res;
+  };
 }
 
 /** `connections` HTTP/2 connections, virtual users spread over them as concurrent streams. */
 function grpcClients<S extends DescService>(service: S, baseUrl: string, connections: number): ClientPool<S> {
+  const wire: Wire = { request: new Set(), response: new Set() };
   const managers = Array.from({ length: connections }, () => new Http2SessionManager(baseUrl));
   const clients = managers.map((sessionManager) =>
-    createClient(service, createGrpcTransport({ baseUrl, sessionManager }) as Transport),
+    createClient(
+      service,
+      createGrpcTransport({ baseUrl, sessionManager, interceptors: [recordWire(wire)] }) as Transport,
+    ),
   );
   return {
     client: (vu) => clients[vu % clients.length] as Client<S>,
     async close() {
       for (const m of managers) m.abort();
     },
+    wire,
   };
 }
 
-/** Connect protocol, JSON, HTTP/1.1 keep-alive (one connection per concurrent call). */
-function http1Clients<S extends DescService>(service: S, baseUrl: string): ClientPool<S> {
-  const client = createClient(service, createConnectTransport({ baseUrl, httpVersion: "1.1" }));
-  return { client: () => client, close: async () => {} };
+/**
+ * Connect protocol with JSON bodies (`useBinaryFormat: false`: the transport
+ * defaults to binary protobuf), HTTP/1.1 keep-alive (one connection per
+ * concurrent call).
+ */
+function connectJsonClients<S extends DescService>(service: S, baseUrl: string): ClientPool<S> {
+  const wire: Wire = { request: new Set(), response: new Set() };
+  const transport = createConnectTransport({
+    baseUrl,
+    httpVersion: "1.1",
+    useBinaryFormat: false,
+    interceptors: [recordWire(wire)],
+  });
+  const client = createClient(service, transport);
+  return { client: () => client, close: async () => {}, wire };
 }
 
 /** Mints access tokens for fresh customer ids, shaped exactly as the identity service issues them. */
@@ -363,4 +417,120 @@ async function tokenMinter(s: SignerSpec): Promise<() => Promise<{ sub: string; 
       .sign(key);
     return { sub, token };
   };
+}
+
+/** The raw side of the outbox-drain row: held events published after NATS comes back, as the relay would. */
+export interface RawDrainSpec {
+  natsUrl: string;
+  stream: string;
+  subjectPrefix: string;
+  payloadBytes: number;
+  /** Events held while NATS is away. */
+  events: number;
+  /** Publishes in flight: a wave of this many events of distinct customers, all acked before the next. */
+  window: number;
+}
+
+export interface RawDrainResult {
+  /** Events acked. */
+  published: number;
+  errors: number;
+  firstError?: string;
+  waves: number;
+  /** When nats.js reported the reconnect (epoch ms). */
+  reconnectedAtMs: number;
+  /** When the last ack arrived (epoch ms). */
+  lastAckAtMs: number;
+}
+
+/**
+ * The connection options of the services' NATS connection (runtime/src/nats.ts),
+ * so the raw publisher comes back after an outage exactly when a relay would.
+ */
+const SERVICE_NATS_OPTIONS = { timeout: 2_000, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 1_000 };
+
+/**
+ * Connects as a service does, creates the stream, warms up with one wave,
+ * then calls `ready()` (the bench kills NATS and starts it again). Once
+ * nats.js has reconnected, publishes `events` events in waves of `window`
+ * distinct customers, each wave acked before the next is sent: the relay's
+ * pipelining (runtime/src/outbox-publisher.ts) at its widest, without its
+ * database reads and marks.
+ */
+export async function rawDrain(spec: RawDrainSpec, ready: () => void): Promise<RawDrainResult> {
+  const nc = await connect({ servers: spec.natsUrl, name: "bench raw drain", ...SERVICE_NATS_OPTIONS });
+  try {
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({
+      name: spec.stream,
+      subjects: [`${spec.subjectPrefix}.>`],
+      storage: StorageType.File,
+      duplicate_window: nanos(120_000),
+    });
+    const js = jetstream(nc, { timeout: 5000 });
+    const payload = randomBytes(spec.payloadBytes);
+    const subjects = customerSubjects(spec.subjectPrefix);
+    const customers = Array.from({ length: spec.window }, () => randomUUID());
+    // The rows as the relay reads them, made before the clock starts.
+    const rows = (n: number) =>
+      Array.from({ length: n }, (_, k) => {
+        const customerId = customers[k % customers.length] as string;
+        return { eventId: randomUUID(), customerId, subject: subjects.updated(customerId), time: new Date() };
+      });
+    const send = (row: ReturnType<typeof rows>[number]) => {
+      const h = setCloudEventHeaders(headers(), {
+        id: row.eventId,
+        type: "customer.v1.CustomerUpdated",
+        source: "bench",
+        time: row.time,
+        subject: row.customerId,
+      });
+      return js.publish(row.subject, payload, { msgID: row.eventId, headers: h, timeout: 5000 });
+    };
+    await Promise.all(rows(spec.window).map(send));
+    const held = rows(spec.events);
+
+    // Follow the connection from before the outage, so neither edge is missed.
+    const status = nc.status();
+    const back = (async () => {
+      let down = false;
+      for await (const s of status) {
+        if (s.type === "disconnect") down = true;
+        else if (s.type === "reconnect" && down) return Date.now();
+      }
+      throw new Error("the connection closed before NATS came back");
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("NATS did not come back within 60 s")), 60_000);
+    });
+    ready();
+    const reconnectedAtMs = await Promise.race([back, timeout]).finally(() => clearTimeout(timer));
+
+    let published = 0;
+    let errors = 0;
+    let firstError: string | undefined;
+    let waves = 0;
+    for (let k = 0; k < held.length; k += spec.window) {
+      const acks = await Promise.allSettled(held.slice(k, k + spec.window).map(send));
+      waves++;
+      for (const ack of acks) {
+        if (ack.status === "fulfilled") published++;
+        else {
+          errors++;
+          firstError ??= ack.reason instanceof Error ? ack.reason.message : String(ack.reason);
+        }
+      }
+    }
+    return {
+      published,
+      errors,
+      ...(firstError !== undefined && { firstError }),
+      waves,
+      reconnectedAtMs,
+      lastAckAtMs: Date.now(),
+    };
+  } finally {
+    await nc.close();
+  }
 }

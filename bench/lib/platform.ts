@@ -27,7 +27,7 @@ import {
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import type { SignerSpec } from "../scenarios.js";
 import { type IpcChild, ROOT, spawnChild, waitReady } from "./child.js";
-import { rssMiB } from "./proc.js";
+import { commandName, parentPid, rssMiB } from "./proc.js";
 
 export interface Service {
   readonly child: IpcChild;
@@ -54,6 +54,12 @@ export interface Platform {
   /** An empty customer database (same migrations, same rows), for the raw postgres.js baselines. */
   readonly baselineDb: TestDatabase;
   readonly agent: IpcChild;
+  /**
+   * The PostgreSQL postmaster, whose process tree's CPU the per-vCPU rows
+   * count with the service's; undefined when /proc does not show it (a
+   * database on another host or in another PID namespace).
+   */
+  readonly postmasterPid: number | undefined;
   /** RSS right after start, before any request (MiB). */
   readonly idleRss: { customer: number; identity: number };
   readonly customerIds: string[];
@@ -213,6 +219,12 @@ async function start(
     waitReady(variant.stubUrl, variantChild),
   ]);
   opts.log("data seeded");
+  const postmasterPid = await findPostmaster(baselineDb.url);
+  opts.log(
+    postmasterPid === undefined
+      ? "PostgreSQL's processes are not visible here: per-vCPU rows cannot count its CPU"
+      : `PostgreSQL postmaster: pid ${postmasterPid}`,
+  );
   return {
     identity,
     customer,
@@ -220,6 +232,7 @@ async function start(
     variant,
     baselineDb,
     agent,
+    postmasterPid,
     idleRss,
     customerIds,
     drainIds,
@@ -305,6 +318,19 @@ async function seedIdentity(identity: Service, count: number) {
     }
   } finally {
     sessions.abort();
+  }
+}
+
+/** The postmaster of the cluster at url: the parent of one of its backends, if /proc shows a postgres there. */
+async function findPostmaster(url: string): Promise<number | undefined> {
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    const [row] = await sql<{ pid: number }[]>`select pg_backend_pid() as pid`;
+    const parent = row ? parentPid(row.pid) : undefined;
+    if (parent === undefined || !commandName(parent)?.startsWith("postgres")) return undefined;
+    return parent;
+  } finally {
+    await sql.end();
   }
 }
 

@@ -15,7 +15,9 @@ export const ROW_IDS = [
   "refresh_token_per_vcpu",
   "client_credentials_per_vcpu",
   "rss_customer_service",
+  "rss_customer_service_after_load",
   "rss_identity_service",
+  "rss_identity_service_after_load",
   "startup_customer_service",
   "rss_customer_service_compiled",
   "startup_identity_service",
@@ -32,16 +34,31 @@ export interface Side {
   p99Ms?: number;
 }
 
+/** A published figure shown for orientation: not measured here, so no ratio or pass is computed from it. */
+export interface Reference {
+  label: string;
+  value: number;
+  /** Where the figure is published. */
+  source: string;
+}
+
 export interface Row {
   id: RowId;
   title: string;
-  /** Unit of ours.value and baseline.value. */
+  /** Unit of ours.value, baseline.value and reference.value. */
   unit: string;
   ours: Side;
+  /** Measured in the same run, side by side with ours. */
   baseline?: Side;
-  /** ours.value / baseline.value. */
+  /** ours.value / baseline.value; absent when the row is invalid. */
   ratio?: number;
   target?: { text: string; pass: boolean };
+  reference?: Reference;
+  /**
+   * Why the row's numbers cannot be compared (a side had failed calls, a
+   * precondition did not hold). An invalid row has no ratio and never passes.
+   */
+  invalid?: string;
   /** Everything else measured for the row (CPU, errors, counts, …). */
   details: Record<string, unknown>;
 }
@@ -49,6 +66,21 @@ export interface Row {
 export interface Report {
   meta: Record<string, unknown>;
   rows: Row[];
+}
+
+/** The name every printed table carries: mode, date, commit and the seed of the job order. */
+export function runName(meta: Record<string, unknown>): string {
+  const date = typeof meta.date === "string" ? `${meta.date.slice(0, 16).replace("T", " ")} UTC` : "?";
+  return `${meta.mode} run ${date}, commit ${meta.commit}, seed ${meta.seed}`;
+}
+
+/** Marks row invalid (no ratio, no pass) when any reason is given; returns it. */
+export function invalidate(row: Row, reasons: string[]): Row {
+  if (reasons.length === 0) return row;
+  row.invalid = reasons.join("; ");
+  delete row.ratio;
+  if (row.target) row.target.pass = false;
+  return row;
 }
 
 const fmt = (v: number | undefined, unit = ""): string => {
@@ -61,9 +93,26 @@ const latency = (s: Side | undefined) => (s?.p50Ms === undefined ? "" : `${fmt(s
 
 const side = (s: Side | undefined, unit: string) => (s ? `${fmt(s.value)} ${unit}` : "—");
 
-/** The table as aligned text (also valid as the body of a Markdown table with `markdown`). */
-export function renderTable(rows: Row[], opts: { markdown?: boolean } = {}): string {
-  const header = ["row", "ours", "p50 / p99", "baseline", "p50 / p99", "ratio", "target", "result"];
+/** The result column: invalid rows say why; rows without a target are information only. */
+const result = (r: Row) =>
+  r.invalid !== undefined ? `invalid: ${r.invalid}` : r.target ? (r.target.pass ? "pass" : "MISS") : "info";
+
+/**
+ * The table as aligned text, or Markdown with `markdown`. Its first header
+ * cell names the run, so a pasted table always says where its numbers come from.
+ */
+export function renderTable(rows: Row[], opts: { run: string; markdown?: boolean }): string {
+  const header = [
+    opts.run,
+    "ours",
+    "p50 / p99",
+    "baseline (measured in this run)",
+    "p50 / p99",
+    "ratio",
+    "target",
+    "result",
+    "reference (published, not measured here)",
+  ];
   const body = rows.map((r) => [
     r.title,
     side(r.ours, r.unit),
@@ -72,7 +121,8 @@ export function renderTable(rows: Row[], opts: { markdown?: boolean } = {}): str
     latency(r.baseline),
     r.ratio === undefined ? "—" : `${fmt(r.ratio * 100)}%`,
     r.target?.text ?? "—",
-    r.target ? (r.target.pass ? "pass" : "MISS") : "info",
+    result(r),
+    r.reference ? `${side(r.reference, r.unit)} (${r.reference.label})` : "—",
   ]);
   if (opts.markdown) {
     const line = (cells: string[]) => `| ${cells.map((c) => c.replaceAll("|", "\\|")).join(" | ")} |`;

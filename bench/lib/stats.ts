@@ -19,6 +19,8 @@ export interface LoadResult {
   samples: number[];
   /** The agent's own event-loop delay over the window. */
   eld?: { p50Ms: number; p99Ms: number; maxMs: number };
+  /** RPC scenarios: the distinct content types the calls sent and got back. */
+  wire?: { request: string[]; response: string[] };
 }
 
 /** Merges runs of one scenario (e.g. the rounds of an interleaved pair) into one result. */
@@ -32,6 +34,8 @@ export function mergeLoads(runs: LoadResult[]): LoadResult {
   const eld = runs
     .flatMap((r) => (r.eld ? [r.eld] : []))
     .reduce<LoadResult["eld"]>((worst, e) => (worst === undefined || e.p99Ms > worst.p99Ms ? e : worst), undefined);
+  const wires = runs.flatMap((r) => (r.wire ? [r.wire] : []));
+  const union = (lists: string[][]) => [...new Set(lists.flat())].sort();
   return {
     ops,
     errors: runs.reduce((n, r) => n + r.errors, 0),
@@ -42,6 +46,9 @@ export function mergeLoads(runs: LoadResult[]): LoadResult {
     concurrency: first.concurrency,
     samples,
     ...(eld && { eld }),
+    ...(wires.length > 0 && {
+      wire: { request: union(wires.map((w) => w.request)), response: union(wires.map((w) => w.response)) },
+    }),
   };
 }
 

@@ -76,12 +76,15 @@ export async function createCustomerServer(
           },
         };
         revocations = state;
+        // Keys are cached for the JWKS's max-age, which the identity service's key rotation waits out;
+        // the service's clock judges both that age and token expiry.
         auth = createJwksAuthenticator({
           jwksUrl: config.jwksUrl,
           issuer: config.issuer,
           audience: config.audience,
           cooldownMs: 5_000,
           revocations: state,
+          now,
         });
       }
       return { impl: createCustomerService({ db: database.db, auth, events: outbox, now }) };

@@ -5,8 +5,8 @@
  *   clients list
  *   clients disable <client-id>
  *   clients rotate-secret <client-id>
- *   keys list
- *   keys rotate
+ *   keys list     (each key: when it signs, or until when it stays in the JWKS)
+ *   keys rotate   (published now, signing once every cached JWKS copy has expired)
  *
  * Uses the same configuration as the server (IDENTITY_DATABASE_URL) and
  * opens the database as the service host does, migrating it first.
@@ -16,17 +16,31 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { describeStartFailure } from "@customer-platform/runtime/main";
 import { openServiceDatabase } from "@customer-platform/runtime/service-host";
-import { eq, isNull } from "drizzle-orm";
+import { desc, eq } from "drizzle-orm";
 import { envToConfig } from "./config.js";
 import { identityDatabase } from "./database.js";
 import { clients, signingKeys } from "./db/schema.js";
-import { hashToken, KEY_ACTIVATION_DELAY_MS, newSigningKey } from "./tokens.js";
+import {
+  hashToken,
+  KEY_ACTIVATION_MARGIN_MS,
+  KEY_RELOAD_MS,
+  type KeyPolicy,
+  keyPolicy,
+  rotateSigningKey,
+  type ScheduledKey,
+  signingSchedule,
+} from "./tokens.js";
 
 const CLIENT_ID = /^[a-z][a-z0-9._-]{2,63}$/;
 const SCOPE = /^[!#-[\]-~]+$/;
 
-/** Runs one CLI command; returns the process exit code. */
-export async function runCli(argv: string[], env = process.env, out = console.log): Promise<number> {
+/** Runs one CLI command; returns the process exit code. `now` is the clock keys are stamped and scheduled with. */
+export async function runCli(
+  argv: string[],
+  env = process.env,
+  out = console.log,
+  now: () => Date = () => new Date(),
+): Promise<number> {
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -88,25 +102,22 @@ export async function runCli(argv: string[], env = process.env, out = console.lo
         return 0;
       }
       case "keys list": {
-        for (const k of await db.select().from(signingKeys)) {
-          const state = !k.retiredAt ? "active" : k.retiredAt > new Date() ? "retiring" : "retired";
-          out(`${k.kid}\t${k.alg}\t${k.createdAt.toISOString()}\t${state} ${k.retiredAt?.toISOString() ?? ""}`.trim());
-        }
+        const rows = await db.select().from(signingKeys).orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+        for (const line of describeKeys(rows, now(), keyPolicy(config))) out(line);
         return 0;
       }
       case "keys rotate": {
-        // The new key is published now and signs after KEY_ACTIVATION_DELAY_MS; the old ones
-        // sign until then and stay in the JWKS until their last tokens expired.
-        const now = new Date();
-        const key = await newSigningKey(now);
-        const retireAt = new Date(now.getTime() + KEY_ACTIVATION_DELAY_MS + 60_000);
-        await db.transaction(async (tx) => {
-          await tx.update(signingKeys).set({ retiredAt: retireAt }).where(isNull(signingKeys.retiredAt));
-          await tx.insert(signingKeys).values(key);
-        });
+        const policy = keyPolicy(config);
+        const key = await rotateSigningKey(db, policy, now());
+        out(`new signing key ${key.kid}: published now, signing from ${key.signsFrom.toISOString()}`);
         out(
-          `new signing key ${key.kid}: published now, signing from ${new Date(now.getTime() + KEY_ACTIVATION_DELAY_MS).toISOString()}`,
+          key.signsFrom > key.createdAt
+            ? `(every JWKS copy cached before it was published has expired by then: max-age ${policy.jwksMaxAgeSec} s, ` +
+                `key reload ${KEY_RELOAD_MS / 1000} s, margin ${KEY_ACTIVATION_MARGIN_MS / 1000} s)`
+            : "(no other key is live, so it signs at once)",
         );
+        const rows = await db.select().from(signingKeys).orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+        for (const line of describeKeys(rows, key.createdAt, policy)) out(line);
         return 0;
       }
       default:
@@ -117,6 +128,27 @@ export async function runCli(argv: string[], env = process.env, out = console.lo
   } finally {
     await database.close();
   }
+}
+
+/**
+ * One line per key, newest first: kid, algorithm, when it was created, and
+ * when it signs or until when it stays in the JWKS.
+ */
+function describeKeys(keys: readonly (ScheduledKey & { alg: string })[], now: Date, policy: KeyPolicy): string[] {
+  const schedule = signingSchedule(keys, now, policy);
+  const state = (k: ScheduledKey) => {
+    const span = schedule.get(k.kid);
+    if (span) {
+      const until = span.until ? ` until ${span.until.toISOString()}` : "";
+      return span.from <= now ? `signing${until}` : `signs from ${span.from.toISOString()}${until}`;
+    }
+    if (!k.retiredAt) return "published, no longer signing";
+    const unpublishedAt = new Date(k.retiredAt.getTime() + policy.retiredKeyGraceMs);
+    return unpublishedAt > now
+      ? `published until ${unpublishedAt.toISOString()}, no longer signing`
+      : `retired, unpublished since ${unpublishedAt.toISOString()}`;
+  };
+  return keys.map((k) => `${k.kid}\t${k.alg}\tcreated ${k.createdAt.toISOString()}\t${state(k)}`);
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {

@@ -24,6 +24,11 @@ export interface IdentityConfig extends HostConfig {
   audiences: string[];
   accessTokenTtlSec: number;
   refreshTokenTtlSec: number;
+  /**
+   * The JWKS `cache-control: max-age` in seconds. A rotated key starts signing
+   * only after it (plus key reload and a margin: see keyActivationDelayMs).
+   */
+  jwksMaxAgeSec: number;
   /** client_id of customer tokens issued by the first-party sign-in API. */
   firstPartyClientId: string;
   argon2: Argon2Params;
@@ -44,6 +49,7 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConf
     audiences,
     accessTokenTtlSec: envInt(env, "IDENTITY_ACCESS_TOKEN_TTL", 900, 30, 86_400),
     refreshTokenTtlSec: envInt(env, "IDENTITY_REFRESH_TOKEN_TTL", 30 * 86_400, 60, 365 * 86_400),
+    jwksMaxAgeSec: envInt(env, "IDENTITY_JWKS_MAX_AGE", 300, 0, 86_400),
     firstPartyClientId: envString(env, "IDENTITY_FIRST_PARTY_CLIENT_ID", "first-party"),
     argon2: {
       memoryCost: envInt(env, "IDENTITY_ARGON2_MEMORY_KIB", OWASP_ARGON2.memoryCost, 1024, 4 * 1024 * 1024),

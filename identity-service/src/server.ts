@@ -16,11 +16,8 @@ import { createPasswordHasher } from "./passwords.js";
 import { createAuthService } from "./routes/index.js";
 import { createOwnTokenAuthenticator } from "./sessions.js";
 import { createThrottle } from "./throttle.js";
-import { openKeyStore, type TokenSettings } from "./tokens.js";
+import { KEY_RELOAD_MS, keyPolicy, openKeyStore, type TokenSettings } from "./tokens.js";
 import { wellKnownHandler } from "./well-known.js";
-
-// Keys rotated by another instance or the CLI are picked up this often.
-const KEY_RELOAD_MS = 60_000;
 
 export type IdentityServer = ServiceHost;
 
@@ -51,7 +48,9 @@ export async function createIdentityServer(
         accessTokenTtlSec: config.accessTokenTtlSec,
         refreshTokenTtlSec: config.refreshTokenTtlSec,
       };
-      const keys = await openKeyStore(database.db, config.accessTokenTtlSec + 300);
+      // The service's clock picks the signing key, so a test can move past an activation.
+      const keys = await openKeyStore(database.db, { policy: keyPolicy(config), now });
+      // Keys rotated by another instance or the CLI; keyActivationDelayMs counts this interval in.
       every("signing key reload", KEY_RELOAD_MS, () => keys.reload());
       const impl = createAuthService({
         db: database.db,
@@ -64,7 +63,7 @@ export async function createIdentityServer(
         firstPartyClientId: config.firstPartyClientId,
         now,
       });
-      return { impl, http: wellKnownHandler(keys, config.issuer, notFound) };
+      return { impl, http: wellKnownHandler(keys, config, notFound) };
     },
     describe: (c) => ({ issuer: c.issuer }),
   });

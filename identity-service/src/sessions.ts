@@ -113,9 +113,9 @@ export async function isAccessTokenRevoked(
  * When the last access token of a session revoked now expires: none is
  * issued after the revocation, and none lives longer than the TTL.
  */
-function sessionRevocationExpiry(tokens: Pick<TokenSettings, "accessTokenTtlSec">): Date {
-  // Tokens are signed with the wall clock (not deps.now), so this is too.
-  return new Date(Date.now() + tokens.accessTokenTtlSec * 1000);
+function sessionRevocationExpiry(tokens: Pick<TokenSettings, "accessTokenTtlSec">, now: Date): Date {
+  // Tokens are stamped with the service's clock (the key store's, deps.now), as `now` is.
+  return new Date(now.getTime() + tokens.accessTokenTtlSec * 1000);
 }
 
 /** What refresh_tokens.revoke_reason records for each reason a session is revoked. */
@@ -157,7 +157,7 @@ export async function revokeSessions(
     {
       owner: { customerId: scope.customerId },
       sessionIds,
-      expireTime: sessionRevocationExpiry(deps.tokens),
+      expireTime: sessionRevocationExpiry(deps.tokens, now),
       reason,
     },
     now,

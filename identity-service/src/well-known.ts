@@ -1,6 +1,8 @@
 /**
  * `GET /.well-known/jwks.json` (public keys only) and
- * `GET /.well-known/openid-configuration` (discovery metadata).
+ * `GET /.well-known/openid-configuration` (discovery metadata), both with
+ * `cache-control: max-age` from IDENTITY_JWKS_MAX_AGE: a rotated key signs
+ * only once every copy cached for that long has expired (keyActivationDelayMs).
  */
 
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
@@ -9,7 +11,12 @@ import type { KeyStore } from "./tokens.js";
 import { SIGNING_ALG } from "./tokens.js";
 
 /** Serves the well-known documents; anything else goes to next. */
-export function wellKnownHandler(keys: KeyStore, issuer: string, next: NodeHandlerFn): NodeHandlerFn {
+export function wellKnownHandler(
+  keys: KeyStore,
+  config: { issuer: string; jwksMaxAgeSec: number },
+  next: NodeHandlerFn,
+): NodeHandlerFn {
+  const { issuer } = config;
   const rpc = (m: string) => `${issuer}/${AuthService.typeName}/${m}`;
   const discovery = JSON.stringify({
     issuer,
@@ -34,14 +41,15 @@ export function wellKnownHandler(keys: KeyStore, issuer: string, next: NodeHandl
       res.end();
       return;
     }
-    const body = path === "/.well-known/jwks.json" ? JSON.stringify(keys.jwks()) : discovery;
+    const isJwks = path === "/.well-known/jwks.json";
+    const published = isJwks ? keys.published() : undefined;
     res.writeHead(200, {
-      "content-type": path === "/.well-known/jwks.json" ? "application/jwk-set+json" : "application/json",
-      // Short enough that a rotated key is seen soon; verifiers also refetch on an unknown kid.
-      "cache-control": "public, max-age=300",
+      "content-type": isJwks ? "application/jwk-set+json" : "application/json",
+      // The JWKS's max-age is the one key activation waits out (PublishedKeys); discovery shares the setting.
+      "cache-control": `public, max-age=${published?.maxAgeSec ?? config.jwksMaxAgeSec}`,
       "access-control-allow-origin": "*",
     });
     if (req.method === "HEAD") res.end();
-    else res.end(body);
+    else res.end(published ? JSON.stringify(published.jwks) : discovery);
   };
 }

@@ -3,7 +3,10 @@
  * headers as DESIGN.md lists them, a payload that decodes with the generated
  * schema, nothing secret anywhere in the message (ids, never tokens); no
  * CustomerAuthenticated for anything but a successful sign-in, and one
- * TokensRevoked per revocation that changed something.
+ * TokensRevoked per revocation that changed something. After every test,
+ * every message in the stream (payload and headers), the log and every error
+ * received are scanned for every password, token and client secret sent or
+ * issued and every hash stored (test/support/secrets.ts).
  */
 
 import { randomUUID } from "node:crypto";
@@ -23,9 +26,10 @@ import { type JetStreamManager, type JsMsg, jetstreamManager } from "@nats-io/je
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { decodeJwt } from "jose";
 import type postgres from "postgres";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { bearer, rpcError } from "../../test/support/clients.js";
 import { waitForOutboxEmpty } from "../../test/support/outbox.js";
+import { createSecretScanner } from "../../test/support/secrets.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
 import { cloudEventHeaders, headersOf, readSubject, waitForStream } from "../../test/support/streams.js";
 import { runCli } from "../src/cli.js";
@@ -47,8 +51,24 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  scanner.close();
   await nc?.close();
   await svc?.close();
+});
+
+const scanner = createSecretScanner();
+
+afterEach(async () => {
+  await waitForOutboxEmpty(svc.database.url);
+  await scanner.addStored(sql);
+  const total = await messageCount();
+  const everything = await readSubject(nc, svc.streams.stream, `${svc.streams.subjectPrefix}.>`);
+  for (let i = 0; i < total; i++) {
+    const msg = await everything.next();
+    const leaks = [...scanner.findInBytes(msg.data), ...scanner.find(JSON.stringify(headersOf(msg)))];
+    expect(leaks, `${msg.subject} (#${msg.seq})`).toEqual([]);
+  }
+  scanner.expectClean({ identity: svc.logs.lines });
 });
 
 const auth = () => svc.clients.client(AuthService);
@@ -158,6 +178,12 @@ describe("CustomerAuthenticated", () => {
     ];
     expectNoSecrets(msg, secrets, [res.customerId]);
     expect(headersOf(msg)["ce-subject"]).toEqual([res.customerId]);
+    // The scan after each test would find a refresh token in a payload, even one it never saw.
+    const lookup = createSecretScanner({ observe: false });
+    await lookup.addStored(sql);
+    const forged = Buffer.concat([msg.data, Buffer.from(res.tokens?.refreshToken ?? "")]);
+    expect(lookup.findInBytes(forged)).toEqual([expect.stringMatching(/^an issued refresh token/)]);
+    lookup.close();
   });
 
   it("publishes one event per sign-in, each with its own id", async () => {

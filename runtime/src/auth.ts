@@ -71,8 +71,10 @@ export type JwksAuthenticatorOptions = TokenVerifierOptions;
 
 /**
  * An authenticator for a resource server over the SDK's token verifier: keys
- * from the identity provider's JWKS URL, cached and refetched on an unknown
- * `kid`; with `revocations`, a revoked token is answered UNAUTHENTICATED.
+ * from the identity provider's JWKS URL, cached no longer than the response's
+ * `cache-control: max-age` (so a rotated key is known before it signs) and
+ * refetched on an unknown `kid`; with `revocations`, a revoked token is
+ * answered UNAUTHENTICATED.
  */
 export function createJwksAuthenticator(opts: JwksAuthenticatorOptions): Authenticator {
   const verifier = createTokenVerifier(opts);

@@ -44,7 +44,10 @@ export interface RelayEvents {
   leader: [info: { pid: number }];
   /** This relay no longer leads: its lock session died, or it is stopping. */
   follower: [info: { reason: "lock session lost" | "stopping" }];
-  /** Events acked by JetStream and marked sent, one batch at a time, in outbox order. */
+  /**
+   * Events acked by JetStream and marked sent, one batch at a time, in outbox
+   * order; `duplicate` marks those JetStream already had (see `status.duplicates`).
+   */
   published: [events: readonly PublishedEvent[]];
   /** The leader published all it read: the outbox held nothing more when it was read. */
   idle: [];
@@ -59,6 +62,14 @@ export interface OutboxRelayStatus {
   readonly nats: NatsStatus;
   /** Events this relay has published (acked and marked sent) since it started. */
   readonly published: number;
+  /**
+   * Acks in which JetStream said it had the event already (by `Nats-Msg-Id`)
+   * and so stored nothing, counted whether or not the batch could then be
+   * marked sent. Not 0 only when an event was sent twice: by a leader that
+   * lost its session with a batch in flight and by its successor, or again
+   * after a publish whose ack was lost.
+   */
+  readonly duplicates: number;
   /** Failed steps since the last success: 0 while healthy. */
   readonly failures: number;
 }
@@ -106,6 +117,7 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   let state: RelayState = { kind: "created" };
   let published = 0;
+  let duplicates = 0;
   // LISTEN is retried with the poll when it fails; the relay polls meanwhile.
   let listening: { kind: "on"; unlisten: () => Promise<void> } | { kind: "off"; retryAt: number } = {
     kind: "off",
@@ -212,6 +224,12 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     }
     const keepGoing = () => !signal.aborted && (state.kind !== "draining" || Date.now() < state.deadline);
     const { sent, failure, complete } = await publisher.publish(client, rows, { keepGoing, signal });
+    // Counted before marking: a leader that lost its session cannot mark, but it did send.
+    const repeated = sent.filter((e) => e.duplicate);
+    if (repeated.length > 0) {
+      duplicates += repeated.length;
+      log.info({ eventIds: repeated.map((e) => e.eventId) }, "JetStream already had these events; repeats dropped");
+    }
     if (sent.length > 0) {
       const ids = sent.map((e) => e.id);
       if (!(await leadership.markSent(lock, ids))) {
@@ -302,7 +320,7 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     outbox,
     events,
     get status() {
-      return { state: state.kind, nats: nats.status, published, failures: loop.failures };
+      return { state: state.kind, nats: nats.status, published, duplicates, failures: loop.failures };
     },
     start() {
       if (state.kind !== "created") return;

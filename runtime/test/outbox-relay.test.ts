@@ -77,7 +77,7 @@ describe("outbox relay", () => {
       all.map((e, i) => [e.eventId, e.subject, i + 1, false]),
     );
     expect(idle).toBeGreaterThanOrEqual(2);
-    expect(relay.status).toEqual({ state: "leader", nats: "connected", published: 13, failures: 0 });
+    expect(relay.status).toEqual({ state: "leader", nats: "connected", published: 13, duplicates: 0, failures: 0 });
 
     const nc = await connect({ servers: sharedNatsUrl });
     const info = await (await jetstreamManager(nc)).streams.info(outbox.stream);

@@ -1,6 +1,7 @@
 /**
  * The platform's access tokens (RFC 9068 JWTs from the identity service),
- * verified offline against its JWKS: signature with the pinned algorithm,
+ * verified offline against its JWKS (cached no longer than the response's
+ * `cache-control: max-age`): signature with the pinned algorithm,
  * `typ: at+jwt`, issuer, audience, expiry; and, given a revocation list,
  * not revoked. Independent of any RPC framework: a failure is a
  * {@link TokenError} whose `reason` says what to answer.
@@ -14,7 +15,7 @@
  * const principal = await tokens.verifyAuthorizationHeader(req.headers.authorization);
  * ```
  */
-import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
+import { createLocalJWKSet, errors, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
 
 /** Who is calling: a customer (token subject is the customer id) or a service (client credentials). */
 export interface Principal {
@@ -76,7 +77,7 @@ export interface AccessTokenOptions {
   audience: string;
   /** Allowed clock skew in seconds; default 5. */
   clockToleranceSec?: number;
-  /** The current time, for expiry; default the wall clock. */
+  /** The current time, for expiry (and the age of createTokenVerifier's key set); default the wall clock. */
   now?: () => Date;
 }
 
@@ -153,9 +154,19 @@ export function principalFromClaims(payload: JWTPayload): Principal {
 export interface TokenVerifierOptions extends AccessTokenOptions {
   /** The identity service's key set, `<issuer>/.well-known/jwks.json`. */
   jwksUrl: string;
-  /** How long fetched keys are trusted before a refetch (default 10 minutes). */
+  /**
+   * The longest fetched keys are trusted before a refetch (default 5 minutes,
+   * the identity service's default max-age). A response's `cache-control`
+   * shortens it: `max-age` less its `Age`, nothing for `no-store`/`no-cache`.
+   * The identity service signs with a new key only after every copy cached
+   * for its max-age has expired, so the key is here before its first token.
+   */
   cacheMaxAgeMs?: number;
-  /** Minimum time between refetches triggered by an unknown `kid` (default 30 s). */
+  /**
+   * Minimum time between refetches for a token whose `kid` the cached keys
+   * lack (default 30 s). Not needed for the identity service's rotations;
+   * a second chance when something in between cached the JWKS too long.
+   */
   cooldownMs?: number;
   /** Timeout of one JWKS request (default 5 s). */
   jwksTimeoutMs?: number;
@@ -173,26 +184,17 @@ export interface TokenVerifier {
 
 /**
  * A verifier for a resource server: keys come from the identity service's
- * JWKS URL, cached, and refetched when a token names an unknown `kid` (key
- * rotation). With `revocations`, a revoked token is refused like an invalid one.
+ * JWKS URL, cached for the response's max-age, and refetched when a token
+ * names an unknown `kid`. With `revocations`, a revoked token is refused like
+ * an invalid one.
  */
 export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
-  const keys = createRemoteJWKSet(new URL(opts.jwksUrl), {
-    cacheMaxAge: opts.cacheMaxAgeMs ?? 600_000,
-    cooldownDuration: opts.cooldownMs ?? 30_000,
-    timeoutDuration: opts.jwksTimeoutMs ?? 5_000,
+  const getKey = createRemoteKeySet(new URL(opts.jwksUrl), {
+    maxAgeMs: opts.cacheMaxAgeMs ?? 300_000,
+    cooldownMs: opts.cooldownMs ?? 30_000,
+    timeoutMs: opts.jwksTimeoutMs ?? 5_000,
+    now: () => (opts.now?.() ?? new Date()).getTime(),
   });
-  const getKey: JWTVerifyGetKey = async (header, input) => {
-    try {
-      return await keys(header, input);
-    } catch (err) {
-      // fetch fails with a TypeError when the identity service is unreachable.
-      if (err instanceof errors.JWKSTimeout || (err instanceof TypeError && !(err instanceof errors.JOSEError))) {
-        throw new TokenError("keys_unavailable", { cause: err });
-      }
-      throw err;
-    }
-  };
   const revocations = opts.revocations;
   const verify = async (token: string) => {
     const principal = await verifyAccessToken(token, getKey, opts);
@@ -202,5 +204,74 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
   return {
     verify,
     verifyAuthorizationHeader: async (authorization) => verify(bearerToken(authorization)),
+  };
+}
+
+/**
+ * How long a JWKS response may be cached by its headers (RFC 9111): its
+ * `max-age` less its `Age` (time spent in caches on the way); 0 for
+ * `no-store` or `no-cache`; undefined without a max-age.
+ */
+function freshnessMs(headers: Headers): number | undefined {
+  const directives = (headers.get("cache-control") ?? "")
+    .toLowerCase()
+    .split(",")
+    .map((d) => d.trim());
+  if (directives.includes("no-store") || directives.includes("no-cache")) return 0;
+  const maxAge = directives.map((d) => /^max-age="?(\d+)"?$/.exec(d)?.[1]).find((v) => v !== undefined);
+  if (maxAge === undefined) return undefined;
+  const age = /^\d+$/.test(headers.get("age")?.trim() ?? "") ? Number(headers.get("age")) : 0;
+  return Math.max(0, Number(maxAge) - age) * 1000;
+}
+
+/**
+ * Keys from a JWKS URL, fetched on first use and again once the copy is
+ * stale (its freshness counted from when it was requested), or for an
+ * unknown `kid` after the cooldown; one fetch at a time. A failed fetch is
+ * TokenError `keys_unavailable`.
+ */
+function createRemoteKeySet(
+  url: URL,
+  opts: { maxAgeMs: number; cooldownMs: number; timeoutMs: number; now: () => number },
+): JWTVerifyGetKey {
+  let local: JWTVerifyGetKey | undefined;
+  let fetchedAt = Number.NEGATIVE_INFINITY;
+  let freshUntil = Number.NEGATIVE_INFINITY;
+  let pending: Promise<JWTVerifyGetKey> | undefined;
+  const fetchKeys = async (): Promise<JWTVerifyGetKey> => {
+    const requestedAt = opts.now();
+    try {
+      const res = await fetch(url, {
+        redirect: "manual",
+        signal: AbortSignal.timeout(opts.timeoutMs),
+        headers: { accept: "application/jwk-set+json, application/json" },
+      });
+      if (res.status !== 200) throw new Error(`JWKS answered HTTP ${res.status}`);
+      const keys = createLocalJWKSet((await res.json()) as JSONWebKeySet);
+      local = keys;
+      fetchedAt = requestedAt;
+      freshUntil = requestedAt + Math.min(freshnessMs(res.headers) ?? opts.maxAgeMs, opts.maxAgeMs);
+      return keys;
+    } catch (err) {
+      // Unreachable, timed out, an error status, not a key set: the identity service's problem, not the caller's.
+      throw new TokenError("keys_unavailable", { cause: err });
+    }
+  };
+  const refetch = () => {
+    pending ??= fetchKeys().finally(() => {
+      pending = undefined;
+    });
+    return pending;
+  };
+  return async (header, token) => {
+    const keys = local && opts.now() < freshUntil ? local : await refetch();
+    try {
+      return await keys(header, token);
+    } catch (err) {
+      if (err instanceof errors.JWKSNoMatchingKey && opts.now() >= fetchedAt + opts.cooldownMs) {
+        return (await refetch())(header, token);
+      }
+      throw err;
+    }
   };
 }

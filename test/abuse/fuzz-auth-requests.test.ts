@@ -9,9 +9,18 @@
  * (never INTERNAL, UNKNOWN, UNAVAILABLE or a deadline: each call has a
  * timeout), what succeeded works exactly as sent, no guess gets anyone in,
  * the server keeps serving, and the credentials and sessions nobody was
- * allowed to touch stay as they were.
+ * allowed to touch stay as they were. No answer (message, details, headers)
+ * and no log line holds a password, secret or token a request carried, as
+ * sent or encoded.
+ *
+ * The server allows FREE_ATTEMPTS failures per login, more than any property
+ * makes, so guesses reach the password check instead of the throttle (each
+ * property counts its outcomes to show it); one test shows the throttle
+ * still engages at that limit.
  */
-import { Code } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ErrorInfoSchema } from "@customer-platform/gen/google/rpc/error_details_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import fc from "fast-check";
 import type postgres from "postgres";
@@ -32,7 +41,19 @@ import {
   unique,
   validEmail,
 } from "../support/fuzz.js";
+import { b64url } from "../support/jwt.js";
+import { createSecretScanner, findInError, type SecretScanner } from "../support/secrets.js";
 import { type RunningIdentityService, startIdentityService } from "../support/services.js";
+
+/** Failures allowed per login on the fuzzed server: more than any property makes for one login. */
+const FREE_ATTEMPTS = 2 * RUNS;
+
+/** How often each code (or "OK") answered. */
+function tally(codes: string[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const code of codes) counts[code] = (counts[code] ?? 0) + 1;
+  return counts;
+}
 
 // ------------------------------------------------------------------ identity service
 
@@ -57,7 +78,7 @@ describe("AuthService", () => {
   });
 
   beforeAll(async () => {
-    svc = await startIdentityService({ LOG_LEVEL: "warn" });
+    svc = await startIdentityService({ LOG_LEVEL: "warn", IDENTITY_THROTTLE_FREE_ATTEMPTS: String(FREE_ATTEMPTS) });
     sql = svc.database.sql;
     const out: string[] = [];
     expect(
@@ -136,7 +157,8 @@ describe("AuthService", () => {
     await stillServingAndUntouched();
   });
 
-  it("AuthenticateCustomer: documented codes only (never OK for a guess)", async () => {
+  it("AuthenticateCustomer: documented codes only (never OK for a guess); guesses reach the password check", async () => {
+    const codes: string[] = [];
     await fc.assert(
       fc.asyncProperty(
         fc.constantFrom(...FUZZ_PROTOCOLS),
@@ -144,11 +166,16 @@ describe("AuthService", () => {
         password,
         async (proto, email, pw) => {
           const got = await run(as(proto).authenticateCustomer({ email, password: pw }, opts()));
+          codes.push(got.code);
           expectCode(got, ["Unauthenticated", "ResourceExhausted", "InvalidArgument"]);
         },
       ),
       { numRuns: RUNS },
     );
+    // The throttle answered none of them; most were judged by the password check.
+    const counts = tally(codes);
+    expect(counts.ResourceExhausted ?? 0, JSON.stringify(counts)).toBe(0);
+    expect(counts.Unauthenticated ?? 0, JSON.stringify(counts)).toBeGreaterThan(RUNS / 2);
     await stillServingAndUntouched();
   });
 
@@ -185,6 +212,7 @@ describe("AuthService", () => {
     });
     createdIdentities++;
     const [before] = await sql`select password_hash from identities where customer_id = ${victim.customerId}`;
+    const codes: string[] = [];
     await fc.assert(
       fc.asyncProperty(
         fc.constantFrom(...FUZZ_PROTOCOLS),
@@ -194,11 +222,16 @@ describe("AuthService", () => {
           const got = await run(
             as(proto).changePassword({ currentPassword, newPassword }, opts(victim.tokens?.accessToken ?? "")),
           );
+          codes.push(got.code);
           expectCode(got, ["Unauthenticated", "ResourceExhausted", "InvalidArgument"]);
         },
       ),
       { numRuns: RUNS },
     );
+    // All of them against one customer's counter, none answered by the throttle.
+    const counts = tally(codes);
+    expect(counts.ResourceExhausted ?? 0, JSON.stringify(counts)).toBe(0);
+    expect(counts.Unauthenticated ?? 0, JSON.stringify(counts)).toBeGreaterThan(RUNS / 2);
     const [after] = await sql`select password_hash from identities where customer_id = ${victim.customerId}`;
     expect(after).toEqual(before);
     await stillServingAndUntouched();
@@ -219,6 +252,218 @@ describe("AuthService", () => {
       { numRuns: RUNS },
     );
     await stillServingAndUntouched();
+  });
+
+  it("the throttle still engages on this server: after FREE_ATTEMPTS failures of one login, and of one customer's password", async () => {
+    const email = `throttled.${unique()}@example.com`;
+    const customer = await as("connect-http1").createCredentials({ email, password: "the right password" });
+    createdIdentities++;
+    const token = customer.tokens?.accessToken ?? "";
+    const attempts = FREE_ATTEMPTS + 2;
+    const guesses: Array<(i: number) => Promise<unknown>> = [
+      (i: number) => as("connect-http1").authenticateCustomer({ email, password: `wrong password ${i}` }, opts()),
+      (i: number) =>
+        as("grpc").changePassword({ currentPassword: `wrong password ${i}`, newPassword: "new password" }, opts(token)),
+    ];
+    for (const guess of guesses) {
+      const codes: string[] = [];
+      // In parallel batches: the reservation is atomic, so exactly FREE_ATTEMPTS reach the password check.
+      for (let i = 0; i < attempts; i += 50) {
+        const batch = Array.from({ length: Math.min(50, attempts - i) }, (_, j) => run(guess(i + j)));
+        codes.push(...(await Promise.all(batch)).map((r) => r.code));
+      }
+      expect(tally(codes)).toEqual({ Unauthenticated: FREE_ATTEMPTS, ResourceExhausted: 2 });
+    }
+    await stillServingAndUntouched();
+  });
+
+  describe("secrets in answers and logs", () => {
+    /** A value no answer may hold: a random marker, alone, in hostile text, too long, or shaped as a token. */
+    const secretValue = fc
+      .tuple(
+        fc.uint8Array({ minLength: 9, maxLength: 9 }).map((b) => `Zq${Buffer.from(b).toString("hex")}`),
+        fc.constantFrom("plain", "wrapped", "too long", "refresh token", "JWT"),
+        evil,
+        evil,
+      )
+      .map(([marker, shape, before, after]) => {
+        const value = {
+          plain: marker,
+          wrapped: `${before}${marker}${after}`,
+          // Past every max_len: answered by the validator, which must not quote it either.
+          "too long": marker.repeat(20),
+          "refresh token": marker.padEnd(43, "_"),
+          JWT: [b64url({ alg: "EdDSA", typ: "at+jwt", kid: marker }), b64url({ sub: marker }), b64url(marker)].join(
+            ".",
+          ),
+        }[shape];
+        return { marker, value };
+      });
+    /** Only what an HTTP header can carry: the shapes without hostile text. */
+    const headerValue = secretValue.filter(({ value }) => /^[\x21-\x7e]+$/.test(value));
+    type Secret = { marker: string; value: string };
+    const bearerOf = fc.oneof(
+      fc.constant<"none" | "customer" | "service">("none"),
+      fc.constant<"none" | "customer" | "service">("customer"),
+      fc.constant<"none" | "customer" | "service">("service"),
+      headerValue,
+    );
+    /** One request to any RPC (built once the keeper and the client exist). */
+    const requests = () =>
+      fc.oneof(
+        fc.record({
+          rpc: fc.constant("CreateCredentials" as const),
+          email: fc.oneof(validEmail, evil),
+          password: secretValue,
+        }),
+        fc.record({
+          rpc: fc.constant("AuthenticateCustomer" as const),
+          email: fc.oneof(fc.constant(keeper.email), validEmail, evil),
+          password: secretValue,
+        }),
+        fc.record({ rpc: fc.constant("RefreshToken" as const), refreshToken: secretValue }),
+        fc.record({ rpc: fc.constant("RevokeToken" as const), token: secretValue, bearer: bearerOf }),
+        fc.record({ rpc: fc.constant("IntrospectToken" as const), token: secretValue, bearer: bearerOf }),
+        fc.record({
+          rpc: fc.constant("ChangePassword" as const),
+          currentPassword: secretValue,
+          newPassword: secretValue,
+          bearer: bearerOf,
+        }),
+        fc.record({
+          rpc: fc.constant("AuthenticateClient" as const),
+          clientId: fc.oneof(fc.constant(client.id), evil),
+          clientSecret: secretValue,
+          scope: fc.oneof(evil, fc.constantFrom("", "customer:read")),
+        }),
+      );
+    type Request = ReturnType<typeof requests> extends fc.Arbitrary<infer R> ? R : never;
+
+    /** The call r describes, with the documented codes; every secret it carries. */
+    function send(proto: FuzzProtocol, r: Request): { call: Promise<unknown>; allowed: string[]; secrets: Secret[] } {
+      const auth = as(proto);
+      const withBearer = (b: "none" | "customer" | "service" | Secret) =>
+        opts(
+          b === "none" ? undefined : b === "customer" ? keeper.accessToken : b === "service" ? client.token : b.value,
+        );
+      const bearerSecrets = (b: "none" | "customer" | "service" | Secret) => (typeof b === "object" ? [b] : []);
+      switch (r.rpc) {
+        case "CreateCredentials":
+          return {
+            call: auth.createCredentials({ email: r.email, password: r.password.value }, opts()),
+            allowed: ["OK", "InvalidArgument", "AlreadyExists"],
+            secrets: [r.password],
+          };
+        case "AuthenticateCustomer":
+          return {
+            call: auth.authenticateCustomer({ email: r.email, password: r.password.value }, opts()),
+            allowed: ["Unauthenticated", "InvalidArgument"],
+            secrets: [r.password],
+          };
+        case "RefreshToken":
+          return {
+            call: auth.refreshToken({ refreshToken: r.refreshToken.value }, opts()),
+            allowed: ["Unauthenticated", "InvalidArgument"],
+            secrets: [r.refreshToken],
+          };
+        case "RevokeToken":
+          return {
+            call: auth.revokeToken({ token: r.token.value }, withBearer(r.bearer)),
+            allowed: ["OK", "InvalidArgument", "Unauthenticated"],
+            secrets: [r.token, ...bearerSecrets(r.bearer)],
+          };
+        case "IntrospectToken":
+          return {
+            call: auth.introspectToken({ token: r.token.value }, withBearer(r.bearer)),
+            allowed: ["OK", "InvalidArgument", "Unauthenticated", "PermissionDenied"],
+            secrets: [r.token, ...bearerSecrets(r.bearer)],
+          };
+        case "ChangePassword":
+          return {
+            call: auth.changePassword(
+              { currentPassword: r.currentPassword.value, newPassword: r.newPassword.value },
+              withBearer(r.bearer),
+            ),
+            allowed: ["Unauthenticated", "PermissionDenied", "InvalidArgument"],
+            secrets: [r.currentPassword, r.newPassword, ...bearerSecrets(r.bearer)],
+          };
+        case "AuthenticateClient":
+          return {
+            call: auth.authenticateClient(
+              { clientId: r.clientId, clientSecret: r.clientSecret.value, scope: r.scope },
+              opts(),
+            ),
+            allowed: ["Unauthenticated", "InvalidArgument"],
+            secrets: [r.clientSecret],
+          };
+      }
+    }
+
+    /** A scanner for the secrets of one request (each value and its marker); also adds them to all. */
+    function scannerFor(secrets: Secret[], all?: SecretScanner): SecretScanner {
+      const scanner = createSecretScanner({ observe: false });
+      for (const { value, marker } of secrets) {
+        scanner.add("a secret the request carried", value, marker);
+        all?.add("a secret a request carried", value, marker);
+      }
+      return scanner;
+    }
+
+    it("the check finds a secret in a message, in a detail (also base64 in a detail), in a header", () => {
+      const secret = { marker: "Zq0123456789abcdef01", value: "pw Zq0123456789abcdef01 !" };
+      const scanner = scannerFor([secret]);
+      const detail = (metadata: Record<string, string>) => [
+        { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: "X", metadata }) },
+      ];
+      for (const err of [
+        new ConnectError(`bad password ${secret.value}`, Code.InvalidArgument),
+        new ConnectError("bad", Code.InvalidArgument, undefined, detail({ v: secret.marker })),
+        new ConnectError(
+          "bad",
+          Code.InvalidArgument,
+          undefined,
+          detail({ v: Buffer.from(secret.value).toString("base64") }),
+        ),
+        new ConnectError("bad", Code.InvalidArgument, { "x-echo": JSON.stringify(secret.value) }),
+      ]) {
+        expect(findInError(err, scanner), err.message).not.toEqual([]);
+      }
+      expect(findInError(new ConnectError("invalid email or password", Code.Unauthenticated), scanner)).toEqual([]);
+    });
+
+    it("no answer of any RPC holds a password, secret or token the request carried (message, details, headers), as sent or encoded", async () => {
+      const codes: string[] = [];
+      const all = createSecretScanner({ observe: false });
+      await fc.assert(
+        fc.asyncProperty(fc.constantFrom(...FUZZ_PROTOCOLS), requests(), async (proto, r) => {
+          const { call, allowed, secrets } = send(proto, r);
+          const got = await run(call);
+          codes.push(`${r.rpc} ${got.code}`);
+          if (got.code === "OK" && r.rpc === "CreateCredentials") createdIdentities++;
+          expectCode(got, allowed);
+          const scanner = scannerFor(secrets, all);
+          if (got.err) {
+            expect(findInError(got.err, scanner), got.err.message).toEqual([]);
+          } else {
+            // The tokens a sign-up returns are the server's own, not the request's.
+            const answer = JSON.stringify(got.res, (key, v) =>
+              key === "tokens" ? undefined : typeof v === "bigint" ? String(v) : v,
+            );
+            expect(scanner.find(answer), answer).toEqual([]);
+          }
+        }),
+        { numRuns: 3 * RUNS },
+      );
+      // Every RPC was called, and most calls got past validation to a handler.
+      const rpcs = new Set(codes.map((c) => c.split(" ")[0]));
+      expect(rpcs.size, [...rpcs].join(", ")).toBe(7);
+      expect(codes.filter((c) => !c.endsWith("InvalidArgument")).length).toBeGreaterThan(RUNS);
+      // Nor did any log line, nor does any hold a secret the database stores.
+      expect(all.size).toBeGreaterThan(3 * RUNS);
+      await all.addStored(sql);
+      all.expectClean({ identity: svc.logs.lines });
+      await stillServingAndUntouched();
+    });
   });
 
   it("NUL in a login or a client id is INVALID_ARGUMENT", async () => {

@@ -1,13 +1,16 @@
 /**
- * Sustained mixed load and racing writers. The customer service runs as a
- * child process (so its memory is its own), the identity service in this
- * one with cheap argon2 parameters.
- * - For a bounded time, as fast as the workers go: register / update / get
- *   on the customer service, sign-up / sign-in on the identity service. No
- *   call fails; each stream holds exactly one event per successful command
- *   (registrations + changing updates, sign-ins); the customer service's
- *   resident memory does not grow from the middle third of the run to the
- *   last.
+ * Sustained mixed load and racing writers. Both services run as child
+ * processes (so their memory is their own), the identity service with cheap
+ * argon2 parameters.
+ * - Mixed load from several workers: register / update / get on the customer
+ *   service, sign-up / sign-in on the identity service. No call fails; each
+ *   stream holds exactly one event per successful command (registrations +
+ *   changing updates, sign-ins).
+ * - Memory: each service's live heap, measured after a full garbage
+ *   collection with no call in flight, once the load has made N calls (warm:
+ *   JIT, pools, caches) and again after 4N more, grows by less than
+ *   MAX_GROWTH_PER_CALL bytes per call; resident memory stays within a
+ *   coarse bound.
  * - Concurrent updates of one customer: without expected_version all
  *   succeed with versions 2..N+1, each its own event; with expected_version
  *   all on the same version, exactly one succeeds and the rest are ABORTED.
@@ -16,51 +19,84 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { bearer } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
-import { checkCustomerEvents, checkSignInEvents, startCustomerLoad, startIdentityLoad } from "../support/load.js";
+import {
+  type CallLedger,
+  checkCustomerEvents,
+  checkSignInEvents,
+  type Ledger,
+  type RunningLoad,
+  type SignInLedger,
+  startCustomerLoad,
+  startIdentityLoad,
+} from "../support/load.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
 import { waitForOutboxEmpty } from "../support/outbox.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { type ChildService, spawnService } from "../support/processes.js";
-import { type RunningIdentityService, startIdentityService } from "../support/services.js";
-import { readStream, streamCount } from "../support/streams.js";
-import { sleep } from "../support/timing.js";
+import { readStream, type StreamEvent, streamCount } from "../support/streams.js";
 
-// Load runs for WARMUP_MS unmeasured (the child has just started: JIT, pools, caches), then LOAD_MS sampled.
-const WARMUP_MS = 1_500;
-const LOAD_MS = 5_000;
+/**
+ * Calls on the customer service before the first measurement (warm: JIT,
+ * pools, caches); the second comes after 4N more, so a leak of
+ * MAX_GROWTH_PER_CALL would show as 2 MiB. The live heap after a full GC
+ * moves by up to ±400 KiB between quiescent points with no trend (V8
+ * compiles hot code and flushes cold bytecode), 200 bytes per call here.
+ */
+const N = 500;
+/** The same for sign-ups and sign-ins on the identity service (±300 KiB over 4N = 1000 calls: 300 bytes per call). */
+const IDENTITY_N = 250;
+/** Live-heap growth allowed per call between N and 5N calls, in bytes. */
+const MAX_GROWTH_PER_CALL = 1024;
 
 let issuer: TestIssuer;
 let database: TestDatabase;
+let identityDatabase: TestDatabase;
 const names = uniqueStreamNames("customer");
+const identityNames = uniqueStreamNames("identity");
 let customer: ChildService;
-let identity: RunningIdentityService;
+let identity: ChildService;
 
 beforeAll(async () => {
   issuer = await startTestIssuer();
   database = await createTestDatabase("faults_load");
-  customer = await spawnService(
-    "customer-service",
-    {
-      CUSTOMER_DATABASE_URL: database.url,
-      NATS_URL: sharedNatsUrl,
-      CUSTOMER_STREAM: names.stream,
-      CUSTOMER_SUBJECT_PREFIX: names.subjectPrefix,
-      IDENTITY_ISSUER: issuer.issuer,
-      IDENTITY_JWKS_URL: issuer.jwksUrl,
-    },
-    { memoryProbe: true },
-  );
-  identity = await startIdentityService({});
+  identityDatabase = await createTestDatabase("faults_load_identity");
+  [customer, identity] = await Promise.all([
+    spawnService(
+      "customer-service",
+      {
+        CUSTOMER_DATABASE_URL: database.url,
+        NATS_URL: sharedNatsUrl,
+        CUSTOMER_STREAM: names.stream,
+        CUSTOMER_SUBJECT_PREFIX: names.subjectPrefix,
+        IDENTITY_ISSUER: issuer.issuer,
+        IDENTITY_JWKS_URL: issuer.jwksUrl,
+      },
+      { memoryProbe: true },
+    ),
+    spawnService(
+      "identity-service",
+      {
+        IDENTITY_DATABASE_URL: identityDatabase.url,
+        NATS_URL: sharedNatsUrl,
+        IDENTITY_STREAM: identityNames.stream,
+        IDENTITY_SUBJECT_PREFIX: identityNames.subjectPrefix,
+        IDENTITY_ARGON2_MEMORY_KIB: "1024",
+        IDENTITY_ARGON2_ITERATIONS: "1",
+      },
+      { memoryProbe: true },
+    ),
+  ]);
 });
 
 afterAll(async () => {
   await customer?.stop();
-  await identity?.close();
+  await identity?.stop();
   await database?.drop();
-  await deleteStreams(sharedNatsUrl, names.stream);
+  await identityDatabase?.drop();
+  await deleteStreams(sharedNatsUrl, names.stream, identityNames.stream);
   await issuer?.close();
 });
 
@@ -69,94 +105,100 @@ const customers = () => customer.clients.client(CustomerService, "grpc");
 /** Waits until the child's relay has published everything in the outbox. */
 const customerOutboxDrained = () => waitForOutboxEmpty(database.url, 20_000);
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? 0;
-};
-
-describe("sustained mixed load", () => {
-  it("fails nothing, publishes one event per command, and keeps memory flat", async () => {
-    const customerLoad = startCustomerLoad({
+/** Runs a customer load and an identity load until each has made `calls` calls; resolves once both have stopped. */
+async function loadUntil(calls: { customer: number; identity: number }): Promise<[Ledger, SignInLedger]> {
+  const loads: [RunningLoad<Ledger>, RunningLoad<SignInLedger>] = [
+    startCustomerLoad({
       client: customers,
       issuer,
       workers: 8,
       updatesPerCustomer: 4,
       reads: true,
       timeoutMs: 15_000,
-    });
-    const identityLoad = startIdentityLoad({
+    }),
+    startIdentityLoad({
       client: () => identity.clients.client(AuthService, "grpc"),
       workers: 2,
       signInsPerLogin: 4,
       timeoutMs: 15_000,
-    });
-    await sleep(WARMUP_MS);
-    // VmRSS as the system sees it, and the live heap right after a full collection.
-    const started = performance.now();
-    const rss: Array<{ at: number; kib: number }> = [];
-    const rssSampler = setInterval(() => {
-      try {
-        rss.push({ at: performance.now() - started, kib: customer.rssKib() });
-      } catch {
-        // The child is gone: the calls fail and say so.
-      }
-    }, 100);
-    const heap: Array<{ at: number; used: number }> = [];
-    let sampling = true;
-    // Sampled while the load runs: a loop rather than a wait, it ends with the load.
-    const heapSampler = (async () => {
-      while (sampling) {
-        const m = await customer.memoryAfterGc();
-        heap.push({ at: performance.now() - started, used: m.heapUsed });
-        await sleep(200);
-      }
-    })();
-    heapSampler.catch(() => {});
-    await sleep(LOAD_MS);
-    sampling = false;
-    clearInterval(rssSampler);
-    const [ledger, signIns] = await Promise.all([customerLoad.stop(), identityLoad.stop()]);
-    await heapSampler;
+    }),
+  ];
+  // Each stops at its target (or its first unexpected failure); the other goes on meanwhile.
+  const until = async (load: RunningLoad<CallLedger>, target: number) => {
+    try {
+      await vi.waitUntil(() => load.ledger.calls >= target || load.ledger.unexpected.length > 0, {
+        timeout: 120_000,
+        interval: 20,
+      });
+    } finally {
+      await load.stop();
+    }
+  };
+  const stopped = await Promise.allSettled([until(loads[0], calls.customer), until(loads[1], calls.identity)]);
+  for (const s of stopped) if (s.status === "rejected") throw s.reason;
+  return [loads[0].ledger, loads[1].ledger];
+}
 
-    expect(ledger.unexpected).toEqual([]);
-    expect(signIns.unexpected).toEqual([]);
-    // Enough traffic to mean something, however busy the machine (speed goals live in bench/).
-    expect(ledger.commands()).toBeGreaterThan(50);
-    expect(signIns.total()).toBeGreaterThan(10);
+/** Each service's live heap after a full GC, and its resident set, with no call in flight and the outbox drained. */
+async function memory() {
+  await customerOutboxDrained();
+  await waitForOutboxEmpty(identityDatabase.url, 20_000);
+  const of = async (svc: ChildService) => {
+    // The second of two: the first may still free what finalizers of the previous collection let go.
+    await svc.memoryAfterGc();
+    const { heapUsed, rss } = await svc.memoryAfterGc();
+    return { heapUsed, rss };
+  };
+  return { customer: await of(customer), identity: await of(identity) };
+}
+
+/** The events of a stream whose customer is among `ids`. */
+const eventsOf = (events: readonly StreamEvent[], ids: Iterable<string>) => {
+  const wanted = new Set(ids);
+  return events.filter((e) => wanted.has(e.customerId));
+};
+
+describe("sustained mixed load", () => {
+  it("fails nothing, publishes one event per command, and grows the heap by under 1 KiB per call", async () => {
+    // Warm-up: N calls, then the first measurement.
+    const [warmCustomers, warmSignIns] = await loadUntil({ customer: N, identity: IDENTITY_N });
+    const atN = await memory();
+    // 4N more.
+    const [customerLedger, signInLedger] = await loadUntil({ customer: 4 * N, identity: 4 * IDENTITY_N });
+    const at5N = await memory();
+
+    for (const ledger of [warmCustomers, warmSignIns, customerLedger, signInLedger]) {
+      expect(ledger.unexpected).toEqual([]);
+    }
+    expect(customerLedger.calls).toBeGreaterThanOrEqual(4 * N);
+    expect(signInLedger.calls).toBeGreaterThanOrEqual(4 * IDENTITY_N);
 
     // One event per successful command, in each stream.
-    await customerOutboxDrained();
-    await waitForOutboxEmpty(identity.database.url, 20_000);
     const customerEvents = await readStream(sharedNatsUrl, names.stream);
-    checkCustomerEvents(customerEvents, ledger, { exact: true });
-    expect(customerEvents).toHaveLength(ledger.commands());
-    const identityEvents = await readStream(sharedNatsUrl, identity.streams.stream);
-    checkSignInEvents(identityEvents, signIns);
-    expect(identityEvents).toHaveLength(signIns.total());
+    for (const ledger of [warmCustomers, customerLedger]) {
+      checkCustomerEvents(eventsOf(customerEvents, ledger.registered), ledger, { exact: true });
+    }
+    expect(customerEvents).toHaveLength(warmCustomers.commands() + customerLedger.commands());
+    const identityEvents = await readStream(sharedNatsUrl, identityNames.stream);
+    for (const ledger of [warmSignIns, signInLedger]) {
+      checkSignInEvents(eventsOf(identityEvents, ledger.signIns.keys()), ledger);
+    }
+    expect(identityEvents).toHaveLength(warmSignIns.total() + signInLedger.total());
 
-    // Memory: the last third of the measured run holds no more than the middle third, give or
-    // take the allocator's steps.
-    const third = LOAD_MS / 3;
-    const middleOf = <T extends { at: number }>(xs: T[], f: (x: T) => number) =>
-      median(xs.filter((x) => x.at >= third && x.at < 2 * third).map(f));
-    const lastOf = <T extends { at: number }>(xs: T[], f: (x: T) => number) =>
-      median(xs.filter((x) => x.at >= 2 * third && x.at < LOAD_MS).map(f));
-    const memory = {
-      rssMiB: [middleOf(rss, (x) => x.kib) / 1024, lastOf(rss, (x) => x.kib) / 1024],
-      heapMiB: [middleOf(heap, (x) => x.used) / 2 ** 20, lastOf(heap, (x) => x.used) / 2 ** 20],
-      samples: [rss.length, heap.length],
+    // Memory: live-heap growth per call from N to 5N calls; RSS (allocator slack, freed pages
+    // kept) only within a coarse bound.
+    const growth = {
+      customerBytesPerCall: (at5N.customer.heapUsed - atN.customer.heapUsed) / customerLedger.calls,
+      identityBytesPerCall: (at5N.identity.heapUsed - atN.identity.heapUsed) / signInLedger.calls,
     };
-    const [rssMiddle, rssLast] = memory.rssMiB as [number, number];
-    const [heapMiddle, heapLast] = memory.heapMiB as [number, number];
-    expect(memory.samples[1]).toBeGreaterThanOrEqual(6);
-    expect(rssMiddle).toBeGreaterThan(0);
-    expect(heapMiddle).toBeGreaterThan(0);
-    // The live heap (after a full GC) is the precise measure: it still grows a few hundred KiB
-    // here as V8 compiles hot code (heap snapshots show only code objects growing over a minute
-    // of this load), so 3 MiB. RSS also holds allocator slack and freed pages: a coarse bound.
-    expect(heapLast, JSON.stringify(memory)).toBeLessThanOrEqual(heapMiddle + 3);
-    expect(rssLast, JSON.stringify(memory)).toBeLessThanOrEqual(rssMiddle * 1.2 + 32);
-  });
+    const report = JSON.stringify({ atN, at5N, calls: [customerLedger.calls, signInLedger.calls], growth });
+    console.log("MEM", report);
+    expect(growth.customerBytesPerCall, report).toBeLessThan(MAX_GROWTH_PER_CALL);
+    expect(growth.identityBytesPerCall, report).toBeLessThan(MAX_GROWTH_PER_CALL);
+    const MiB = 2 ** 20;
+    expect(at5N.customer.rss, report).toBeLessThanOrEqual(atN.customer.rss * 1.2 + 32 * MiB);
+    expect(at5N.identity.rss, report).toBeLessThanOrEqual(atN.identity.rss * 1.2 + 32 * MiB);
+  }, 300_000);
 });
 
 describe("concurrent updates of one customer", () => {

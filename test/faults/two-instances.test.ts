@@ -1,20 +1,31 @@
 /**
  * Two instances of each service on one database and one stream: writes go
  * to both, exactly one relays at a time (one advisory lock holder, one
- * relay in the `leader` state), stopping the leader mid-load hands relaying to the
- * other, and the stream ends up with exactly the outbox: no event lost, none
- * published twice. And the crash case: a leader cut off from the database
- * (its lock session dies with its connections) is replaced by the other
- * instance without a graceful hand-over.
+ * relay in the `leader` state), stopping the leader mid-load hands relaying
+ * to the other, and the stream ends up with exactly the outbox: no event
+ * lost, and none sent twice (both relays count zero duplicate acks).
+ *
+ * The crash case: a leader cut off from the database (its lock session dies
+ * with its connections) is replaced by the other instance without a
+ * graceful hand-over. It cannot tell a dead session from a slow network, so
+ * it claims to lead until it reaches the database again and then steps down
+ * within one retry; meanwhile it reads and marks nothing (every statement is
+ * fenced by its lock session). What it had read before the cut it may still
+ * send, and the new leader sends that batch again: JetStream drops the
+ * repeats by `Nats-Msg-Id` and the relays count them (`status.duplicates`),
+ * at most one batch. A last test puts a batch in flight on purpose and
+ * checks that exactly it is repeated.
  */
 
+import { randomUUID } from "node:crypto";
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import type { OutboxRelay } from "@customer-platform/runtime/outbox-relay";
+import type { OutboxRelay, PublishedEvent } from "@customer-platform/runtime/outbox-relay";
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import type { Clients } from "../support/clients.js";
+import { customerOutbox } from "../../customer-service/src/outbox.js";
+import { bearer, type Clients } from "../support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
 import {
   checkCustomerEvents,
@@ -25,15 +36,22 @@ import {
   startIdentityLoad,
 } from "../support/load.js";
 import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
-import { waitForOutboxEmpty } from "../support/outbox.js";
-import { adminUrl, createTestDatabase, type TestDatabase } from "../support/postgres.js";
+import { unsentEvents, waitForOutboxEmpty } from "../support/outbox.js";
+import {
+  adminUrl,
+  connectSql,
+  createTestDatabase,
+  type HeldLock,
+  holdLock,
+  type TestDatabase,
+} from "../support/postgres.js";
 import {
   type RunningCustomerService,
   type RunningIdentityService,
   startCustomerService,
   startIdentityService,
 } from "../support/services.js";
-import { readStream } from "../support/streams.js";
+import { readStream, streamCount } from "../support/streams.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
 import { sleep } from "../support/timing.js";
 
@@ -129,6 +147,18 @@ async function startPair<T extends { clients: Clients; server: { relay: OutboxRe
   };
 }
 
+/** Rows a relay reads (and so may have in flight) at once: createOutboxRelay's default `batchSize`. */
+const BATCH_SIZE = 256;
+
+/**
+ * How soon a leader that lost its session steps down once it reaches the
+ * database again: its retry backoff (at most 5 s, the supervised loop's
+ * maxBackoffMs) and one query, with room for a busy machine.
+ */
+const STEP_DOWN_MS = 7_000;
+
+type Timed = { at: number; published: [number, number] };
+
 /** Leadership watchers still running, stopped before their database clients close. */
 const watchers: Array<{ stop(): Promise<unknown> }> = [];
 
@@ -136,8 +166,11 @@ const leads = (relay: OutboxRelay) => relay.status.state === "leader" || relay.s
 
 /**
  * Watches two relays on one database for the whole test: their leadership
- * events in order (`<index>:leader`, `<index>:follower:<reason>`), how often
- * both claimed to lead at once, and the most sessions ever seen holding the lock.
+ * events in order (`<index>:leader`, `<index>:follower:<reason>`) with when
+ * each came and what each relay had published by then, how often both
+ * claimed to lead at once, the events each marked sent (and which of those
+ * JetStream reported as repeats), and the most sessions ever seen holding
+ * the lock.
  */
 function watchLeadership(relays: readonly [OutboxRelay, OutboxRelay], sql: postgres.Sql) {
   const lockKey = relays[0].outbox.lockKey.toString();
@@ -145,22 +178,38 @@ function watchLeadership(relays: readonly [OutboxRelay, OutboxRelay], sql: postg
   let maxHolders = 0;
   let lockSamples = 0;
   const transitions: string[] = [];
+  /** Per transition: performance.now() and each relay's `published` count at that moment. */
+  const timeline: Array<{ at: number; published: [number, number] }> = [];
+  const marked = [new Set<string>(), new Set<string>()] as const;
+  const repeats: [string[], string[]] = [[], []];
   const leading = relays.map(leads);
+  const note = (what: string) => {
+    transitions.push(what);
+    timeline.push({ at: performance.now(), published: [relays[0].status.published, relays[1].status.published] });
+  };
   const unsubscribe = relays.map((relay, i) => {
     const leader = () => {
-      transitions.push(`${i}:leader`);
+      note(`${i}:leader`);
       leading[i] = true;
       if (leading.every(Boolean)) both++;
     };
     const follower = ({ reason }: { reason: string }) => {
-      transitions.push(`${i}:follower:${reason}`);
+      note(`${i}:follower:${reason}`);
       leading[i] = false;
+    };
+    const published = (events: readonly PublishedEvent[]) => {
+      for (const e of events) {
+        marked[i]?.add(e.eventId);
+        if (e.duplicate) repeats[i]?.push(e.eventId);
+      }
     };
     relay.events.on("leader", leader);
     relay.events.on("follower", follower);
+    relay.events.on("published", published);
     return () => {
       relay.events.off("leader", leader);
       relay.events.off("follower", follower);
+      relay.events.off("published", published);
     };
   });
   let polling = true;
@@ -183,7 +232,9 @@ function watchLeadership(relays: readonly [OutboxRelay, OutboxRelay], sql: postg
       for (const off of unsubscribe) off();
       polling = false;
       await locks;
-      return { both, maxHolders, lockSamples, transitions };
+      // Every ack JetStream answered "already stored", marked sent or not (status.duplicates).
+      const duplicates = relays.map((r) => r.status.duplicates);
+      return { both, maxHolders, lockSamples, transitions, timeline, marked, repeats, duplicates };
     },
   };
   watchers.push(watcher);
@@ -243,6 +294,9 @@ describe("two customer-service instances on one database and one stream", () => 
     expect(leadership.maxHolders).toBe(1);
     expect(leadership.lockSamples).toBeGreaterThan(10);
     expect(follower.server.relay.status.published).toBeGreaterThan(0);
+    // Nothing sent twice, counted at the relays: JetStream never had to drop a repeat.
+    expect(leadership.duplicates).toEqual([0, 0]);
+    expect(leadership.repeats).toEqual([[], []]);
 
     const events = await readStream(sharedNatsUrl, leader.streams.stream);
     checkCustomerEvents(events, ledger, { exact: true });
@@ -295,6 +349,8 @@ describe("two identity-service instances on one database and one stream", () => 
     expect(leadership.both).toBe(0);
     expect(leadership.maxHolders).toBe(1);
     expect(leadership.lockSamples).toBeGreaterThan(10);
+    expect(leadership.duplicates).toEqual([0, 0]);
+    expect(leadership.repeats).toEqual([[], []]);
 
     const events = await readStream(sharedNatsUrl, leader.streams.stream);
     checkSignInEvents(events, ledger);
@@ -345,6 +401,7 @@ describe("a customer-service leader cut off from the database", () => {
       backoffMs: 20,
     });
     const { ledger } = load;
+    let restoredAt = Number.NaN;
     try {
       await expect
         .poll(() => cutOff.server.relay.status.published, { timeout: 10_000, message: "the leader publishes" })
@@ -364,6 +421,7 @@ describe("a customer-service leader cut off from the database", () => {
 
       // Back on the network, the old leader finds its lock gone and stays a follower.
       proxy.restore();
+      restoredAt = performance.now();
       await vi.waitUntil(() => !leads(cutOff.server.relay), { timeout: 10_000, interval: 20 });
       const atRestore = ledger.commands();
       await expect
@@ -381,11 +439,134 @@ describe("a customer-service leader cut off from the database", () => {
     expect(leadership.transitions).toEqual(["1:leader", "0:follower:lock session lost"]);
     expect(leadership.maxHolders).toBe(1);
     expect(leadership.lockSamples).toBeGreaterThan(10);
+    const [otherLeads, cutOffFollows] = leadership.timeline as [Timed, Timed];
+    // Both claimed to lead from the other's `leader` event until the old leader could reach the
+    // database again and found its session gone, within one retry backoff (at most 5 s) of that...
+    expect(cutOffFollows.at - restoredAt).toBeLessThan(STEP_DOWN_MS);
+    // ...but in that time the old leader marked nothing (every statement is fenced by its dead
+    // session), and the only events it could still send were the one batch it had read before
+    // the cut: the new leader sent those again. JetStream dropped the repeats (checkCustomerEvents
+    // below: each event once in the stream); the relays counted them, at most one batch.
+    expect(cutOffFollows.published[0]).toBe(otherLeads.published[0]);
+    expect(cutOff.server.relay.status.published).toBe(otherLeads.published[0]);
+    expect(leadership.repeats[1].filter((id) => leadership.marked[0].has(id))).toEqual([]);
+    expect(leadership.duplicates[0] + leadership.duplicates[1]).toBeLessThanOrEqual(BATCH_SIZE);
 
     const events = await readStream(sharedNatsUrl, names.stream);
     const latest = checkCustomerEvents(events, ledger, { exact: false });
     await expectStreamHoldsOutbox(events, sql);
     // A call cut off mid-way either committed with its event or not at all.
     await expectStoredMatchesEvents(latest, sql);
+  });
+});
+
+describe("a customer-service leader cut off with a batch in flight", () => {
+  it("is followed by a leader that sends that batch again: JetStream drops the repeats, the relays count them", async () => {
+    const K = 5;
+    const store = await sharedStore("faults_two_inflight", "customer");
+    // The test's own client: a lock holder, a row lock and the watch need a connection each.
+    const sql = connectSql(store.database.url, 4);
+    running.push({ close: () => sql.end() });
+    const target = new URL(adminUrl);
+    const proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
+    running.push({ close: () => proxy.close() });
+    const env = { IDENTITY_ISSUER: issuer.issuer, IDENTITY_JWKS_URL: issuer.jwksUrl };
+    const lockKey = customerOutbox(store.streams).lockKey.toString();
+    const outboxUpdates = async () => {
+      const [row] = await sql<[{ n: number }]>`
+        select count(*)::int as n from pg_stat_activity
+        where datname = ${store.database.name} and wait_event_type = 'Lock' and query like '%update outbox set published_at%'`;
+      return row.n;
+    };
+
+    // No relay leads until the test lets go of the lock, so K events wait in the outbox; and
+    // marking them sent waits for the test: a relay can read and send them, not mark them.
+    const holder = await sql.reserve();
+    let cutOff: RunningCustomerService;
+    let rows: HeldLock;
+    try {
+      await holder`select pg_advisory_lock(${lockKey}::bigint)`;
+      const behindProxy = await startCustomerService(
+        { ...env, CUSTOMER_DATABASE_URL: proxy.rewrite(store.database.url) },
+        store,
+      );
+      cutOff = behindProxy;
+      running.push({
+        close: () => {
+          proxy.restore();
+          return behindProxy.close();
+        },
+      });
+      for (let i = 0; i < K; i++) {
+        const id = randomUUID();
+        await cutOff.clients
+          .client(CustomerService, "grpc")
+          .registerCustomer(
+            { email: `inflight.${id}@example.com`, givenName: "In", familyName: "Flight" },
+            bearer(await issuer.customer(id)),
+          );
+      }
+      expect(await unsentEvents(store.database.url)).toBe(K);
+      rows = await holdLock(sql, (tx) => tx`select id from outbox for update`);
+    } finally {
+      await holder`select pg_advisory_unlock(${lockKey}::bigint)`;
+      holder.release();
+    }
+    const eventIds = (await sql<{ event_id: string }[]>`select event_id::text as event_id from outbox`)
+      .map((r) => r.event_id)
+      .sort();
+    try {
+      // The instance behind the proxy leads, sends the batch, and waits to mark it.
+      await vi.waitUntil(() => leads(cutOff.server.relay), { timeout: 10_000, interval: 20 });
+      await expect.poll(() => streamCount(sharedNatsUrl, store.streams.stream), { timeout: 10_000 }).toBe(K);
+      await expect.poll(outboxUpdates, { timeout: 10_000 }).toBe(1);
+      const other = await startCustomerService(env, store);
+      running.push(other);
+      const watch = watchLeadership([cutOff.server.relay, other.server.relay], sql);
+
+      // Cut off with the batch sent and not marked: its lock goes with its session.
+      proxy.cut();
+      await vi.waitUntil(() => leads(other.server.relay), { timeout: 10_000, interval: 20 });
+      // The new leader reads the same rows, unsent, and sends them again: every ack says duplicate.
+      await expect.poll(() => other.server.relay.status.duplicates, { timeout: 10_000 }).toBe(K);
+      expect(await streamCount(sharedNatsUrl, store.streams.stream)).toBe(K);
+      await rows.release();
+      await waitForOutboxEmpty(store.database.url);
+      await expect.poll(() => other.server.relay.status.published, { timeout: 10_000 }).toBe(K);
+
+      // Back on the network, the old leader steps down within one retry of reaching the database.
+      proxy.restore();
+      const restoredAt = performance.now();
+      await vi.waitUntil(() => !leads(cutOff.server.relay), { timeout: 10_000, interval: 20 });
+
+      // A new event is sent once, as usual.
+      const id = randomUUID();
+      await other.clients
+        .client(CustomerService, "grpc")
+        .registerCustomer(
+          { email: `after.${id}@example.com`, givenName: "After", familyName: "Cut" },
+          bearer(await issuer.customer(id)),
+        );
+      await waitForOutboxEmpty(store.database.url);
+      await expect.poll(() => other.server.relay.status.published, { timeout: 10_000 }).toBe(K + 1);
+
+      const leadership = await watch.stop();
+      expect(leadership.transitions).toEqual(["1:leader", "0:follower:lock session lost"]);
+      expect((leadership.timeline[1] as Timed).at - restoredAt).toBeLessThan(STEP_DOWN_MS);
+      // Exactly the batch in flight was sent twice, counted by the relay that sent it second;
+      // the old leader marked nothing after the cut.
+      expect(leadership.duplicates).toEqual([0, K]);
+      expect([...leadership.repeats[1]].sort()).toEqual(eventIds);
+      expect(leadership.marked[0].size).toBe(0);
+      expect(leadership.marked[1].size).toBe(K + 1);
+      expect(cutOff.server.relay.status).toMatchObject({ state: "follower", published: 0, duplicates: 0 });
+
+      // The stream holds each event once: JetStream dropped the repeats by Nats-Msg-Id.
+      const events = await readStream(sharedNatsUrl, store.streams.stream);
+      expect(new Set(events.map((e) => e.eventId)).size).toBe(K + 1);
+      await expectStreamHoldsOutbox(events, sql);
+    } finally {
+      await rows.release();
+    }
   });
 });

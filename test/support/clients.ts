@@ -3,7 +3,7 @@
  * HTTP/2 sessions do not keep a test alive.
  */
 import type { DescService } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import {
   createConnectTransport,
   createGrpcTransport,
@@ -28,8 +28,24 @@ export interface Clients {
   close(): void;
 }
 
+// vitest loads this module once per test file, so an observer sees that file's calls only.
+const observers = new Set<Interceptor>();
+// Resolved at each call, so an observer added after a client was made still sees its calls.
+const observing: Interceptor = (next) => (req) => [...observers].reduceRight((n, o) => o(n), next)(req);
+
+/**
+ * Runs observer (an interceptor) around every call of every client that
+ * createClients makes in this test file, e.g. to check each answer for
+ * secrets; returns the function that removes it.
+ */
+export function observeCalls(observer: Interceptor): () => void {
+  observers.add(observer);
+  return () => observers.delete(observer);
+}
+
 /** Clients for the server at baseUrl. */
 export function createClients(baseUrl: string): Clients {
+  const common = { baseUrl, interceptors: [observing] };
   const managers: Http2SessionManager[] = [];
   const h2 = () => {
     const m = new Http2SessionManager(baseUrl);
@@ -42,25 +58,25 @@ export function createClients(baseUrl: string): Clients {
     if (t) return t;
     switch (protocol) {
       case "connect-http1":
-        t = createConnectTransport({ baseUrl, httpVersion: "1.1" });
+        t = createConnectTransport({ ...common, httpVersion: "1.1" });
         break;
       case "connect-json":
-        t = createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: false });
+        t = createConnectTransport({ ...common, httpVersion: "1.1", useBinaryFormat: false });
         break;
       case "connect-get":
-        t = createConnectTransport({ baseUrl, httpVersion: "1.1", useHttpGet: true });
+        t = createConnectTransport({ ...common, httpVersion: "1.1", useHttpGet: true });
         break;
       case "connect-http2":
-        t = createConnectTransport({ baseUrl, httpVersion: "2", sessionManager: h2() });
+        t = createConnectTransport({ ...common, httpVersion: "2", sessionManager: h2() });
         break;
       case "grpc":
-        t = createGrpcTransport({ baseUrl, sessionManager: h2() });
+        t = createGrpcTransport({ ...common, sessionManager: h2() });
         break;
       case "grpc-web-http1":
-        t = createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
+        t = createGrpcWebTransport({ ...common, httpVersion: "1.1" });
         break;
       case "grpc-web-http2":
-        t = createGrpcWebTransport({ baseUrl, httpVersion: "2", sessionManager: h2() });
+        t = createGrpcWebTransport({ ...common, httpVersion: "2", sessionManager: h2() });
         break;
     }
     transports.set(protocol, t);

@@ -62,6 +62,8 @@ export async function startPlatform(
     identityDb?: TestDatabase;
     /** Both services' NATS (default: the shared server). */
     natsUrl?: string;
+    /** Both services' clock (default: the wall clock). */
+    now?: () => Date;
   } = {},
 ): Promise<Platform> {
   const closers: Array<() => Promise<unknown>> = [];
@@ -79,12 +81,13 @@ export async function startPlatform(
     closers.push(() => port.release());
     const issuer = `http://127.0.0.1:${port.port}`;
     const identityEnv = { IDENTITY_ISSUER: issuer, LOG_LEVEL: "warn", ...opts.identityEnv };
-    const identityOpts = { natsUrl, database: identityDb, streams: identityStreams };
+    const clock = opts.now && { now: opts.now };
+    const identityOpts = { natsUrl, database: identityDb, streams: identityStreams, ...clock };
     let identity = await startIdentityService(identityEnv, { ...identityOpts, port });
     closers.push(() => identity.close());
     const customer = await startCustomerService(
       { IDENTITY_ISSUER: issuer, LOG_LEVEL: "warn", ...opts.customerEnv },
-      { natsUrl, identityStreams },
+      { natsUrl, identityStreams, ...clock },
     );
     closers.push(() => customer.close());
 

@@ -26,6 +26,8 @@ export interface ChildService {
   readonly clients: Clients;
   /** The last 200 lines it wrote to stdout and stderr. */
   readonly output: string[];
+  /** Settles when it has exited, with its exit code or the signal that ended it. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Resident set size in KiB (/proc/<pid>/status VmRSS). */
   rssKib(): number;
   /** With `memoryProbe`: heapUsed and rss in bytes right after a full garbage collection. */
@@ -83,7 +85,9 @@ export async function spawnService(
   };
   child.stdout?.on("data", lines());
   child.stderr?.on("data", lines());
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal })),
+  );
   const running = () => child.exitCode === null && child.signalCode === null;
   const url = `http://127.0.0.1:${port}`;
 
@@ -111,6 +115,7 @@ export async function spawnService(
       return clients;
     },
     output,
+    exited,
     rssKib() {
       const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
       if (!m?.[1]) throw new Error(`no VmRSS for ${pid}`);

@@ -41,6 +41,8 @@ export interface ServiceOptions {
   /** Its stream names; a stream passed in is not deleted by close(). */
   streams?: StreamNames;
   port?: ReservedPort;
+  /** The service's clock (its `now` option); default the wall clock. */
+  now?: () => Date;
 }
 
 /** A service under test, started by startCustomerService or startIdentityService. */
@@ -84,7 +86,7 @@ export async function startCustomerService(
     ...env,
   });
   const logs = captureLogs("customer-service");
-  const server = await createCustomerServer(config, { logger: logs.logger });
+  const server = await createCustomerServer(config, { logger: logs.logger, ...(opts.now && { now: opts.now }) });
   return run(server, { database, streams, natsUrl, logs }, opts);
 }
 
@@ -120,7 +122,7 @@ export async function startIdentityService(
   };
   const config = identityEnvToConfig(fullEnv);
   const logs = captureLogs("identity-service");
-  const server = await createIdentityServer(config, { logger: logs.logger });
+  const server = await createIdentityServer(config, { logger: logs.logger, ...(opts.now && { now: opts.now }) });
   return Object.assign(await run(server, { database, streams, natsUrl, logs }, opts), { env: fullEnv });
 }
 
