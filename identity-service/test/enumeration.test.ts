@@ -307,7 +307,6 @@ describe("unknown email versus wrong password", () => {
     const roundTrip = median(writes);
     const halfWidth = medianHalfWidth(diffs);
     const summary = `${diffs.length} pairs: known − unknown ${d.toFixed(3)} ± ${halfWidth.toFixed(3)} ms, a write ${roundTrip.toFixed(3)} ms`;
-    console.log("SUMMARY", summary);
     expect(halfWidth, `too noisy to tell: ${summary}`).toBeLessThan(roundTrip / 4);
     expect(Math.abs(d), summary).toBeLessThan(roundTrip / 2);
   }, 120_000);

@@ -466,6 +466,46 @@ describe("AuthService", () => {
     });
   });
 
+  it("a password in a body that is not valid JSON: INVALID_ARGUMENT, quoted back to the sender only when unquoted (ten characters) or a number, never logged", async () => {
+    const marker = `Zq${unique()}${unique()}`;
+    const post = async (body: string) => {
+      const res = await fetch(`${svc.url}/identity.v1.AuthService/AuthenticateCustomer`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+      return { status: res.status, ...((await res.json()) as { code: string; message: string }) };
+    };
+    const email = `"email":"${keeper.email}"`;
+    // Cut off, of another type, as a key: the parser's message quotes none of it.
+    for (const body of [
+      `{${email},"password":"${marker}"`,
+      `{${email},"password":"${marker}",}`,
+      `{${email},"password":["${marker}"]}`,
+      `{${email},"password":{"${marker}":1}}`,
+    ]) {
+      const answer = await post(body);
+      expect(answer, body).toMatchObject({ status: 400, code: "invalid_argument" });
+      expect(answer.message, body).not.toContain(marker.slice(0, 6));
+    }
+    // Not quoted: JSON.parse's message quotes the ten characters around the fault (not promised otherwise).
+    const unquoted = await post(`{${email},"password":${marker}}`);
+    expect(unquoted).toMatchObject({ status: 400, code: "invalid_argument" });
+    expect(unquoted.message).toContain(marker.slice(0, 6));
+    expect(unquoted.message).not.toContain(marker);
+    // A number where the password string belongs is quoted whole (protobuf-es's message; not promised otherwise).
+    const digits = String(Date.now()).padEnd(16, "7");
+    const number = await post(`{${email},"password":${digits}}`);
+    expect(number).toMatchObject({
+      status: 400,
+      code: "invalid_argument",
+      message: `cannot decode field identity.v1.AuthenticateCustomerRequest.password from JSON: expected string, got ${digits}`,
+    });
+    for (const secret of [marker.slice(0, 6), digits]) {
+      expect(svc.logs.lines.filter((l) => l.includes(secret))).toEqual([]);
+    }
+  });
+
   it("NUL in a login or a client id is INVALID_ARGUMENT", async () => {
     const nul = { code: Code.InvalidArgument, rawMessage: "strings must not contain NUL (U+0000) characters" };
     for (const proto of FUZZ_PROTOCOLS) {

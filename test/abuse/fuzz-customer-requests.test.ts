@@ -10,6 +10,8 @@
  * timeout), what succeeded is stored and read back exactly as sent (trimmed
  * where the service trims), the server keeps serving, and rows nobody was
  * allowed to touch stay as they were; table counts match what succeeded.
+ * After every test, no error received and no log line holds a bearer token
+ * the calls carried (test/support/secrets.ts).
  */
 import { randomUUID } from "node:crypto";
 import { create, type MessageInitShape, toJsonString } from "@bufbuild/protobuf";
@@ -22,7 +24,7 @@ import {
 } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import fc from "fast-check";
 import type postgres from "postgres";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { bearer } from "../support/clients.js";
 import {
   blankish,
@@ -44,6 +46,7 @@ import {
   wf,
 } from "../support/fuzz.js";
 import { startTestIssuer, type TestIssuer } from "../support/issuer.js";
+import { createSecretScanner } from "../support/secrets.js";
 import { type RunningCustomerService, startCustomerService } from "../support/services.js";
 
 const name = fc.oneof(evil, blankish, fc.constantFrom("Ada", "José", "李小龍", "O'Brien", "a\u0000b"));
@@ -141,9 +144,13 @@ describe("CustomerService", () => {
   });
 
   afterAll(async () => {
+    secrets.close();
     await svc?.close();
     await issuer?.close();
   });
+
+  const secrets = createSecretScanner();
+  afterEach(() => secrets.expectClean({ customer: svc.logs.lines }));
 
   /** The server still answers on every protocol, and the seeded customer is as it was. */
   async function stillServingAndUntouched(): Promise<void> {

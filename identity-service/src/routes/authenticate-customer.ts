@@ -20,12 +20,12 @@ export function authenticateCustomer(
     async authenticateCustomer(req) {
       const email = normalizeEmail(req.email);
       const throttleKey = `login:${email}`;
+      await deps.throttle.reserve(throttleKey);
       const [identity] = await deps.db.select().from(identities).where(sql`lower(${identities.email}) = ${email}`);
       if (identity?.status !== "active") {
         await deps.passwords.verifyDummy(req.password);
         throw invalidLogin();
       }
-      await deps.throttle.reserve(throttleKey);
       if (!(await deps.passwords.verify(identity.passwordHash, req.password))) throw invalidLogin();
       await deps.throttle.succeed(throttleKey);
       // Parameters got stronger since this hash was made: upgrade it now that we know the password.
