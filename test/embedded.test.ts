@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import { CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
@@ -23,6 +24,7 @@ import { bearer, type Clients, createClients, rpcError } from "./support/clients
 import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
 import { createTestDatabase, type TestDatabase } from "./support/postgres.js";
 import { captureLogs } from "./support/services.js";
+import { REGISTERED, readStream } from "./support/streams.js";
 
 const PASSWORD = "correct horse battery staple";
 type Kind = "pglite" | "postgres";
@@ -205,18 +207,36 @@ describe.each(["pglite", "postgres"] as const)("on %s", (kind) => {
       );
     });
 
-    it("applies concurrent updates one after another: no lost write, one version each", async () => {
+    it("applies concurrent updates one after another: versions 2..N+1, each its own event, none lost", async () => {
+      const N = 10;
       const c = await newCustomer();
-      await Promise.all(
-        Array.from({ length: 10 }, (_, i) =>
+      const results = await Promise.all(
+        Array.from({ length: N }, (_, i) =>
           customers().updateCustomer(
-            { customer: { customerId: c.customerId, givenName: `Ada ${i}` }, updateMask: { paths: ["given_name"] } },
+            {
+              customer: { customerId: c.customerId, familyName: `writer ${i}` },
+              updateMask: { paths: ["family_name"] },
+            },
             bearer(c.token),
           ),
         ),
       );
+      const versions = results.map((r) => Number(r.customer?.version)).sort((a, b) => a - b);
+      expect(versions).toEqual(Array.from({ length: N }, (_, i) => i + 2));
+      // Each answer is that writer's own change.
+      expect(results.map((r) => r.customer?.familyName)).toEqual(results.map((_, i) => `writer ${i}`));
       const got = await customers().getCustomer({ customerId: c.customerId }, bearer(c.token));
-      expect(got.customer?.version).toBe(11n);
+      expect(got.customer?.version).toBe(BigInt(N + 1));
+
+      // One event per version, in version order, each carrying the change of the writer that got it.
+      const eventsOf = async () =>
+        (await readStream(sharedNatsUrl, p.customerConfig.stream)).filter((e) => e.customerId === c.customerId);
+      await expect.poll(async () => (await eventsOf()).length, { timeout: 10_000 }).toBe(N + 1);
+      const events = await eventsOf();
+      expect(events.map((e) => e.version)).toEqual(Array.from({ length: N + 1 }, (_, i) => i + 1));
+      expect(events.map((e) => e.type)).toEqual([REGISTERED, ...Array(N).fill(CustomerUpdatedSchema.typeName)]);
+      const byVersion = new Map(results.map((r) => [Number(r.customer?.version), r.customer?.familyName]));
+      for (const e of events.slice(1)) expect(e.familyName).toBe(byVersion.get(e.version));
     });
   });
 

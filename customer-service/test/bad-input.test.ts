@@ -11,7 +11,7 @@ import type { GetCustomerResponse } from "@customer-platform/gen/customer/v1/cus
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@customer-platform/gen/grpc/health/v1/health_pb.js";
 import type postgres from "postgres";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { bearer, CORE_PROTOCOLS, PROTOCOLS, type Protocol, rpcError } from "../../test/support/clients.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { holdLock } from "../../test/support/postgres.js";
@@ -54,6 +54,23 @@ beforeAll(async () => {
 afterAll(async () => {
   await svc?.close();
   await issuer?.close();
+});
+
+// After each test, whatever it sent and in whatever order the tests run: the known customer is
+// unchanged over every protocol and in the table, and a new registration succeeds.
+afterEach(async () => {
+  for (const protocol of PROTOCOLS) await stillServing(protocol);
+  const [row] = await sql<[{ version: string }]>`select version::text from customers where customer_id = ${known.id}`;
+  expect(row.version).toBe("1");
+  const id = randomUUID();
+  const token = await issuer.customer(id);
+  const res = await svc.clients
+    .client(CustomerService, "grpc")
+    .registerCustomer(
+      { email: `after.${id.slice(0, 8)}@example.com`, givenName: "New", familyName: "One" },
+      bearer(token),
+    );
+  expect(res.customer).toMatchObject({ customerId: id, version: 1n });
 });
 
 /** The server still answers, with the known customer as it was. */
@@ -365,22 +382,5 @@ describe("health", () => {
     expect(live.status).toBe(200);
     expect(await live.text()).toBe("ok\n");
     expect((await fetch(`${svc.url}/nope`)).status).toBe(404);
-  });
-});
-
-describe("after all of it", () => {
-  it("the known customer is unchanged and new calls succeed", async () => {
-    for (const protocol of PROTOCOLS) await stillServing(protocol);
-    const [row] = await sql<[{ version: string }]>`select version::text from customers where customer_id = ${known.id}`;
-    expect(row.version).toBe("1");
-    const id = randomUUID();
-    const token = await issuer.customer(id);
-    const res = await svc.clients
-      .client(CustomerService, "grpc")
-      .registerCustomer(
-        { email: `after.${id.slice(0, 8)}@example.com`, givenName: "New", familyName: "One" },
-        bearer(token),
-      );
-    expect(res.customer).toMatchObject({ customerId: id, version: 1n });
   });
 });

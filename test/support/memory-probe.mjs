@@ -12,15 +12,3 @@ if (typeof gc === "function") {
     process.stdout.write(`${JSON.stringify({ memoryProbe: { heapUsed, rss } })}\n`);
   });
 }
-// TEMPORARY leak experiment
-import { EventEmitter } from "node:events";
-import { randomBytes } from "node:crypto";
-if (process.env.LEAK_BYTES) {
-  const kept = [];
-  const n = Number(process.env.LEAK_BYTES);
-  const emit = EventEmitter.prototype.emit;
-  EventEmitter.prototype.emit = function (name, ...args) {
-    if (name === "request") kept.push(randomBytes(n / 2).toString("hex"));
-    return emit.call(this, name, ...args);
-  };
-}
