@@ -24,7 +24,7 @@ import { ErrorInfoSchema } from "@customer-platform/gen/google/rpc/error_details
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import fc from "fast-check";
 import type postgres from "postgres";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
 import {
   evil,
@@ -107,6 +107,15 @@ describe("AuthService", () => {
 
   afterAll(async () => {
     await svc?.close();
+  });
+
+  // After every test, whatever ran before it: the same tables, one identity per accepted sign-up.
+  afterEach(async () => {
+    expect(
+      await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`,
+    ).toEqual(tables);
+    const [row] = await sql<{ n: number }[]>`select count(*)::int as n from identities`;
+    expect(row?.n).toBe(1 + createdIdentities);
   });
 
   /** The server still answers on every protocol; the keeper's credentials and sessions are intact. */
@@ -545,13 +554,5 @@ describe("AuthService", () => {
       ).rejects.toMatchObject({ code: Code.Unauthenticated });
     }
     await stillServingAndUntouched();
-  });
-
-  it("afterwards: the same tables, one identity per accepted sign-up", async () => {
-    expect(
-      await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`,
-    ).toEqual(tables);
-    const [row] = await sql<{ n: number }[]>`select count(*)::int as n from identities`;
-    expect(row?.n).toBe(1 + createdIdentities);
   });
 });

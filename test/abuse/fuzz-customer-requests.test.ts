@@ -435,12 +435,13 @@ describe("CustomerService", () => {
     return row ?? { customers: -1, outbox: -1 };
   }
 
-  it("afterwards: the same tables, one row per accepted registration, one event per real change", async () => {
+  // After every test, whatever ran before it: the same tables, one row per accepted registration,
+  // one event per real change (the relay deletes nothing within the run: sent rows are kept 7 days).
+  afterEach(async () => {
     expect(
       await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`,
     ).toEqual(tables);
     const all = 2 + created.length;
-    // The outbox relay deletes nothing within the run (sent rows are kept for 7 days).
     expect(await counts()).toEqual({ customers: all, outbox: all + realUpdates });
   });
 });
