@@ -150,7 +150,16 @@ describe("CustomerService", () => {
   });
 
   const secrets = createSecretScanner();
-  afterEach(() => secrets.expectClean({ customer: svc.logs.lines }));
+  // After every test, whatever ran before it: no bearer token in logs or errors; the same tables, one
+  // row per accepted registration, one event per real change (sent outbox rows are kept 7 days).
+  afterEach(async () => {
+    secrets.expectClean({ customer: svc.logs.lines });
+    expect(
+      await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`,
+    ).toEqual(tables);
+    const all = 2 + created.length;
+    expect(await counts()).toEqual({ customers: all, outbox: all + realUpdates });
+  });
 
   /** The server still answers on every protocol, and the seeded customer is as it was. */
   async function stillServingAndUntouched(): Promise<void> {
@@ -434,16 +443,6 @@ describe("CustomerService", () => {
       select (select count(*)::int from customers) as customers, (select count(*)::int from outbox) as outbox`;
     return row ?? { customers: -1, outbox: -1 };
   }
-
-  // After every test, whatever ran before it: the same tables, one row per accepted registration,
-  // one event per real change (the relay deletes nothing within the run: sent rows are kept 7 days).
-  afterEach(async () => {
-    expect(
-      await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`,
-    ).toEqual(tables);
-    const all = 2 + created.length;
-    expect(await counts()).toEqual({ customers: all, outbox: all + realUpdates });
-  });
 });
 
 /** The contract's not_blank rules hold for what is stored. */
