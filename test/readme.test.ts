@@ -11,6 +11,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Platform, startPlatform } from "./support/platform.js";
+import { type Finished, runToEnd } from "./support/processes.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -22,28 +23,10 @@ function walkthrough(): string {
   return block[1];
 }
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(command: string, args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    // A clean shell: no startup files (BASH_ENV), whatever the machine's setup.
-    const { BASH_ENV: _, ENV: __, ...env } = process.env;
-    const child = spawn(command, args, { cwd: ROOT, env });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      stderr += d;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
+function run(command: string, args: string[]): Promise<Finished> {
+  // A clean shell: no startup files (BASH_ENV), whatever the machine's setup.
+  const { BASH_ENV: _, ENV: __, ...env } = process.env;
+  return runToEnd(command, args, env);
 }
 
 describe("README walkthrough", () => {

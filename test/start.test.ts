@@ -20,6 +20,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { bearer, createClients } from "./support/clients.js";
 import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
+import { type Finished, runToEnd } from "./support/processes.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const PASSWORD = "correct horse battery staple";
@@ -386,31 +387,9 @@ describe("npm start", () => {
   }, 30_000);
 });
 
-interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** `npm run identity -- <args>` as a user types it, with the platform's configuration. */
-function identityCli(p: Platform, args: string[]): Promise<CliRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("npm", ["run", "--silent", "identity", "--", ...args], {
-      cwd: ROOT,
-      env: { ...cleanEnv(), ...p.env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      stderr += d;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
+function identityCli(p: Platform, args: string[]): Promise<Finished> {
+  return runToEnd("npm", ["run", "--silent", "identity", "--", ...args], { ...cleanEnv(), ...p.env });
 }
 
 describe("the identity CLI while npm start runs", () => {

@@ -20,6 +20,7 @@ import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../../test/supp
 import { freePort, refused } from "../../test/support/ports.js";
 import { createTestDatabase, holdLock, type TestDatabase } from "../../test/support/postgres.js";
 import { waitWhileRunning } from "../../test/support/processes.js";
+import { within } from "../../test/support/timing.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "../..");
 const MAIN = "customer-service/src/main.ts";
@@ -70,17 +71,6 @@ async function until(what: string, proc: Running, check: () => Promise<boolean> 
     },
     { timeout: ms, exitedError: () => new Error(`process exited while waiting for ${what}: ${proc.stderr.join("")}`) },
   );
-}
-
-/** Within ms, or a clear failure. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
-    }),
-  ]);
 }
 
 afterAll(() => {

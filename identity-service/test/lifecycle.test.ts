@@ -21,6 +21,7 @@ import { refused } from "../../test/support/ports.js";
 import { connectSql, createTestDatabase, holdLock, type TestDatabase } from "../../test/support/postgres.js";
 import { type ChildService, spawnService, waitWhileRunning } from "../../test/support/processes.js";
 import { AUTHENTICATED, readStream, streamCount } from "../../test/support/streams.js";
+import { within } from "../../test/support/timing.js";
 import { identityOutbox } from "../src/outbox.js";
 
 let database: TestDatabase;
@@ -52,17 +53,6 @@ async function whileRunning(svc: ChildService, what: string, check: () => boolea
     },
     { timeout: ms, exitedError: () => new Error(`exited while waiting for ${what}:\n${svc.output.join("\n")}`) },
   );
-}
-
-/** Within ms, or a clear failure. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
-    }),
-  ]);
 }
 
 describe("the identity service process", () => {

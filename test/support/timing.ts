@@ -27,3 +27,14 @@ export async function until(
     { timeout: timeoutMs, interval: intervalMs },
   );
 }
+
+/** p, or a failure naming what took longer than ms. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
+    }),
+  ]);
+}
