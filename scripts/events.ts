@@ -3,10 +3,20 @@
  * as they arrive, one JSON line each, decoded by `ce-type` with the generated
  * schemas. Default subjects `customer.>` and `identity.>`; new events only
  * unless `--all` replays each stream from its start. NATS_URL as for the
- * services. No NATS CLI needed.
+ * services. Each line says whether the event's signature verified against
+ * its producer's event keys. No NATS CLI needed.
  */
 import { type DescMessage, toJson } from "@bufbuild/protobuf";
+import { ConfigError, envNats, type NatsConfig } from "@customer-platform/runtime/config";
+import { describeNatsAuth, isNatsRefusal, natsConnectOptions } from "@customer-platform/runtime/nats";
 import { readCloudEvent } from "@customer-platform/sdk/cloudevents";
+import {
+  createEventVerifier,
+  EVENT_KEYS_PATH,
+  EventKeysUnavailableError,
+  EventSignatureError,
+  type EventVerifier,
+} from "@customer-platform/sdk/event-signing";
 import { decodeEvent, eventSchemas } from "@customer-platform/sdk/events";
 import { customerSubjects, identitySubjects } from "@customer-platform/sdk/subjects";
 import { DeliverPolicy, type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -15,12 +25,45 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 const USAGE = `usage: npm run events -- tail [subject…] [--all]
 
 Prints each event on the subjects (default: customer.> identity.>) as one JSON
-line: subject, stream sequence, ce-type/ce-id/ce-time/ce-source/ce-subject and
-the event decoded with the generated schemas. New events only; --all replays
-the streams from the start. NATS_URL sets the server (default nats://127.0.0.1:4222).`;
+line: subject, stream sequence, ce-type/ce-id/ce-time/ce-source/ce-subject,
+whether its signature verified (verified, and the key id or why not) and the
+event decoded with the generated schemas. The producers' keys come from
+CUSTOMER_EVENT_KEYS_URL and IDENTITY_EVENT_KEYS_URL (default
+http://127.0.0.1:8080 and IDENTITY_ISSUER or http://127.0.0.1:8081, each
++ /.well-known/event-keys.json). New events only; --all replays
+the streams from the start. NATS_URL sets the server (default nats://127.0.0.1:4222);
+credentials as the services take them, with the prefix EVENTS_READER (e.g.
+EVENTS_READER_NATS_USER and EVENTS_READER_NATS_PASSWORD), or in NATS_URL.`;
 
-/** One output line for msg. */
-function eventLine(m: JsMsg): string {
+/**
+ * The producers whose signatures are checked: each service's event keys,
+ * from CUSTOMER_EVENT_KEYS_URL and IDENTITY_EVENT_KEYS_URL (default: the
+ * services' default addresses, `<url>/.well-known/event-keys.json`).
+ */
+function trustedProducers(env: NodeJS.ProcessEnv): EventVerifier {
+  const issuer = (env.IDENTITY_ISSUER || "http://127.0.0.1:8081").replace(/\/+$/, "");
+  return createEventVerifier({
+    trust: {
+      "customer-service": env.CUSTOMER_EVENT_KEYS_URL || `http://127.0.0.1:8080${EVENT_KEYS_PATH}`,
+      "identity-service": env.IDENTITY_EVENT_KEYS_URL || `${issuer}${EVENT_KEYS_PATH}`,
+    },
+    timeoutMs: 2_000,
+  });
+}
+
+/** Whether msg's signature verified: `verified`, and the key (`signature`) or why not. */
+async function signatureOf(verifier: EventVerifier, m: JsMsg): Promise<{ verified: boolean; signature: string }> {
+  try {
+    return { verified: true, signature: (await verifier.verify(m)).kid };
+  } catch (err) {
+    if (err instanceof EventSignatureError) return { verified: false, signature: `refused: ${err.reason}` };
+    if (err instanceof EventKeysUnavailableError) return { verified: false, signature: "keys unavailable" };
+    return { verified: false, signature: `not checked: ${(err as Error).message}` };
+  }
+}
+
+/** One output line for msg, with whether its signature verified. */
+async function eventLine(verifier: EventVerifier, m: JsMsg): Promise<string> {
   const ce = readCloudEvent(m.headers);
   const base = {
     subject: m.subject,
@@ -30,6 +73,7 @@ function eventLine(m: JsMsg): string {
     time: ce.time?.toISOString() ?? null,
     source: ce.source || null,
     customer_id: ce.subject || null,
+    ...(await signatureOf(verifier, m)),
   };
   try {
     const decoded = decodeEvent(m);
@@ -57,6 +101,7 @@ async function streamsFor(jsm: JetStreamManager, subject: string, stopped: () =>
 }
 
 async function tail(nc: NatsConnection, subjects: string[], all: boolean): Promise<void> {
+  const verifier = trustedProducers(process.env);
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);
   let stopping = false;
@@ -81,7 +126,7 @@ async function tail(nc: NatsConnection, subjects: string[], all: boolean): Promi
       closers.push(() => messages.close());
       loops.push(
         (async () => {
-          for await (const m of messages) process.stdout.write(`${eventLine(m)}\n`);
+          for await (const m of messages) process.stdout.write(`${await eventLine(verifier, m)}\n`);
         })(),
       );
       console.error(`events: tailing ${subject} on stream ${stream}${all ? " from the start" : ""}`);
@@ -103,12 +148,23 @@ async function main(argv: string[]): Promise<number> {
     return 64;
   }
   const subjects = rest.filter((a) => !a.startsWith("-"));
-  const url = process.env.NATS_URL?.trim() || "nats://127.0.0.1:4222";
+  let nats: NatsConfig;
+  try {
+    nats = envNats(process.env, "EVENTS_READER");
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    console.error(`events: configuration error: ${err.message}`);
+    return 78; // EX_CONFIG
+  }
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers: url, name: "npm run events" });
+    nc = await connect({ ...natsConnectOptions(nats), name: "npm run events" });
   } catch (err) {
-    console.error(`events: cannot reach NATS at ${url} (${(err as Error).message}); set NATS_URL`);
+    if (isNatsRefusal(err)) {
+      console.error(`events: NATS at ${nats.url} refused ${describeNatsAuth(nats.auth)}: ${(err as Error).message}`);
+      return 78; // EX_CONFIG
+    }
+    console.error(`events: cannot reach NATS at ${nats.url} (${(err as Error).message}); set NATS_URL`);
     return 69; // EX_UNAVAILABLE
   }
   try {

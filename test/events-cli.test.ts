@@ -56,7 +56,11 @@ function spawnTail(...args: string[]): Tail {
     ["--conditions=source", "--import", "tsx", "scripts/events.ts", "tail", ...args],
     {
       cwd: ROOT,
-      env: { ...process.env, NATS_URL: customer.natsUrl },
+      env: {
+        ...process.env,
+        NATS_URL: customer.natsUrl,
+        CUSTOMER_EVENT_KEYS_URL: `${customer.url}/.well-known/event-keys.json`,
+      },
       stdio: ["ignore", "pipe", "pipe"],
     },
   );
@@ -121,6 +125,8 @@ describe("npm run events -- tail", () => {
       },
     });
     expect(rec.seq).toEqual(expect.any(Number));
+    // Signed by the customer service, checked against its published event keys.
+    expect(rec).toMatchObject({ verified: true, signature: expect.any(String) });
     expect((rec.event as { eventId: string }).eventId).toBe(rec.id);
     expect(new Date(String(rec.time)).toISOString()).toBe(rec.time);
     tail.child.kill("SIGINT");

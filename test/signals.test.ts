@@ -144,7 +144,7 @@ describe("signalling only the npm process", () => {
     CUSTOMER_SUBJECT_PREFIX: customerStreams.subjectPrefix,
     CUSTOMER_REVOCATION_STREAM: identityStreams.stream,
     CUSTOMER_REVOCATION_SUBJECT_PREFIX: identityStreams.subjectPrefix,
-    IDENTITY_ISSUER: "http://identity.test",
+    IDENTITY_ISSUER: "https://identity.test",
     // Never fetched: the calls below carry no token.
     IDENTITY_JWKS_URL: "http://127.0.0.1:9/.well-known/jwks.json",
     SHUTDOWN_GRACE_MS: "10000",

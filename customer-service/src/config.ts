@@ -5,10 +5,10 @@
 import {
   type Env,
   envHostConfig,
+  envHttpsUrl,
   envInt,
   envString,
   envSubjectPrefix,
-  envUrl,
   type HostConfig,
 } from "@customer-platform/runtime/config";
 
@@ -25,12 +25,14 @@ export interface CustomerConfig extends HostConfig {
   revocationSubjectPrefix: string;
   /** How far back revocations are read at start: the identity provider's access-token lifetime. */
   revocationLookbackSec: number;
+  /** The identity provider's event keys (JWKS): only TokensRevoked events signed with one of them count. */
+  identityEventKeysUrl: string;
   shutdownGraceMs: number;
 }
 
 /** The configuration `env` describes, or a ConfigError naming the bad variable. */
 export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConfig {
-  const issuer = envUrl(env, "IDENTITY_ISSUER", ["http:", "https:"], "http://127.0.0.1:8081").replace(/\/+$/, "");
+  const issuer = envHttpsUrl(env, "IDENTITY_ISSUER", "http://127.0.0.1:8081").replace(/\/+$/, "");
   const subjectPrefix = envSubjectPrefix(env, "CUSTOMER_SUBJECT_PREFIX", "customer");
   // Where the identity service publishes, if it is configured in the same environment.
   const revocationSubjectPrefix = envSubjectPrefix(
@@ -41,7 +43,8 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
   return {
     stream: envString(env, "CUSTOMER_STREAM", "CUSTOMER"),
     subjectPrefix,
-    jwksUrl: envUrl(env, "IDENTITY_JWKS_URL", ["http:", "https:"], `${issuer}/.well-known/jwks.json`),
+    jwksUrl: envHttpsUrl(env, "IDENTITY_JWKS_URL", `${issuer}/.well-known/jwks.json`),
+    identityEventKeysUrl: envHttpsUrl(env, "IDENTITY_EVENT_KEYS_URL", `${issuer}/.well-known/event-keys.json`),
     issuer,
     audience: envString(env, "CUSTOMER_AUDIENCE", "customer-service"),
     revocationStream: envString(env, "CUSTOMER_REVOCATION_STREAM", envString(env, "IDENTITY_STREAM", "IDENTITY")),

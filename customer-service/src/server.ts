@@ -14,6 +14,7 @@ import {
   type HostOverrides,
   type ServiceHost,
 } from "@customer-platform/runtime/service-host";
+import { createEventVerifier } from "@customer-platform/sdk/event-signing";
 import { createRevocationList, type RevocationList } from "@customer-platform/sdk/revocations";
 import type { CustomerConfig } from "./config.js";
 import { customerDatabase } from "./database.js";
@@ -21,7 +22,10 @@ import { customerOutbox } from "./outbox.js";
 import { createCustomerService } from "./routes/index.js";
 
 /** What the customer service knows of revoked tokens (nothing until NATS was first reached). */
-export type RevocationState = Pick<RevocationList, "isRevoked" | "subscribed" | "size">;
+export type RevocationState = Pick<
+  RevocationList,
+  "isRevoked" | "keyRevocations" | "subscribed" | "size" | "caughtUp" | "rejected"
+>;
 
 export interface CustomerServer extends ServiceHost {
   /** Revoked access tokens, from the identity service's TokensRevoked events (not with `overrides.auth`). */
@@ -52,27 +56,47 @@ export async function createCustomerServer(
     service: CustomerService,
     housekeeping: [outboxCleanup(7)],
     ...opts,
-    async setup({ database, outbox, logger, now, runOnNats }) {
+    async setup(parts) {
+      const { database, outbox, logger, now, runOnNats } = parts;
       let auth = opts.overrides?.auth;
+      let ready: (() => boolean) | undefined;
       if (!auth) {
-        // Availability over strictness: until revocations can be read (NATS down), tokens
-        // are still verified offline; readiness does not depend on it.
+        // Only revocations signed by the identity service count: anyone who can publish
+        // on NATS could otherwise revoke any token.
+        const verifier = createEventVerifier({ trust: { "identity-service": config.identityEventKeysUrl } });
         const list = runOnNats("revocations", (nats) =>
           createRevocationList({
             nats,
             stream: config.revocationStream,
             subjectPrefix: config.revocationSubjectPrefix,
             lookbackMs: config.revocationLookbackSec * 1000,
+            verifier,
             logger,
           }),
         );
+        // Not ready until the revocations of the lookback window are applied, so no
+        // instance that just started accepts a token revoked before it started. While
+        // NATS is unreachable, availability over strictness (as for a running instance
+        // in an outage): ready, tokens verified offline, revocations applied once it is back.
+        const processNats = parts.nats;
+        ready = () => processNats.status === "disconnected" || (list.current?.caughtUp ?? false);
         const state: RevocationState = {
           isRevoked: (principal) => list.current?.isRevoked(principal) ?? false,
+          // Tells the verifier to refetch the JWKS when a signing key is revoked.
+          get keyRevocations() {
+            return list.current?.keyRevocations ?? 0;
+          },
           get subscribed() {
             return list.current?.subscribed ?? false;
           },
           get size() {
             return list.current?.size ?? 0;
+          },
+          get caughtUp() {
+            return list.current?.caughtUp ?? false;
+          },
+          get rejected() {
+            return list.current?.rejected ?? 0;
           },
         };
         revocations = state;
@@ -87,7 +111,7 @@ export async function createCustomerServer(
           now,
         });
       }
-      return { impl: createCustomerService({ db: database.db, auth, events: outbox, now }) };
+      return { impl: createCustomerService({ db: database.db, auth, events: outbox, now }), ...(ready && { ready }) };
     },
     describe: (c) => ({ stream: c.stream, revocationStream: c.revocationStream }),
   });

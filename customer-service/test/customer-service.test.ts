@@ -327,6 +327,22 @@ describe("authorization", () => {
     );
     expect(res.customer?.familyName).toBe("King");
   });
+  it("shows a service with customer:write alone only what it set: a no-op update reads nothing", async () => {
+    const writeOnly = await issuer.service("support-tool", "customer:write");
+    const noOp = { customer: { customerId: owner.id, familyName: "King" }, updateMask: { paths: ["family_name"] } };
+    // The family name is already King (the test above): nothing changes, and nothing else is shown.
+    const res = await client().updateCustomer(noOp, bearer(writeOnly));
+    expect(res.customer).toMatchObject({ customerId: owner.id, familyName: "King", version: 2n });
+    expect(res.customer?.updateTime).toBeDefined();
+    expect(res.customer).toMatchObject({ email: "", givenName: "" });
+    expect(res.customer?.phoneNumber).toBeUndefined();
+    expect(res.customer?.address).toBeUndefined();
+    // With customer:read as well, the whole profile, as for the customer.
+    const readWrite = await issuer.service("support-tool", "customer:read customer:write");
+    const whole = await client().updateCustomer(noOp, bearer(readWrite));
+    expect(whole.customer).toMatchObject({ customerId: owner.id, givenName: "Ada", phoneNumber: "+4915123456789" });
+    expect(whole.customer?.email).toMatch(/^ada\./);
+  });
   it("denies a service without scopes", async () => {
     await expect(
       client().getCustomer({ customerId: owner.id }, bearer(await issuer.service("reviews", ""))),

@@ -4,7 +4,14 @@
  */
 import { fromBinary } from "@bufbuild/protobuf";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
-import { consumeEvents, customerSubjects, type EventConsumer, readCloudEvent } from "@customer-platform/sdk";
+import {
+  consumeEvents,
+  createEventVerifier,
+  customerSubjects,
+  EVENT_KEYS_PATH,
+  type EventConsumer,
+  readCloudEvent,
+} from "@customer-platform/sdk";
 import { AckPolicy, type JetStreamClient } from "@nats-io/jetstream";
 import type postgres from "postgres";
 
@@ -12,12 +19,14 @@ import type postgres from "postgres";
  * With the SDK's consumeEvents: typed handlers, ack after success, redelivery on
  * error. CustomerAuthenticated has no version, so the handler is made
  * idempotent by its event id: the id and the effect commit in one
- * transaction, and an id seen before is skipped.
+ * transaction, and an id seen before is skipped. Only events signed by the
+ * identity service (its keys at `<issuer>/.well-known/event-keys.json`) are handled.
  */
 export async function consumeSignIns(
   sql: postgres.Sql,
   js: JetStreamClient,
   stream = "IDENTITY",
+  identityIssuer = "http://127.0.0.1:8081",
 ): Promise<EventConsumer> {
   await sql`create table if not exists processed_events (event_id uuid primary key)`;
   await sql`create table if not exists sign_ins (customer_id uuid primary key, count int not null, last_at timestamptz)`;
@@ -25,6 +34,7 @@ export async function consumeSignIns(
     js,
     stream,
     consumer: "orders-sign-ins",
+    verifier: createEventVerifier({ trust: { "identity-service": `${identityIssuer}${EVENT_KEYS_PATH}` } }),
     handlers: {
       "identity.v1.CustomerAuthenticated": async (event, meta) => {
         await sql.begin(async (tx) => {

@@ -51,7 +51,9 @@ afterAll(async () => {
 async function serviceCredentials(scopes: string) {
   const clientId = `orders-${randomUUID().slice(0, 8)}`;
   const out: string[] = [];
-  expect(await runCli(["clients", "create", clientId, "--scopes", scopes], identity.env, (l) => out.push(l))).toBe(0);
+  // Its tokens are for both resource servers here (RFC 8707 audiences; the default is the customer service only).
+  const create = ["clients", "create", clientId, "--scopes", scopes, "--audiences", "customer-service orders-service"];
+  expect(await runCli(create, identity.env, (l) => out.push(l))).toBe(0);
   const { client_secret } = JSON.parse(out[0] ?? "{}") as { client_secret: string };
   return { identityUrl: identity.url, clientId, clientSecret: client_secret, scope: "" };
 }
@@ -60,7 +62,8 @@ async function newCustomer() {
   const email = `ada.${randomUUID().slice(0, 8)}@example.com`;
   const { customerId, tokens } = await identity.clients
     .client(AuthService)
-    .createCredentials({ email, password: PASSWORD });
+    // A first-party app calling both resource servers asks for both audiences (default: the customer service).
+    .createCredentials({ email, password: PASSWORD, audience: ["customer-service", "orders-service"] });
   const token = tokens?.accessToken ?? "";
   const { customer: profile } = await customer.clients
     .client(CustomerService)
@@ -212,7 +215,7 @@ describe("consuming events", () => {
     const repeat = await js.publish(subject, last.data, { headers: copy, msgID: randomUUID() });
     expect(repeat.duplicate).toBe(false);
 
-    const consumer = await consumeSignIns(sql, js, identity.streams.stream);
+    const consumer = await consumeSignIns(sql, js, identity.streams.stream, issuer);
     try {
       await until("all three deliveries", async () => {
         const info = await jsm.consumers.info(identity.streams.stream, "orders-sign-ins");

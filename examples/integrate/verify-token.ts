@@ -7,6 +7,7 @@
  */
 import type { IncomingMessage, RequestListener, ServerResponse } from "node:http";
 import {
+  createEventVerifier,
   createRevocationList,
   createTokenVerifier,
   type Logger,
@@ -20,10 +21,12 @@ import type { NatsConnection } from "@nats-io/transport-node";
 export interface OrdersAuthOptions {
   /** The identity service's IDENTITY_ISSUER, e.g. http://127.0.0.1:8081 */
   issuer: string;
-  /** Your service's audience; it must be listed in the identity service's IDENTITY_AUDIENCES. */
+  /** Your service's audience: tokens must be asked for it (RFC 8707 `audience`) by clients allowed it. */
   audience: string;
   /** Default `<issuer>/.well-known/jwks.json`. */
   jwksUrl?: string;
+  /** The identity service's event keys, which sign its revocations; default `<issuer>/.well-known/event-keys.json`. */
+  eventKeysUrl?: string;
   /** Your process's NATS connection (reconnecting forever), for the revocations. */
   nats: NatsConnection;
   /** The identity service's stream and subject prefix; default `IDENTITY` and `identity`. */
@@ -41,6 +44,10 @@ export function createOrdersAuth(opts: OrdersAuthOptions): { tokens: TokenVerifi
     subjectPrefix: opts.identitySubjectPrefix ?? "identity",
     // The identity service's access-token lifetime (IDENTITY_ACCESS_TOKEN_TTL, 15 minutes).
     lookbackMs: 15 * 60_000,
+    // Only revocations the identity service signed count.
+    verifier: createEventVerifier({
+      trust: { "identity-service": opts.eventKeysUrl ?? `${opts.issuer}/.well-known/event-keys.json` },
+    }),
     logger: opts.logger,
   });
   const tokens = createTokenVerifier({

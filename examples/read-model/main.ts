@@ -6,11 +6,17 @@
  * Environment: READ_MODEL_DATABASE_URL (required: the consumer's own
  * database), NATS_URL (default nats://127.0.0.1:4222), CUSTOMER_STREAM
  * (default CUSTOMER), READ_MODEL_CONSUMER (durable name, default
- * customers-read-model).
+ * customers-read-model), CUSTOMER_URL (the customer service, default
+ * http://127.0.0.1:8080: its event keys verify every event). With
+ * READ_MODEL_CLIENT_ID and READ_MODEL_CLIENT_SECRET (a client with
+ * `customer:read`) and IDENTITY_URL (default http://127.0.0.1:8081), a
+ * version jump is resolved by reading the customer again (GetCustomer).
  */
+import { createEventVerifier, EVENT_KEYS_PATH } from "@customer-platform/sdk";
 import { jetstream } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import postgres from "postgres";
+import { connectCustomerClient, createTokenSource, findCustomer } from "../integrate/customer-client.js";
 import { startReadModel } from "./read-model.js";
 
 const databaseUrl = process.env.READ_MODEL_DATABASE_URL;
@@ -20,9 +26,26 @@ if (!databaseUrl) {
 }
 const sql = postgres(databaseUrl, { max: 4, onnotice: () => {} });
 const nc = await connect({ servers: process.env.NATS_URL ?? "nats://127.0.0.1:4222", maxReconnectAttempts: -1 });
+const customerUrl = process.env.CUSTOMER_URL ?? "http://127.0.0.1:8080";
+const clientId = process.env.READ_MODEL_CLIENT_ID;
+const clientSecret = process.env.READ_MODEL_CLIENT_SECRET;
+const customers =
+  clientId && clientSecret
+    ? connectCustomerClient(
+        customerUrl,
+        createTokenSource({
+          identityUrl: process.env.IDENTITY_URL ?? "http://127.0.0.1:8081",
+          clientId,
+          clientSecret,
+          scope: "customer:read",
+        }),
+      )
+    : undefined;
 const consumer = await startReadModel({
   sql,
   js: jetstream(nc),
+  verifier: createEventVerifier({ trust: { "customer-service": `${customerUrl}${EVENT_KEYS_PATH}` } }),
+  ...(customers && { fetchCustomer: (id: string) => findCustomer(customers.client, id) }),
   stream: process.env.CUSTOMER_STREAM ?? "CUSTOMER",
   consumer: process.env.READ_MODEL_CONSUMER ?? "customers-read-model",
   onApplied: (e) => console.log(JSON.stringify({ ...e, version: e.version.toString() })),
@@ -32,6 +55,7 @@ console.error("read model running; Ctrl-C stops it");
 
 const shutdown = async () => {
   await consumer.stop();
+  customers?.close();
   await nc.close();
   await sql.end();
 };

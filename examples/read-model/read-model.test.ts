@@ -8,19 +8,20 @@ import { randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
-import { customerSubjects, readCloudEvent, setCloudEventHeaders } from "@customer-platform/sdk";
+import { customerSubjects, readCloudEvent } from "@customer-platform/sdk";
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer } from "../../test/support/clients.js";
+import { publishEvent, serviceEventSigner, verifierFor } from "../../test/support/events.js";
 import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { waitForOutboxEmpty } from "../../test/support/outbox.js";
 import { connectSql, createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 import { waitForStream } from "../../test/support/streams.js";
 import { until } from "../../test/support/timing.js";
-import { type AppliedEvent, readCustomer, startReadModel } from "./read-model.js";
+import { type AppliedEvent, readCustomer, startReadModel, VersionGapError } from "./read-model.js";
 
 let issuer: TestIssuer;
 let svc: RunningCustomerService;
@@ -123,6 +124,7 @@ describe("the example read model", () => {
         js,
         stream: svc.streams.stream,
         consumer,
+        verifier: verifierFor("customer-service", svc.url),
         onApplied: (e: AppliedEvent) => {
           handled.set(e.eventId, (handled.get(e.eventId) ?? 0) + 1);
           if (e.applied) applied.set(e.eventId, (applied.get(e.eventId) ?? 0) + 1);
@@ -178,18 +180,88 @@ describe("the example read model", () => {
         customer: { ...before, givenName: "Stale", version: 2n },
         updateMask: { paths: ["given_name"] },
       });
-      const h = setCloudEventHeaders(headers(), {
+      // Signed with the service's own key: a genuine event replayed, not a forgery.
+      const signer = await serviceEventSigner(svc.database.url);
+      const subject = customerSubjects(svc.streams.subjectPrefix).updated(target.id);
+      await publishEvent(js, signer, subject, toBinary(CustomerUpdatedSchema, stale), {
         id: stale.eventId,
         type: CustomerUpdatedSchema.typeName,
         source: "customer-service",
         time: new Date(),
         subject: target.id,
       });
-      const subject = customerSubjects(svc.streams.subjectPrefix).updated(target.id);
-      await js.publish(subject, toBinary(CustomerUpdatedSchema, stale), { msgID: stale.eventId, headers: h });
       await until("the duplicate to be handled", () => handled.has(stale.eventId), 20_000);
       expect(applied.has(stale.eventId)).toBe(false);
       expect(await readCustomer(sql, target.id)).toEqual(before);
+    } finally {
+      await readModel.stop();
+    }
+  });
+
+  it("refuses a version jump it cannot explain, and re-reads the customer for one it can", async () => {
+    const c = await register();
+    await update(c, 1);
+    const applied: AppliedEvent[] = [];
+    const errors: unknown[] = [];
+    const subjects = customerSubjects(svc.streams.subjectPrefix);
+    const readModel = await startReadModel({
+      sql,
+      js,
+      stream: svc.streams.stream,
+      consumer: `jumps-${randomUUID().slice(0, 8)}`,
+      // One filter (several need NATS 2.10): this customer's registration and updates.
+      subjects: [`${svc.streams.subjectPrefix}.*.${c.id}`],
+      verifier: verifierFor("customer-service", svc.url),
+      fetchCustomer: async (customerId) => (await customers().getCustomer({ customerId }, bearer(c.token))).customer,
+      onApplied: (e) => applied.push(e),
+      onError: (err) => errors.push(err),
+    });
+    try {
+      await until("version 2", async () => (await readCustomer(sql, c.id))?.version === 2n);
+      const held = await readCustomer(sql, c.id);
+      if (!held) throw new Error("customer missing from the read model");
+      // Signed with the service's key, yet claiming a version the service never reached
+      // (a lost event cannot explain it): refused, the table untouched.
+      const signer = await serviceEventSigner(svc.database.url);
+      const ahead = create(CustomerUpdatedSchema, {
+        eventId: randomUUID(),
+        customer: { ...held, givenName: "Ahead", version: 9n },
+        updateMask: { paths: ["given_name"] },
+      });
+      await publishEvent(js, signer, subjects.updated(c.id), toBinary(CustomerUpdatedSchema, ahead), {
+        id: ahead.eventId,
+        type: CustomerUpdatedSchema.typeName,
+        source: "customer-service",
+        time: new Date(),
+        subject: c.id,
+      });
+      await until("the jump refused", () => errors.some((e) => e instanceof VersionGapError));
+      expect(errors[0]).toMatchObject({ customerId: c.id, stored: 2n, received: 9n });
+      expect(await readCustomer(sql, c.id)).toEqual(held);
+      await readModel.stop();
+
+      // A jump it can explain: the table lost the customer (an event it never saw), and the first
+      // event it now gets is version 2 while the service is at 3: read again from the service.
+      await update(c, 2);
+      await sql`delete from customers_read_model where customer_id = ${c.id}`;
+      const again = await startReadModel({
+        sql,
+        js,
+        stream: svc.streams.stream,
+        consumer: `jumps-${randomUUID().slice(0, 8)}`,
+        subjects: [subjects.updated(c.id)],
+        verifier: verifierFor("customer-service", svc.url),
+        fetchCustomer: async (customerId) => (await customers().getCustomer({ customerId }, bearer(c.token))).customer,
+        onApplied: (e) => applied.push(e),
+        onError: (err) => errors.push(err),
+      });
+      try {
+        await until("version 3, read again", () => applied.some((e) => e.reread && e.version === 3n));
+        const { customer } = await customers().getCustomer({ customerId: c.id }, bearer(c.token));
+        expect(await readCustomer(sql, c.id)).toEqual(customer);
+      } finally {
+        await again.stop();
+      }
     } finally {
       await readModel.stop();
     }

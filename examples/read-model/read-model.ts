@@ -4,15 +4,20 @@
  * CustomerUpdated with a durable JetStream consumer. Built only on the
  * generated code, @customer-platform/sdk and postgres.js, as another team would.
  *
- * Both events carry the full profile with its version, so applying one is a
- * single upsert that wins only with a greater version: a redelivery, a
- * duplicate or an older event arriving late changes nothing, and the table
- * converges to the customer service's state.
+ * Both events carry the full profile with its version. An event applies
+ * only if its version is the stored one + 1 (1 for a customer not yet held):
+ * a redelivery, a duplicate or an older event arriving late changes nothing.
+ * A version further ahead is a jump the read model cannot explain (a missed
+ * event, or an event that lies): it re-reads the customer from the customer
+ * service (GetCustomer) when given `fetchCustomer` and stores that, and
+ * otherwise refuses the event, which is redelivered later (its predecessor
+ * may still come). Only events signed by the customer service are handled
+ * (`verifier`), so a forged event never reaches the table.
  */
 import { create, fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Customer, CustomerSchema, PostalAddressSchema } from "@customer-platform/gen/customer/v1/customer_pb.js";
-import { consumeEvents, type EventConsumer, type EventMeta } from "@customer-platform/sdk";
+import { consumeEvents, type EventConsumer, type EventMeta, type EventVerifier } from "@customer-platform/sdk";
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type postgres from "postgres";
 
@@ -42,7 +47,24 @@ export interface AppliedEvent {
   version: bigint;
   /** False when the table already held this version or a later one. */
   applied: boolean;
+  /** True when the event's version jumped and the customer was read again from the customer service. */
+  reread?: boolean;
 }
+
+/** An event whose version is more than one ahead of the stored one, and no way (or no reason) to believe it. */
+export class VersionGapError extends Error {
+  override readonly name = "VersionGapError";
+  constructor(
+    readonly customerId: string,
+    readonly stored: bigint,
+    readonly received: bigint,
+  ) {
+    super(`customer ${customerId}: event version ${received} does not follow stored version ${stored}`);
+  }
+}
+
+/** What applyNextVersion found: applied, already held (older or equal), or a gap. */
+export type NextVersionOutcome = { kind: "applied" } | { kind: "held" } | { kind: "gap"; stored: bigint };
 
 /**
  * Writes customer if its version is greater than the stored one. Returns
@@ -64,6 +86,39 @@ export async function applyCustomer(sql: postgres.Sql, customer: Customer, event
     where r.version < excluded.version
     returning 1`;
   return rows.length > 0;
+}
+
+/**
+ * Writes customer only if its version is the stored one + 1 (or 1 when the
+ * customer is not held yet), in one statement.
+ */
+export async function applyNextVersion(
+  sql: postgres.Sql,
+  customer: Customer,
+  eventId: string,
+): Promise<NextVersionOutcome> {
+  const c = customer;
+  const address = c.address ? sql.json(toJson(PostalAddressSchema, c.address) as postgres.JSONValue) : null;
+  const [row] = await sql<[{ applied: boolean; stored: string | null }]>`
+    with stored as (select version from customers_read_model where customer_id = ${c.customerId}),
+    upserted as (
+      insert into customers_read_model as r
+        (customer_id, email, given_name, family_name, phone_number, address, version, create_time, update_time, last_event_id)
+      select ${c.customerId}, ${c.email}, ${c.givenName}, ${c.familyName}, ${c.phoneNumber ?? null}, ${address},
+        ${c.version.toString()}::bigint, ${c.createTime ? timestampDate(c.createTime) : null}::timestamptz,
+        ${c.updateTime ? timestampDate(c.updateTime) : null}::timestamptz, ${eventId}::uuid
+      where coalesce((select version from stored), 0) + 1 = ${c.version.toString()}::bigint
+      on conflict (customer_id) do update set
+        email = excluded.email, given_name = excluded.given_name, family_name = excluded.family_name,
+        phone_number = excluded.phone_number, address = excluded.address, version = excluded.version,
+        create_time = excluded.create_time, update_time = excluded.update_time, last_event_id = excluded.last_event_id
+      where r.version + 1 = excluded.version
+      returning 1
+    )
+    select exists (select 1 from upserted) as applied, (select version::text from stored) as stored`;
+  if (row?.applied) return { kind: "applied" };
+  const stored = BigInt(row?.stored ?? "0");
+  return c.version <= stored ? { kind: "held" } : { kind: "gap", stored };
 }
 
 interface Row {
@@ -101,6 +156,14 @@ export async function readCustomer(sql: postgres.Sql, customerId: string): Promi
 export interface ReadModelOptions {
   sql: postgres.Sql;
   js: JetStreamClient;
+  /** Verifies each event was signed by the customer service (trust `customer-service` → its event keys URL). */
+  verifier: EventVerifier;
+  /**
+   * The customer as the customer service holds it now (GetCustomer with a
+   * `customer:read` token; undefined if not found), read when an event's
+   * version jumps. Without it such an event is refused and redelivered later.
+   */
+  fetchCustomer?: (customerId: string) => Promise<Customer | undefined>;
   /** Default `CUSTOMER`. */
   stream?: string;
   /** Durable consumer name; default `customers-read-model`. */
@@ -117,13 +180,24 @@ export async function startReadModel(opts: ReadModelOptions): Promise<EventConsu
   await migrateReadModel(sql);
   const apply = async (customer: Customer | undefined, meta: EventMeta) => {
     if (!customer) throw new Error(`event ${meta.id} carries no customer`);
-    const applied = await applyCustomer(sql, customer, meta.id);
-    opts.onApplied?.({ eventId: meta.id, customerId: customer.customerId, version: customer.version, applied });
+    const { customerId, version } = customer;
+    const outcome = await applyNextVersion(sql, customer, meta.id);
+    if (outcome.kind !== "gap") {
+      opts.onApplied?.({ eventId: meta.id, customerId, version, applied: outcome.kind === "applied" });
+      return;
+    }
+    if (!opts.fetchCustomer) throw new VersionGapError(customerId, outcome.stored, version);
+    const current = await opts.fetchCustomer(customerId);
+    // The customer service has not reached this version: the event claims what never happened.
+    if (!current || current.version < version) throw new VersionGapError(customerId, outcome.stored, version);
+    const applied = await applyCustomer(sql, current, meta.id);
+    opts.onApplied?.({ eventId: meta.id, customerId, version: current.version, applied, reread: true });
   };
   return consumeEvents({
     js: opts.js,
     stream: opts.stream ?? "CUSTOMER",
     consumer: opts.consumer ?? "customers-read-model",
+    verifier: opts.verifier,
     ...(opts.subjects ? { subjects: opts.subjects } : {}),
     ...(opts.onError ? { onError: opts.onError } : {}),
     handlers: {

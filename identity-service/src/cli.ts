@@ -1,12 +1,22 @@
 /**
  * Administration of the identity service: `npm run identity -- <command>`.
  *
- *   clients create <client-id> --scopes "customer:read customer:write" [--description "…"]
+ *   clients create <client-id> --scopes "customer:read customer:write" [--audiences "customer-service …"]
+ *                  [--default-audiences "customer-service"] [--description "…"]
+ *   clients set-audiences <client-id> --audiences "…" [--default-audiences "…"]
  *   clients list
- *   clients disable <client-id>
- *   clients rotate-secret <client-id>
+ *   clients disable <client-id>        (its live tokens are revoked: TokensRevoked)
+ *   clients rotate-secret <client-id>  (tokens issued with the old secret are revoked: TokensRevoked)
  *   keys list     (each key: when it signs, or until when it stays in the JWKS)
  *   keys rotate   (published now, signing once every cached JWKS copy has expired)
+ *   keys revoke <kid>  (out of the JWKS and refused at once, TokensRevoked for verifiers;
+ *                       if no other key is live, a new one signs at once)
+ *   unlock <email>  (forgets the failed sign-ins of a login, and its lock after too many)
+ *
+ * Audiences (RFC 8707) are resource servers' names, e.g. "customer-service",
+ * or the issuer URL for the identity service's own RPCs (IntrospectToken).
+ * --audiences defaults to IDENTITY_DEFAULT_AUDIENCES (the customer service),
+ * --default-audiences to --audiences.
  *
  * Uses the same configuration as the server (IDENTITY_DATABASE_URL) and
  * opens the database as the service host does, migrating it first.
@@ -14,18 +24,24 @@
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { errMessage } from "@customer-platform/runtime/errors";
 import { describeStartFailure } from "@customer-platform/runtime/main";
 import { openServiceDatabase } from "@customer-platform/runtime/service-host";
 import { desc, eq } from "drizzle-orm";
-import { envToConfig } from "./config.js";
+import { disableClient, rotateClientSecret } from "./clients.js";
+import { envToConfig, type IdentityConfig } from "./config.js";
 import { identityDatabase } from "./database.js";
 import { clients, signingKeys } from "./db/schema.js";
+import { identityOutbox } from "./outbox.js";
+import { normalizeEmail } from "./routes/credentials.js";
+import { loginThrottleKey, unlockKey } from "./throttle.js";
 import {
   hashToken,
   KEY_ACTIVATION_MARGIN_MS,
   KEY_RELOAD_MS,
   type KeyPolicy,
   keyPolicy,
+  revokeSigningKey,
   rotateSigningKey,
   type ScheduledKey,
   signingSchedule,
@@ -44,7 +60,12 @@ export async function runCli(
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { scopes: { type: "string" }, description: { type: "string" } },
+    options: {
+      scopes: { type: "string" },
+      description: { type: "string" },
+      audiences: { type: "string" },
+      "default-audiences": { type: "string" },
+    },
   });
   const [group, command, arg] = positionals;
   const config = envToConfig(env);
@@ -52,6 +73,13 @@ export async function runCli(
   try {
     const db = database.db;
     const newSecret = () => randomBytes(32).toString("base64url");
+    if (group === "unlock" && command) {
+      // Known or not: unknown logins lock too, and the answer must not tell which.
+      const email = normalizeEmail(command);
+      const found = await unlockKey(db, loginThrottleKey(email));
+      out(found ? `unlocked ${email}: its failed sign-ins are forgotten` : `${email} had no failed sign-ins`);
+      return 0;
+    }
     switch (`${group} ${command}`) {
       case "clients create": {
         if (!arg || !CLIENT_ID.test(arg) || arg === config.firstPartyClientId) {
@@ -61,44 +89,94 @@ export async function runCli(
         if (scopes.length === 0 || !scopes.every((s) => SCOPE.test(s))) {
           throw new Error('--scopes is required, e.g. --scopes "customer:read"');
         }
+        const { audiences, defaultAudiences } = audienceOptions(values, config);
         const secret = newSecret();
         await db.insert(clients).values({
           clientId: arg,
           secretHash: hashToken(secret),
           scopes,
+          audiences,
+          defaultAudiences,
           description: values.description ?? "",
           createdAt: new Date(),
         });
-        out(JSON.stringify({ client_id: arg, client_secret: secret, scopes }, null, 2));
+        out(
+          JSON.stringify(
+            { client_id: arg, client_secret: secret, scopes, audiences, default_audiences: defaultAudiences },
+            null,
+            2,
+          ),
+        );
         out("The secret is shown once; only its hash is stored.");
         return 0;
       }
       case "clients list": {
         const rows = await db.select({ c: clients }).from(clients);
         for (const { c } of rows) {
-          out(`${c.clientId}\t${c.scopes.join(" ")}\t${c.disabledAt ? "disabled" : "active"}\t${c.description}`);
+          out(
+            `${c.clientId}\t${c.scopes.join(" ")}\t${c.disabledAt ? "disabled" : "active"}\t${c.description}\t` +
+              `audiences ${c.audiences.join(" ")} (default ${c.defaultAudiences.join(" ")})`,
+          );
         }
         return 0;
       }
-      case "clients disable": {
+      case "clients set-audiences": {
+        const { audiences, defaultAudiences } = audienceOptions(values, config);
         const r = await db
           .update(clients)
-          .set({ disabledAt: new Date() })
+          .set({ audiences, defaultAudiences })
           .where(eq(clients.clientId, arg ?? ""))
           .returning();
         if (r.length === 0) throw new Error(`no client "${arg}"`);
-        out(`disabled ${arg}`);
+        out(
+          `${arg}: audiences ${audiences.join(" ")} (default ${defaultAudiences.join(" ")}); issued tokens keep theirs`,
+        );
+        return 0;
+      }
+      case "clients disable": {
+        const revocation = {
+          db,
+          outbox: identityOutbox(config),
+          accessTokenTtlSec: config.accessTokenTtlSec,
+          now: now(),
+        };
+        if (!(await disableClient(revocation, arg ?? ""))) throw new Error(`no client "${arg}"`);
+        out(`disabled ${arg}; its tokens are revoked`);
         return 0;
       }
       case "clients rotate-secret": {
         const secret = newSecret();
-        const r = await db
-          .update(clients)
-          .set({ secretHash: hashToken(secret) })
-          .where(eq(clients.clientId, arg ?? ""))
-          .returning();
-        if (r.length === 0) throw new Error(`no client "${arg}"`);
+        const revocation = {
+          db,
+          outbox: identityOutbox(config),
+          accessTokenTtlSec: config.accessTokenTtlSec,
+          now: now(),
+        };
+        if (!(await rotateClientSecret(revocation, arg ?? "", hashToken(secret))))
+          throw new Error(`no client "${arg}"`);
         out(JSON.stringify({ client_id: arg, client_secret: secret }, null, 2));
+        out("Tokens issued with the old secret are revoked.");
+        return 0;
+      }
+      case "keys revoke": {
+        const policy = keyPolicy(config);
+        const at = now();
+        const revoked = await revokeSigningKey(
+          db,
+          identityOutbox(config),
+          { policy, accessTokenTtlSec: config.accessTokenTtlSec },
+          arg ?? "",
+          at,
+        );
+        if (!revoked) throw new Error(`no live signing key "${arg}"`);
+        out(`revoked signing key ${revoked.kid}: out of the JWKS and refused now; verifiers told (TokensRevoked)`);
+        out(
+          revoked.signer.created
+            ? `new signing key ${revoked.signer.kid}: no other key was live, so it signs at once`
+            : `signing with ${revoked.signer.kid}`,
+        );
+        const rows = await db.select().from(signingKeys).orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+        for (const line of describeKeys(rows, at, policy)) out(line);
         return 0;
       }
       case "keys list": {
@@ -121,8 +199,10 @@ export async function runCli(
         return 0;
       }
       default:
-        out("usage: identity clients create <id> --scopes <scopes> | clients list | clients disable <id> |");
-        out("       clients rotate-secret <id> | keys list | keys rotate");
+        out("usage: identity clients create <id> --scopes <scopes> [--audiences <a>] [--default-audiences <a>] |");
+        out("       clients set-audiences <id> --audiences <a> [--default-audiences <a>] | keys revoke <kid> |");
+        out("       clients list | clients disable <id> |");
+        out("       clients rotate-secret <id> | keys list | keys rotate | unlock <email>");
         return 2;
     }
   } finally {
@@ -130,13 +210,41 @@ export async function runCli(
   }
 }
 
+const AUDIENCE = /^[!-~]{1,256}$/;
+
+/** --audiences (default IDENTITY_DEFAULT_AUDIENCES) and --default-audiences (default: --audiences), checked. */
+function audienceOptions(
+  values: { audiences?: string | undefined; "default-audiences"?: string | undefined },
+  config: Pick<IdentityConfig, "defaultAudiences">,
+): { audiences: string[]; defaultAudiences: string[] } {
+  const list = (v: string | undefined) => [...new Set((v ?? "").split(/[\s,]+/).filter(Boolean))];
+  const audiences = values.audiences === undefined ? config.defaultAudiences : list(values.audiences);
+  const defaultAudiences = values["default-audiences"] === undefined ? audiences : list(values["default-audiences"]);
+  if (audiences.length === 0 || !audiences.every((a) => AUDIENCE.test(a))) {
+    throw new Error('--audiences must name one or more audiences, e.g. --audiences "customer-service"');
+  }
+  if (defaultAudiences.length === 0 || !defaultAudiences.every((a) => audiences.includes(a))) {
+    throw new Error("--default-audiences must name one or more of --audiences");
+  }
+  return { audiences, defaultAudiences };
+}
+
 /**
  * One line per key, newest first: kid, algorithm, when it was created, and
  * when it signs or until when it stays in the JWKS.
  */
-function describeKeys(keys: readonly (ScheduledKey & { alg: string })[], now: Date, policy: KeyPolicy): string[] {
-  const schedule = signingSchedule(keys, now, policy);
-  const state = (k: ScheduledKey) => {
+function describeKeys(
+  keys: readonly (ScheduledKey & { alg: string; revokedAt: Date | null })[],
+  now: Date,
+  policy: KeyPolicy,
+): string[] {
+  const schedule = signingSchedule(
+    keys.filter((k) => !k.revokedAt),
+    now,
+    policy,
+  );
+  const state = (k: ScheduledKey & { revokedAt: Date | null }) => {
+    if (k.revokedAt) return `revoked ${k.revokedAt.toISOString()}, unpublished, its tokens refused`;
     const span = schedule.get(k.kid);
     if (span) {
       const until = span.until ? ` until ${span.until.toISOString()}` : "";
@@ -154,10 +262,12 @@ function describeKeys(keys: readonly (ScheduledKey & { alg: string })[], now: Da
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   runCli(process.argv.slice(2)).then(
     (code) => process.exit(code),
-    (err: Error) => {
-      console.error(`error: ${err.message}`);
+    (err: unknown) => {
       // A bad configuration, or a database that cannot be used (e.g. held by a running service).
-      process.exit(describeStartFailure(err)?.exitCode ?? 1);
+      const known = describeStartFailure(err);
+      // errMessage, not err.message: a failed statement's message carries its parameters (a private JWK).
+      console.error(`error: ${known && err instanceof Error ? err.message : errMessage(err)}`);
+      process.exit(known?.exitCode ?? 1);
     },
   );
 }

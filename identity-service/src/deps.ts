@@ -1,8 +1,11 @@
+import type { HandlerContext } from "@connectrpc/connect";
 import type { Authenticator } from "@customer-platform/runtime/auth";
 import type { Db } from "@customer-platform/runtime/db";
 import type { Outbox } from "@customer-platform/runtime/outbox";
 import type * as schema from "./db/schema.js";
 import type { PasswordHasher } from "./passwords.js";
+import type { RateLimiter } from "./rate-limit.js";
+import type { AudiencePolicy } from "./sessions.js";
 import type { Throttle } from "./throttle.js";
 import type { KeyStore, TokenSettings } from "./tokens.js";
 
@@ -11,6 +14,10 @@ export interface AuthServiceDeps {
   readonly db: Db<typeof schema>;
   readonly passwords: PasswordHasher;
   readonly throttle: Throttle;
+  /** Limits per client address (keyed by `addressLimitKey(clientAddress(ctx))`). */
+  readonly rateLimits: { readonly signIn: RateLimiter; readonly signUp: RateLimiter };
+  /** The caller's address: the peer, or the client behind a trusted proxy. */
+  readonly clientAddress: (ctx: Pick<HandlerContext, "values" | "requestHeader">) => string;
   readonly keys: KeyStore;
   readonly tokens: TokenSettings;
   /** Verifies our own access tokens, revocations included. */
@@ -19,5 +26,7 @@ export interface AuthServiceDeps {
   readonly events: Outbox;
   /** client_id of tokens issued to customers by the first-party sign-in API. */
   readonly firstPartyClientId: string;
+  /** Audiences first-party customer tokens may be for (IDENTITY_AUDIENCES and the issuer) and get by default. */
+  readonly firstPartyAudiences: AudiencePolicy;
   readonly now: () => Date;
 }

@@ -44,12 +44,16 @@ export async function emitCustomerAuthenticated(
 
 /** What a TokensRevoked event says: whose tokens, which, until when, and why. */
 export interface RevokedTokens {
-  /** A customer's tokens, or a service's (client credentials). */
-  readonly owner: { readonly customerId: string } | { readonly clientId: string };
+  /** A customer's tokens, a service's (client credentials), or a signing key's. */
+  readonly owner: { readonly customerId: string } | { readonly clientId: string } | { readonly keyId: string };
   /** `jti` claims of revoked access tokens. */
   readonly jwtIds?: readonly string[];
   /** `sid` claims of revoked sessions (refresh-token families). */
   readonly sessionIds?: readonly string[];
+  /** `kid`s of revoked signing keys. */
+  readonly keyIds?: readonly string[];
+  /** With a client owner: every token of the client issued before this is revoked. */
+  readonly issuedBefore?: Date;
   /** When the last access token revoked here expires. */
   readonly expireTime: Date;
   readonly reason: TokenRevocationReason;
@@ -70,6 +74,8 @@ export async function emitTokensRevoked(tx: OutboxTx, outbox: Outbox, revoked: R
     clientId,
     jwtIds: [...(revoked.jwtIds ?? [])],
     sessionIds: [...(revoked.sessionIds ?? [])],
+    keyIds: [...(revoked.keyIds ?? [])],
+    ...(revoked.issuedBefore && { issuedBefore: timestampFromDate(revoked.issuedBefore) }),
     expireTime: timestampFromDate(revoked.expireTime),
     reason: revoked.reason,
   });
@@ -78,8 +84,12 @@ export async function emitTokensRevoked(tx: OutboxTx, outbox: Outbox, revoked: R
     outboxEvent(outbox, TokensRevokedSchema, event, {
       eventId,
       occurTime,
-      subject: identitySubjects(outbox.subjectPrefix).tokensRevoked(customerId ? { customerId } : { clientId }),
-      ceSubject: customerId || clientId,
+      // A key's revocation: `<prefix>.token.revoked.key.<kid>`, beside customers' and clients'.
+      subject:
+        "keyId" in revoked.owner
+          ? `${outbox.subjectPrefix}.token.revoked.key.${revoked.owner.keyId}`
+          : identitySubjects(outbox.subjectPrefix).tokensRevoked(customerId ? { customerId } : { clientId }),
+      ceSubject: customerId || clientId || ("keyId" in revoked.owner ? revoked.owner.keyId : ""),
     }),
     outbox,
   );

@@ -7,12 +7,18 @@ export function identityHousekeeping(config: Pick<IdentityConfig, "throttle">): 
     outboxCleanup(7),
     {
       name: "login_throttles",
-      sql: `delete from login_throttles where last_failure_at < now() - interval '${config.throttle.windowMs} milliseconds' and (blocked_until is null or blocked_until < now())`,
+      // A locked login stays locked until unlocked (`identity unlock`) or signed in.
+      sql: `delete from login_throttles where last_failure_at < now() - interval '${config.throttle.windowMs} milliseconds' and (blocked_until is null or blocked_until < now()) and locked_at is null`,
     },
+    // A passed theoretical arrival time is the same as no row.
+    { name: "rate_limits", sql: "delete from rate_limits where tat < now()" },
     { name: "revoked_access_tokens", sql: "delete from revoked_access_tokens where expires_at < now()" },
     {
       name: "refresh_tokens",
-      sql: "delete from refresh_tokens where id in (select id from refresh_tokens where expires_at < now() - interval '7 days' limit 10000)",
+      // A row lives as long as its session could (rotated rows too): a stolen token replayed
+      // up to then still finds its row and revokes the family. Rows from before the absolute
+      // lifetime (no session_expires_at) go a week after they expire, as before.
+      sql: "delete from refresh_tokens where id in (select id from refresh_tokens where coalesce(session_expires_at, expires_at) < now() - interval '7 days' limit 10000)",
     },
   ];
 }

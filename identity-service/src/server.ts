@@ -6,17 +6,20 @@
  */
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { notFound } from "@customer-platform/runtime/connect-server";
+import { clientAddress, parseTrustedProxies } from "@customer-platform/runtime/interceptors";
 import type { Logger } from "@customer-platform/runtime/logger";
 import { createService, type HostOverrides, type ServiceHost } from "@customer-platform/runtime/service-host";
+import { createFairQueue } from "./argon2-queue.js";
 import type { IdentityConfig } from "./config.js";
 import { identityDatabase } from "./database.js";
 import { identityHousekeeping } from "./housekeeping.js";
 import { identityOutbox } from "./outbox.js";
-import { createPasswordHasher } from "./passwords.js";
+import { commonPasswordList, createPasswordHasher } from "./passwords.js";
+import { createRateLimiter } from "./rate-limit.js";
 import { createAuthService } from "./routes/index.js";
 import { createOwnTokenAuthenticator } from "./sessions.js";
 import { createThrottle } from "./throttle.js";
-import { KEY_RELOAD_MS, keyPolicy, openKeyStore, type TokenSettings } from "./tokens.js";
+import { KEY_RELOAD_MS, KEYS_CHANGED_CHANNEL, keyPolicy, openKeyStore, type TokenSettings } from "./tokens.js";
 import { wellKnownHandler } from "./well-known.js";
 
 export type IdentityServer = ServiceHost;
@@ -41,26 +44,44 @@ export async function createIdentityServer(
     service: AuthService,
     housekeeping: identityHousekeeping(config),
     ...opts,
-    async setup({ database, outbox, now, every }) {
+    async setup({ database, outbox, now, every, defer, logger }) {
       const tokens: TokenSettings = {
         issuer: config.issuer,
-        audiences: config.audiences,
         accessTokenTtlSec: config.accessTokenTtlSec,
         refreshTokenTtlSec: config.refreshTokenTtlSec,
+        sessionMaxLifetimeSec: config.sessionMaxLifetimeSec,
       };
       // The service's clock picks the signing key, so a test can move past an activation.
       const keys = await openKeyStore(database.db, { policy: keyPolicy(config), now });
       // Keys rotated by another instance or the CLI; keyActivationDelayMs counts this interval in.
       every("signing key reload", KEY_RELOAD_MS, () => keys.reload());
+      // …and at once when `keys revoke` commits: a revoked key must stop signing and leave the JWKS now.
+      const unlisten = await database.listen(KEYS_CHANGED_CHANNEL, () => {
+        keys.reload().catch((err: unknown) => logger.warn({ err: String(err) }, "signing key reload failed"));
+      });
+      defer("signing key notifications", unlisten);
+      // Built now, not at the first sign-up, so no request waits for it.
+      commonPasswordList();
+      const trustedProxies = config.trustedProxies.length > 0 ? parseTrustedProxies(config.trustedProxies) : undefined;
       const impl = createAuthService({
         db: database.db,
-        passwords: await createPasswordHasher(config.argon2),
+        passwords: await createPasswordHasher(config.argon2, createFairQueue(config.argon2Queue)),
         throttle: createThrottle(database.db, config.throttle),
+        rateLimits: {
+          signIn: createRateLimiter(database.db, "sign-in", config.rateLimits.signIn),
+          signUp: createRateLimiter(database.db, "sign-up", config.rateLimits.signUp),
+        },
+        clientAddress: (ctx) => clientAddress(ctx, trustedProxies),
         keys,
         tokens,
         auth: createOwnTokenAuthenticator(database.db, keys, tokens),
         events: outbox,
         firstPartyClientId: config.firstPartyClientId,
+        // The identity service's own RPCs are for its issuer: a first-party app may ask for it (ChangePassword).
+        firstPartyAudiences: {
+          allowed: [...new Set([...config.audiences, config.issuer])],
+          default: config.defaultAudiences,
+        },
         now,
       });
       return { impl, http: wellKnownHandler(keys, config, notFound) };

@@ -4,13 +4,14 @@
  * of them from TokensRevoked events).
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { TokenSetSchema } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { type Authenticator, bearerToken, type Principal, revokedAccessToken } from "@customer-platform/runtime/auth";
 import type { Db } from "@customer-platform/runtime/db";
 import { uuidv7 } from "@customer-platform/runtime/ids";
-import { and, eq, isNotNull, isNull, sql } from "drizzle-orm";
+import { and, eq, gt, isNotNull, isNull, ne, or, sql } from "drizzle-orm";
 import type * as schema from "./db/schema.js";
-import { refreshTokens, revokedAccessTokens } from "./db/schema.js";
+import { clients, identities, refreshTokens, revokedAccessTokens, signingKeys } from "./db/schema.js";
 import type { AuthServiceDeps } from "./deps.js";
 import { emitTokensRevoked, TokenRevocationReason } from "./events.js";
 import { type KeyStore, newRefreshToken, signAccessToken, type TokenSettings, verifyOwnAccessToken } from "./tokens.js";
@@ -22,27 +23,71 @@ export const CUSTOMER_SCOPE = "openid profile customer:self";
 
 type Tx = Parameters<Parameters<Db<typeof schema>["transaction"]>[0]>[0];
 
+/** The audiences a client may ask tokens for (RFC 8707), and those it gets when it asks for none. */
+export interface AudiencePolicy {
+  readonly allowed: readonly string[];
+  readonly default: readonly string[];
+}
+
+/**
+ * The audiences to grant: the requested ones, each allowed, or the default
+ * when none are requested. PERMISSION_DENIED names those not allowed (RFC
+ * 8707 `invalid_target`; a malformed one is INVALID_ARGUMENT from the
+ * contract's rules).
+ */
+export function grantAudiences(requested: readonly string[], policy: AudiencePolicy): string[] {
+  if (requested.length === 0) return [...policy.default];
+  const denied = requested.filter((a) => !policy.allowed.includes(a));
+  if (denied.length > 0) {
+    throw new ConnectError(`audience not allowed for this client: ${denied.join(" ")}`, Code.PermissionDenied);
+  }
+  return [...new Set(requested)];
+}
+
+/** A session to continue (a refresh), or a new one's audiences. */
+export type SessionInit =
+  | { audiences: readonly string[] }
+  | {
+      /** The session's audiences; the refresh token keeps them all. */
+      audiences: readonly string[];
+      /** This access token's: the session's, or some of them (a narrowing refresh). */
+      accessAudiences: readonly string[];
+      familyId: string;
+      parentId: string;
+      /** When the session ends; null for a session older than the absolute lifetime, which ends a lifetime from now. */
+      sessionExpiresAt: Date | null;
+    };
+
 /**
  * Issues an access token and a refresh token for a customer. The refresh
- * token row is written in tx; familyId continues a rotation chain. The
- * family is the sign-in session: the access token's `sid`.
+ * token row is written in tx; a family continues a rotation chain. The
+ * family is the sign-in session: the access token's `sid`. No refresh token
+ * of a session outlives its sign-in + the absolute session lifetime.
  */
 export async function issueCustomerTokens(
-  deps: Pick<AuthServiceDeps, "keys" | "tokens" | "firstPartyClientId">,
+  deps: Pick<AuthServiceDeps, "keys" | "tokens" | "firstPartyClientId" | "now">,
   tx: Tx,
   customerId: string,
-  family?: { familyId: string; parentId: string },
+  session: SessionInit,
 ): Promise<TokenSetInit> {
   const id = uuidv7();
+  const family = "familyId" in session ? session : undefined;
   const familyId = family?.familyId ?? id;
+  const audience = family?.accessAudiences ?? session.audiences;
   const access = await signAccessToken(deps.keys, deps.tokens, {
     sub: customerId,
     clientId: deps.firstPartyClientId,
     scope: CUSTOMER_SCOPE,
+    audience,
     sid: familyId,
   });
   const refresh = newRefreshToken();
-  const now = new Date();
+  const now = deps.now();
+  const sessionExpiresAt =
+    family?.sessionExpiresAt ?? new Date(now.getTime() + deps.tokens.sessionMaxLifetimeSec * 1000);
+  const expiresAt = new Date(
+    Math.min(now.getTime() + deps.tokens.refreshTokenTtlSec * 1000, sessionExpiresAt.getTime()),
+  );
   await tx.insert(refreshTokens).values({
     id,
     tokenHash: refresh.hash,
@@ -51,8 +96,10 @@ export async function issueCustomerTokens(
     customerId,
     clientId: deps.firstPartyClientId,
     scope: CUSTOMER_SCOPE,
+    audiences: [...session.audiences],
     createdAt: now,
-    expiresAt: new Date(now.getTime() + deps.tokens.refreshTokenTtlSec * 1000),
+    expiresAt,
+    sessionExpiresAt,
   });
   return {
     accessToken: access.token,
@@ -60,10 +107,15 @@ export async function issueCustomerTokens(
     expiresIn: access.expiresIn,
     refreshToken: refresh.token,
     scope: CUSTOMER_SCOPE,
+    audience: access.audience,
   };
 }
 
-/** An authenticator for the identity service's own RPCs: our signature, our issuer, not revoked. */
+/**
+ * An authenticator for the identity service's own RPCs: our signature, our
+ * issuer, our audience (the issuer: a token for a resource server is
+ * refused), not revoked.
+ */
 export function createOwnTokenAuthenticator(
   db: Db<typeof schema>,
   keys: KeyStore,
@@ -81,31 +133,57 @@ export function createOwnTokenAuthenticator(
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
- * True when one of our verified access tokens was revoked: by its `jti`
- * (RevokeToken), or with its session (`sid`: the refresh-token family was
- * revoked by RevokeToken, reuse detection or ChangePassword).
+ * True when one of our verified access tokens must no longer be accepted:
+ * revoked by its `jti` (RevokeToken) or with its session (`sid`: the
+ * refresh-token family was revoked by RevokeToken, reuse detection or
+ * ChangePassword), signed with a revoked key, issued to a client that was
+ * disabled or whose tokens were cut off (secret rotation) since, or to a
+ * customer whose identity is no longer active. One round trip.
  */
 export async function isAccessTokenRevoked(
   db: Db<typeof schema>,
-  principal: Pick<Principal, "tokenId" | "sessionId">,
+  principal: Pick<Principal, "kind" | "subject" | "clientId" | "tokenId" | "sessionId" | "keyId" | "issuedAt">,
 ): Promise<boolean> {
-  const byJti = db
-    .select({ revoked: sql<number>`1` })
-    .from(revokedAccessTokens)
-    .where(eq(revokedAccessTokens.jti, principal.tokenId));
   const sid = principal.sessionId;
-  // We sign sid as a family id (a UUID); anything else cannot name a family.
-  const rows =
-    sid && UUID.test(sid)
-      ? await byJti
-          .unionAll(
-            db
-              .select({ revoked: sql<number>`1` })
-              .from(refreshTokens)
-              .where(and(eq(refreshTokens.familyId, sid), isNotNull(refreshTokens.revokedAt))),
-          )
-          .limit(1)
-      : await byJti;
+  // We sign sid as a family id and a customer's sub as a customer id (UUIDs); anything else names none.
+  const family = sid && UUID.test(sid) ? sid : null;
+  const customer = principal.kind === "customer" && UUID.test(principal.subject) ? principal.subject : null;
+  const one = { revoked: sql<number>`1` };
+  const never = sql`false`;
+  const rows = await db
+    .select(one)
+    .from(revokedAccessTokens)
+    .where(eq(revokedAccessTokens.jti, principal.tokenId))
+    .unionAll(
+      db
+        .select(one)
+        .from(refreshTokens)
+        .where(family ? and(eq(refreshTokens.familyId, family), isNotNull(refreshTokens.revokedAt)) : never),
+    )
+    .unionAll(
+      db
+        .select(one)
+        .from(signingKeys)
+        .where(and(eq(signingKeys.kid, principal.keyId ?? ""), isNotNull(signingKeys.revokedAt))),
+    )
+    .unionAll(
+      db
+        .select(one)
+        .from(clients)
+        .where(
+          and(
+            eq(clients.clientId, principal.clientId),
+            or(isNotNull(clients.disabledAt), gt(clients.tokensValidAfter, principal.issuedAt)),
+          ),
+        ),
+    )
+    .unionAll(
+      db
+        .select(one)
+        .from(identities)
+        .where(customer ? and(eq(identities.customerId, customer), ne(identities.status, "active")) : never),
+    )
+    .limit(1);
   return rows.length > 0;
 }
 
@@ -124,7 +202,10 @@ const REVOKE_REASON: Record<SessionRevocationReason, string> = {
   [TokenRevocationReason.REFRESH_TOKEN_REUSED]: "reuse",
   [TokenRevocationReason.PASSWORD_CHANGED]: "password_changed",
 };
-type SessionRevocationReason = Exclude<TokenRevocationReason, TokenRevocationReason.UNSPECIFIED>;
+type SessionRevocationReason =
+  | TokenRevocationReason.REVOKED
+  | TokenRevocationReason.REFRESH_TOKEN_REUSED
+  | TokenRevocationReason.PASSWORD_CHANGED;
 
 /**
  * Revokes sessions (refresh-token families) in tx: one session, or every

@@ -10,7 +10,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { type Principal, verifyAccessToken } from "@customer-platform/runtime/auth";
 import type { Db } from "@customer-platform/runtime/db";
 import { uuidv7 } from "@customer-platform/runtime/ids";
-import { desc, gt, isNull, or, sql } from "drizzle-orm";
+import type { Outbox } from "@customer-platform/runtime/outbox";
+import { ACCESS_TOKEN_ALGORITHMS, ACCESS_TOKEN_TYPE, principalFromClaims } from "@customer-platform/sdk/tokens";
+import { and, desc, eq, gt, isNull, ne, or, sql } from "drizzle-orm";
 import {
   type CryptoKey,
   createLocalJWKSet,
@@ -20,20 +22,31 @@ import {
   type JSONWebKeySet,
   type JWK,
   type JWTVerifyGetKey,
+  jwtVerify,
   SignJWT,
 } from "jose";
 import type * as schema from "./db/schema.js";
 import { signingKeys } from "./db/schema.js";
+import { emitTokensRevoked, TokenRevocationReason } from "./events.js";
+
+/**
+ * The channel `keys revoke` notifies at commit: every instance reloads its
+ * keys at once instead of within KEY_RELOAD_MS, so a revoked key stops
+ * signing and leaves the JWKS now. (A rotation needs no hurry: its key
+ * signs only after the activation delay, which counts KEY_RELOAD_MS in.)
+ */
+export const KEYS_CHANGED_CHANNEL = "identity_keys";
 
 /** The algorithm new keys use. */
 export const SIGNING_ALG = "EdDSA";
 
 export interface TokenSettings {
+  /** Token `iss`, and the audience of the identity service's own RPCs. */
   issuer: string;
-  /** Audiences access tokens are issued for (resource servers); the issuer is always added. */
-  audiences: string[];
   accessTokenTtlSec: number;
   refreshTokenTtlSec: number;
+  /** A session ends this long after its sign-in, however often it is refreshed. */
+  sessionMaxLifetimeSec: number;
 }
 
 export interface SigningKey {
@@ -49,6 +62,8 @@ export interface IssuedAccessToken {
   jti: string;
   expiresIn: number;
   issuedAt: number;
+  /** Its `aud`. */
+  audience: string[];
 }
 
 /**
@@ -221,7 +236,7 @@ export async function openKeyStore(db: Db<typeof schema>, opts: KeyStoreOptions)
     const live = await tx
       .select({ kid: signingKeys.kid })
       .from(signingKeys)
-      .where(or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, at)));
+      .where(and(isNull(signingKeys.revokedAt), or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, at))));
     if (live.length === 0) await tx.insert(signingKeys).values(await newSigningKey(at));
   });
   let keys: LoadedKey[] = [];
@@ -234,7 +249,12 @@ export async function openKeyStore(db: Db<typeof schema>, opts: KeyStoreOptions)
     const rows = await db
       .select()
       .from(signingKeys)
-      .where(or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, new Date(at - policy.retiredKeyGraceMs))))
+      .where(
+        and(
+          isNull(signingKeys.revokedAt),
+          or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, new Date(at - policy.retiredKeyGraceMs))),
+        ),
+      )
       .orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
     keys = await Promise.all(
       rows.map(async (r) => ({
@@ -289,12 +309,12 @@ export async function rotateSigningKey(db: Db<typeof schema>, policy: KeyPolicy,
     const retired = await tx
       .update(signingKeys)
       .set({ retiredAt: new Date(activatesAt.getTime() + KEY_ACTIVATION_MARGIN_MS) })
-      .where(isNull(signingKeys.retiredAt))
+      .where(and(isNull(signingKeys.retiredAt), isNull(signingKeys.revokedAt)))
       .returning({ kid: signingKeys.kid });
     const [stillLive] = await tx
       .select({ kid: signingKeys.kid })
       .from(signingKeys)
-      .where(gt(signingKeys.retiredAt, now))
+      .where(and(gt(signingKeys.retiredAt, now), isNull(signingKeys.revokedAt)))
       .limit(1);
     await tx.insert(signingKeys).values(key);
     // With no other live key, signingKeyAt picks this one at once.
@@ -303,20 +323,100 @@ export async function rotateSigningKey(db: Db<typeof schema>, policy: KeyPolicy,
   });
 }
 
+/** A key revoked by {@link revokeSigningKey}. */
+export interface RevokedKey {
+  kid: string;
+  /** The key that signs from now on, and whether it was created by the revocation. */
+  signer: { kid: string; created: boolean };
+}
+
 /**
- * Signs an access token (RFC 9068). A customer's carries `sid`, its sign-in
- * session (the refresh-token family), so revoking the session revokes it.
+ * Revokes a signing key at once (a leaked key): it leaves the JWKS (every
+ * instance reloads at the commit's notification, or within KEY_RELOAD_MS),
+ * the identity service refuses its tokens from the commit on, and a
+ * TokensRevoked with its kid, written to the outbox in the same transaction,
+ * tells offline verifiers to refuse them and refetch the JWKS. If no other
+ * live key is left, a new one is created that signs at once (no verifier can
+ * have it cached: they refetch for an unknown kid and on the event), or
+ * once the keys still live retire. A pending successor signs at once
+ * (signingKeyAt falls back to the oldest live key). Undefined for an unknown
+ * or already revoked kid.
+ */
+export async function revokeSigningKey(
+  db: Db<typeof schema>,
+  outbox: Outbox,
+  opts: { policy: KeyPolicy; accessTokenTtlSec: number },
+  kid: string,
+  now: Date,
+): Promise<RevokedKey | undefined> {
+  const spare = await newSigningKey(now);
+  const at = sql`${now.toISOString()}::timestamptz`;
+  return db.transaction(async (tx) => {
+    await tx.execute(sql`select pg_advisory_xact_lock(${KEY_BOOTSTRAP_LOCK})`);
+    const [revoked] = await tx
+      .update(signingKeys)
+      .set({ revokedAt: now, retiredAt: sql`least(coalesce(${signingKeys.retiredAt}, ${at}), ${at})` })
+      .where(and(eq(signingKeys.kid, kid), isNull(signingKeys.revokedAt)))
+      .returning({ kid: signingKeys.kid });
+    if (!revoked) return undefined;
+    const live = await tx
+      .select({ kid: signingKeys.kid, createdAt: signingKeys.createdAt, retiredAt: signingKeys.retiredAt })
+      .from(signingKeys)
+      .where(
+        and(
+          ne(signingKeys.kid, kid),
+          isNull(signingKeys.revokedAt),
+          or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, now)),
+        ),
+      )
+      .orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+    // A key that keeps signing must remain (one retiring soon is not enough): else a new one, which
+    // signs at once if nothing else is live, or when the last retiring key retires.
+    const created = !live.some((k) => k.retiredAt === null);
+    if (created) await tx.insert(signingKeys).values(spare);
+    const next = created ? [spare, ...live].map((k) => ({ retiredAt: null, ...k })) : live;
+    const signer = { kid: signingKeyAt(next, now, opts.policy)?.kid ?? spare.kid, created };
+    await emitTokensRevoked(
+      tx,
+      outbox,
+      {
+        owner: { keyId: kid },
+        keyIds: [kid],
+        // Nothing signed with it is accepted after it, and nothing it signed lives longer than the TTL.
+        expireTime: new Date(now.getTime() + opts.accessTokenTtlSec * 1000),
+        reason: TokenRevocationReason.SIGNING_KEY_REVOKED,
+      },
+      now,
+    );
+    await tx.execute(sql`select pg_notify(${KEYS_CHANGED_CHANNEL}, ${kid})`);
+    return { kid, signer };
+  });
+}
+
+/**
+ * Signs an access token (RFC 9068) for `audience` (RFC 8707). A customer's
+ * carries `sid`, its sign-in session (the refresh-token family), so revoking
+ * the session revokes it. `notBefore` (seconds) is the earliest `iat`: a
+ * client's cut-off (clients.tokens_valid_after), so a token issued after it
+ * is never taken for one it revoked.
  */
 export async function signAccessToken(
   keys: KeyStore,
   settings: TokenSettings,
-  claims: { sub: string; clientId: string; scope: string; sid?: string },
+  claims: {
+    sub: string;
+    clientId: string;
+    scope: string;
+    audience: readonly string[];
+    sid?: string;
+    notBefore?: number;
+  },
 ): Promise<IssuedAccessToken> {
   // One clock picks the key and stamps iat/exp: the schedule `keys list` prints is what tokens show.
   const key = keys.current();
   const jti = uuidv7();
-  const issuedAt = Math.floor(keys.now().getTime() / 1000);
-  const audiences = [...new Set([...settings.audiences, settings.issuer])];
+  const issuedAt = Math.max(Math.floor(keys.now().getTime() / 1000), claims.notBefore ?? 0);
+  const audiences = [...new Set(claims.audience)];
   const token = await new SignJWT({
     client_id: claims.clientId,
     scope: claims.scope,
@@ -330,12 +430,48 @@ export async function signAccessToken(
     .setExpirationTime(issuedAt + settings.accessTokenTtlSec)
     .setJti(jti)
     .sign(key.privateKey);
-  return { token, jti, expiresIn: settings.accessTokenTtlSec, issuedAt };
+  return { token, jti, expiresIn: settings.accessTokenTtlSec, issuedAt, audience: audiences };
 }
 
-/** Verifies one of our own access tokens (signature, typ, issuer, audience = issuer, expiry). */
+/**
+ * Verifies an access token presented to the identity service's own RPCs
+ * (signature, typ, issuer, expiry, and an audience that is the issuer: a
+ * token for a resource server is refused here).
+ */
 export function verifyOwnAccessToken(keys: KeyStore, settings: TokenSettings, token: string): Promise<Principal> {
   return verifyAccessToken(token, keys.getKey, { issuer: settings.issuer, audience: settings.issuer, now: keys.now });
+}
+
+/** A verified token we issued, for any audience, with its `aud` (what RevokeToken and IntrospectToken describe). */
+export interface IssuedToken {
+  principal: Principal;
+  audience: string[];
+}
+
+/**
+ * Verifies an access token we issued, whatever its audience (signature, typ,
+ * issuer, expiry): for RevokeToken and IntrospectToken, which name a token
+ * rather than present it. Undefined if it is not valid.
+ */
+export async function verifyIssuedAccessToken(
+  keys: KeyStore,
+  settings: TokenSettings,
+  token: string,
+): Promise<IssuedToken | undefined> {
+  try {
+    const { payload, protectedHeader } = await jwtVerify(token, keys.getKey, {
+      issuer: settings.issuer,
+      algorithms: [...ACCESS_TOKEN_ALGORITHMS],
+      typ: ACCESS_TOKEN_TYPE,
+      requiredClaims: ["sub", "exp", "iat", "jti", "client_id", "aud"],
+      clockTolerance: 5,
+      currentDate: keys.now(),
+    });
+    const audience = typeof payload.aud === "string" ? [payload.aud] : (payload.aud ?? []);
+    return { principal: principalFromClaims(payload, protectedHeader), audience };
+  } catch {
+    return undefined;
+  }
 }
 
 /** A new opaque refresh token (256 random bits) and the hash that is stored. */

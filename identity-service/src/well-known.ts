@@ -1,14 +1,40 @@
 /**
- * `GET /.well-known/jwks.json` (public keys only) and
- * `GET /.well-known/openid-configuration` (discovery metadata), both with
+ * `GET /.well-known/jwks.json` (public keys only) and the discovery metadata
+ * at `GET /.well-known/oauth-authorization-server` (RFC 8414) and
+ * `/.well-known/openid-configuration` (where most libraries look), all with
  * `cache-control: max-age` from IDENTITY_JWKS_MAX_AGE: a rotated key signs
  * only once every copy cached for that long has expired (keyActivationDelayMs).
  */
 
-import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import type { NodeHandlerFn } from "@customer-platform/runtime/health";
+import { SCOPE_OPENID, SCOPE_PROFILE, SCOPES } from "@customer-platform/sdk/scopes";
 import type { KeyStore } from "./tokens.js";
 import { SIGNING_ALG } from "./tokens.js";
+
+/** Where the discovery document is served: RFC 8414's path and OpenID Connect's. */
+export const DISCOVERY_PATHS = ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"];
+
+/**
+ * The discovery document: only what is true. Tokens are issued by Connect
+ * RPCs, not by OAuth endpoints, so no token, revocation, introspection or
+ * authorization endpoint is named (an OAuth client would POST a form there and
+ * get 415), the grant types are an empty list (RFC 8414's default when the
+ * field is missing, authorization_code and implicit, would be false), and
+ * there are no response types. No ID token is issued: no OpenID Connect
+ * fields, and not the `openid` and `profile` scopes customer tokens carry for
+ * compatibility, which grant nothing here.
+ */
+export function discoveryDocument(issuer: string): Record<string, unknown> {
+  return {
+    issuer,
+    jwks_uri: `${issuer}/.well-known/jwks.json`,
+    scopes_supported: SCOPES.filter((s) => s !== SCOPE_OPENID && s !== SCOPE_PROFILE),
+    response_types_supported: [],
+    grant_types_supported: [],
+    // Not RFC 8414 metadata, but true, and what a verifier of the access tokens needs to pin.
+    access_token_signing_alg_values_supported: [SIGNING_ALG],
+  };
+}
 
 /** Serves the well-known documents; anything else goes to next. */
 export function wellKnownHandler(
@@ -17,25 +43,10 @@ export function wellKnownHandler(
   next: NodeHandlerFn,
 ): NodeHandlerFn {
   const { issuer } = config;
-  const rpc = (m: string) => `${issuer}/${AuthService.typeName}/${m}`;
-  const discovery = JSON.stringify({
-    issuer,
-    jwks_uri: `${issuer}/.well-known/jwks.json`,
-    // Token endpoints are Connect RPCs, not OAuth form posts; listed for discovery.
-    token_endpoint: rpc("AuthenticateClient"),
-    revocation_endpoint: rpc("RevokeToken"),
-    introspection_endpoint: rpc("IntrospectToken"),
-    grant_types_supported: ["password", "refresh_token", "client_credentials"],
-    token_endpoint_auth_methods_supported: ["client_secret_post"],
-    id_token_signing_alg_values_supported: [SIGNING_ALG],
-    access_token_signing_alg_values_supported: [SIGNING_ALG],
-    scopes_supported: ["openid", "profile", "customer:self", "customer:read", "customer:write"],
-    subject_types_supported: ["public"],
-    response_types_supported: ["token"],
-  });
+  const discovery = JSON.stringify(discoveryDocument(issuer));
   return (req, res) => {
     const path = req.url?.split("?")[0];
-    if (path !== "/.well-known/jwks.json" && path !== "/.well-known/openid-configuration") return next(req, res);
+    if (path !== "/.well-known/jwks.json" && !DISCOVERY_PATHS.includes(path ?? "")) return next(req, res);
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405, { allow: "GET, HEAD" });
       res.end();

@@ -42,17 +42,22 @@ const auth = (protocol: CoreProtocol = "connect-http1") => svc.clients.client(Au
 const email = () => `user.${randomUUID().slice(0, 8)}@example.com`;
 const PASSWORD = "correct horse battery staple";
 
-async function signUp(protocol: CoreProtocol = "connect-http1") {
+/** The identity service's own audience: its issuer. */
+const ISSUER = "https://identity.test";
+
+/** Signs up; `audience` as in the request (default: the first-party default, the customer service). */
+async function signUp(protocol: CoreProtocol = "connect-http1", audience: string[] = []) {
   const address = email();
-  const res = await auth(protocol).createCredentials({ email: address, password: PASSWORD });
+  const res = await auth(protocol).createCredentials({ email: address, password: PASSWORD, audience });
   return { email: address, ...res };
 }
 
 /** Creates a service client with the CLI, as an operator would, and returns its credentials. */
-async function createClient(scopes: string): Promise<{ clientId: string; secret: string }> {
+async function createClient(scopes: string, audiences?: string): Promise<{ clientId: string; secret: string }> {
   const clientId = `svc-${randomUUID().slice(0, 8)}`;
   const out: string[] = [];
-  const code = await runCli(["clients", "create", clientId, "--scopes", scopes], svc.env, (l) => out.push(l));
+  const args = ["clients", "create", clientId, "--scopes", scopes, ...(audiences ? ["--audiences", audiences] : [])];
+  const code = await runCli(args, svc.env, (l) => out.push(l));
   expect(code).toBe(0);
   const printed = JSON.parse(out[0] ?? "{}") as { client_secret: string };
   secrets.add("a client secret", printed.client_secret);
@@ -69,9 +74,10 @@ describe.each(CORE_PROTOCOLS)("sign-up and sign-in over %s", (protocol) => {
     expect(header).toMatchObject({ alg: "EdDSA", typ: "at+jwt", kid: expect.any(String) });
     const claims = decodeJwt(res.tokens?.accessToken ?? "");
     expect(claims).toMatchObject({
-      iss: "http://identity.test",
+      iss: "https://identity.test",
       sub: res.customerId,
-      aud: ["customer-service", "http://identity.test"],
+      // The first-party default: the customer service only, not the identity service (RFC 8707).
+      aud: ["customer-service"],
       client_id: "first-party",
       scope: "openid profile customer:self",
       // The sign-in session (refresh-token family): revoking it revokes this token.
@@ -128,7 +134,7 @@ describe("CreateCredentials rules", () => {
     await expect(auth().createCredentials({ email: email(), password: "1234567" })).rejects.toMatchObject({
       code: Code.InvalidArgument,
     });
-    await expect(auth().createCredentials({ email: email(), password: "12345678" })).resolves.toBeDefined();
+    await expect(auth().createCredentials({ email: email(), password: "k7#mQ2vx" })).resolves.toBeDefined();
   });
   it("stores only an argon2id hash with the configured parameters", async () => {
     const user = await signUp();
@@ -250,7 +256,7 @@ describe("client credentials, introspection and revocation", () => {
   });
 
   it("introspects access and refresh tokens for a service, and revocation makes them inactive", async () => {
-    const c = await createClient("customer:read");
+    const c = await createClient("customer:read identity:introspect", ISSUER);
     const service = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
     const callAs = bearer(service.tokens?.accessToken ?? "");
     const user = await signUp();
@@ -259,8 +265,9 @@ describe("client credentials, introspection and revocation", () => {
     const a = await auth().introspectToken({ token: access }, callAs);
     expect(a).toMatchObject({ active: true, sub: user.customerId, clientId: "first-party", tokenType: "access_token" });
     expect(Number(a.exp) - Number(a.iat)).toBe(900);
+    // A refresh token is described only to the client it was issued to (first-party), never to a service.
     const r = await auth().introspectToken({ token: refresh }, callAs);
-    expect(r).toMatchObject({ active: true, sub: user.customerId, tokenType: "refresh_token" });
+    expect(r).toMatchObject({ active: false, sub: "" });
     await auth().revokeToken({ token: access });
     await auth().revokeToken({ token: refresh });
     expect((await auth().introspectToken({ token: access }, callAs)).active).toBe(false);
@@ -271,7 +278,7 @@ describe("client credentials, introspection and revocation", () => {
   });
 
   it("answers inactive for every access token of a revoked session, by its sid", async () => {
-    const c = await createClient("customer:read");
+    const c = await createClient("customer:read identity:introspect", ISSUER);
     const service = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
     const callAs = bearer(service.tokens?.accessToken ?? "");
     const user = await signUp();
@@ -290,7 +297,7 @@ describe("client credentials, introspection and revocation", () => {
   });
 
   it("answers inactive for a tampered or foreign token", async () => {
-    const c = await createClient("customer:read");
+    const c = await createClient("customer:read identity:introspect", ISSUER);
     const service = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
     const user = await signUp();
     const [h, p, s] = (user.tokens?.accessToken ?? "").split(".");
@@ -304,7 +311,7 @@ describe("client credentials, introspection and revocation", () => {
   });
 
   it("denies introspection to customers and to callers without a token", async () => {
-    const user = await signUp();
+    const user = await signUp("connect-http1", [ISSUER]);
     await expect(auth().introspectToken({ token: "x" }, bearer(user.tokens?.accessToken ?? ""))).rejects.toMatchObject(
       rpcError("only a service token may introspect tokens", Code.PermissionDenied),
     );
@@ -316,7 +323,7 @@ describe("client credentials, introspection and revocation", () => {
 
 describe("ChangePassword", () => {
   it("needs the current password, revokes refresh tokens and returns new tokens", async () => {
-    const user = await signUp();
+    const user = await signUp("connect-http1", [ISSUER]);
     const callAs = bearer(user.tokens?.accessToken ?? "");
     await expect(
       auth().changePassword({ currentPassword: "wrong password!", newPassword: "a new password" }, callAs),
@@ -333,7 +340,7 @@ describe("ChangePassword", () => {
   });
 
   it("rejects a service token and a missing token", async () => {
-    const c = await createClient("customer:read");
+    const c = await createClient("customer:read", ISSUER);
     const service = await auth().authenticateClient({ clientId: c.clientId, clientSecret: c.secret, scope: "" });
     await expect(
       auth().changePassword(
@@ -358,15 +365,32 @@ describe("well-known documents", () => {
       expect(k).toMatchObject({ kty: "OKP", crv: "Ed25519", alg: "EdDSA", use: "sig", kid: expect.any(String) });
       expect(k).not.toHaveProperty("d");
     }
-    const disco = (await (await fetch(`${svc.url}/.well-known/openid-configuration`)).json()) as Record<
-      string,
-      unknown
-    >;
-    expect(disco).toMatchObject({
-      issuer: "http://identity.test",
-      jwks_uri: "http://identity.test/.well-known/jwks.json",
-    });
   });
+
+  it.each(["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"])(
+    "%s advertises only what exists: no OAuth endpoint, grant, response type, ID token or OpenID scope",
+    async (path) => {
+      const res = await fetch(`${svc.url}${path}`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get("content-type")).toBe("application/json");
+      // The whole document: anything added must be true, and added here.
+      expect(await res.json()).toEqual({
+        issuer: "https://identity.test",
+        jwks_uri: "https://identity.test/.well-known/jwks.json",
+        scopes_supported: ["customer:self", "customer:read", "customer:write", "identity:introspect"],
+        response_types_supported: [],
+        grant_types_supported: [],
+        access_token_signing_alg_values_supported: ["EdDSA"],
+      });
+      // The Connect RPCs are not OAuth form endpoints: a form POST there is refused.
+      const form = await fetch(`${svc.url}/identity.v1.AuthService/AuthenticateClient`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body: "grant_type=client_credentials&client_id=a&client_secret=b",
+      });
+      expect(form.status).toBe(415);
+    },
+  );
 });
 
 describe("logs and errors", () => {
@@ -402,7 +426,7 @@ describe("logs and errors", () => {
     const failing = await startIdentityService({ DATABASE_STATEMENT_TIMEOUT_MS: "300" });
     try {
       const failingAuth = failing.clients.client(AuthService);
-      const user = await failingAuth.createCredentials({ email: email(), password: PASSWORD });
+      const user = await failingAuth.createCredentials({ email: email(), password: PASSWORD, audience: [ISSUER] });
       const newEmail = email();
       // EXCLUSIVE lets reads through and blocks writes and SELECT … FOR UPDATE.
       const lock = await holdLock(
@@ -426,8 +450,9 @@ describe("logs and errors", () => {
 
       const failed = failing.logs.lines.filter((l) => l.includes("rpc: internal error"));
       expect(failed.length).toBe(3);
-      // The cause is there for the operator: statement and driver message.
-      expect(failed[0]).toContain(String.raw`Failed query: insert into \"identities\"`);
+      // The cause is there for the operator: statement (placeholders only), SQLSTATE and PostgreSQL's reason.
+      expect(failed[0]).toContain(String.raw`"query":"insert into \"identities\"`);
+      for (const line of failed) expect(line).toContain('"code":"57014"');
       for (const line of failed) expect(line).toContain("canceling statement due to statement timeout");
       await secrets.addStored(failing.database.sql);
       secrets.expectClean({ failing: failing.logs.lines });

@@ -215,6 +215,7 @@ describe("unknown email versus wrong password", () => {
       const wrongPassword = await work(() => user.email, "wrong password!");
       expect(wrongPassword).toEqual({
         statements: [
+          expect.stringMatching(/^insert into rate_limits /),
           expect.stringMatching(/^insert into login_throttles /),
           expect.stringMatching(/^select .* from "identities" where lower\("identities"\."email"\) = \$1$/),
         ],

@@ -28,6 +28,7 @@ import { decodeJwt } from "jose";
 import type postgres from "postgres";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { bearer, rpcError } from "../../test/support/clients.js";
+import { scannableHeaders } from "../../test/support/events.js";
 import { waitForOutboxEmpty } from "../../test/support/outbox.js";
 import { createSecretScanner } from "../../test/support/secrets.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
@@ -65,7 +66,7 @@ afterEach(async () => {
   const everything = await readSubject(nc, svc.streams.stream, `${svc.streams.subjectPrefix}.>`);
   for (let i = 0; i < total; i++) {
     const msg = await everything.next();
-    const leaks = [...scanner.findInBytes(msg.data), ...scanner.find(JSON.stringify(headersOf(msg)))];
+    const leaks = [...scanner.findInBytes(msg.data), ...scanner.find(JSON.stringify(scannableHeaders(msg)))];
     expect(leaks, `${msg.subject} (#${msg.seq})`).toEqual([]);
   }
   scanner.expectClean({ identity: svc.logs.lines });
@@ -92,7 +93,7 @@ async function nextOn(subject: string): Promise<JsMsg> {
 
 /** Neither the payload nor the headers of msg hold any of secrets; needle, which is there, is found. */
 function expectNoSecrets(msg: JsMsg, secrets: string[], needles: string[]): void {
-  const headerText = Object.entries(headersOf(msg)).flat(2).join("\n");
+  const headerText = Object.entries(scannableHeaders(msg)).flat(2).join("\n");
   const payload = Buffer.from(msg.data);
   for (const secret of secrets) {
     expect(secret.length).toBeGreaterThan(6);
@@ -275,7 +276,12 @@ describe("TokensRevoked", () => {
       reason: TokenRevocationReason.REFRESH_TOKEN_REUSED,
     });
 
-    const a = await auth().authenticateCustomer({ email: address, password: PASSWORD });
+    // For ChangePassword: a token for the identity service (its issuer), not only the customer service.
+    const a = await auth().authenticateCustomer({
+      email: address,
+      password: PASSWORD,
+      audience: [svc.env.IDENTITY_ISSUER ?? ""],
+    });
     const b = await auth().authenticateCustomer({ email: address, password: PASSWORD });
     const changed = await auth().changePassword(
       { currentPassword: PASSWORD, newPassword: `${PASSWORD}!` },

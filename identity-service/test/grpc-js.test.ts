@@ -43,7 +43,10 @@ interface Introspection {
 }
 
 interface AuthClient {
-  createCredentials: Unary<{ email: string; password: string }, { customer_id: string; tokens: TokenSet }>;
+  createCredentials: Unary<
+    { email: string; password: string; audience?: string[] },
+    { customer_id: string; tokens: TokenSet }
+  >;
   authenticateCustomer: Unary<{ email: string; password: string }, { customer_id: string; tokens: TokenSet }>;
   refreshToken: Unary<{ refresh_token: string }, { tokens: TokenSet }>;
   revokeToken: Unary<{ token: string }, Record<string, never>>;
@@ -79,9 +82,12 @@ afterAll(async () => {
 
 const email = () => `grpcjs.${randomUUID().slice(0, 8)}@example.com`;
 
+/** The identity service's own audience (its issuer): these tokens are used at its RPCs. */
+const ISSUER = "https://identity.test";
+
 async function signUp() {
   const address = email();
-  const res = await auth.createCredentials({ email: address, password: PASSWORD });
+  const res = await auth.createCredentials({ email: address, password: PASSWORD, audience: [ISSUER] });
   return { email: address, ...res };
 }
 
@@ -89,7 +95,8 @@ async function signUp() {
 async function serviceToken(scopes: string, scope = ""): Promise<{ clientId: string; secret: string; token: string }> {
   const clientId = `svc-${randomUUID().slice(0, 8)}`;
   const out: string[] = [];
-  expect(await runCli(["clients", "create", clientId, "--scopes", scopes], svc.env, (l) => out.push(l))).toBe(0);
+  const create = ["clients", "create", clientId, "--scopes", scopes, "--audiences", ISSUER];
+  expect(await runCli(create, svc.env, (l) => out.push(l))).toBe(0);
   const { client_secret: secret } = JSON.parse(out[0] ?? "{}") as { client_secret: string };
   const res = await auth.authenticateClient({ client_id: clientId, client_secret: secret, scope });
   return { clientId, secret, token: res.tokens.access_token };
@@ -187,7 +194,7 @@ describe("AuthService over @grpc/grpc-js with proto-loader", () => {
   });
 
   it("IntrospectToken describes tokens to a service, RevokeToken makes them inactive", async () => {
-    const service = await serviceToken("customer:read");
+    const service = await serviceToken("customer:read identity:introspect");
     const user = await signUp();
     const access = await auth.introspectToken({ token: user.tokens.access_token }, service.token);
     expect(access).toMatchObject({
@@ -198,8 +205,9 @@ describe("AuthService over @grpc/grpc-js with proto-loader", () => {
       token_type: "access_token",
     });
     expect(Number(access.exp) - Number(access.iat)).toBe(900);
+    // A refresh token is described only to the client it was issued to (first-party), never to a service.
     const refresh = await auth.introspectToken({ token: user.tokens.refresh_token }, service.token);
-    expect(refresh).toMatchObject({ active: true, sub: user.customer_id, token_type: "refresh_token" });
+    expect(refresh).toMatchObject({ active: false, sub: "" });
 
     await expect(auth.revokeToken({ token: user.tokens.access_token })).resolves.toEqual({});
     await expect(auth.revokeToken({ token: user.tokens.refresh_token })).resolves.toEqual({});

@@ -34,15 +34,28 @@ it("deletes old published events, stale throttles and dead tokens, and nothing e
   await event(new Date(Date.now() - 8 * 86_400_000).toISOString()); // old, sent: goes
   await event(new Date(Date.now() - 86_400_000).toISOString()); // recent, sent: stays
   await event(null); // unsent: stays
-  const throttle = (lastFailureMinutesAgo: number, blockedMinutes: number | null) =>
-    q("insert into login_throttles (key, failures, blocked_until, last_failure_at) values ($1, 3, $2, $3)", [
+  const throttle = (lastFailureMinutesAgo: number, blockedMinutes: number | null, locked = false) =>
+    q(
+      "insert into login_throttles (key, failures, blocked_until, last_failure_at, locked_at) values ($1, 3, $2, $3, $4)",
+      [
+        randomBytes(32),
+        blockedMinutes === null ? null : new Date(Date.now() + blockedMinutes * 60_000).toISOString(),
+        new Date(Date.now() - lastFailureMinutesAgo * 60_000).toISOString(),
+        locked ? new Date().toISOString() : null,
+      ],
+    );
+  const dayAndMore = DEFAULT_THROTTLE.windowMs / 60_000 + 60;
+  await throttle(dayAndMore, null); // stale: goes
+  await throttle(60, null); // an hour old: within the window, stays
+  await throttle(dayAndMore, 30); // stale but still blocked: stays
+  await throttle(dayAndMore, null, true); // stale but locked: stays until unlocked
+  const rateLimit = (tatMinutes: number) =>
+    q("insert into rate_limits (key, tat) values ($1, $2)", [
       randomBytes(32),
-      blockedMinutes === null ? null : new Date(Date.now() + blockedMinutes * 60_000).toISOString(),
-      new Date(Date.now() - lastFailureMinutesAgo * 60_000).toISOString(),
+      new Date(Date.now() + tatMinutes * 60_000).toISOString(),
     ]);
-  await throttle(60, null); // stale: goes
-  await throttle(1, null); // fresh: stays
-  await throttle(60, 30); // stale but still blocked: stays
+  await rateLimit(-1); // passed: carries nothing, goes
+  await rateLimit(10); // running: stays
   await q(
     "insert into revoked_access_tokens (jti, expires_at, revoked_at) values ('old', now() - interval '1 minute', now())",
   );
@@ -59,6 +72,7 @@ it("deletes old published events, stale throttles and dead tokens, and nothing e
   const count = async (sql: string) => Number((await q(sql))[0]?.n);
   expect(await count("select count(*)::int as n from outbox")).toBe(2);
   expect(await count("select count(*)::int as n from outbox where published_at is null")).toBe(1);
-  expect(await count("select count(*)::int as n from login_throttles")).toBe(2);
+  expect(await count("select count(*)::int as n from login_throttles")).toBe(3);
+  expect(await count("select count(*)::int as n from rate_limits")).toBe(1);
   expect((await q("select jti from revoked_access_tokens")).map((r) => r.jti)).toEqual(["live"]);
 });

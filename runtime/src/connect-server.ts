@@ -1,7 +1,8 @@
 /**
  * What every service's server shares: one port for Connect, gRPC and
- * gRPC-Web (HTTP/1.1 and h2c), health, reflection, validation, request logs,
- * a request size limit and deadlines.
+ * gRPC-Web (HTTP/1.1 and h2c), health, reflection (unless turned off),
+ * validation, request logs, a request size limit, deadlines and limits on
+ * what one client may hold open.
  */
 import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
@@ -15,8 +16,13 @@ import {
   ServingStatus,
   watchReadiness,
 } from "./health.js";
-import { type HttpServer, listen } from "./http-server.js";
-import { createDeadlineInterceptor, createLoggingInterceptor, createValidationInterceptor } from "./interceptors.js";
+import { type HttpLimits, type HttpServer, listen } from "./http-server.js";
+import {
+  createDeadlineInterceptor,
+  createLoggingInterceptor,
+  createValidationInterceptor,
+  peerContextValues,
+} from "./interceptors.js";
 import type { Logger } from "./logger.js";
 import { registerReflection } from "./reflection.js";
 
@@ -29,11 +35,17 @@ export interface ConnectServerOptions<S extends DescService> {
   impl: ServiceImpl<S>;
   /** Largest request message in bytes; a larger one is RESOURCE_EXHAUSTED. */
   readMaxBytes: number;
+  /** Connections, streams, idle and request time (default DEFAULT_HTTP_LIMITS). */
+  limits?: Partial<HttpLimits>;
+  /** false: no gRPC reflection; its methods answer UNIMPLEMENTED like any unknown one (default true). */
+  reflection?: boolean;
   /** Plain HTTP routes before the 404 (e.g. the JWKS), tried after /healthz and /readyz. */
   http?: NodeHandlerFn;
   /** Readiness probe (e.g. the database): NOT_SERVING while it fails. */
   probe: () => Promise<unknown>;
   probeIntervalMs?: number;
+  /** Pause after the probe answered `false` (not ready yet, cheap to ask again); default `probeIntervalMs`. */
+  probePendingIntervalMs?: number;
 }
 
 export interface ConnectServer {
@@ -65,18 +77,27 @@ export async function startConnectServer<S extends DescService>(opts: ConnectSer
   const routes = (router: ConnectRouter) => {
     router.service(opts.service, opts.impl);
     registerHealth(router, health);
-    registerReflection(router);
+    if (opts.reflection !== false) registerReflection(router);
   };
   const handler = connectNodeAdapter({
     routes,
     interceptors: [createLoggingInterceptor(opts.logger), createDeadlineInterceptor(), createValidationInterceptor()],
     readMaxBytes: opts.readMaxBytes,
     jsonOptions: STRICT_JSON,
+    // The peer address reaches handlers (kPeerAddress) for limits per client address.
+    contextValues: peerContextValues,
     fallback: healthHttpHandler(health, opts.http ?? notFound),
   });
-  const http: HttpServer = await listen({ host: opts.host, port: opts.port, handler, logger: opts.logger });
+  const http: HttpServer = await listen({
+    host: opts.host,
+    port: opts.port,
+    handler,
+    logger: opts.logger,
+    ...(opts.limits && { limits: opts.limits }),
+  });
   const stopWatching = watchReadiness(health, opts.probe, {
     intervalMs: opts.probeIntervalMs ?? 2_000,
+    ...(opts.probePendingIntervalMs !== undefined && { pendingIntervalMs: opts.probePendingIntervalMs }),
     timeoutMs: 3_000,
     logger: opts.logger,
   });

@@ -13,10 +13,12 @@ import net from "node:net";
 import { type Column, getTableColumns, type SQL, sql, type Table } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import postgres from "postgres";
-import { PGLITE_SCHEME, redactUrl } from "./config.js";
+import { PGLITE_SCHEME } from "./config.js";
 import { openEmbeddedDirectory } from "./embedded-dir.js";
+import { sqlState } from "./errors.js";
 import { EXIT_CONFIG, EXIT_UNAVAILABLE } from "./exit-codes.js";
 import { StartupError } from "./main.js";
+import { redactUrl } from "./redact.js";
 
 /** A drizzle database over either driver. */
 export type Db<S extends Record<string, unknown>> = PgDatabase<PgQueryResultHKT, S>;
@@ -409,8 +411,9 @@ export function placeholders<T extends Table, K extends keyof T["_"]["columns"] 
 /** The SQLSTATE of a PostgreSQL error, looking through drizzle's wrappers. */
 export function pgErrorCode(err: unknown): string | undefined {
   for (let e: unknown = err, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return code;
+    // sqlState, not any five characters: EPIPE is not a SQLSTATE.
+    const code = sqlState(e);
+    if (code) return code;
   }
   return undefined;
 }

@@ -150,6 +150,12 @@ export function healthHttpHandler(health: Health, next?: NodeHandlerFn): NodeHan
 export interface ReadinessOptions {
   /** Pause between the end of one probe and the start of the next. */
   intervalMs: number;
+  /**
+   * Pause after a probe that answered `false` (not ready yet, e.g. still
+   * catching up, and cheap to ask again), so readiness follows soon after;
+   * default `intervalMs`. A probe that rejects waits `intervalMs`.
+   */
+  pendingIntervalMs?: number;
   /** A probe still running after this long counts as failed (default: `intervalMs`). */
   timeoutMs?: number;
   /** The service whose status the probe drives (default "": the whole server). */
@@ -174,8 +180,10 @@ export function watchReadiness(health: Health, probe: () => Promise<unknown>, op
     });
     let ok: boolean;
     let error: unknown;
+    let pending = false;
     try {
       ok = (await Promise.race([Promise.resolve().then(probe), timeout])) !== false;
+      pending = !ok;
     } catch (err) {
       ok = false;
       error = err;
@@ -190,7 +198,7 @@ export function watchReadiness(health: Health, probe: () => Promise<unknown>, op
       else opts.logger?.warn({ healthService: service, err: error }, "not ready");
     }
     health.set(service, status);
-    next = setTimeout(run, opts.intervalMs).unref();
+    next = setTimeout(run, pending ? (opts.pendingIntervalMs ?? opts.intervalMs) : opts.intervalMs).unref();
   };
   void run();
   return () => {

@@ -1,7 +1,8 @@
 /**
  * One TCP port for HTTP/2 cleartext with prior knowledge (gRPC clients) and
  * HTTP/1.1 (curl, browsers, Connect's HTTP/1.1 transport), told apart by the
- * HTTP/2 connection preface, with a graceful close.
+ * HTTP/2 connection preface, with limits on what a client may hold open and a
+ * graceful close.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import http2, {
@@ -16,8 +17,45 @@ import type { Logger } from "./logger.js";
 /** The first bytes of every HTTP/2 connection (RFC 9113, section 3.4). */
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 
-/** How long a connection whose side we ended, closing, may take to close its own. */
+/** gRPC's status code DEADLINE_EXCEEDED. */
+const GRPC_DEADLINE_EXCEEDED = 4;
+const { NGHTTP2_NO_ERROR, NGHTTP2_CANCEL } = http2.constants;
+
+/** How long a connection whose side we ended (closing, or idle) may take to close its own. */
 const PEER_CLOSE_WAIT_MS = 1_000;
+
+/** What one client may hold open, for both protocols. */
+export interface HttpLimits {
+  /** Open connections, all clients together; one more is closed as soon as it is accepted. */
+  maxConnections: number;
+  /** HTTP/2 streams in flight on one connection, advertised in SETTINGS_MAX_CONCURRENT_STREAMS. */
+  maxConcurrentStreams: number;
+  /**
+   * A connection with no request in flight for this long is closed: HTTP/2
+   * with a GOAWAY (gRPC's max connection idle), HTTP/1.1 by its keep-alive
+   * timeout. 0: never.
+   */
+  idleTimeoutMs: number;
+  /**
+   * Time a client has to send a whole request, headers and body. Then an
+   * HTTP/2 request still incomplete is answered (gRPC: DEADLINE_EXCEEDED;
+   * otherwise 408 with a Connect `deadline_exceeded` error) and its stream
+   * closed; HTTP/1.1 answers 408 and closes the connection. 0: no limit.
+   */
+  requestTimeoutMs: number;
+}
+
+/**
+ * Limits when none are given: 100 streams as gRPC servers default, an idle
+ * timeout above the common 60 s of load balancers (nginx's 75 s), and 30 s
+ * for a request body that is at most a few MiB.
+ */
+export const DEFAULT_HTTP_LIMITS: Readonly<HttpLimits> = {
+  maxConnections: 1_000,
+  maxConcurrentStreams: 100,
+  idleTimeoutMs: 75_000,
+  requestTimeoutMs: 30_000,
+};
 
 /** A request listener for both protocols, such as `connectNodeAdapter(…)`. */
 export type RequestHandler = (
@@ -35,6 +73,8 @@ export interface ListenOptions {
   maxHeaderSize?: number;
   /** How long a new connection may take to show which protocol it speaks (default 10 s). */
   sniffTimeoutMs?: number;
+  /** Each one not given is taken from DEFAULT_HTTP_LIMITS. */
+  limits?: Partial<HttpLimits>;
 }
 
 export interface HttpServer {
@@ -55,13 +95,22 @@ export interface HttpServer {
 export async function listen(opts: ListenOptions): Promise<HttpServer> {
   const { handler, logger } = opts;
   const sniffTimeoutMs = opts.sniffTimeoutMs ?? 10_000;
+  const limits = { ...DEFAULT_HTTP_LIMITS, ...opts.limits };
   let closing = false;
   const sockets = new Set<net.Socket>();
   const undecided = new Set<net.Socket>();
   const sessions = new Set<ServerHttp2Session>();
 
   const h1 = http.createServer(
-    opts.maxHeaderSize === undefined ? {} : { maxHeaderSize: opts.maxHeaderSize },
+    {
+      ...(opts.maxHeaderSize === undefined ? {} : { maxHeaderSize: opts.maxHeaderSize }),
+      keepAliveTimeout: limits.idleTimeoutMs,
+      // Node answers 408 and closes the connection; the headers get the same time as the whole request.
+      requestTimeout: limits.requestTimeoutMs,
+      ...(limits.requestTimeoutMs > 0 ? { headersTimeout: limits.requestTimeoutMs } : {}),
+      // How often both are checked (Node's default: every 30 s).
+      connectionsCheckingInterval: checkInterval(limits.requestTimeoutMs),
+    },
     (req, res) => {
       if (closing) res.setHeader("connection", "close");
       // A keep-alive connection whose response ends while we drain is idle now: close it.
@@ -76,15 +125,23 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
   h1.emit("listening");
 
   const h2 = http2.createServer(
-    opts.maxHeaderSize === undefined ? {} : { settings: { maxHeaderListSize: opts.maxHeaderSize } },
+    {
+      settings: {
+        maxConcurrentStreams: limits.maxConcurrentStreams,
+        ...(opts.maxHeaderSize === undefined ? {} : { maxHeaderListSize: opts.maxHeaderSize }),
+      },
+    },
     (req, res) => {
       discardUnreadRequest(res.stream);
+      if (limits.requestTimeoutMs > 0)
+        limitRequestTime(res.stream, req.headers["content-type"], limits.requestTimeoutMs);
       handler(req, res);
     },
   );
   h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
+    if (limits.idleTimeoutMs > 0) closeWhenIdle(session, limits.idleTimeoutMs);
   });
   h2.on("sessionError", (err) => logger.debug({ err }, "http2 session error"));
 
@@ -123,10 +180,10 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
   const tcp = net.createServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
-    // Closing, we end our side (after a GOAWAY on HTTP/2) and a client answers by
-    // closing its own; one that does not is not waited for until the grace period ends.
+    // When we end our side (closing, or an idle HTTP/2 session after its GOAWAY), a
+    // client answers by closing its own; one that does not is disconnected soon after.
     socket.once("finish", () => {
-      if (closing) setTimeout(() => socket.destroy(), PEER_CLOSE_WAIT_MS).unref();
+      setTimeout(() => socket.destroy(), PEER_CLOSE_WAIT_MS).unref();
     });
     sniff(socket);
   });
@@ -142,6 +199,22 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
     });
   });
   tcp.on("error", (err) => logger.error({ err }, "http server error"));
+  // Node closes a connection beyond maxConnections as soon as it is accepted.
+  tcp.maxConnections = limits.maxConnections;
+  let dropped = 0;
+  let droppedSince = 0;
+  tcp.on("drop", () => {
+    // One warning a minute at most: a flood of connections must not become a flood of log lines.
+    dropped++;
+    const now = Date.now();
+    if (now - droppedSince < 60_000) return;
+    logger.warn(
+      { dropped, maxConnections: limits.maxConnections },
+      "connection limit reached, closing new connections",
+    );
+    dropped = 0;
+    droppedSince = now;
+  });
   const port = (tcp.address() as net.AddressInfo).port;
   const url = `http://${opts.host.includes(":") ? `[${opts.host}]` : opts.host}:${port}`;
   logger.info({ url }, "listening");
@@ -177,6 +250,75 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
       return closed;
     },
   };
+}
+
+/** How often Node checks HTTP/1.1 header and request timeouts: often enough for a short timeout. */
+function checkInterval(requestTimeoutMs: number): number {
+  if (requestTimeoutMs <= 0) return 30_000;
+  return Math.max(50, Math.min(1_000, Math.floor(requestTimeoutMs / 4)));
+}
+
+/**
+ * Closes `session` with a GOAWAY once no stream has been open on it for
+ * `idleMs`, as gRPC servers do with max connection idle: a client that keeps
+ * a connection for later reconnects when it needs one.
+ */
+function closeWhenIdle(session: ServerHttp2Session, idleMs: number): void {
+  let open = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    timer = setTimeout(() => session.close(), idleMs);
+    timer.unref();
+  };
+  session.on("stream", (stream: ServerHttp2Stream) => {
+    open++;
+    clearTimeout(timer);
+    stream.once("close", () => {
+      if (--open === 0 && !session.closed) arm();
+    });
+  });
+  session.once("close", () => clearTimeout(timer));
+  arm();
+}
+
+/**
+ * Ends a request whose body has not fully arrived `timeoutMs` after its
+ * headers: answers it if nothing was answered yet (gRPC: DEADLINE_EXCEEDED;
+ * otherwise 408 with a Connect error), then closes the stream. Without this a
+ * stream that never sends its body stays open for good, holding a stream slot
+ * and a handler waiting for it.
+ */
+function limitRequestTime(stream: ServerHttp2Stream, contentType: string | undefined, timeoutMs: number): void {
+  const timer = setTimeout(() => {
+    // The request side is complete once the client sent END_STREAM, read or not.
+    if (stream.destroyed || stream.closed || stream.state.remoteClose) return;
+    const message = `request not received within ${timeoutMs} ms`;
+    // A response under way is abandoned; after a complete one, NO_ERROR asks the
+    // client to stop sending (RFC 9113, section 8.1).
+    let code = stream.writableEnded ? NGHTTP2_NO_ERROR : NGHTTP2_CANCEL;
+    if (!stream.headersSent) {
+      code = NGHTTP2_NO_ERROR;
+      if (contentType?.startsWith("application/grpc")) {
+        // A trailers-only response, for gRPC and gRPC-Web alike.
+        stream.respond(
+          {
+            ":status": 200,
+            "content-type": contentType,
+            "grpc-status": String(GRPC_DEADLINE_EXCEEDED),
+            "grpc-message": encodeURIComponent(message),
+          },
+          { endStream: true },
+        );
+      } else {
+        stream.respond({ ":status": 408, "content-type": "application/json" });
+        stream.end(JSON.stringify({ code: "deadline_exceeded", message }));
+      }
+    }
+    if (stream.writableEnded && !stream.writableFinished) stream.once("finish", () => stream.close(code));
+    else stream.close(code);
+  }, timeoutMs);
+  timer.unref();
+  stream.once("close", () => clearTimeout(timer));
 }
 
 /**

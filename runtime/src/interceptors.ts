@@ -1,9 +1,20 @@
 /**
  * Interceptors every service runs: a request log line per call, database
  * outages answered UNAVAILABLE, deadlines, and protovalidate on every request
- * message.
+ * message. And the client address seam: the socket's peer address as a
+ * context value (`peerContextValues`), and the client address behind
+ * trusted proxies (`clientAddress`).
  */
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { BlockList, isIP } from "node:net";
+import {
+  Code,
+  ConnectError,
+  type ContextValues,
+  createContextKey,
+  createContextValues,
+  type HandlerContext,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import { isConnectionError, isUnstorableTextError } from "./db.js";
 import type { Logger } from "./logger.js";
@@ -11,7 +22,9 @@ import type { Logger } from "./logger.js";
 /**
  * Logs one line per call: procedure, protocol, code, duration. Never the
  * message or headers (they may hold passwords and tokens). Unexpected
- * errors keep their cause in the log; the caller sees only `internal error`.
+ * errors are logged as loggableError (errors.ts) makes them: SQLSTATE,
+ * constraint, table, statement, never its parameters or PostgreSQL's DETAIL;
+ * the caller sees only `internal error` (or `database unavailable`).
  */
 export function createLoggingInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
@@ -26,7 +39,9 @@ export function createLoggingInterceptor(logger: Logger): Interceptor {
       return res;
     } catch (err) {
       const ms = round(performance.now() - start);
-      if (err instanceof ConnectError) {
+      // An INTERNAL or UNKNOWN ConnectError (e.g. ConnectError.from a driver error) is answered like any
+      // unexpected error: its message may be the driver's, which holds values.
+      if (err instanceof ConnectError && err.code !== Code.Internal && err.code !== Code.Unknown) {
         logger.info({ ...line, code: Code[err.code], ms, error: err.rawMessage }, "rpc");
         throw err;
       }
@@ -71,6 +86,91 @@ export function createDeadlineInterceptor(): Interceptor {
 /** INVALID_ARGUMENT with `buf.validate.Violations` details for any request that breaks its contract's rules. */
 export function createValidationInterceptor(): Interceptor {
   return createValidateInterceptor();
+}
+
+/** The TCP peer address of the call (the socket's remote address), set by `peerContextValues`; "" when unknown. */
+export const kPeerAddress = createContextKey<string>("", { description: "peer address" });
+
+/** Context values of a request: its socket's peer address. Passed as connectNodeAdapter's `contextValues`. */
+export function peerContextValues(req: { socket: { remoteAddress?: string | undefined } | null }): ContextValues {
+  return createContextValues().set(kPeerAddress, plainAddress(req.socket?.remoteAddress ?? ""));
+}
+
+/**
+ * Proxies whose `X-Forwarded-For` is believed: addresses and CIDR ranges
+ * ("10.0.0.0/8", "::1", "fd00::/8"). Throws on an entry that is neither.
+ */
+export function parseTrustedProxies(entries: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const entry of entries) {
+    const [address = "", prefix, extra] = entry.split("/");
+    const family = isIP(address);
+    const bits = prefix === undefined ? undefined : Number(prefix);
+    const max = family === 4 ? 32 : 128;
+    if (
+      family === 0 ||
+      extra !== undefined ||
+      (bits !== undefined && !(Number.isInteger(bits) && bits >= 0 && bits <= max))
+    ) {
+      throw new Error(`"${entry}" is not an IP address or CIDR range`);
+    }
+    const type = family === 4 ? "ipv4" : "ipv6";
+    if (bits === undefined) list.addAddress(address, type);
+    else list.addSubnet(address, bits, type);
+  }
+  return list;
+}
+
+/**
+ * The client's address: the peer, or, when the peer is a trusted proxy, the
+ * nearest address in `X-Forwarded-For` (read right to left) that is not a
+ * trusted proxy. Without trusted proxies the header is ignored, so a client
+ * cannot choose its own address. "" when the transport has no peer (e.g. an
+ * in-memory router transport).
+ */
+export function clientAddress(ctx: Pick<HandlerContext, "values" | "requestHeader">, trusted?: BlockList): string {
+  let address = ctx.values.get(kPeerAddress);
+  if (!trusted || !isTrusted(trusted, address)) return address;
+  const hops = (ctx.requestHeader.get("x-forwarded-for") ?? "")
+    .split(",")
+    .map((hop) => plainAddress(hop.trim()))
+    .reverse();
+  for (const hop of hops) {
+    if (isIP(hop) === 0) break; // A malformed entry: believe nothing further left of it.
+    address = hop;
+    if (!isTrusted(trusted, hop)) break;
+  }
+  return address;
+}
+
+/**
+ * The part of an address a limit should count: IPv6 by /64 (one subscriber's
+ * usual allocation, which an attacker can walk through freely), IPv4 whole.
+ */
+export function addressLimitKey(address: string): string {
+  if (isIP(address) !== 6) return address;
+  const [head = "", tail = ""] = address.split("::");
+  const left = head ? head.split(":") : [];
+  const right = tail ? tail.split(":") : [];
+  const groups = address.includes("::")
+    ? [...left, ...Array<string>(8 - left.length - right.length).fill("0"), ...right]
+    : left;
+  return `${groups
+    .slice(0, 4)
+    .map((g) => Number.parseInt(g, 16).toString(16))
+    .join(":")}::/64`;
+}
+
+function isTrusted(list: BlockList, address: string): boolean {
+  const family = isIP(address);
+  return family !== 0 && list.check(address, family === 4 ? "ipv4" : "ipv6");
+}
+
+// "::ffff:192.0.2.1" (IPv4 on a dual-stack socket) → "192.0.2.1"; "[::1]" → "::1".
+function plainAddress(address: string): string {
+  const a = address.replace(/^\[(.*)\]$/, "$1");
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a);
+  return mapped?.[1] ?? a;
 }
 
 const round = (ms: number) => Math.round(ms * 100) / 100;

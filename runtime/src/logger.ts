@@ -1,9 +1,15 @@
 /**
  * pino JSON logs. Secrets never reach a log line: known secret fields are
- * redacted wherever they appear, and request bodies are never logged.
+ * redacted wherever they appear, request bodies are never logged, and an
+ * error is logged as errors.ts's loggableError makes it (SQLSTATE,
+ * constraint, table, statement without its parameters; never a driver's
+ * message or PostgreSQL's DETAIL), whatever key it is logged under.
  */
 import { pino } from "pino";
 import type { LogLevel } from "./config.js";
+import { errMessage, loggableError } from "./errors.js";
+
+export { errMessage };
 
 export type Logger = pino.Logger;
 
@@ -35,6 +41,7 @@ export function createLogger(opts: { name: string; level: LogLevel; destination?
       level: opts.level,
       redact: { paths, censor: "[redacted]" },
       serializers: { err: serializeErr },
+      hooks: { logMethod },
       base: { service: opts.name },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
@@ -42,33 +49,39 @@ export function createLogger(opts: { name: string; level: LogLevel; destination?
   );
 }
 
-/** An error as a log field: its message (no stack, no statement parameters); undefined stays undefined. */
-export function errMessage(err: unknown): string | undefined {
-  if (err === undefined) return undefined;
-  return err instanceof Error ? withoutQueryParams(err.message, err) : String(err);
-}
-
-/** pino's error serializer, minus the statement parameters a failed query carries. */
-function serializeErr(err: unknown): unknown {
-  const out = pino.stdSerializers.err(err as Error);
-  if (!(err instanceof Error)) return out;
-  out.message = withoutQueryParams(out.message, err);
-  out.stack = withoutQueryParams(out.stack, err);
-  delete out.params;
-  return out;
-}
-
 /**
- * text without the "\nparams: …" drizzle writes into the message of a failed
- * statement (DrizzleQueryError, also as the cause of another error): the
- * parameters are password hashes, token hashes and emails; the statement
- * text and the driver's own message are kept.
+ * Every Error in a log call, under any top-level key (or as the call's only
+ * argument), becomes its {@link loggableError} form before pino sees it; a
+ * call without a message takes the error's safe one, not its raw text.
  */
-function withoutQueryParams(text: string, err: Error): string {
-  let e: unknown = err;
-  for (let depth = 0; e instanceof Error && depth < 10; e = e.cause, depth++) {
-    const params: unknown = (e as { params?: unknown }).params;
-    if (Array.isArray(params)) text = text.replaceAll(`\nparams: ${params.join(",")}`, "");
+function logMethod(this: pino.Logger, args: unknown[], method: pino.LogFn): void {
+  const [first, ...rest] = args;
+  if (isError(first)) {
+    const err = loggableError(first);
+    method.apply(this, [{ err }, ...(rest.length > 0 ? rest : [err.message])] as Parameters<pino.LogFn>);
+    return;
   }
-  return text;
+  if (first && typeof first === "object" && !Array.isArray(first)) {
+    let safe: Record<string, unknown> | undefined;
+    for (const [key, value] of Object.entries(first)) {
+      if (isError(value)) {
+        safe ??= { ...first };
+        safe[key] = loggableError(value);
+      }
+    }
+    if (safe) {
+      const message =
+        rest.length > 0 ? rest : [(safe.err as { message?: unknown } | undefined)?.message].filter(Boolean);
+      method.apply(this, [safe, ...message] as Parameters<pino.LogFn>);
+      return;
+    }
+  }
+  method.apply(this, args as Parameters<pino.LogFn>);
+}
+
+const isError = (value: unknown): value is Error => value instanceof Error;
+
+/** pino's `err` serializer, for an error that reaches it another way (a child logger's bindings). */
+function serializeErr(err: unknown): unknown {
+  return isError(err) ? loggableError(err) : err;
 }

@@ -5,6 +5,7 @@
  * exits at once).
  */
 import { ConfigError, type Env } from "./config.js";
+import { describeError } from "./errors.js";
 import { EXIT_CONFIG } from "./exit-codes.js";
 import type { Logger } from "./logger.js";
 
@@ -50,7 +51,9 @@ export function describeStartFailure(err: unknown): { exitCode: number; message:
 /**
  * Runs a service until a signal stops it: SIGTERM or SIGINT stops it
  * gracefully and exits 0 (1 if stopping failed), also while it is still
- * starting. The only place that calls process.exit.
+ * starting. An unexpected failure to start, and an uncaught exception or
+ * rejection, print one secret-free description (errors.ts describeError)
+ * and exit 1. The only place that calls process.exit.
  */
 export function runMain<C>(
   name: string,
@@ -58,6 +61,13 @@ export function runMain<C>(
   createServer: (config: C) => Promise<Startable> | Startable,
 ): void {
   let stopping = false;
+  // Node's own report of an uncaught error would print it whole (util.inspect): see above.
+  process.on("uncaughtException", (err, origin) => {
+    console.error(
+      `${name}: ${origin === "unhandledRejection" ? "unhandled rejection" : "uncaught exception"}: ${describeError(err)}`,
+    );
+    process.exit(1);
+  });
   const run = async () => {
     const server = await createServer(envToConfig(process.env));
     let signals = 0;
@@ -88,7 +98,8 @@ export function runMain<C>(
       console.error(`${name}: ${known.message}`);
       process.exit(known.exitCode);
     }
-    console.error(`${name}: failed to start:`, err);
+    // Not console.error(err): util.inspect prints every property, a driver error's parameters and DETAIL too.
+    console.error(`${name}: failed to start: ${describeError(err)}`);
     process.exit(1);
   });
 }

@@ -1,12 +1,13 @@
 /**
  * Publishing outbox rows to JetStream: CloudEvents binary mode (attributes
  * in `ce-*` headers, the protobuf message as payload, `Nats-Msg-Id` the
- * event id), in waves of distinct customers, each wave acked before the
- * next is sent.
+ * event id), each signed by the service (`ce-signature`), in waves of
+ * distinct customers, each wave acked before the next is sent.
  */
-import { setCloudEventHeaders } from "@customer-platform/sdk/cloudevents";
+import { CE_SIGNATURE, setCloudEventHeaders } from "@customer-platform/sdk/cloudevents";
+import { type EventSigner, signedAttributesOf } from "@customer-platform/sdk/event-signing";
 import { JetStreamApiCodes, JetStreamApiError, type JetStreamClient, StorageType } from "@nats-io/jetstream";
-import { headers, nanos } from "@nats-io/transport-node";
+import { headers, type MsgHdrs, nanos } from "@nats-io/transport-node";
 import { errMessage, type Logger } from "./logger.js";
 import type { Outbox } from "./outbox.js";
 
@@ -92,8 +93,15 @@ export function createOutboxPublisher(opts: {
   /** Wait for one JetStream ack. */
   publishTimeoutMs: number;
   logger: Logger;
+  /**
+   * Signs every event as it is published (`ce-signature`). Signed at publish
+   * time, not stored: Ed25519 signatures are deterministic, so an event
+   * published again carries the same signature (with the same key) and the
+   * same `Nats-Msg-Id`. Without it events go out unsigned (relay tests only).
+   */
+  signer?: EventSigner;
 }): OutboxPublisher {
-  const { outbox, publishTimeoutMs, logger } = opts;
+  const { outbox, publishTimeoutMs, logger, signer } = opts;
   // The client the stream is known to exist for; a failed publish checks again.
   let streamKnownFor: JetStreamClient | undefined;
 
@@ -116,7 +124,7 @@ export function createOutboxPublisher(opts: {
     streamKnownFor = client;
   }
 
-  function send(client: JetStreamClient, row: OutboxRecord) {
+  async function headersOf(row: OutboxRecord): Promise<MsgHdrs> {
     const h = setCloudEventHeaders(headers(), {
       id: row.event_id,
       type: row.type,
@@ -124,6 +132,11 @@ export function createOutboxPublisher(opts: {
       time: new Date(row.occur_time),
       subject: row.ce_subject,
     });
+    if (signer) h.set(CE_SIGNATURE, await signer.sign(row.payload, signedAttributesOf(row.subject, h)));
+    return h;
+  }
+
+  function send(client: JetStreamClient, row: OutboxRecord, h: MsgHdrs) {
     return client.publish(row.subject, row.payload, { msgID: row.event_id, headers: h, timeout: publishTimeoutMs });
   }
 
@@ -148,8 +161,13 @@ export function createOutboxPublisher(opts: {
       try {
         for (const wave of waves(rows)) {
           if (!keepGoing()) return { sent, failure: undefined, complete: false };
+          // Signed first, then sent in order without a pause between publishes.
+          const signed = await Promise.all(wave.map(headersOf));
           // Stopping does not wait for acks: what is not marked sent is published again later.
-          const acks = await Promise.race([Promise.allSettled(wave.map((row) => send(client, row))), aborted]);
+          const acks = await Promise.race([
+            Promise.allSettled(wave.map((row, i) => send(client, row, signed[i] as MsgHdrs))),
+            aborted,
+          ]);
           if (acks === "aborted") return { sent, failure: undefined, complete: false };
           for (const [i, ack] of acks.entries()) {
             const row = wave[i] as OutboxRecord;

@@ -13,6 +13,7 @@
  */
 import { EventEmitter } from "node:events";
 import { createSupervisedLoop, type StepResult, settlesWithin } from "@customer-platform/sdk/background";
+import type { EventSigner } from "@customer-platform/sdk/event-signing";
 import { type JetStreamClient, jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { type Database, isConnectionError } from "./db.js";
@@ -89,6 +90,8 @@ export interface OutboxRelayOptions {
   publishTimeoutMs?: number;
   /** How often a follower tries the lock: every `lockRetryMs` / 2 to `lockRetryMs`; default 2000. */
   lockRetryMs?: number;
+  /** Signs every event published (the service host always gives one: event-keys.ts). */
+  signer?: EventSigner;
 }
 
 export interface OutboxRelay {
@@ -112,7 +115,12 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   const batchSize = opts.batchSize ?? 256;
   const lockRetryMs = opts.lockRetryMs ?? 2000;
   const leadership = createOutboxLeadership({ outbox, database, logger: log });
-  const publisher = createOutboxPublisher({ outbox, publishTimeoutMs: opts.publishTimeoutMs ?? 5000, logger: log });
+  const publisher = createOutboxPublisher({
+    outbox,
+    publishTimeoutMs: opts.publishTimeoutMs ?? 5000,
+    logger: log,
+    ...(opts.signer && { signer: opts.signer }),
+  });
   const events = new EventEmitter<RelayEvents>();
 
   let state: RelayState = { kind: "created" };

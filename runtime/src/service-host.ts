@@ -17,16 +17,18 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { HostConfig } from "./config.js";
-import { type ConnectServer, startConnectServer } from "./connect-server.js";
+import { type ConnectServer, notFound, startConnectServer } from "./connect-server.js";
 import { type Database, openDatabase } from "./db.js";
+import { eventKeysHttpHandler, openEventKeys } from "./event-keys.js";
 import { EXIT_CONFIG, EXIT_TEMPFAIL } from "./exit-codes.js";
 import type { NodeHandlerFn } from "./health.js";
 import { type HousekeepingTask, startHousekeeping, startPeriodic } from "./housekeeping.js";
 import { createLogger, errMessage, type Logger } from "./logger.js";
 import { StartupError } from "./main.js";
-import { createNats, type Nats } from "./nats.js";
+import { createNats, describeNatsAuth, type Nats } from "./nats.js";
 import type { Outbox } from "./outbox.js";
 import { createOutboxRelay, type OutboxRelay } from "./outbox-relay.js";
+import { redactUrl } from "./redact.js";
 
 export type { HostConfig } from "./config.js";
 
@@ -102,6 +104,12 @@ export interface ServiceParts<C extends HostConfig, S extends Record<string, unk
 export interface ServiceRoutes<Svc extends DescService> {
   impl: ServiceImpl<Svc>;
   http?: NodeHandlerFn;
+  /**
+   * Readiness besides the database (e.g. the revocation list has caught up):
+   * the service reports NOT_SERVING while it returns false. Asked before the
+   * database probe, every 100 ms while false, every 2 s once true.
+   */
+  ready?: () => boolean;
 }
 
 /** Seams for tests and variants, used instead of assembling a service again (atproto bsync's `overrides`). */
@@ -211,6 +219,9 @@ export function createService<C extends HostConfig, S extends Record<string, unk
     const database = await openServiceDatabase(config, opts.database, { name });
     acquired("database", () => database.close());
     checkpoint();
+    // Every event this service publishes is signed with its key; consumers verify with the published keys.
+    const eventKeys = await openEventKeys(database);
+    checkpoint();
     // On PostgreSQL the relay reads and marks the outbox on its own connections: behind
     // the request transactions in the shared pool, each batch would wait for a free one.
     // (Embedded PGlite is one session; it is shared.)
@@ -236,7 +247,14 @@ export function createService<C extends HostConfig, S extends Record<string, unk
         if (!nats) {
           // Made after stop() it would never be closed.
           checkpoint();
-          const made = createNats({ url: config.natsUrl, name, logger });
+          // Replies on a subject prefix of its own, which NATS authorization can give this service alone.
+          const made = createNats({
+            url: config.natsUrl,
+            auth: config.natsAuth,
+            name,
+            inboxPrefix: `_INBOX_${name}`,
+            logger,
+          });
           nats = made;
           acquired("nats", () => made.close());
         }
@@ -294,6 +312,7 @@ export function createService<C extends HostConfig, S extends Record<string, unk
         database: relayDatabase,
         nats: parts.nats,
         logger: logger.child({ component: "outbox-relay" }),
+        signer: eventKeys.signer,
       });
       r.start();
       relay = r;
@@ -303,6 +322,15 @@ export function createService<C extends HostConfig, S extends Record<string, unk
       const stop = startHousekeeping(database, opts.housekeeping, HOUSEKEEPING_INTERVAL_MS, logger);
       acquired("housekeeping", stop);
     }
+    // Refused NATS credentials are a configuration error; NATS down is not (events wait in the outbox).
+    // The first attempt ends within the connect timeout, and has been under way since setup.
+    if (nats) {
+      const first = await nats.firstAttempt;
+      if (first.outcome === "refused") {
+        throw new StartupError(first.reason ?? "NATS refused the credentials", EXIT_CONFIG);
+      }
+      checkpoint();
+    }
     const impl = opts.overrides?.impl ? opts.overrides.impl(routes.impl) : routes.impl;
     const listening = await startConnectServer({
       host: config.host,
@@ -311,8 +339,15 @@ export function createService<C extends HostConfig, S extends Record<string, unk
       service: opts.service,
       impl,
       readMaxBytes: config.maxRequestBytes,
-      ...(routes.http ? { http: routes.http } : {}),
-      probe: () => database.query("select 1"),
+      ...(config.httpLimits && { limits: config.httpLimits }),
+      ...(config.reflection !== undefined && { reflection: config.reflection }),
+      http: eventKeysHttpHandler(eventKeys, routes.http ?? notFound),
+      // Not ready while the service catches up (asked again every 100 ms), then while the database fails.
+      probe: async () => {
+        if (routes.ready && !routes.ready()) return false;
+        return database.query("select 1");
+      },
+      probePendingIntervalMs: 100,
     }).catch((err: unknown) => {
       throw listenFailure(err, config);
     });
@@ -320,7 +355,13 @@ export function createService<C extends HostConfig, S extends Record<string, unk
     acquired("http server", () => listening.close(config.shutdownGraceMs));
     checkpoint();
     logger.info(
-      { url: listening.url, database: database.description, nats: config.natsUrl, ...opts.describe?.(config) },
+      {
+        url: listening.url,
+        database: database.description,
+        nats: redactUrl(config.natsUrl),
+        natsAuth: describeNatsAuth(config.natsAuth),
+        ...opts.describe?.(config),
+      },
       `${name.replace(/-/g, " ")} listening`,
     );
   }

@@ -7,7 +7,7 @@ import {
   FileDescriptorSetSchema,
   file_google_protobuf_timestamp,
 } from "@bufbuild/protobuf/wkt";
-import { Code, createClient } from "@connectrpc/connect";
+import { Code, type ConnectError, createClient, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { Health } from "@customer-platform/gen/grpc/health/v1/health_pb.js";
@@ -15,6 +15,7 @@ import * as v1 from "@customer-platform/gen/grpc/reflection/v1/reflection_pb.js"
 import * as v1alpha from "@customer-platform/gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startConnectServer } from "../src/connect-server.js";
 import { createHealth, registerHealth } from "../src/health.js";
 import { type HttpServer, listen } from "../src/http-server.js";
 import { registerReflection } from "../src/reflection.js";
@@ -199,6 +200,47 @@ describe("buf curl", () => {
 
       const check = await buf(...common, "-d", '{"service": ""}', `${server.url}/grpc.health.v1.Health/Check`);
       expect(JSON.parse(check)).toEqual({ status: "SERVING" });
+    },
+  );
+});
+
+describe("reflection turned off", () => {
+  it.each([
+    [true, undefined],
+    [false, Code.Unimplemented],
+  ])(
+    "with reflection %s, both reflection versions answer %s; the service is served either way",
+    async (reflection, code) => {
+      const started = await startConnectServer({
+        host: "127.0.0.1",
+        port: 0,
+        logger: pino({ level: "silent" }),
+        service: CustomerService,
+        // Unimplemented methods: the test only needs the service registered.
+        impl: {} as ServiceImpl<typeof CustomerService>,
+        readMaxBytes: 64 * 1024,
+        probe: async () => {},
+        reflection,
+      });
+      try {
+        const transport = createGrpcTransport({ baseUrl: started.url });
+        for (const service of [v1.ServerReflection, v1alpha.ServerReflection]) {
+          const client = createClient(service, transport);
+          async function* send() {
+            yield { host: "h", messageRequest: { case: "listServices" as const, value: "*" } };
+          }
+          const listed = (async () => {
+            for await (const res of client.serverReflectionInfo(send())) return res.messageResponse.case;
+            return undefined;
+          })();
+          if (code === undefined) await expect(listed).resolves.toBe("listServicesResponse");
+          else await expect(listed).rejects.toMatchObject({ code } satisfies Partial<ConnectError>);
+        }
+        const health = createClient(Health, transport);
+        await expect(health.check({ service: "customer.v1.CustomerService" })).resolves.toBeDefined();
+      } finally {
+        await started.close(1_000);
+      }
     },
   );
 });

@@ -29,6 +29,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { refused } from "../../test/support/ports.js";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
+import { eventKeys } from "../src/event-keys-schema.js";
 import { defineOutbox } from "../src/outbox.js";
 import { outbox as outboxTable } from "../src/outbox-schema.js";
 import {
@@ -40,7 +41,8 @@ import {
   type ServiceOptions,
 } from "../src/service-host.js";
 
-const schema = { outbox: outboxTable };
+// The host signs events with a key from `event_keys`, as every service's schema has it.
+const schema = { outbox: outboxTable, eventKeys };
 type Schema = typeof schema;
 
 const streams = uniqueStreamNames("customer");

@@ -29,6 +29,13 @@ export const CE_SUBJECT = "ce-subject";
 export const CE_DATACONTENTTYPE = "ce-datacontenttype";
 /** `content-type`: the payload's media type again, for tools that know no CloudEvents. */
 export const CONTENT_TYPE = "content-type";
+/**
+ * `ce-signature`: the producer's proof of origin, a detached JWS (compact,
+ * `<protected>..<signature>`, RFC 7797 unencoded payload) over the payload
+ * and the attributes above plus the NATS subject (./event-signing.ts). Set
+ * by the publisher after the other headers; not a CloudEvents attribute.
+ */
+export const CE_SIGNATURE = "ce-signature";
 
 /** Every header a platform event carries, in the order a publisher sets them. */
 export const CLOUDEVENT_HEADER_NAMES = [

@@ -9,6 +9,8 @@
  *   js: jetstream(nc),
  *   stream: "CUSTOMER",
  *   consumer: "orders-read-model", // durable: survives restarts
+ *   // Only events signed by the customer service reach the handlers (./event-signing.ts).
+ *   verifier: createEventVerifier({ trust: { "customer-service": "http://customer:8080/.well-known/event-keys.json" } }),
  *   handlers: {
  *     "customer.v1.CustomerRegistered": async (event, meta) => save(event.customer, meta.id),
  *     "customer.v1.CustomerUpdated": async (event, meta) => save(event.customer, meta.id),
@@ -16,6 +18,13 @@
  * });
  * await consumer.stop();
  * ```
+ *
+ * Every event's signature is verified before it is decoded: one that is
+ * unsigned, signed by a producer not trusted or with a key not its own, or
+ * changed after signing (payload, `ce-*` headers or subject) is terminated,
+ * never handed to a handler, reported to `onError` (an EventSignatureError
+ * with the reason) and counted in `rejected`. While a producer's keys cannot
+ * be fetched its events are redelivered later, never handled unverified.
  *
  * A message is acked only after its handler resolved (and the ack is
  * confirmed by the server); a handler that throws gets the message redelivered
@@ -54,7 +63,8 @@ import {
   type JetStreamClient,
   type JsMsg,
 } from "@nats-io/jetstream";
-import { CE_TYPE, readCloudEvent } from "./cloudevents.js";
+import { CE_ID, CE_TYPE, readCloudEvent } from "./cloudevents.js";
+import { EventKeysUnavailableError, EventSignatureError, type EventVerifier } from "./event-signing.js";
 
 /** Every event the platform publishes, by `ce-type`. */
 export interface PlatformEvents {
@@ -107,6 +117,8 @@ export interface EventMeta {
   readonly customerId: string;
   /** The NATS subject, e.g. `customer.updated.<customer_id>`. */
   readonly subject: string;
+  /** The `kid` of the producer's key that signed it; undefined only with `verifier: false`. */
+  readonly signedBy: string | undefined;
   /** Position in the stream. */
   readonly streamSequence: number;
   /** 1 on the first delivery. */
@@ -129,10 +141,18 @@ export interface ConsumeEventsOptions {
   /** Subjects to receive (default: the whole stream). More than one needs NATS 2.10. */
   subjects?: string[];
   handlers: EventHandlers;
+  /**
+   * Checks each event's proof of origin (`createEventVerifier`, trusting the
+   * producers of this stream). `false` turns verification off: any client
+   * that can publish on the stream's subjects then reaches your handlers.
+   */
+  verifier: EventVerifier | false;
   /** Delay before a failed event is redelivered; default 1 s doubling per delivery, at most 60 s. */
   retryDelayMs?: (deliveryCount: number) => number;
   /**
    * Told about every event not handled: a handler error (redelivered later),
+   * an event whose signature does not verify (EventSignatureError; terminated),
+   * keys that cannot be fetched (EventKeysUnavailableError; redelivered later),
    * an unknown `ce-type` or an undecodable payload (both terminated, never
    * redelivered), a failed ack (redelivered later), a failed pull (retried
    * after a second; `msg` is undefined).
@@ -147,6 +167,8 @@ export interface ConsumeEventsOptions {
 }
 
 export interface EventConsumer extends AsyncDisposable {
+  /** Events terminated because their signature did not verify. */
+  readonly rejected: number;
   /** Stops pulling; resolves once the events already delivered are handled and acked (about `maxWaitMs` at most when idle). */
   stop(): Promise<void>;
   /** Resolves when consuming ends: after stop(), or rejects if it failed. */
@@ -170,6 +192,12 @@ const defaultRetryDelay = (deliveryCount: number) => Math.min(60_000, 1_000 * 2 
  */
 export async function consumeEvents(opts: ConsumeEventsOptions): Promise<EventConsumer> {
   const { js, stream, consumer: durable, subjects, handlers } = opts;
+  // Plain JavaScript can leave it out: that must not turn verification off.
+  if (opts.verifier === undefined) {
+    throw new TypeError(
+      "consumeEvents: verifier is required (createEventVerifier, or false to accept unsigned events)",
+    );
+  }
   const retryDelayMs = opts.retryDelayMs ?? defaultRetryDelay;
   const report = opts.onError ?? (() => {});
   const jsm = await js.jetstreamManager();
@@ -196,8 +224,34 @@ export async function consumeEvents(opts: ConsumeEventsOptions): Promise<EventCo
   const maxWaitMs = Math.max(1_000, opts.maxWaitMs ?? 1_000);
   const dispatch = handlers as Record<string, ((event: unknown, meta: EventMeta) => Promise<void>) | undefined>;
   let stopping = false;
+  let rejected = 0;
 
   const handle = async (m: JsMsg) => {
+    let signedBy: string | undefined;
+    if (opts.verifier) {
+      try {
+        signedBy = (await opts.verifier.verify(m)).kid;
+      } catch (err) {
+        if (err instanceof EventKeysUnavailableError) {
+          m.nak(retryDelayMs(m.info.deliveryCount));
+        } else {
+          m.term();
+          rejected++;
+        }
+        const id = m.headers?.get(CE_ID) || "(no ce-id)";
+        report(
+          err instanceof EventSignatureError
+            ? new EventSignatureError(
+                err.reason,
+                [`event ${id} on ${m.subject}`, err.detail].filter(Boolean).join(": "),
+                { cause: err.cause },
+              )
+            : err,
+          m,
+        );
+        return;
+      }
+    }
     const ce = readCloudEvent(m.headers);
     const type = ce.type;
     if (!isEventType(type)) {
@@ -225,6 +279,7 @@ export async function consumeEvents(opts: ConsumeEventsOptions): Promise<EventCo
       time: ce.time,
       customerId: ce.subject,
       subject: m.subject,
+      signedBy,
       streamSequence: m.seq,
       deliveryCount: m.info.deliveryCount,
       msg: m,
@@ -271,5 +326,12 @@ export async function consumeEvents(opts: ConsumeEventsOptions): Promise<EventCo
     stopped ??= done.catch(() => {});
     return stopped;
   };
-  return { stop, done, [Symbol.asyncDispose]: stop };
+  return {
+    stop,
+    done,
+    get rejected() {
+      return rejected;
+    },
+    [Symbol.asyncDispose]: stop,
+  };
 }

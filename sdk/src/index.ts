@@ -5,6 +5,7 @@
  */
 export * from "./background.js";
 export * from "./cloudevents.js";
+export * from "./event-signing.js";
 export * from "./events.js";
 export * from "./revocations.js";
 export * from "./scopes.js";

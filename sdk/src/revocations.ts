@@ -3,7 +3,11 @@
  * the identity provider publishes `identity.v1.TokensRevoked` on
  * `<prefix>.token.revoked.>` in its stream, and this list follows it with an
  * ephemeral consumer (no acks, in stream order), keeping each revoked `jti`
- * and `sid` in memory until the event's `expire_time`.
+ * and `sid` in memory until the event's `expire_time`, but never longer than
+ * an access token can live after the revocation (lookback + skew). Only
+ * events signed by the identity provider count (`verifier`, see
+ * ./event-signing.ts): a forged revocation is ignored and logged. Entries
+ * per event and in total are capped (`maxIdsPerEvent`, `maxEntries`).
  *
  * At start it reads from `lookback` ago (the longest access-token lifetime):
  * a token revoked earlier has expired. When NATS goes away it keeps what it
@@ -17,7 +21,8 @@
  * lets a process start while NATS is down.
  *
  * ```ts
- * const revocations = createRevocationList({ nats: nc, stream: "IDENTITY", subjectPrefix: "identity", lookbackMs: 15 * 60_000, logger });
+ * const verifier = createEventVerifier({ trust: { "identity-service": "http://127.0.0.1:8081/.well-known/event-keys.json" } });
+ * const revocations = createRevocationList({ nats: nc, stream: "IDENTITY", subjectPrefix: "identity", lookbackMs: 15 * 60_000, verifier, logger });
  * revocations.start();
  * const tokens = createTokenVerifier({ jwksUrl, issuer, audience, revocations });
  * ```
@@ -41,10 +46,11 @@ import {
 import { connect, type NatsConnection, nanos } from "@nats-io/transport-node";
 import { settlesWithin } from "./async.js";
 import { createSupervisedLoop, type StepResult } from "./background.js";
-import { CE_TYPE } from "./cloudevents.js";
+import { CE_ID, CE_TYPE } from "./cloudevents.js";
+import { EventKeysUnavailableError, EventSignatureError, type EventVerifier } from "./event-signing.js";
 import { errMessage, type Logger } from "./logger.js";
 import { identitySubjects } from "./subjects.js";
-import type { Principal, RevocationCheck } from "./tokens.js";
+import type { RevocationCheck, RevocationSubject } from "./tokens.js";
 
 export type { Logger };
 
@@ -72,6 +78,23 @@ export type RevocationListOptions = RevocationSource & {
   skewMs?: number;
   /** Longest wait between attempts to (re)subscribe. Default 5 s. */
   maxRetryMs?: number;
+  /**
+   * Verifies each event's signature (`createEventVerifier` trusting the
+   * identity provider's event keys, `<issuer>/.well-known/event-keys.json`).
+   * An event that does not verify is ignored and logged; while the keys
+   * cannot be fetched the list waits and retries, never applying an
+   * unverified event.
+   */
+  verifier: EventVerifier;
+  /** The `ce-source` revocations must be signed by. Default `identity-service`. */
+  source?: string;
+  /** Most ids (jwt_ids + session_ids + key_ids) one event may carry; a larger event is ignored and logged. Default 1,000. */
+  maxIdsPerEvent?: number;
+  /**
+   * Most entries held. At the cap the entry that expires first (the oldest)
+   * is dropped for the new one, and a warning logged. Default 100,000.
+   */
+  maxEntries?: number;
   /** Where the list says what it does; a pino logger fits. */
   logger: Logger;
 };
@@ -83,8 +106,18 @@ export interface RevocationList extends RevocationCheck, AsyncDisposable {
   stop(): Promise<void>;
   /** True while a consumer delivers revocations. */
   readonly subscribed: boolean;
+  /**
+   * True once the list has applied every revocation the stream held when it
+   * first subscribed (or found no stream): from then on a token revoked
+   * before this process started is refused. Stays true through outages.
+   */
+  readonly caughtUp: boolean;
   /** Revoked token ids and session ids held. */
   readonly size: number;
+  /** Events ignored: unsigned, badly signed, not from the identity provider, or too large. */
+  readonly rejected: number;
+  /** Entries dropped at `maxEntries`. */
+  readonly evicted: number;
 }
 
 const PRUNE_INTERVAL_MS = 30_000;
@@ -98,16 +131,32 @@ class ConnectionLost extends Error {
   }
 }
 
+/** The ids one TokensRevoked names, each counted against `maxIdsPerEvent`. */
+function idsIn(event: TokensRevoked): number {
+  return event.jwtIds.length + event.sessionIds.length + event.keyIds.length;
+}
+
 /** Creates the list; nothing connects until start(). */
 export function createRevocationList(opts: RevocationListOptions): RevocationList {
+  if (!opts.verifier) throw new TypeError("createRevocationList: verifier is required (createEventVerifier)");
   const subject = identitySubjects(opts.subjectPrefix).ofType("identity.v1.TokensRevoked");
   const skewMs = opts.skewMs ?? 60_000;
   const maxRetryMs = opts.maxRetryMs ?? 5_000;
+  const source = opts.source ?? "identity-service";
+  const maxIdsPerEvent = opts.maxIdsPerEvent ?? 1_000;
+  const maxEntries = opts.maxEntries ?? 100_000;
   const log = opts.logger.child({ component: "revocations", stream: opts.stream, subject });
+  let rejected = 0;
+  let evicted = 0;
+  let caughtUp = false;
+  // Said once until the list is below the cap again.
+  let toldFull = false;
 
   // Revoked jti / sid → when the entry may be forgotten (epoch ms).
   const tokenIds = new Map<string, number>();
   const sessionIds = new Map<string, number>();
+  // Revoked signing keys and clients' cut-offs (see keyAndClientRevocations).
+  const keysAndClients = keyAndClientRevocations();
   // The stream sequence of the last message applied: a new consumer resumes after it.
   let lastSeq = 0;
   // When the stream lastSeq counts in was created.
@@ -125,25 +174,85 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
   // Consecutive reads that found no stream; they back off, but are no failure.
   let noStream = 0;
 
-  const remember = (entries: Map<string, number>, id: string, until: number) => {
-    if (id && (entries.get(id) ?? 0) < until) entries.set(id, until);
+  // Map order is insertion order, and every entry lives at most lookback + skew
+  // from its arrival: the first entry is (about) the one that expires first.
+  const makeRoom = () => {
+    while (tokenIds.size + sessionIds.size >= maxEntries) {
+      const t = tokenIds.entries().next().value;
+      const s = sessionIds.entries().next().value;
+      const from = !s || (t && t[1] <= s[1]) ? tokenIds : sessionIds;
+      const first = from.keys().next().value;
+      if (first === undefined) return;
+      from.delete(first);
+      evicted++;
+      if (!toldFull) {
+        toldFull = true;
+        log.warn({ maxEntries }, "revocation list full; the entries that expire first are dropped");
+      }
+    }
   };
 
-  function apply(m: JsMsg): void {
+  const remember = (entries: Map<string, number>, id: string, until: number) => {
+    if (!id) return;
+    const known = entries.get(id);
+    if (known !== undefined) {
+      if (known < until) entries.set(id, until);
+      return;
+    }
+    makeRoom();
+    entries.set(id, until);
+  };
+
+  const refuse = (m: JsMsg, reason: string, detail?: Record<string, unknown>) => {
+    rejected++;
+    log.warn(
+      { seq: m.seq, eventId: m.headers?.get(CE_ID) || undefined, reason, ...detail },
+      "TokensRevoked event ignored",
+    );
+  };
+
+  /**
+   * Applies one message: verified, decoded, each entry's life clamped to what
+   * an access token can live after the revocation. Throws (and leaves lastSeq)
+   * only when the signing keys are unavailable: the message is read again later.
+   */
+  async function apply(m: JsMsg): Promise<void> {
+    if (m.headers?.get(CE_TYPE) !== TokensRevokedSchema.typeName) {
+      lastSeq = m.seq;
+      return;
+    }
+    try {
+      const verified = await opts.verifier.verify(m);
+      if (verified.source !== source) throw new EventSignatureError("untrusted_source", verified.source);
+    } catch (err) {
+      if (err instanceof EventKeysUnavailableError) throw err;
+      lastSeq = m.seq;
+      refuse(m, err instanceof EventSignatureError ? err.reason : "verification failed", { err: errMessage(err) });
+      return;
+    }
     lastSeq = m.seq;
-    if (m.headers?.get(CE_TYPE) !== TokensRevokedSchema.typeName) return;
     let event: TokensRevoked;
     try {
       event = fromBinary(TokensRevokedSchema, m.data);
     } catch (err) {
-      log.warn({ seq: m.seq, err: errMessage(err) }, "undecodable TokensRevoked event skipped");
+      refuse(m, "undecodable", { err: errMessage(err) });
       return;
     }
-    // Without an expiry, keep it as long as any token it could name may live.
-    const until = (event.expireTime ? timestampMs(event.expireTime) : Date.now() + opts.lookbackMs) + skewMs;
+    const ids = idsIn(event);
+    if (ids > maxIdsPerEvent) {
+      refuse(m, "too many ids", { ids, maxIdsPerEvent });
+      return;
+    }
+    // A token this event names was issued before it occurred and lives at most
+    // the lookback: no entry outlives that, whatever expire_time says.
+    const storedAt = Math.floor(m.info.timestampNanos / 1e6);
+    const occurred = event.occurTime ? Math.min(timestampMs(event.occurTime), storedAt) : storedAt;
+    const latest = occurred + opts.lookbackMs;
+    const until = Math.min(event.expireTime ? timestampMs(event.expireTime) : latest, latest) + skewMs;
     if (until <= Date.now()) return;
     for (const id of event.jwtIds) remember(tokenIds, id, until);
     for (const id of event.sessionIds) remember(sessionIds, id, until);
+    keysAndClients.apply(event, until);
   }
 
   function prune(): void {
@@ -151,6 +260,8 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
     for (const entries of [tokenIds, sessionIds]) {
       for (const [id, until] of entries) if (until <= now) entries.delete(id);
     }
+    if (tokenIds.size + sessionIds.size < maxEntries) toldFull = false;
+    keysAndClients.prune(now);
   }
 
   async function connection(signal: AbortSignal): Promise<NatsConnection> {
@@ -204,7 +315,11 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
     try {
       stream = await jsm.streams.info(opts.stream);
     } catch (err) {
-      if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return "no stream";
+      if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) {
+        // Nothing was revoked into a stream that does not exist.
+        caughtUp = true;
+        return "no stream";
+      }
       throw err;
     }
     // A stream deleted and created again numbers its messages from 1 again.
@@ -232,12 +347,19 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
       .consume({ max_messages: 256, expires: 5_000, abort_on_missing_resource: true });
     messages = iter;
     subscribed = true;
+    // Nothing to replay: every revocation in the window is applied.
+    if (info.num_pending === 0) caughtUp = true;
     if (signal.aborted) void iter.close();
     if (loop.failures > 0 || lastSeq === 0) {
       log.info({ from: from.opt_start_seq ?? from.opt_start_time }, "reading token revocations");
     }
     lostConnection = false;
-    loop.recovered();
+    // Recovered once reading works: nothing to replay, or a message applied (its keys fetched).
+    let recovering = true;
+    if (info.num_pending === 0) {
+      loop.recovered();
+      recovering = false;
+    }
     let delivered = 0;
     try {
       for await (const m of iter) {
@@ -247,7 +369,13 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
           break;
         }
         delivered = m.info.deliverySequence;
-        apply(m);
+        await apply(m);
+        if (recovering) {
+          loop.recovered();
+          recovering = false;
+        }
+        // The last message the consumer had when it was made, or any later one.
+        if (m.info.pending === 0) caughtUp = true;
       }
     } finally {
       subscribed = false;
@@ -294,9 +422,15 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
     step,
     minBackoffMs: 500,
     maxBackoffMs: maxRetryMs,
-    failureMessage: (err) =>
-      `${err instanceof ConnectionLost ? "NATS connection lost" : "cannot read token revocations"}; ` +
-      "tokens revoked meanwhile are accepted until revocations can be read again",
+    failureMessage: (err) => {
+      const what =
+        err instanceof ConnectionLost
+          ? "NATS connection lost"
+          : err instanceof EventKeysUnavailableError
+            ? "cannot verify token revocations: the identity provider's event keys are unavailable"
+            : "cannot read token revocations";
+      return `${what}; tokens revoked meanwhile are accepted until revocations can be read again`;
+    },
     // "reading token revocations" says it.
     recoveryMessage: false,
   });
@@ -325,21 +459,83 @@ export function createRevocationList(opts: RevocationListOptions): RevocationLis
   return {
     start() {
       if (pruneTimer || stopped) return;
-      pruneTimer = setInterval(prune, PRUNE_INTERVAL_MS).unref();
+      // No entry lives longer than lookback + skew: a shorter window is pruned as often.
+      pruneTimer = setInterval(prune, Math.min(PRUNE_INTERVAL_MS, opts.lookbackMs + skewMs)).unref();
       loop.start();
     },
     stop,
     [Symbol.asyncDispose]: stop,
-    isRevoked(principal: Pick<Principal, "tokenId" | "sessionId">) {
+    isRevoked(principal: RevocationSubject) {
       return (
-        tokenIds.has(principal.tokenId) || (principal.sessionId !== undefined && sessionIds.has(principal.sessionId))
+        tokenIds.has(principal.tokenId) ||
+        (principal.sessionId !== undefined && sessionIds.has(principal.sessionId)) ||
+        keysAndClients.isRevoked(principal)
       );
+    },
+    get keyRevocations() {
+      return keysAndClients.keyRevocations;
     },
     get subscribed() {
       return subscribed;
     },
+    get caughtUp() {
+      return caughtUp;
+    },
+    get rejected() {
+      return rejected;
+    },
+    get evicted() {
+      return evicted;
+    },
     get size() {
-      return tokenIds.size + sessionIds.size;
+      return tokenIds.size + sessionIds.size + keysAndClients.size;
+    },
+  };
+}
+
+/**
+ * The revocations of TokensRevoked that name no single token: signing keys
+ * (`key_ids`: every token whose `kid` is one) and a client's cut-off
+ * (`client_id` with `issued_before`: every token of the client whose `iat`
+ * is earlier). Entries live until the event's expiry, as the others do;
+ * `keyRevocations` counts revoked keys, so a verifier knows to refetch the JWKS.
+ */
+function keyAndClientRevocations() {
+  // kid → until (epoch ms).
+  const keyIds = new Map<string, number>();
+  // client id → { before: cut-off (epoch ms), until }.
+  const clients = new Map<string, { before: number; until: number }>();
+  let keyRevocations = 0;
+  return {
+    apply(event: TokensRevoked, until: number): void {
+      for (const kid of event.keyIds) {
+        if (!kid) continue;
+        if (!keyIds.has(kid)) keyRevocations++;
+        keyIds.set(kid, Math.max(until, keyIds.get(kid) ?? 0));
+      }
+      if (event.clientId && event.issuedBefore) {
+        const before = timestampMs(event.issuedBefore);
+        const known = clients.get(event.clientId);
+        clients.set(event.clientId, {
+          before: Math.max(before, known?.before ?? 0),
+          until: Math.max(until, known?.until ?? 0),
+        });
+      }
+    },
+    prune(now: number): void {
+      for (const [kid, until] of keyIds) if (until <= now) keyIds.delete(kid);
+      for (const [id, c] of clients) if (c.until <= now) clients.delete(id);
+    },
+    isRevoked(principal: RevocationSubject): boolean {
+      if (principal.keyId !== undefined && keyIds.has(principal.keyId)) return true;
+      const cutOff = principal.clientId === undefined ? undefined : clients.get(principal.clientId);
+      return cutOff !== undefined && principal.issuedAt !== undefined && principal.issuedAt.getTime() < cutOff.before;
+    },
+    get keyRevocations() {
+      return keyRevocations;
+    },
+    get size() {
+      return keyIds.size + clients.size;
     },
   };
 }

@@ -13,6 +13,11 @@ export const SCOPE_CUSTOMER_SELF = "customer:self";
 export const SCOPE_CUSTOMER_READ = "customer:read";
 /** A service may change any customer's profile (RegisterCustomer, UpdateCustomer). */
 export const SCOPE_CUSTOMER_WRITE = "customer:write";
+/**
+ * A service may describe tokens with the identity service's IntrospectToken
+ * (its token must also be for the identity service's audience, the issuer).
+ */
+export const SCOPE_IDENTITY_INTROSPECT = "identity:introspect";
 
 /** Every scope the identity service issues (its discovery document's `scopes_supported`). */
 export const SCOPES = [
@@ -21,6 +26,7 @@ export const SCOPES = [
   SCOPE_CUSTOMER_SELF,
   SCOPE_CUSTOMER_READ,
   SCOPE_CUSTOMER_WRITE,
+  SCOPE_IDENTITY_INTROSPECT,
 ] as const;
 
 /** A scope the platform knows. */
@@ -30,4 +36,4 @@ export type Scope = (typeof SCOPES)[number];
 export const CUSTOMER_TOKEN_SCOPES: readonly Scope[] = [SCOPE_OPENID, SCOPE_PROFILE, SCOPE_CUSTOMER_SELF];
 
 /** The scopes that grant a service something (`identity clients create <id> --scopes …`). */
-export const SERVICE_SCOPES: readonly Scope[] = [SCOPE_CUSTOMER_READ, SCOPE_CUSTOMER_WRITE];
+export const SERVICE_SCOPES: readonly Scope[] = [SCOPE_CUSTOMER_READ, SCOPE_CUSTOMER_WRITE, SCOPE_IDENTITY_INTROSPECT];

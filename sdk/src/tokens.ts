@@ -15,7 +15,15 @@
  * const principal = await tokens.verifyAuthorizationHeader(req.headers.authorization);
  * ```
  */
-import { createLocalJWKSet, errors, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
+import {
+  createLocalJWKSet,
+  errors,
+  type JSONWebKeySet,
+  type JWTHeaderParameters,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+  jwtVerify,
+} from "jose";
 
 /** Who is calling: a customer (token subject is the customer id) or a service (client credentials). */
 export interface Principal {
@@ -29,6 +37,8 @@ export interface Principal {
   readonly tokenId: string;
   /** The token's `sid`: the customer's sign-in session (refresh-token family); absent for a service. */
   readonly sessionId?: string;
+  /** The `kid` of the key that signed it (its header), so a revoked key's tokens can be refused. */
+  readonly keyId?: string;
   readonly expiresAt: Date;
   readonly issuedAt: Date;
 }
@@ -73,7 +83,12 @@ export const ACCESS_TOKEN_TYPE = "at+jwt";
 export interface AccessTokenOptions {
   /** The identity service's `IDENTITY_ISSUER`, exactly (no trailing slash). */
   issuer: string;
-  /** Your service's audience; the identity service must list it in `IDENTITY_AUDIENCES`. */
+  /**
+   * Your service's audience: a token must name it in `aud`. Clients ask for
+   * it (RFC 8707: the `audience` field of AuthenticateClient and the sign-in
+   * RPCs) and must be allowed it (`identity clients create --audiences`,
+   * `IDENTITY_AUDIENCES` for the first-party apps).
+   */
   audience: string;
   /** Allowed clock skew in seconds; default 5. */
   clockToleranceSec?: number;
@@ -81,10 +96,22 @@ export interface AccessTokenOptions {
   now?: () => Date;
 }
 
+/** What a revocation check looks at: the token's `jti` and `sid`, and its `kid`, `client_id` and `iat` when known. */
+export type RevocationSubject = Pick<Principal, "tokenId" | "sessionId"> &
+  Partial<Pick<Principal, "keyId" | "clientId" | "issuedAt">>;
+
 /** Tells whether a verified token was revoked before it expires (e.g. `createRevocationList`). */
 export interface RevocationCheck {
-  /** True when the token's `jti`, or its `sid`, is known to be revoked. */
-  isRevoked(principal: Pick<Principal, "tokenId" | "sessionId">): boolean;
+  /**
+   * True when the token's `jti`, its `sid` or its signing key (`kid`) is
+   * known to be revoked, or its client's tokens issued before its `iat`.
+   */
+  isRevoked(principal: RevocationSubject): boolean;
+  /**
+   * How many signing-key revocations were seen: when it changes, a verifier
+   * drops its cached JWKS and refetches it (the revoked keys are gone from it).
+   */
+  readonly keyRevocations?: number;
 }
 
 /** The Bearer token of an `Authorization` header; TokenError `missing` or `malformed` otherwise. */
@@ -106,8 +133,9 @@ export async function verifyAccessToken(
   opts: AccessTokenOptions,
 ): Promise<Principal> {
   let payload: JWTPayload;
+  let header: JWTHeaderParameters;
   try {
-    ({ payload } = await jwtVerify(token, keys, {
+    ({ payload, protectedHeader: header } = await jwtVerify(token, keys, {
       issuer: opts.issuer,
       audience: opts.audience,
       algorithms: [...ACCESS_TOKEN_ALGORITHMS],
@@ -121,11 +149,14 @@ export async function verifyAccessToken(
     if (err instanceof errors.JOSEError) throw new TokenError("invalid", { cause: err });
     throw err;
   }
-  return principalFromClaims(payload);
+  return principalFromClaims(payload, header);
 }
 
-/** The principal a verified token's claims describe; a service token has `sub` equal to `client_id`. */
-export function principalFromClaims(payload: JWTPayload): Principal {
+/**
+ * The principal a verified token's claims (and header: its `kid`) describe;
+ * a service token has `sub` equal to `client_id`.
+ */
+export function principalFromClaims(payload: JWTPayload, header?: Pick<JWTHeaderParameters, "kid">): Principal {
   const sub = payload.sub;
   const clientId = payload.client_id;
   const scope = payload.scope ?? "";
@@ -146,6 +177,7 @@ export function principalFromClaims(payload: JWTPayload): Principal {
     scopes: new Set(scope.split(" ").filter(Boolean)),
     tokenId: payload.jti,
     ...(typeof sid === "string" && { sessionId: sid }),
+    ...(typeof header?.kid === "string" && { keyId: header.kid }),
     expiresAt: new Date((payload.exp ?? 0) * 1000),
     issuedAt: new Date((payload.iat ?? 0) * 1000),
   };
@@ -196,7 +228,14 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
     now: () => (opts.now?.() ?? new Date()).getTime(),
   });
   const revocations = opts.revocations;
+  let keyRevocations = revocations?.keyRevocations ?? 0;
   const verify = async (token: string) => {
+    // A signing key was revoked: the cached JWKS may still list it, and its successor may be new.
+    const seen = revocations?.keyRevocations ?? 0;
+    if (seen !== keyRevocations) {
+      keyRevocations = seen;
+      getKey.invalidate();
+    }
     const principal = await verifyAccessToken(token, getKey, opts);
     if (revocations?.isRevoked(principal)) throw new TokenError("revoked");
     return principal;
@@ -228,12 +267,12 @@ function freshnessMs(headers: Headers): number | undefined {
  * Keys from a JWKS URL, fetched on first use and again once the copy is
  * stale (its freshness counted from when it was requested), or for an
  * unknown `kid` after the cooldown; one fetch at a time. A failed fetch is
- * TokenError `keys_unavailable`.
+ * TokenError `keys_unavailable`. `invalidate()` makes the next use refetch.
  */
 function createRemoteKeySet(
   url: URL,
   opts: { maxAgeMs: number; cooldownMs: number; timeoutMs: number; now: () => number },
-): JWTVerifyGetKey {
+): JWTVerifyGetKey & { invalidate(): void } {
   let local: JWTVerifyGetKey | undefined;
   let fetchedAt = Number.NEGATIVE_INFINITY;
   let freshUntil = Number.NEGATIVE_INFINITY;
@@ -263,7 +302,7 @@ function createRemoteKeySet(
     });
     return pending;
   };
-  return async (header, token) => {
+  const getKey = async (header: JWTHeaderParameters, token: Parameters<JWTVerifyGetKey>[1]) => {
     const keys = local && opts.now() < freshUntil ? local : await refetch();
     try {
       return await keys(header, token);
@@ -274,4 +313,9 @@ function createRemoteKeySet(
       throw err;
     }
   };
+  return Object.assign(getKey, {
+    invalidate() {
+      freshUntil = Number.NEGATIVE_INFINITY;
+    },
+  });
 }

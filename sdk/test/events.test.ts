@@ -2,6 +2,8 @@
  * consumeEvents against the real JetStream: typed dispatch by ce-type, ack
  * only after the handler, redelivery after a failure, and a stop that hands
  * the unprocessed rest back so a restart continues without gaps or repeats.
+ * Every event is signed (test/support/events.ts); the ones that are not, or
+ * not by a trusted key, or changed after signing, never reach a handler.
  */
 import { randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -11,17 +13,23 @@ import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-pla
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { eventHeaders, startTestEventKeys, type TestEventKeys } from "../../test/support/events.js";
 import { sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { sleep, until } from "../../test/support/timing.js";
-import { CE_TYPE, setCloudEventHeaders } from "../src/cloudevents.js";
+import { CE_SIGNATURE, CE_TYPE } from "../src/cloudevents.js";
+import { EventKeysUnavailableError, EventSignatureError, type EventVerifier } from "../src/event-signing.js";
 import { consumeEvents, decodeEvent, type EventMeta } from "../src/events.js";
 
 const { stream, subjectPrefix } = uniqueStreamNames("customer");
 let nc: NatsConnection;
 let js: JetStreamClient;
 let jsm: JetStreamManager;
+let keys: TestEventKeys;
+let verifier: EventVerifier;
 
 beforeAll(async () => {
+  keys = await startTestEventKeys();
+  verifier = keys.verifier("customer-service");
   nc = await connect({ servers: sharedNatsUrl });
   js = jetstream(nc);
   jsm = await jetstreamManager(nc);
@@ -31,6 +39,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await jsm?.streams.delete(stream).catch(() => false);
   await nc?.close();
+  await keys?.close();
 });
 
 /** Publishes an event the way the outbox relay does; returns its event id. */
@@ -53,7 +62,7 @@ async function publishRegistered(topic: string, customerId: string, version = 1n
 }
 
 async function publishRaw(subject: string, type: string, payload: Uint8Array, eventId: string, customerId: string) {
-  const h = setCloudEventHeaders(headers(), {
+  const h = await eventHeaders(keys.signer, subject, payload, {
     id: eventId,
     type,
     source: "customer-service",
@@ -77,6 +86,7 @@ describe("consumeEvents", () => {
       js,
       stream,
       consumer: name,
+      verifier,
       subjects: [`${subjectPrefix}.${topic}.>`],
       handlers: {
         "customer.v1.CustomerRegistered": async (e, meta) => {
@@ -114,6 +124,7 @@ describe("consumeEvents", () => {
       js,
       stream,
       consumer: durable(),
+      verifier,
       subjects: [`${subjectPrefix}.${topic}.>`],
       retryDelayMs: () => 200,
       onError: (err) => errors.push(err),
@@ -162,6 +173,7 @@ describe("consumeEvents", () => {
       js,
       stream,
       consumer: name,
+      verifier,
       subjects: [`${subjectPrefix}.${topic}.>`],
       onError: (err, msg) => errors.push(`${msg?.subject.split(".").at(-1)}: ${(err as Error).message}`),
       handlers: {
@@ -193,6 +205,7 @@ describe("consumeEvents", () => {
       consumeEvents({
         js,
         stream,
+        verifier,
         consumer: name,
         subjects: [`${subjectPrefix}.${topic}.>`],
         // A long ack_wait: events stuck with a stopped consumer would not come back in this test.
@@ -227,6 +240,7 @@ describe("consumeEvents", () => {
       js,
       stream,
       consumer: name,
+      verifier,
       subjects: [`${subjectPrefix}.t5.>`],
       handlers: {},
     });
@@ -239,6 +253,151 @@ describe("consumeEvents", () => {
     await jsm.consumers.delete(stream, name);
     await expect(consumer.done).rejects.toMatchObject({ code: 10014 });
     await consumer.stop();
+  });
+
+  it("terminates events that are unsigned, signed by another key or changed after signing, and handles the genuine one", async () => {
+    const name = durable();
+    const topic = `t6${randomUUID().slice(0, 6)}`;
+    const customerId = randomUUID();
+    const subject = `${subjectPrefix}.${topic}.updated.${customerId}`;
+    const event = (version: bigint) =>
+      create(CustomerUpdatedSchema, {
+        eventId: randomUUID(),
+        customer: { customerId, email: "mallory@example.com", givenName: "Mallory", familyName: "M", version },
+      });
+    const attrs = (id: string) => ({
+      id,
+      type: CustomerUpdatedSchema.typeName,
+      source: "customer-service",
+      time: new Date(),
+      subject: customerId,
+    });
+    const forged = event(9_000_000_000n);
+    const payload = toBinary(CustomerUpdatedSchema, forged);
+    // No signature at all.
+    const unsigned = await eventHeaders(undefined, subject, payload, attrs(forged.eventId));
+    await js.publish(subject, payload, { headers: unsigned, msgID: randomUUID() });
+    // A key of the attacker's own.
+    const other = await startTestEventKeys();
+    try {
+      const wrongKey = await eventHeaders(other.signer, subject, payload, attrs(forged.eventId));
+      await js.publish(subject, payload, { headers: wrongKey, msgID: randomUUID() });
+    } finally {
+      await other.close();
+    }
+    // A genuine signature over another payload, and one whose signed ce-type is changed.
+    const genuine = event(2n);
+    const genuinePayload = toBinary(CustomerUpdatedSchema, genuine);
+    const signed = await eventHeaders(keys.signer, subject, genuinePayload, attrs(genuine.eventId));
+    await js.publish(subject, payload, { headers: signed, msgID: randomUUID() });
+    const retyped = await eventHeaders(keys.signer, subject, genuinePayload, attrs(genuine.eventId));
+    retyped.set(CE_TYPE, CustomerRegisteredSchema.typeName);
+    await js.publish(subject, genuinePayload, { headers: retyped, msgID: randomUUID() });
+    // A genuine event moved to another subject.
+    await js.publish(`${subjectPrefix}.${topic}.updated.${randomUUID()}`, genuinePayload, {
+      headers: signed,
+      msgID: randomUUID(),
+    });
+    // A signature that is not a detached JWS.
+    const garbage = await eventHeaders(keys.signer, subject, genuinePayload, attrs(genuine.eventId));
+    garbage.set(CE_SIGNATURE, "not-a-jws");
+    await js.publish(subject, genuinePayload, { headers: garbage, msgID: randomUUID() });
+    // And the genuine event itself.
+    await publishRaw(subject, CustomerUpdatedSchema.typeName, genuinePayload, genuine.eventId, customerId);
+
+    const seen: bigint[] = [];
+    const refused: EventSignatureError[] = [];
+    const consumer = await consumeEvents({
+      js,
+      stream,
+      consumer: name,
+      verifier,
+      subjects: [`${subjectPrefix}.${topic}.>`],
+      onError: (err) => {
+        if (err instanceof EventSignatureError) refused.push(err);
+      },
+      handlers: {
+        "customer.v1.CustomerUpdated": async (e) => {
+          seen.push(e.customer?.version ?? 0n);
+        },
+        "customer.v1.CustomerRegistered": async (e) => {
+          seen.push(e.customer?.version ?? 0n);
+        },
+      },
+    });
+    try {
+      await until("the genuine event", () => seen.length === 1);
+      await until("every forgery refused", () => consumer.rejected === 6);
+      expect(seen).toEqual([2n]);
+      expect(refused.map((e) => e.reason)).toEqual([
+        "unsigned",
+        "unknown_key",
+        "bad_signature",
+        "attributes_mismatch",
+        "attributes_mismatch",
+        "malformed",
+      ]);
+      expect(refused[0]?.message).toBe(`event signature refused: unsigned (event ${forged.eventId} on ${subject})`);
+      expect(refused[3]?.detail).toContain("type");
+      expect(refused[4]?.detail).toContain("natssubject");
+      // Terminated, not redelivered: nothing left pending.
+      await until("acks", async () => (await jsm.consumers.info(stream, name)).num_ack_pending === 0);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
+  it("redelivers, never handles, an event while its producer's keys cannot be fetched", async () => {
+    const topic = `t7${randomUUID().slice(0, 6)}`;
+    const id = randomUUID();
+    const down = await startTestEventKeys();
+    down.available = false;
+    try {
+      const customerId = randomUUID();
+      const subject = `${subjectPrefix}.${topic}.registered.${customerId}`;
+      const event = create(CustomerRegisteredSchema, {
+        eventId: id,
+        customer: { customerId, email: "ada@example.com", givenName: "Ada", familyName: "L", version: 1n },
+      });
+      const payload = toBinary(CustomerRegisteredSchema, event);
+      const h = await eventHeaders(down.signer, subject, payload, {
+        id,
+        type: CustomerRegisteredSchema.typeName,
+        source: "customer-service",
+        time: new Date(),
+        subject: customerId,
+      });
+      await js.publish(subject, payload, { headers: h, msgID: id });
+      const handled: string[] = [];
+      const unavailable: unknown[] = [];
+      const consumer = await consumeEvents({
+        js,
+        stream,
+        consumer: durable(),
+        verifier: down.verifier("customer-service", { cooldownMs: 0 }),
+        subjects: [`${subjectPrefix}.${topic}.>`],
+        retryDelayMs: () => 200,
+        onError: (err) => unavailable.push(err),
+        handlers: {
+          "customer.v1.CustomerRegistered": async (_e, meta) => {
+            handled.push(meta.id);
+          },
+        },
+      });
+      try {
+        await until("two deliveries refused for want of keys", () => unavailable.length >= 2);
+        expect(unavailable.every((e) => e instanceof EventKeysUnavailableError)).toBe(true);
+        expect(handled).toEqual([]);
+        expect(consumer.rejected).toBe(0);
+        down.available = true;
+        await until("the event handled once its keys are back", () => handled.length === 1);
+        expect(handled).toEqual([id]);
+      } finally {
+        await consumer.stop();
+      }
+    } finally {
+      await down.close();
+    }
   });
 
   it("decodeEvent returns the typed message, or undefined for a foreign type", () => {

@@ -28,15 +28,23 @@ const env = { ...process.env, NODE_OPTIONS: "" };
 
 const PROGRAM = `
 import { randomUUID } from "node:crypto";
+import { createServer } from "node:http";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { CustomerRegisteredSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import {
+  CE_SIGNATURE,
   consumeEvents,
+  createEventSigner,
+  createEventVerifier,
   createRevocationList,
   createTokenVerifier,
   customerSubjects,
+  EVENT_KEYS_PATH,
+  generateEventSigningKey,
   type Logger,
+  publicEventKeys,
   setCloudEventHeaders,
+  signedAttributesOf,
   TokenError,
 } from "@customer-platform/sdk";
 import { SCOPE_CUSTOMER_READ } from "@customer-platform/sdk/scopes";
@@ -53,7 +61,12 @@ const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: ()
 
 const nc = await connect({ servers: arg("NATS_URL") });
 try {
-  // (a) An event published with the SDK's headers and subjects, consumed with consumeEvents.
+  // (a) An event published with the SDK's headers, subjects and signature, consumed with consumeEvents.
+  const key = await generateEventSigningKey();
+  const signer = await createEventSigner(key);
+  const keyServer = createServer((_req, res) => res.end(JSON.stringify(publicEventKeys([key]))));
+  await new Promise<void>((resolve) => keyServer.listen(0, "127.0.0.1", resolve));
+  const keysUrl = "http://127.0.0.1:" + (keyServer.address() as { port: number }).port + EVENT_KEYS_PATH;
   const subjects = customerSubjects(arg("SUBJECT_PREFIX"));
   const stream = arg("STREAM");
   await (await jetstreamManager(nc)).streams.add({ name: stream, subjects: [subjects.all] });
@@ -70,15 +83,15 @@ try {
     time: new Date(),
     subject: customerId,
   });
-  await jetstream(nc).publish(subjects.registered(customerId), toBinary(CustomerRegisteredSchema, event), {
-    msgID: eventId,
-    headers: h,
-  });
+  const payload = toBinary(CustomerRegisteredSchema, event);
+  h.set(CE_SIGNATURE, await signer.sign(payload, signedAttributesOf(subjects.registered(customerId), h)));
+  await jetstream(nc).publish(subjects.registered(customerId), payload, { msgID: eventId, headers: h });
   let received: Record<string, unknown> | undefined;
   const consumer = await consumeEvents({
     js: jetstream(nc),
     stream,
     consumer: "pack-test",
+    verifier: createEventVerifier({ trust: { "pack-test": keysUrl } }),
     handlers: {
       "customer.v1.CustomerRegistered": async (e, meta) => {
         received = { sent: eventId, id: meta.id, source: meta.source, subject: meta.subject, customerId: meta.customerId,
@@ -88,6 +101,7 @@ try {
   });
   for (let i = 0; i < 200 && !received; i++) await sleep(50);
   await consumer.stop();
+  keyServer.close();
 
   // (b) A real access token, and a revoked one, from the running identity service.
   const revocations = createRevocationList({
@@ -95,6 +109,7 @@ try {
     stream: arg("IDENTITY_STREAM"),
     subjectPrefix: arg("IDENTITY_PREFIX"),
     lookbackMs: 15 * 60_000,
+    verifier: createEventVerifier({ trust: { "identity-service": arg("ISSUER") + EVENT_KEYS_PATH } }),
     logger: silent,
   });
   revocations.start();

@@ -5,7 +5,9 @@
  * until expire_time and takes nothing else; NATS unreachable at start is
  * retried quietly and a stop is prompt either way. On the caller's NATS
  * connection it survives a NATS restart, never closes that connection, and
- * says so when the caller closed it.
+ * says so when the caller closed it. Every event here is signed as the
+ * identity service signs it; revocations-trust.test.ts covers forged ones,
+ * the bounds and catching up.
  */
 import { randomUUID } from "node:crypto";
 import { Writable } from "node:stream";
@@ -13,44 +15,60 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CustomerAuthenticatedSchema, TokensRevokedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { eventHeaders, startTestEventKeys, type TestEventKeys } from "../../test/support/events.js";
 import { sharedNatsUrl, startPrivateNats, uniqueStreamNames } from "../../test/support/nats.js";
 import { freePort } from "../../test/support/ports.js";
 import { sleep, until } from "../../test/support/timing.js";
-import { setCloudEventHeaders } from "../src/cloudevents.js";
-import { createRevocationList, type RevocationList, type RevocationSource } from "../src/revocations.js";
+import type { EventVerifier } from "../src/event-signing.js";
+import {
+  createRevocationList,
+  type RevocationList,
+  type RevocationListOptions,
+  type RevocationSource,
+} from "../src/revocations.js";
 import { identitySubjects } from "../src/subjects.js";
 
 const { stream, subjectPrefix } = uniqueStreamNames("identity");
 let nc: NatsConnection;
 let jsm: JetStreamManager;
 const lists: RevocationList[] = [];
+// The identity provider's event keys, as the identity service serves them.
+let keys: TestEventKeys;
+let verifier: EventVerifier;
 
 beforeAll(async () => {
   nc = await connect({ servers: sharedNatsUrl });
   jsm = await jetstreamManager(nc);
+  keys = await startTestEventKeys();
+  verifier = keys.verifier("identity-service");
 });
 
 afterAll(async () => {
   await Promise.all(lists.map((l) => l.stop()));
   await jsm?.streams.delete(stream).catch(() => false);
   await nc?.close();
+  await keys?.close();
 });
+
+/** Whether list refuses a token with these ids (of no client in particular). */
+const isRevoked = (list: RevocationList, ids: { tokenId: string; sessionId?: string }) =>
+  list.isRevoked({ clientId: "", issuedAt: new Date(), ...ids });
 
 const id = () => randomUUID();
 
 /** Publishes a TokensRevoked the way the identity service's relay does. */
 async function publishRevoked(
-  revoked: { jwtIds?: string[]; sessionIds?: string[]; expireTime: Date },
+  revoked: { jwtIds?: string[]; sessionIds?: string[]; expireTime: Date; occurTime?: Date },
   conn: NatsConnection = nc,
 ) {
   const customerId = id();
   const eventId = id();
   const event = create(TokensRevokedSchema, {
     eventId,
-    occurTime: timestampFromDate(new Date()),
+    occurTime: timestampFromDate(revoked.occurTime ?? new Date()),
     customerId,
     jwtIds: revoked.jwtIds ?? [],
     sessionIds: revoked.sessionIds ?? [],
@@ -62,10 +80,11 @@ async function publishRevoked(
     toBinary(TokensRevokedSchema, event),
     conn,
   );
+  return eventId;
 }
 
 async function publish(subject: string, type: string, payload: Uint8Array, conn: NatsConnection = nc) {
-  const h = setCloudEventHeaders(headers(), {
+  const h = await eventHeaders(keys.signer, subject, payload, {
     id: id(),
     type,
     source: "identity-service",
@@ -75,7 +94,11 @@ async function publish(subject: string, type: string, payload: Uint8Array, conn:
   await jetstream(conn).publish(subject, payload, { headers: h });
 }
 
-function startList(source: RevocationSource | string, name: string) {
+function startList(
+  source: RevocationSource | string,
+  name: string,
+  more: Partial<Omit<RevocationListOptions, "nats" | "natsUrl">> = {},
+) {
   const lines: string[] = [];
   const destination = new Writable({
     write(chunk, _enc, done) {
@@ -92,11 +115,14 @@ function startList(source: RevocationSource | string, name: string) {
     lookbackMs: 60_000,
     skewMs: 1_000,
     maxRetryMs: 500,
+    verifier,
     logger,
+    ...more,
   });
   lists.push(list);
   list.start();
-  const messages = () => lines.map((l) => JSON.parse(l) as { level: number; msg: string; from?: unknown });
+  const messages = () =>
+    lines.map((l) => JSON.parse(l) as { level: number; msg: string; from?: unknown; reason?: string });
   return { list, messages };
 }
 
@@ -126,20 +152,20 @@ describe("the revocation list", () => {
     );
     await publish(`${subjectPrefix}.token.revoked.y`, TokensRevokedSchema.typeName, new Uint8Array([0xff, 0xff]));
 
-    await until("the early revocation", () => list.isRevoked({ tokenId: early.jti }));
-    expect(list.isRevoked({ tokenId: id(), sessionId: early.sid })).toBe(true);
-    expect(list.isRevoked({ tokenId: early.sid })).toBe(false);
-    expect(list.isRevoked({ tokenId: id(), sessionId: early.jti })).toBe(false);
-    expect(list.isRevoked({ tokenId: expired })).toBe(false);
+    await until("the early revocation", () => isRevoked(list, { tokenId: early.jti }));
+    expect(isRevoked(list, { tokenId: id(), sessionId: early.sid })).toBe(true);
+    expect(isRevoked(list, { tokenId: early.sid })).toBe(false);
+    expect(isRevoked(list, { tokenId: id(), sessionId: early.jti })).toBe(false);
+    expect(isRevoked(list, { tokenId: expired })).toBe(false);
     expect(list.subscribed).toBe(true);
 
     const live = id();
     await publishRevoked({ sessionIds: [live], expireTime: inFuture() });
-    await until("the live revocation", () => list.isRevoked({ tokenId: id(), sessionId: live }));
+    await until("the live revocation", () => isRevoked(list, { tokenId: id(), sessionId: live }));
     expect(list.size).toBe(3);
     expect(messages().filter((m) => m.msg === "reading token revocations")).toHaveLength(1);
     expect(messages().filter((m) => m.level >= 40)).toEqual([
-      expect.objectContaining({ msg: "undecodable TokensRevoked event skipped" }),
+      expect.objectContaining({ msg: "TokensRevoked event ignored", reason: "undecodable" }),
     ]);
   });
 
@@ -153,7 +179,7 @@ describe("the revocation list", () => {
     // Sequence 1 again, below what the list had read.
     const again = id();
     await publishRevoked({ jwtIds: [again], expireTime: inFuture() });
-    await until("the revocation in the new stream", () => list.isRevoked({ tokenId: again }), 15_000);
+    await until("the revocation in the new stream", () => isRevoked(list, { tokenId: again }), 15_000);
   });
 
   it("warns once while NATS is unreachable, retrying quietly, and stops promptly", async () => {
@@ -186,7 +212,7 @@ describe("the revocation list on the caller's NATS connection", () => {
       await until("the subscription", () => list.subscribed);
       const revoked = id();
       await publishRevoked({ jwtIds: [revoked], expireTime: inFuture() });
-      await until("the revocation", () => list.isRevoked({ tokenId: revoked }));
+      await until("the revocation", () => isRevoked(list, { tokenId: revoked }));
       const started = Date.now();
       await list.stop();
       expect(Date.now() - started).toBeLessThan(2_000);
@@ -205,7 +231,7 @@ describe("the revocation list on the caller's NATS connection", () => {
       const { list, messages } = startList({ nats: conn }, "restart");
       const before = id();
       await publishRevoked({ jwtIds: [before], expireTime: inFuture() }, conn);
-      await until("the first revocation", () => list.isRevoked({ tokenId: before }));
+      await until("the first revocation", () => isRevoked(list, { tokenId: before }));
 
       await nats.kill();
       await until("the consumer to end", () => !list.subscribed);
@@ -225,8 +251,8 @@ describe("the revocation list on the caller's NATS connection", () => {
           },
         )
         .toBe(true);
-      await until("the revocation after the restart", () => list.isRevoked({ tokenId: after }), 15_000);
-      expect(list.isRevoked({ tokenId: before })).toBe(true);
+      await until("the revocation after the restart", () => isRevoked(list, { tokenId: after }), 15_000);
+      expect(isRevoked(list, { tokenId: before })).toBe(true);
       // From the lookback at start, then after sequence 1, the one event applied before the restart.
       const reading = messages().filter((m) => m.msg === "reading token revocations");
       expect(reading.map((m) => m.from)).toEqual([expect.any(String), 2]);

@@ -56,6 +56,7 @@ describe("createTokenVerifier", () => {
       clientId: "first-party",
       scopes: new Set(),
       tokenId: claims(customer).jti,
+      keyId: JSON.parse(Buffer.from(customer.split(".")[0] ?? "", "base64url").toString()).kid,
       expiresAt: new Date(Number(claims(customer).exp) * 1000),
       issuedAt: new Date(Number(claims(customer).iat) * 1000),
     });

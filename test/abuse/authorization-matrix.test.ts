@@ -4,7 +4,9 @@
  * service (customers signed up with CreateCredentials, services made with the
  * identity CLI and signed in with AuthenticateClient). Each cell is one test,
  * run over Connect and gRPC, and asserts the exact code and message of the
- * contract; a denied cell also proves that nothing changed.
+ * contract; a denied cell also proves that nothing changed. Every token here
+ * is for both the customer service and the identity service (its issuer), so
+ * the matrix is about who calls (audiences: test/security/audience.test.ts).
  */
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
@@ -28,7 +30,7 @@ let platform: Platform;
 let customerSql: postgres.Sql;
 let identitySql: postgres.Sql;
 /** Service tokens by scope. */
-const services: Record<"read" | "write" | "unrelated", string> = { read: "", write: "", unrelated: "" };
+const services: Record<"read" | "write" | "introspect", string> = { read: "", write: "", introspect: "" };
 /** For each RPC, the customer whose resource it targets ("self"), and one other customer. */
 const selves: Record<string, SignedUp> = {};
 let other: SignedUp;
@@ -40,11 +42,15 @@ beforeAll(async () => {
   platform = await startPlatform();
   customerSql = platform.customer.database.sql;
   identitySql = platform.identity.database.sql;
-  services.read = await platform.serviceToken("customer:read");
-  services.write = await platform.serviceToken("customer:write");
-  services.unrelated = await platform.serviceToken("orders:read");
-  other = await platform.newCustomer("other's own password", "other");
-  for (const rpc of RPCS) selves[rpc] = await platform.newCustomer(`${rpc} self password`, rpc.toLowerCase());
+  const audiences = ["customer-service", platform.issuer];
+  const service = (scopes: string) => platform.serviceToken(scopes, audiences.join(" "));
+  services.read = await service("customer:read");
+  services.write = await service("customer:write");
+  services.introspect = await service("identity:introspect");
+  other = await platform.newCustomer("other's own password", "other", audiences);
+  for (const rpc of RPCS) {
+    selves[rpc] = await platform.newCustomer(`${rpc} self password`, rpc.toLowerCase(), audiences);
+  }
 });
 
 afterAll(async () => {
@@ -62,8 +68,7 @@ const SERVICE_SCOPES: Record<Rpc, { with: keyof typeof services; without: keyof 
   RegisterCustomer: { with: "write", without: "read" },
   UpdateCustomer: { with: "write", without: "read" },
   GetCustomer: { with: "read", without: "write" },
-  // Any service may introspect: no scope is needed, so an unrelated one is "without".
-  IntrospectToken: { with: "read", without: "unrelated" },
+  IntrospectToken: { with: "introspect", without: "read" },
   ChangePassword: { with: "write", without: "read" },
 };
 
@@ -125,7 +130,10 @@ const MATRIX: Record<Rpc, Record<Caller, Expected>> = {
     "customer self": introspectDenied,
     "other customer": introspectDenied,
     "service with scope": "OK",
-    "service without scope": "OK",
+    "service without scope": {
+      code: Code.PermissionDenied,
+      message: "introspection requires the scope identity:introspect",
+    },
   },
   ChangePassword: {
     "no token": missing,
@@ -186,7 +194,10 @@ async function call(rpc: Rpc, caller: Caller, protocol: (typeof CORE_PROTOCOLS)[
     }
     case "ChangePassword": {
       // A successful change needs a customer whose password is still the one sent.
-      const target = caller === "customer self" ? await platform.signUp("a fresh password", "change") : s;
+      const target =
+        caller === "customer self"
+          ? await platform.signUp("a fresh password", "change", ["customer-service", platform.issuer])
+          : s;
       const res = await auth.changePassword(
         { currentPassword: target.password, newPassword: `${target.password} (new)` },
         caller === "customer self" ? bearer(target.accessToken) : opts,

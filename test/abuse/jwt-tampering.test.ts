@@ -39,7 +39,7 @@ let introspector: string;
 beforeAll(async () => {
   platform = await startPlatform();
   victim = await platform.newCustomer(PASSWORD, "victim");
-  introspector = await platform.serviceToken("customer:read");
+  introspector = await platform.serviceToken("identity:introspect", platform.issuer);
 });
 
 afterAll(async () => {

@@ -149,6 +149,8 @@ const events: [string, Event][] = [
         expireTime: timestampFromDate(new Date("2025-02-03T04:20:06.789Z")),
         reason: TokenRevocationReason.PASSWORD_CHANGED,
         clientId: "orders-service",
+        keyIds: ["0194c8a0-0000-7d4e-8f60-718293a4b5c3"],
+        issuedBefore: timestampFromDate(new Date("2025-02-03T04:05:07.001Z")),
       }),
       json: {
         eventId: "0194c8a2-1b3c-7d4e-8f60-718293a4b5c9",
@@ -159,6 +161,8 @@ const events: [string, Event][] = [
         expireTime: "2025-02-03T04:20:06.789Z",
         reason: "TOKEN_REVOCATION_REASON_PASSWORD_CHANGED",
         clientId: "orders-service",
+        keyIds: ["0194c8a0-0000-7d4e-8f60-718293a4b5c3"],
+        issuedBefore: "2025-02-03T04:05:07.001Z",
       },
     },
   ],

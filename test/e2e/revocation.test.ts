@@ -40,7 +40,7 @@ describe("on the shared NATS", () => {
 
   beforeAll(async () => {
     platform = await startPlatform();
-    introspector = await platform.serviceToken("customer:read");
+    introspector = await platform.serviceToken("identity:introspect", platform.issuer);
   });
   afterAll(() => platform?.close());
 
@@ -71,7 +71,8 @@ describe("on the shared NATS", () => {
   });
 
   it("after ChangePassword rejects the old access tokens at both services and accepts the new one", async () => {
-    const c = await platform.newCustomer(PASSWORD, "change");
+    // Its token is for the identity service too (ChangePassword), not only the customer service.
+    const c = await platform.newCustomer(PASSWORD, "change", ["customer-service", platform.issuer]);
     const second = await signIn(c);
     const changed = await platform
       .auth()

@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -59,18 +59,36 @@ export interface PrivateNats extends AsyncDisposable {
 /** How long a nats-server may take to say it is ready. */
 const READY_TIMEOUT_MS = 10_000;
 
-/** Starts a private `nats-server -js` on a free port with its own store dir. */
-export async function startPrivateNats(): Promise<PrivateNats> {
+/** A server configuration (nats.conf text) for a private server's port and store directory. */
+export type NatsServerConfig = (where: { port: number; storeDir: string }) => string;
+
+export interface PrivateNatsOptions {
+  /** Run `nats-server -c` with this configuration instead of `-js` on the port. */
+  config?: NatsServerConfig;
+  /** The server's environment on top of this process's (the `$VAR`s a configuration reads). */
+  env?: Record<string, string>;
+}
+
+/**
+ * Starts a private `nats-server -js` on a free port with its own store dir,
+ * or, with `config`, a server with that configuration (e.g. deploy/nats/nats.conf
+ * with the port and store rewritten: see natsConfigFor in test/security).
+ */
+export async function startPrivateNats(opts: PrivateNatsOptions = {}): Promise<PrivateNats> {
   const port = await freePort();
   const storeDir = mkdtempSync(join(tmpdir(), "nats-test-"));
   const url = `nats://127.0.0.1:${port}`;
   let proc: ChildProcess | undefined;
+  const configFile = `${storeDir}.conf`;
+  if (opts.config) writeFileSync(configFile, opts.config({ port, storeDir }));
+  const args = opts.config ? ["-c", configFile] : ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir];
 
   // Ready when it logs "Server is ready" (after JetStream and the client listener are up).
   const start = async () => {
     if (proc) return;
-    const child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storeDir], {
+    const child = spawn("nats-server", args, {
       stdio: ["ignore", "ignore", "pipe"],
+      ...(opts.env && { env: { ...process.env, ...opts.env } }),
     });
     proc = child;
     const log: string[] = [];
@@ -112,6 +130,7 @@ export async function startPrivateNats(): Promise<PrivateNats> {
   const stop = async () => {
     await kill();
     rmSync(storeDir, { recursive: true, force: true });
+    rmSync(configFile, { force: true });
   };
   await start();
   return {

@@ -29,12 +29,21 @@ export interface Platform {
   readonly customer: RunningCustomerService;
   auth(protocol?: Protocol): Client<typeof AuthService>;
   customers(protocol?: Protocol): Client<typeof CustomerService>;
-  /** A service client created with the identity CLI, signed in with client credentials. */
-  serviceToken(scopes: string): Promise<string>;
-  /** Signs up with the identity service (no customer profile yet). */
-  signUp(password: string, label?: string): Promise<SignedUp>;
+  /**
+   * A service client created with the identity CLI, signed in with client
+   * credentials; `audiences` (RFC 8707) as `--audiences`, default the
+   * customer service (IDENTITY_AUDIENCES). `platform.issuer` is the identity
+   * service's own audience (IntrospectToken, with scope identity:introspect).
+   */
+  serviceToken(scopes: string, audiences?: string): Promise<string>;
+  /**
+   * Signs up with the identity service (no customer profile yet); `audience`
+   * as in the request (default: the first-party default, the customer
+   * service; add `issuer` for the identity service's own RPCs).
+   */
+  signUp(password: string, label?: string, audience?: string[]): Promise<SignedUp>;
   /** Signs up and registers the customer profile. */
-  newCustomer(password: string, label?: string): Promise<SignedUp>;
+  newCustomer(password: string, label?: string, audience?: string[]): Promise<SignedUp>;
   /** Stops the identity service and starts it again on the same port, database and stream. */
   restartIdentity(): Promise<void>;
   close(): Promise<void>;
@@ -93,9 +102,9 @@ export async function startPlatform(
 
     const auth = (protocol: Protocol = "connect-http1") => identity.clients.client(AuthService, protocol);
     const customers = (protocol: Protocol = "connect-http1") => customer.clients.client(CustomerService, protocol);
-    const signUp = async (password: string, label = "c"): Promise<SignedUp> => {
+    const signUp = async (password: string, label = "c", audience: string[] = []): Promise<SignedUp> => {
       const email = uniqueEmail(label);
-      const res = await auth().createCredentials({ email, password });
+      const res = await auth().createCredentials({ email, password, audience });
       return {
         customerId: res.customerId,
         email,
@@ -113,20 +122,20 @@ export async function startPlatform(
       customer,
       auth,
       customers,
-      async serviceToken(scopes) {
+      async serviceToken(scopes, audiences) {
         const clientId = `svc-${randomUUID().slice(0, 8)}`;
         const out: string[] = [];
-        const code = await runCli(["clients", "create", clientId, "--scopes", scopes], identity.env, (l) =>
-          out.push(l),
-        );
+        const args = ["clients", "create", clientId, "--scopes", scopes];
+        if (audiences !== undefined) args.push("--audiences", audiences);
+        const code = await runCli(args, identity.env, (l) => out.push(l));
         if (code !== 0) throw new Error(`clients create exited ${code}`);
         const { client_secret } = JSON.parse(out[0] ?? "{}") as { client_secret: string };
         const res = await auth().authenticateClient({ clientId, clientSecret: client_secret, scope: "" });
         return res.tokens?.accessToken ?? "";
       },
       signUp,
-      async newCustomer(password, label) {
-        const c = await signUp(password, label);
+      async newCustomer(password, label, audience) {
+        const c = await signUp(password, label, audience);
         await customers().registerCustomer(c.profile, bearer(c.accessToken));
         return c;
       },

@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { vi } from "vitest";
 import { type Clients, createClients } from "./clients.js";
+import { IDENTITY_TEST_LIMITS } from "./limits.js";
 import { freePort } from "./ports.js";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
@@ -62,6 +63,7 @@ export async function spawnService(
         [`${prefix}_HOST`]: "127.0.0.1",
         [`${prefix}_PORT`]: String(port),
         LOG_LEVEL: "warn",
+        ...(service === "identity-service" ? IDENTITY_TEST_LIMITS : {}),
         ...env,
       },
       stdio: ["ignore", "pipe", "pipe"],

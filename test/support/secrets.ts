@@ -5,7 +5,9 @@
  * the identity database keeps secret (password hashes, refresh-token and
  * client-secret hashes, private signing keys), and any refresh token or
  * client secret the service ever issued, whether a test saw it or not
- * (recognised by its SHA-256, which the database holds). Each secret is also
+ * (recognised by its SHA-256, which the database holds); and, by their
+ * shape, any argon2 hash, JWT, private JWK member ("d": …, stored or not) and
+ * drizzle's list of a failed statement's parameters. Each secret is also
  * looked for in the forms a leak would take: base64, base64url, hex,
  * JSON-escaped, URL-encoded, NFKC-normalised, and bytes as pino writes a
  * Buffer.
@@ -35,6 +37,11 @@ export const MIN_SECRET_LENGTH = 8;
 const JWT = /eyJ[A-Za-z0-9_-]{10,}/;
 // Any argon2 hash, stored or not (a new password's hash before its update commits).
 const ARGON2 = /\$argon2(?:id|i|d)\$/;
+// A private JWK member (EC "d"; RSA "d", "p", "q", "dp", "dq", "qi") with its value, as is or JSON-escaped,
+// stored or not (a key whose insert failed is in no table).
+const PRIVATE_JWK = /\\?"(?:d|p|q|dp|dq|qi)\\?"\s*:\s*\\?"[A-Za-z0-9_-]{16,}/;
+// drizzle's text for a failed statement: "Failed query: …\nparams: <every parameter>".
+const QUERY_PARAMS = /(?:^|\n|\\n)params: /;
 // A refresh token or client secret is 32 random bytes in base64url: 43 characters.
 const ISSUED_LENGTH = 43;
 const BASE64URL_RUN = new RegExp(`[A-Za-z0-9_-]{${ISSUED_LENGTH},}`, "g");
@@ -106,6 +113,8 @@ export function createSecretScanner(opts: { observe?: boolean } = {}): SecretSca
     const hits: string[] = [];
     if (JWT.test(text)) hits.push(`a JWT (${JWT.exec(text)?.[0].slice(0, 16)}…)`);
     if (ARGON2.test(text)) hits.push("an argon2 hash");
+    if (PRIVATE_JWK.test(text)) hits.push(`a private JWK member (${PRIVATE_JWK.exec(text)?.[0].slice(0, 8)}…)`);
+    if (QUERY_PARAMS.test(text)) hits.push("a failed statement's parameters (params: …)");
     for (const secret of secrets.values()) {
       const needle = secret.needles.find((n) => text.includes(n.text));
       if (needle) hits.push(`${secret.label} (${needle.form})`);

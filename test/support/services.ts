@@ -11,6 +11,7 @@ import { type CustomerServer, createCustomerServer } from "../../customer-servic
 import { envToConfig as identityEnvToConfig } from "../../identity-service/src/config.js";
 import { createIdentityServer, type IdentityServer } from "../../identity-service/src/server.js";
 import { type Clients, createClients } from "./clients.js";
+import { IDENTITY_TEST_LIMITS } from "./limits.js";
 import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "./nats.js";
 import type { ReservedPort } from "./ports.js";
 import { createTestDatabase, type TestDatabase } from "./postgres.js";
@@ -113,11 +114,12 @@ export async function startIdentityService(
     NATS_URL: natsUrl,
     IDENTITY_STREAM: streams.stream,
     IDENTITY_SUBJECT_PREFIX: streams.subjectPrefix,
-    IDENTITY_ISSUER: "http://identity.test",
+    IDENTITY_ISSUER: "https://identity.test",
     // Cheap hashes keep tests fast; the OWASP defaults are covered by their own test.
     IDENTITY_ARGON2_MEMORY_KIB: "1024",
     IDENTITY_ARGON2_ITERATIONS: "1",
     SHUTDOWN_GRACE_MS: "2000",
+    ...IDENTITY_TEST_LIMITS,
     ...env,
   };
   const config = identityEnvToConfig(fullEnv);

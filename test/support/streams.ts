@@ -10,6 +10,7 @@ import { CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/
 import { CE_TYPE } from "@customer-platform/sdk/cloudevents";
 import { type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { expect } from "vitest";
 import { until } from "./timing.js";
 
 export const REGISTERED = CustomerRegisteredSchema.typeName;
@@ -187,5 +188,7 @@ export function cloudEventHeaders(e: {
     "ce-subject": [e.subject],
     "ce-datacontenttype": ["application/protobuf"],
     "content-type": ["application/protobuf"],
+    // The producer's detached JWS (test/support/events.ts, sdk event-signing).
+    "ce-signature": [expect.stringMatching(/^[\w-]+\.\.[\w-]+$/)],
   };
 }

@@ -5,6 +5,7 @@
 import { sql } from "drizzle-orm";
 import { bigint, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from "drizzle-orm/pg-core";
 
+export { eventKeys } from "@customer-platform/runtime/event-keys-schema";
 export { outbox } from "@customer-platform/runtime/outbox-schema";
 
 /** A postal address as stored (the JSON form of customer.v1.PostalAddress). */

@@ -1,11 +1,21 @@
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import type { Customer } from "@customer-platform/gen/customer/v1/customer_pb.js";
+import { type Customer, CustomerSchema } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import type { Principal } from "@customer-platform/runtime/auth";
 import { pgConstraint, pgErrorCode, placeholder, placeholders } from "@customer-platform/runtime/db";
 import type { Outbox } from "@customer-platform/runtime/outbox";
 import { eventValues, prepareWithEvent } from "@customer-platform/runtime/outbox-writer";
 import { and, eq, sql } from "drizzle-orm";
-import { authorize, rejectBlank, SCOPE_WRITE, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
+import {
+  authorize,
+  rejectBlank,
+  SCOPE_READ,
+  SCOPE_WRITE,
+  sameAddress,
+  toCustomer,
+  toStoredAddress,
+} from "../customer.js";
 import { type CustomerRow, customers, type StoredAddress } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";
 import { customerUpdated } from "../events.js";
@@ -32,6 +42,32 @@ const MASK_FIELDS: Record<string, MaskField<keyof Change>> = {
     equal: (a, b) => sameAddress(a as StoredAddress | null, b as StoredAddress | null),
   },
 } satisfies { [path: string]: MaskField<keyof Change> };
+
+/** The Customer field each update_mask path names. */
+const MASK_MESSAGE_FIELDS = {
+  email: "email",
+  given_name: "givenName",
+  family_name: "familyName",
+  phone_number: "phoneNumber",
+  address: "address",
+} as const satisfies Record<string, keyof Customer>;
+
+/**
+ * The updated profile as `principal` may see it: whole for the customer and
+ * for a service that may also read profiles (customer:read); for one that may
+ * only write, its id, version and times and the fields it set, so that
+ * writing is no way to read the rest (a no-op update would return it all).
+ */
+function visibleTo(principal: Principal, customer: Customer, paths: string[]): Customer {
+  if (principal.kind === "customer" || principal.scopes.has(SCOPE_READ)) return customer;
+  const { customerId, version, createTime, updateTime } = customer;
+  const visible = create(CustomerSchema, { customerId, version, createTime, updateTime });
+  for (const path of paths) {
+    const field = MASK_MESSAGE_FIELDS[path as keyof typeof MASK_MESSAGE_FIELDS];
+    if (field) Object.assign(visible, { [field]: customer[field] });
+  }
+  return visible;
+}
 
 /**
  * The whole new row, its event and the relay's wake-up in one statement, but
@@ -126,7 +162,7 @@ export function updateCustomer(deps: CustomerServiceDeps): Pick<ServiceImpl<type
             if (!row) throw new Error("locked row changed inside its transaction");
             return row;
           }));
-        return { customer: toCustomer(row) };
+        return { customer: visibleTo(principal, toCustomer(row), paths) };
       } catch (err) {
         if (pgErrorCode(err) === "23505" && pgConstraint(err) === "customers_email_key") {
           throw new ConnectError("email already belongs to another customer", Code.AlreadyExists);

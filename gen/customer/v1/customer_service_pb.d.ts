@@ -125,7 +125,11 @@ export declare const UpdateCustomerRequestSchema: GenMessage<UpdateCustomerReque
  */
 export declare type UpdateCustomerResponse = Message<"customer.v1.UpdateCustomerResponse"> & {
   /**
-   * customer is the profile as stored after the update.
+   * customer is the profile as stored after the update. A caller that may
+   * write but not read profiles (a service token with `customer:write` and
+   * without `customer:read`) gets only customer_id, version, create_time,
+   * update_time and the fields its update_mask named: writing never reveals
+   * what the caller could not read.
    *
    * @generated from field: customer.v1.Customer customer = 1;
    */

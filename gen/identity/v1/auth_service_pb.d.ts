@@ -51,6 +51,14 @@ export declare type TokenSet = Message<"identity.v1.TokenSet"> & {
    * @generated from field: string scope = 5;
    */
   scope: string;
+
+  /**
+   * audience is the access token's `aud`: the resource servers (and, for the
+   * identity service's own RPCs, its issuer URL) that accept it.
+   *
+   * @generated from field: repeated string audience = 6;
+   */
+  audience: string[];
 };
 
 /**
@@ -73,12 +81,25 @@ export declare type CreateCredentialsRequest = Message<"identity.v1.CreateCreden
   email: string;
 
   /**
-   * password is the new password: 8 to 256 characters, no composition rules
-   * (NIST SP 800-63B).
+   * password is the new password: 8 to 256 code points counted after NFKC
+   * normalisation, not only whitespace, not the email and not on the service's
+   * list of common passwords; no composition rules (NIST SP 800-63B). The
+   * length rule here is a first pass; the service applies the rest.
    *
    * @generated from field: string password = 2;
    */
   password: string;
+
+  /**
+   * audience names the resource servers the session's tokens are for (RFC
+   * 8707 resource indicators, as audience names such as "customer-service",
+   * or the issuer URL for the identity service's own RPCs). Empty means the
+   * first-party client's default (IDENTITY_DEFAULT_AUDIENCES). Every entry
+   * must be allowed for the first-party client (IDENTITY_AUDIENCES).
+   *
+   * @generated from field: repeated string audience = 3;
+   */
+  audience: string[];
 };
 
 /**
@@ -133,6 +154,14 @@ export declare type AuthenticateCustomerRequest = Message<"identity.v1.Authentic
    * @generated from field: string password = 2;
    */
   password: string;
+
+  /**
+   * audience names the resource servers the session's tokens are for, as in
+   * CreateCredentialsRequest.audience.
+   *
+   * @generated from field: repeated string audience = 3;
+   */
+  audience: string[];
 };
 
 /**
@@ -180,6 +209,15 @@ export declare type RefreshTokenRequest = Message<"identity.v1.RefreshTokenReque
    * @generated from field: string refresh_token = 1;
    */
   refreshToken: string;
+
+  /**
+   * audience narrows the new access token to some of the session's audiences
+   * (RFC 8707); empty gives it all of them. The new refresh token keeps the
+   * session's audiences.
+   *
+   * @generated from field: repeated string audience = 2;
+   */
+  audience: string[];
 };
 
 /**
@@ -318,6 +356,14 @@ export declare type IntrospectTokenResponse = Message<"identity.v1.IntrospectTok
    * @generated from field: string token_type = 7;
    */
   tokenType: string;
+
+  /**
+   * aud is the token's audiences (an access token's `aud`; a refresh token's
+   * session audiences).
+   *
+   * @generated from field: repeated string aud = 8;
+   */
+  aud: string[];
 };
 
 /**
@@ -340,11 +386,20 @@ export declare type ChangePasswordRequest = Message<"identity.v1.ChangePasswordR
   currentPassword: string;
 
   /**
-   * new_password is the password to set: 8 to 256 characters.
+   * new_password is the password to set, under the rules of
+   * CreateCredentialsRequest.password.
    *
    * @generated from field: string new_password = 2;
    */
   newPassword: string;
+
+  /**
+   * audience names the resource servers the new session's tokens are for, as
+   * in CreateCredentialsRequest.audience.
+   *
+   * @generated from field: repeated string audience = 3;
+   */
+  audience: string[];
 };
 
 /**
@@ -401,6 +456,16 @@ export declare type AuthenticateClientRequest = Message<"identity.v1.Authenticat
    * @generated from field: string scope = 3;
    */
   scope: string;
+
+  /**
+   * audience names the resource servers the token is for (RFC 8707 resource
+   * indicators, as audience names, or the issuer URL for the identity
+   * service's own RPCs such as IntrospectToken); empty requests the client's
+   * default audiences.
+   *
+   * @generated from field: repeated string audience = 4;
+   */
+  audience: string[];
 };
 
 /**
@@ -446,8 +511,13 @@ export declare const AuthService: GenService<{
    * CreateCredentials signs a customer up: it mints the customer id (a UUIDv7),
    * stores an argon2id hash of the password and returns the id with tokens.
    *
-   * Returns INVALID_ARGUMENT if the email or password breaks its rules (a
-   * password is 8 to 256 characters and must differ from the email) and
+   * Returns INVALID_ARGUMENT if the email or password breaks its rules (after
+   * NFKC normalisation a password is 8 to 256 code points, not only
+   * whitespace, not the email and not a common password; the violation names
+   * the rule, never the password) or an audience is malformed,
+   * PERMISSION_DENIED if an audience is not allowed for the first-party
+   * client, RESOURCE_EXHAUSTED with a RetryInfo detail when the client address
+   * made too many sign-ups or too many password checks are waiting, and
    * ALREADY_EXISTS if the email already has credentials.
    *
    * @generated from rpc identity.v1.AuthService.CreateCredentials
@@ -463,8 +533,12 @@ export declare const AuthService: GenService<{
    *
    * Returns UNAUTHENTICATED ("invalid email or password") for an unknown email
    * and a wrong password alike, RESOURCE_EXHAUSTED with a RetryInfo detail
-   * after repeated failures for one email (known or not), and INVALID_ARGUMENT
-   * for a malformed request.
+   * after repeated failures for one email (known or not; counted with
+   * ChangePassword), after too many sign-ins from the client address, or when
+   * too many password checks are waiting, FAILED_PRECONDITION once the email
+   * (known or not) is locked after too many consecutive failures, until an
+   * operator unlocks it, PERMISSION_DENIED if an audience is not allowed for
+   * the first-party client, and INVALID_ARGUMENT for a malformed request.
    *
    * @generated from rpc identity.v1.AuthService.AuthenticateCustomer
    */
@@ -477,10 +551,13 @@ export declare const AuthService: GenService<{
    * RefreshToken exchanges a refresh token for a new token set. Each refresh
    * token works once: presenting one that was already rotated revokes every
    * token of its family, access tokens included, and emits
-   * identity.v1.TokensRevoked (RFC 9700 refresh token rotation).
+   * identity.v1.TokensRevoked (RFC 9700 refresh token rotation). A session
+   * ends IDENTITY_SESSION_MAX_LIFETIME after its sign-in, however often it
+   * is refreshed.
    *
    * Returns UNAUTHENTICATED for an unknown, expired, revoked or reused refresh
-   * token and INVALID_ARGUMENT for a malformed request.
+   * token, PERMISSION_DENIED if an audience is not one of the session's, and
+   * INVALID_ARGUMENT for a malformed request.
    *
    * @generated from rpc identity.v1.AuthService.RefreshToken
    */
@@ -507,11 +584,15 @@ export declare const AuthService: GenService<{
   /**
    * IntrospectToken describes a token as RFC 7662 does: an inactive token
    * (unknown, expired, revoked, tampered) is answered with active = false and
-   * nothing else. The caller must present a service access token (client
-   * credentials).
+   * nothing else, and so is a token of a disabled client or identity, or
+   * signed with a revoked key. The caller must present a service access token
+   * (client credentials) for the identity service's audience (its issuer URL)
+   * with the scope "identity:introspect". A refresh token is described only
+   * to the client it was issued to; to any other it is inactive.
    *
-   * Returns UNAUTHENTICATED without a valid access token, PERMISSION_DENIED if
-   * the caller is not a service, and INVALID_ARGUMENT for a malformed request.
+   * Returns UNAUTHENTICATED without a valid access token for the identity
+   * service, PERMISSION_DENIED if the caller is not a service or lacks
+   * "identity:introspect", and INVALID_ARGUMENT for a malformed request.
    *
    * @generated from rpc identity.v1.AuthService.IntrospectToken
    */
@@ -526,10 +607,14 @@ export declare const AuthService: GenService<{
    * access tokens issued with them (emitting identity.v1.TokensRevoked) and
    * returns a fresh token set.
    *
-   * Returns UNAUTHENTICATED without a valid customer access token or with a
-   * wrong current password, RESOURCE_EXHAUSTED after repeated failures,
-   * INVALID_ARGUMENT if the new password breaks its rules, and
-   * PERMISSION_DENIED for a service token.
+   * Returns UNAUTHENTICATED without a valid customer access token for the
+   * identity service's audience (its issuer URL) or with a wrong current
+   * password, RESOURCE_EXHAUSTED after repeated failures (counted with
+   * sign-ins of the same email), FAILED_PRECONDITION once that email is
+   * locked, INVALID_ARGUMENT if the new password breaks the rules
+   * CreateCredentials states, and
+   * PERMISSION_DENIED for a service token or an audience not allowed for the
+   * first-party client.
    *
    * @generated from rpc identity.v1.AuthService.ChangePassword
    */
@@ -541,11 +626,14 @@ export declare const AuthService: GenService<{
   /**
    * AuthenticateClient issues an access token to a service with its client
    * credentials (OAuth 2.0 client credentials grant). The token carries the
-   * requested scopes, or all of the client's scopes if none are requested.
+   * requested scopes, or all of the client's scopes if none are requested,
+   * and is for the requested audiences, or the client's default audiences if
+   * none are requested (RFC 8707).
    *
-   * Returns UNAUTHENTICATED ("invalid client credentials") for an unknown
-   * client or a wrong secret, PERMISSION_DENIED if a requested scope is not
-   * allowed for the client, and INVALID_ARGUMENT for a malformed request.
+   * Returns UNAUTHENTICATED ("invalid client credentials") for an unknown or
+   * disabled client or a wrong secret, PERMISSION_DENIED if a requested scope
+   * or audience is not allowed for the client, and INVALID_ARGUMENT for a
+   * malformed request.
    *
    * @generated from rpc identity.v1.AuthService.AuthenticateClient
    */

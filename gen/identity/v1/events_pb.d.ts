@@ -60,8 +60,10 @@ export declare const CustomerAuthenticatedSchema: GenMessage<CustomerAuthenticat
  * Published on subject "identity.token.revoked.<customer_id>" in stream
  * IDENTITY ("identity.token.revoked.client.<client_id>" for a service's
  * token). A resource server that verifies access tokens offline rejects a
- * token whose `jti` claim is in jwt_ids or whose `sid` claim is in
- * session_ids, until expire_time. It carries ids only, never a token.
+ * token whose `jti` claim is in jwt_ids, whose `sid` claim is in
+ * session_ids, whose header `kid` is in key_ids, or whose `client_id` claim
+ * is client_id and whose `iat` is before issued_before, until expire_time.
+ * It carries ids only, never a token.
  *
  * @generated from message identity.v1.TokensRevoked
  */
@@ -128,6 +130,23 @@ export declare type TokensRevoked = Message<"identity.v1.TokensRevoked"> & {
    * @generated from field: string client_id = 8;
    */
   clientId: string;
+
+  /**
+   * key_ids are the `kid` headers of revoked signing keys: every token signed
+   * with one of them is revoked, and a verifier should refetch the JWKS
+   * (which no longer lists them).
+   *
+   * @generated from field: repeated string key_ids = 9;
+   */
+  keyIds: string[];
+
+  /**
+   * issued_before, with client_id, revokes every access token of that client
+   * whose `iat` is before it (a disabled client, a rotated secret).
+   *
+   * @generated from field: google.protobuf.Timestamp issued_before = 10;
+   */
+  issuedBefore?: Timestamp | undefined;
 };
 
 /**
@@ -200,6 +219,31 @@ export enum TokenRevocationReason {
    * @generated from enum value: TOKEN_REVOCATION_REASON_PASSWORD_CHANGED = 3;
    */
   PASSWORD_CHANGED = 3,
+
+  /**
+   * TOKEN_REVOCATION_REASON_CLIENT_DISABLED is `identity clients disable`:
+   * every token of the client issued before issued_before is revoked.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_CLIENT_DISABLED = 4;
+   */
+  CLIENT_DISABLED = 4,
+
+  /**
+   * TOKEN_REVOCATION_REASON_CLIENT_SECRET_ROTATED is `identity clients
+   * rotate-secret`: every token of the client issued before issued_before is
+   * revoked.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_CLIENT_SECRET_ROTATED = 5;
+   */
+  CLIENT_SECRET_ROTATED = 5,
+
+  /**
+   * TOKEN_REVOCATION_REASON_SIGNING_KEY_REVOKED is `identity keys revoke`:
+   * every token signed with one of key_ids is revoked.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_SIGNING_KEY_REVOKED = 6;
+   */
+  SIGNING_KEY_REVOKED = 6,
 }
 
 /**

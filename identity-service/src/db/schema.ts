@@ -5,6 +5,7 @@
 import { sql } from "drizzle-orm";
 import { customType, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from "drizzle-orm/pg-core";
 
+export { eventKeys } from "@customer-platform/runtime/event-keys-schema";
 export { outbox } from "@customer-platform/runtime/outbox-schema";
 
 const bytea = customType<{ data: Buffer; driverData: Buffer }>({ dataType: () => "bytea" });
@@ -38,6 +39,18 @@ export const loginThrottles = pgTable("login_throttles", {
   failures: integer("failures").notNull(),
   blockedUntil: tstz("blocked_until"),
   lastFailureAt: tstz("last_failure_at").notNull(),
+  /** Set at the consecutive-failure cap (NIST SP 800-63B 5.2.2): sign-in refused until `identity unlock` or a success. */
+  lockedAt: tstz("locked_at"),
+});
+
+/**
+ * Rate limits per client address (identity-service/src/rate-limit.ts): a
+ * GCRA theoretical arrival time per SHA-256 of limit name and address.
+ * Rows whose `tat` has passed carry no state and may be deleted.
+ */
+export const rateLimits = pgTable("rate_limits", {
+  key: bytea("key").primaryKey(),
+  tat: tstz("tat").notNull(),
 });
 
 /**
@@ -54,8 +67,16 @@ export const refreshTokens = pgTable(
     customerId: uuid("customer_id").notNull(),
     clientId: text("client_id").notNull(),
     scope: text("scope").notNull(),
+    /** The session's audiences (RFC 8707): what its access tokens may be for; empty for rows older than audiences. */
+    audiences: text("audiences").array().notNull().default(sql`'{}'::text[]`),
     createdAt: tstz("created_at").notNull(),
     expiresAt: tstz("expires_at").notNull(),
+    /**
+     * When the session ends however often it is refreshed (sign-in +
+     * IDENTITY_SESSION_MAX_LIFETIME); the same for every row of the family,
+     * which is kept until then so a rotated token replayed still revokes it.
+     */
+    sessionExpiresAt: tstz("session_expires_at"),
     /** Set when the token was exchanged for its successor. */
     rotatedAt: tstz("rotated_at"),
     revokedAt: tstz("revoked_at"),
@@ -80,6 +101,8 @@ export const signingKeys = pgTable("signing_keys", {
   createdAt: tstz("created_at").notNull(),
   /** After this, the key no longer signs; it stays in the JWKS until its tokens expired. */
   retiredAt: tstz("retired_at"),
+  /** Set by `keys revoke`: the key is out of the JWKS and every token it signed is refused. */
+  revokedAt: tstz("revoked_at"),
 });
 
 /** OAuth clients of services (client credentials). The secret is stored only as a SHA-256 hash. */
@@ -87,7 +110,16 @@ export const clients = pgTable("clients", {
   clientId: text("client_id").primaryKey(),
   secretHash: bytea("secret_hash").notNull(),
   scopes: text("scopes").array().notNull(),
+  /** Audiences (resource servers) the client may ask tokens for (RFC 8707). */
+  audiences: text("audiences").array().notNull().default(sql`'{customer-service}'::text[]`),
+  /** Audiences of its tokens when it asks for none. */
+  defaultAudiences: text("default_audiences").array().notNull().default(sql`'{customer-service}'::text[]`),
   description: text("description").notNull().default(""),
   createdAt: tstz("created_at").notNull(),
   disabledAt: tstz("disabled_at"),
+  /**
+   * Tokens of the client issued before this are revoked (set by disable and
+   * rotate-secret); tokens issued after it carry an `iat` no earlier.
+   */
+  tokensValidAfter: tstz("tokens_valid_after"),
 });

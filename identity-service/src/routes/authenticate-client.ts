@@ -4,6 +4,7 @@ import type { AuthService } from "@customer-platform/gen/identity/v1/auth_servic
 import { eq, sql } from "drizzle-orm";
 import { clients } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
+import { grantAudiences } from "../sessions.js";
 import { hashToken, signAccessToken } from "../tokens.js";
 
 // Compared against when the client is unknown, so both paths do the same work.
@@ -31,10 +32,14 @@ export function authenticateClient(deps: AuthServiceDeps): Pick<ServiceImpl<type
         throw new ConnectError(`scope not allowed for this client: ${denied.join(" ")}`, Code.PermissionDenied);
       }
       const scope = (requested.length > 0 ? [...new Set(requested)] : client.scopes).join(" ");
+      const audience = grantAudiences(req.audience, { allowed: client.audiences, default: client.defaultAudiences });
       const access = await signAccessToken(deps.keys, deps.tokens, {
         sub: client.clientId,
         clientId: client.clientId,
         scope,
+        audience,
+        // Never stamped before the client's cut-off, which revoked its earlier tokens.
+        ...(client.tokensValidAfter && { notBefore: Math.ceil(client.tokensValidAfter.getTime() / 1000) }),
       });
       return {
         tokens: {
@@ -43,6 +48,7 @@ export function authenticateClient(deps: AuthServiceDeps): Pick<ServiceImpl<type
           expiresIn: access.expiresIn,
           refreshToken: "",
           scope,
+          audience: access.audience,
         },
       };
     },

@@ -4,8 +4,10 @@ import { eq } from "drizzle-orm";
 import { identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { TokenRevocationReason } from "../events.js";
-import { issueCustomerTokens, revokeSessions } from "../sessions.js";
-import { invalidLogin, rejectPasswordEqualToEmail } from "./credentials.js";
+import { checkNewPassword } from "../passwords.js";
+import { grantAudiences, issueCustomerTokens, revokeSessions } from "../sessions.js";
+import { loginThrottleKey } from "../throttle.js";
+import { invalidLogin, normalizeEmail } from "./credentials.js";
 
 /**
  * ChangePassword: the caller's token names the customer; the current password
@@ -20,16 +22,20 @@ export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof A
       if (principal.kind !== "customer") {
         throw new ConnectError("only a customer token can change a password", Code.PermissionDenied);
       }
-      const throttleKey = `change-password:${principal.subject}`;
-      await deps.throttle.reserve(throttleKey);
+      const audiences = grantAudiences(req.audience, deps.firstPartyAudiences);
       const [identity] = await deps.db.select().from(identities).where(eq(identities.customerId, principal.subject));
       if (identity?.status !== "active") throw invalidLogin();
-      if (!(await deps.passwords.verify(identity.passwordHash, req.currentPassword))) {
+      // Sign-up's rules, checked before an attempt is spent on the current password.
+      checkNewPassword(req.newPassword, identity.email, "new_password");
+      // One counter with sign-in: a stolen token does not buy extra guesses at the password.
+      const throttleKey = loginThrottleKey(normalizeEmail(identity.email));
+      await deps.throttle.reserve(throttleKey);
+      const client = deps.clientAddress(ctx);
+      if (!(await deps.passwords.verify(identity.passwordHash, req.currentPassword, client))) {
         throw new ConnectError("current password is wrong", Code.Unauthenticated);
       }
       await deps.throttle.succeed(throttleKey);
-      rejectPasswordEqualToEmail(identity.email, req.newPassword, "new_password");
-      const passwordHash = await deps.passwords.hash(req.newPassword);
+      const passwordHash = await deps.passwords.hash(req.newPassword, client);
       const now = deps.now();
       const tokens = await deps.db.transaction(async (tx) => {
         await tx
@@ -43,7 +49,7 @@ export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof A
           TokenRevocationReason.PASSWORD_CHANGED,
           now,
         );
-        return issueCustomerTokens(deps, tx, identity.customerId);
+        return issueCustomerTokens(deps, tx, identity.customerId, { audiences });
       });
       return { tokens };
     },

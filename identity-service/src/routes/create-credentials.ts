@@ -2,17 +2,23 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { pgConstraint, pgErrorCode } from "@customer-platform/runtime/db";
 import { uuidv7 } from "@customer-platform/runtime/ids";
+import { addressLimitKey } from "@customer-platform/runtime/interceptors";
 import { identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { issueCustomerTokens } from "../sessions.js";
-import { normalizeEmail, rejectPasswordEqualToEmail } from "./credentials.js";
+import { checkNewPassword } from "../passwords.js";
+import { grantAudiences, issueCustomerTokens } from "../sessions.js";
+import { normalizeEmail } from "./credentials.js";
 
 /** CreateCredentials: sign-up; mints the customer id. */
 export function createCredentials(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "createCredentials"> {
   return {
-    async createCredentials(req) {
-      rejectPasswordEqualToEmail(req.email, req.password, "password");
-      const passwordHash = await deps.passwords.hash(req.password);
+    async createCredentials(req, ctx) {
+      // Before any work: an audience the first-party client may not have is refused outright.
+      const audiences = grantAudiences(req.audience, deps.firstPartyAudiences);
+      checkNewPassword(req.password, req.email, "password");
+      const client = deps.clientAddress(ctx);
+      await deps.rateLimits.signUp.consume(addressLimitKey(client));
+      const passwordHash = await deps.passwords.hash(req.password, client);
       const customerId = uuidv7();
       const now = deps.now();
       try {
@@ -25,7 +31,7 @@ export function createCredentials(deps: AuthServiceDeps): Pick<ServiceImpl<typeo
             updatedAt: now,
             passwordChangedAt: now,
           });
-          return issueCustomerTokens(deps, tx, customerId);
+          return issueCustomerTokens(deps, tx, customerId, { audiences });
         });
         return { customerId, tokens };
       } catch (err) {

@@ -1,16 +1,21 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { SCOPE_IDENTITY_INTROSPECT } from "@customer-platform/sdk/scopes";
 import { eq } from "drizzle-orm";
 import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { isAccessTokenRevoked } from "../sessions.js";
-import { hashToken, looksLikeJwt, verifyOwnAccessToken } from "../tokens.js";
+import { hashToken, looksLikeJwt, verifyIssuedAccessToken } from "../tokens.js";
 
 const seconds = (d: Date) => BigInt(Math.floor(d.getTime() / 1000));
 
 /**
- * IntrospectToken (RFC 7662), for services: an inactive token (invalid,
- * expired, revoked by its `jti` or with its session) is just `active: false`.
+ * IntrospectToken (RFC 7662), for services holding `identity:introspect` in
+ * a token for the identity service: an inactive token (invalid, expired,
+ * revoked by its `jti`, with its session, its signing key or its client's
+ * cut-off, of a disabled client or identity) is just `active: false`. A
+ * refresh token is described only to the client it was issued to (RFC 7662
+ * §4: a server may limit which tokens a caller may learn about).
  */
 export function introspectToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "introspectToken"> {
   return {
@@ -19,10 +24,14 @@ export function introspectToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof 
       if (caller.kind !== "service") {
         throw new ConnectError("only a service token may introspect tokens", Code.PermissionDenied);
       }
+      if (!caller.scopes.has(SCOPE_IDENTITY_INTROSPECT)) {
+        throw new ConnectError(`introspection requires the scope ${SCOPE_IDENTITY_INTROSPECT}`, Code.PermissionDenied);
+      }
       const now = deps.now();
       if (looksLikeJwt(req.token)) {
-        const p = await verifyOwnAccessToken(deps.keys, deps.tokens, req.token).catch(() => undefined);
-        if (!p || (await isAccessTokenRevoked(deps.db, p))) return { active: false };
+        const issued = await verifyIssuedAccessToken(deps.keys, deps.tokens, req.token);
+        if (!issued || (await isAccessTokenRevoked(deps.db, issued.principal))) return { active: false };
+        const p = issued.principal;
         return {
           active: true,
           sub: p.subject,
@@ -31,6 +40,7 @@ export function introspectToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof 
           exp: seconds(p.expiresAt),
           iat: seconds(p.issuedAt),
           tokenType: "access_token",
+          aud: issued.audience,
         };
       }
       const [t] = await deps.db
@@ -38,7 +48,15 @@ export function introspectToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof 
         .from(refreshTokens)
         .innerJoin(identities, eq(identities.customerId, refreshTokens.customerId))
         .where(eq(refreshTokens.tokenHash, hashToken(req.token)));
-      if (!t || t.token.revokedAt || t.token.rotatedAt || t.token.expiresAt <= now || t.status !== "active") {
+      if (
+        !t ||
+        t.token.clientId !== caller.clientId ||
+        t.token.revokedAt ||
+        t.token.rotatedAt ||
+        t.token.expiresAt <= now ||
+        (t.token.sessionExpiresAt && t.token.sessionExpiresAt <= now) ||
+        t.status !== "active"
+      ) {
         return { active: false };
       }
       return {
@@ -49,6 +67,7 @@ export function introspectToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof 
         exp: seconds(t.token.expiresAt),
         iat: seconds(t.token.createdAt),
         tokenType: "refresh_token",
+        aud: t.token.audiences.length > 0 ? t.token.audiences : [...deps.firstPartyAudiences.default],
       };
     },
   };

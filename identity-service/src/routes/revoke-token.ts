@@ -5,7 +5,7 @@ import { refreshTokens, revokedAccessTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
 import { revokeSessions, tokenOwner } from "../sessions.js";
-import { hashToken, looksLikeJwt, verifyOwnAccessToken } from "../tokens.js";
+import { hashToken, looksLikeJwt, verifyIssuedAccessToken } from "../tokens.js";
 
 /**
  * RevokeToken (RFC 7009): a refresh token revokes its whole family (the
@@ -19,7 +19,8 @@ export function revokeToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Auth
     async revokeToken(req) {
       const now = deps.now();
       if (looksLikeJwt(req.token)) {
-        const principal = await verifyOwnAccessToken(deps.keys, deps.tokens, req.token).catch(() => undefined);
+        // Whatever its audience: the token is named, not presented.
+        const principal = (await verifyIssuedAccessToken(deps.keys, deps.tokens, req.token))?.principal;
         if (principal) {
           await deps.db.transaction(async (tx) => {
             const [inserted] = await tx
