@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { sharedNatsUrl } from "../test/support/nats.js";
 import { adminUrl } from "../test/support/postgres.js";
+import { measureEventSigning } from "./event-signing.js";
 import type { IpcChild } from "./lib/child.js";
 import { ROOT } from "./lib/child.js";
 import { lastSeq, type StoredEvent, storedEvents } from "./lib/jetstream.js";
@@ -23,12 +24,13 @@ import { type Platform, startPlatform, unsentCount, waitOutboxEmpty } from "./li
 import { type CpuWindow, rssMiB, sampleRss, startCpuWindow, startTreeCpuWindow } from "./lib/proc.js";
 import { topFunctions } from "./lib/profile.js";
 import { createRandom, type Random, shuffle } from "./lib/random.js";
-import { invalidate, type Report, ROW_IDS, type Row, renderTable, runName } from "./lib/report.js";
+import { invalidate, type Report, ROW_IDS, type Row, type RowId, renderTable, runName } from "./lib/report.js";
 import { measureStartup } from "./lib/startup.js";
 import { type LoadResult, mergeLoads, summarize } from "./lib/stats.js";
+import { measurePasswordBlocklist } from "./password-blocklist.js";
 import type { RawDrainResult, ScenarioSpec } from "./scenarios.js";
 
-const GROUPS = ["startup", "get", "jwt", "update", "register", "auth", "tokens", "drain"] as const;
+const GROUPS = ["startup", "trust", "get", "jwt", "update", "register", "auth", "tokens", "drain"] as const;
 type Group = (typeof GROUPS)[number];
 
 export interface BenchOptions {
@@ -138,6 +140,8 @@ export async function runBench(opts: BenchOptions): Promise<Report> {
   const want = (g: Group) => opts.only.size === 0 || opts.only.has(g);
   // First, while nothing else of the bench runs: a start-up competes with nothing but PostgreSQL and NATS.
   const startup = want("startup") ? await startupRows(timing) : [];
+  // In process, also while nothing else runs: the CPU price of signed events and of the password rules.
+  const trust = want("trust") ? await trustRows(opts.quick) : [];
   const p = await startPlatform({ customers: 2000, accounts: CONCURRENCY, log });
   const stopOnSignal = () => {
     log("interrupted: stopping services");
@@ -243,7 +247,7 @@ export async function runBench(opts: BenchOptions): Promise<Report> {
   };
   const measure = async (job: Job): Promise<Measured> => (await compare(job))[0] as Measured;
 
-  const rows: Row[] = [...startup];
+  const rows: Row[] = [...startup, ...trust];
   try {
     if (want("get")) rows.push(...(await getRows(p, compare)));
     if (want("jwt")) rows.push(await jwtRow(p, compare));
@@ -281,6 +285,13 @@ export async function runBench(opts: BenchOptions): Promise<Report> {
       rows.push(r);
     }
     rows.push(...memoryRows(p, peakRss));
+    shareOfCall(rows, "event_signing", "update_customer", "UpdateCustomer's service CPU per call (this run)");
+    shareOfCall(
+      rows,
+      "password_rules",
+      "authenticate_customer",
+      "AuthenticateCustomer's service CPU per call (argon2id, this run)",
+    );
   } finally {
     process.off("SIGINT", stopOnSignal);
     process.off("SIGTERM", stopOnSignal);
@@ -974,6 +985,59 @@ async function startupRows(timing: Timing): Promise<Row[]> {
       },
     ];
   });
+}
+
+/**
+ * Event signing (what the relay adds per event), verification (what a
+ * consumer spends per event) and the new-password rules with the common
+ * password list (what a sign-up adds), measured in this process.
+ */
+async function trustRows(quick: boolean): Promise<Row[]> {
+  log("Event signing and verification, new-password rules (in process)");
+  const events = await measureEventSigning({ iterations: quick ? 1_000 : 5_000 });
+  const rules = measurePasswordBlocklist(quick ? 50_000 : 200_000);
+  return [
+    {
+      id: "event_signing",
+      title: "Event signing in the relay (Ed25519 JWS), per event",
+      unit: "µs",
+      ours: { label: "CloudEvents headers + ce-signature", value: round(events.signUs, 1) },
+      details: {
+        headersAloneUs: round(events.headersUs, 1),
+        signatureBytes: events.signatureBytes,
+        payloadBytes: events.payloadBytes,
+        iterations: events.iterations,
+      },
+    },
+    {
+      id: "event_verification",
+      title: "Event verification in a consumer (SDK), per event",
+      unit: "µs",
+      ours: { label: "verifyEvent, keys cached", value: round(events.verifyUs, 1) },
+      details: { payloadBytes: events.payloadBytes, iterations: events.iterations },
+    },
+    {
+      id: "password_rules",
+      title: "New-password rules per sign-up (NFKC + common-password list)",
+      unit: "µs",
+      ours: { label: "all rules of CreateCredentials", value: round(rules.rulesUsPerCheck, 1) },
+      details: {
+        lookupUs: round(rules.lookupUsPerCheck, 2),
+        listSize: rules.listSize,
+        listBuildMs: round(rules.buildMs, 1),
+        checks: rules.checks,
+      },
+    },
+  ];
+}
+
+/** Sets a per-item cost row's baseline to a call's service CPU measured in this run, so the ratio is its share. */
+function shareOfCall(rows: Row[], id: RowId, callId: RowId, label: string): void {
+  const row = rows.find((r) => r.id === id);
+  const perCall = rows.find((r) => r.id === callId)?.details.serviceCpuUsPerReq;
+  if (!row || typeof perCall !== "number" || !Number.isFinite(perCall) || perCall <= 0) return;
+  row.baseline = { label, value: perCall };
+  row.ratio = round(row.ours.value / perCall, 4);
 }
 
 /** The middle value (the mean of the two middle ones for an even count). */

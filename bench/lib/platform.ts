@@ -142,6 +142,11 @@ async function start(
       NATS_URL: sharedNatsUrl,
       IDENTITY_STREAM: identityStreams.stream,
       IDENTITY_SUBJECT_PREFIX: identityStreams.subjectPrefix,
+      // The load agent is one client address: the per-address limits would refuse it as the flood it
+      // looks like, so they are off; the argon2 queue stays, with room for every virtual user.
+      IDENTITY_SIGN_IN_LIMIT: "0",
+      IDENTITY_SIGN_UP_LIMIT: "0",
+      IDENTITY_ARGON2_QUEUE_PER_ADDRESS: "1000",
     },
   );
   const customerEnv = (port: number, db: TestDatabase, natsUrl: string, s: StreamNames) => ({

@@ -22,6 +22,9 @@ export const ROW_IDS = [
   "rss_customer_service_compiled",
   "startup_identity_service",
   "rss_identity_service_compiled",
+  "event_signing",
+  "event_verification",
+  "password_rules",
 ] as const;
 
 export type RowId = (typeof ROW_IDS)[number];

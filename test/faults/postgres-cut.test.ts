@@ -77,7 +77,8 @@ async function readyz(): Promise<number> {
 
 describe("PostgreSQL cut and restored during sustained writes", () => {
   it("answers UNAVAILABLE while down, recovers by itself, loses and corrupts nothing", async () => {
-    expect(await servingStatus()).toBe(SERVING);
+    // Ready once the revocations of the lookback window are applied (moments after start).
+    await expect.poll(servingStatus, { timeout: 10_000 }).toBe(SERVING);
     const load = startCustomerLoad({
       client: () => svc.clients.client(CustomerService, "grpc"),
       issuer,
