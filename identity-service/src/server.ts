@@ -57,7 +57,7 @@ export async function createIdentityServer(
       every("signing key reload", KEY_RELOAD_MS, () => keys.reload());
       // …and at once when `keys revoke` commits: a revoked key must stop signing and leave the JWKS now.
       const unlisten = await database.listen(KEYS_CHANGED_CHANNEL, () => {
-        keys.reload().catch((err: unknown) => logger.warn({ err: String(err) }, "signing key reload failed"));
+        keys.reload().catch((err: unknown) => logger.warn({ err }, "signing key reload failed"));
       });
       defer("signing key notifications", unlisten);
       // Built now, not at the first sign-up, so no request waits for it.
