@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { INSTALL_COMMAND, requireH2load } from "./lib/h2load.js";
 import { type Report, ROW_IDS, type Row, type RowId, runName } from "./lib/report.js";
 import { CONNECT_JSON, GRPC_PROTO } from "./scenarios.js";
 
@@ -26,14 +27,16 @@ let stdout: string;
 let stderr: string;
 
 beforeAll(async () => {
+  // Never skipped: without h2load the transport rows cannot run, and this says how to install it.
+  requireH2load();
   const out = join(dir, "quick.json");
   ({ stdout, stderr } = await promisify(execFile)(
     process.execPath,
     ["--conditions=source", "--import", "tsx", "bench/run.ts", "--quick", "--seed", String(SEED), "--out", out],
-    { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 240_000 },
+    { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 300_000 },
   ));
   report = JSON.parse(readFileSync(out, "utf8")) as Report;
-}, 250_000);
+}, 310_000);
 
 const row = (id: RowId): Row => {
   const found = report.rows.find((r) => r.id === id);
@@ -48,8 +51,26 @@ interface LoadDetails {
   postgresCores?: number;
   perIdentityVcpuOnly?: number;
   contentTypes?: { request: string[]; response: string[] };
-  baseline?: { errors?: number };
+  baseline?: H2Details & { errors?: number };
 }
+
+interface H2Details {
+  serverCpuUsPerReq?: number;
+  contentTypes?: { request: string[]; response: string[] };
+  h2load?: Array<{
+    counts: { total: number; succeeded: number; failed: number; errored: number; timeout: number };
+    statusCodes: Record<string, number>;
+    args: string;
+  }>;
+}
+
+/** The rows h2load drives, each against a baseline server in the same run. */
+const TRANSPORT_ROWS: RowId[] = [
+  "connect_health_bare",
+  "health_check_grpc",
+  "get_customer_grpc",
+  "get_customer_connect_json_http1",
+];
 
 const REFERENCE_ROWS: RowId[] = [
   "password_sign_in_per_vcpu",
@@ -97,10 +118,48 @@ describe("npm run bench -- --quick", () => {
       request: [CONNECT_JSON],
       response: [CONNECT_JSON],
     });
+    // h2load sends what a gRPC client may send; the service answers gRPC (with the codec named, or not).
     expect((row("get_customer_grpc").details as LoadDetails).contentTypes).toEqual({
+      request: ["application/grpc"],
+      response: [expect.stringMatching(/^application\/grpc(\+proto)?$/)],
+    });
+    // The JWT row's load comes from the Node agent's generated clients.
+    expect((row("get_customer_jwt_cost").details as LoadDetails).contentTypes).toEqual({
       request: [GRPC_PROTO],
       response: [GRPC_PROTO],
     });
+  });
+
+  it("drives the transport rows with h2load: no failed, errored or non-2xx call on either side, CPU per call read", () => {
+    expect(report.meta.h2load).toMatch(/^h2load nghttp2\/\d/);
+    for (const id of TRANSPORT_ROWS) {
+      const d = row(id).details as unknown as H2Details & { baseline: H2Details };
+      for (const [sideName, side] of [
+        ["ours", d],
+        ["baseline", d.baseline],
+      ] as const) {
+        expect(side.h2load?.length).toBeGreaterThan(0);
+        for (const run of side.h2load ?? []) {
+          expect({ id, sideName, args: run.args }).toEqual({
+            id,
+            sideName,
+            args: expect.stringMatching(/^h2load -D /),
+          });
+          expect({ id, sideName, ...run.counts, ...run.statusCodes }).toMatchObject({
+            id,
+            sideName,
+            failed: 0,
+            errored: 0,
+            timeout: 0,
+            "3xx": 0,
+            "4xx": 0,
+            "5xx": 0,
+          });
+          expect(run.counts.succeeded).toBeGreaterThan(0);
+        }
+        expect({ id, sideName, cpu: Number.isFinite(side.serverCpuUsPerReq) }).toEqual({ id, sideName, cpu: true });
+      }
+    }
   });
 
   it("keeps published figures in their own column: no baseline, no ratio, a source", () => {
@@ -154,6 +213,19 @@ describe("npm run bench -- --quick", () => {
         expect(round.restartToLastStoredMs).toBeGreaterThanOrEqual(round.restartToFirstStoredMs as number);
       }
     }
+  });
+
+  it(`stops before starting anything, naming ${INSTALL_COMMAND}, when h2load is missing`, async () => {
+    const run = promisify(execFile)(
+      process.execPath,
+      ["--conditions=source", "--import", "tsx", "bench/run.ts", "--quick", "--only", "get"],
+      { cwd: ROOT, env: { ...process.env, PATH: join(dir, "empty") }, timeout: 60_000 },
+    );
+    await expect(run).rejects.toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining(`h2load (Debian package nghttp2-client) is not installed`),
+    });
+    await expect(run).rejects.toMatchObject({ stderr: expect.stringContaining(INSTALL_COMMAND) });
   });
 
   it("reports each service's RSS after load next to its idle RSS", () => {

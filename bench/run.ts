@@ -10,15 +10,19 @@
 import { execFileSync } from "node:child_process";
 import { randomInt } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { availableParallelism, cpus, totalmem } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { parseArgs } from "node:util";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { GetCustomerRequestSchema } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import postgres from "postgres";
-import { sharedNatsUrl } from "../test/support/nats.js";
+import { freePort, sharedNatsUrl } from "../test/support/nats.js";
 import { adminUrl } from "../test/support/postgres.js";
 import { measureEventSigning } from "./event-signing.js";
 import type { IpcChild } from "./lib/child.js";
-import { ROOT } from "./lib/child.js";
+import { ROOT, spawnChild } from "./lib/child.js";
+import { grpcFrame, type H2loadResult, type H2Request, probeRequest, requireH2load, runH2load } from "./lib/h2load.js";
 import { lastSeq, type StoredEvent, storedEvents } from "./lib/jetstream.js";
 import { type Platform, startPlatform, unsentCount, waitOutboxEmpty } from "./lib/platform.js";
 import { type CpuWindow, rssMiB, sampleRss, startCpuWindow, startTreeCpuWindow } from "./lib/proc.js";
@@ -28,7 +32,7 @@ import { invalidate, type Report, ROW_IDS, type Row, type RowId, renderTable, ru
 import { measureStartup } from "./lib/startup.js";
 import { type LoadResult, mergeLoads, summarize } from "./lib/stats.js";
 import { measurePasswordBlocklist } from "./password-blocklist.js";
-import type { RawDrainResult, ScenarioSpec } from "./scenarios.js";
+import { CONNECT_JSON, mintCustomerToken, type RawDrainResult, type ScenarioSpec } from "./scenarios.js";
 
 const GROUPS = ["startup", "trust", "get", "jwt", "update", "register", "auth", "tokens", "drain"] as const;
 type Group = (typeof GROUPS)[number];
@@ -101,6 +105,10 @@ interface Timing {
   startupReps: number;
   /** How long a started service idles before its RSS is read (the load platform's services: 1 s). */
   startupIdleMs: number;
+  /** The transport rows: h2load's `-D`, `--warm-up-time` (seconds) and runs per side. */
+  h2loadDurationSec: number;
+  h2loadWarmupSec: number;
+  h2loadRounds: number;
 }
 
 const QUICK: Timing = {
@@ -114,6 +122,9 @@ const QUICK: Timing = {
   drainRounds: 1,
   startupReps: 1,
   startupIdleMs: 250,
+  h2loadDurationSec: 2,
+  h2loadWarmupSec: 1,
+  h2loadRounds: 1,
 };
 const FULL: Timing = {
   rounds: 3,
@@ -126,6 +137,9 @@ const FULL: Timing = {
   drainRounds: 3,
   startupReps: 5,
   startupIdleMs: 1000,
+  h2loadDurationSec: 10,
+  h2loadWarmupSec: 2,
+  h2loadRounds: 1,
 };
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -138,6 +152,8 @@ export async function runBench(opts: BenchOptions): Promise<Report> {
   const random = createRandom(opts.seed);
   log(`seed ${opts.seed} (--seed ${opts.seed} repeats this run's job order)`);
   const want = (g: Group) => opts.only.size === 0 || opts.only.has(g);
+  // Before anything starts: the transport rows cannot run without h2load, and are never skipped.
+  const h2load = want("get") ? requireH2load() : undefined;
   // First, while nothing else of the bench runs: a start-up competes with nothing but PostgreSQL and NATS.
   const startup = want("startup") ? await startupRows(timing) : [];
   // In process, also while nothing else runs: the CPU price of signed events and of the password rules.
@@ -249,7 +265,7 @@ export async function runBench(opts: BenchOptions): Promise<Report> {
 
   const rows: Row[] = [...startup, ...trust];
   try {
-    if (want("get")) rows.push(...(await getRows(p, compare)));
+    if (want("get")) rows.push(...(await transportRows(p, timing, random, peakRss, opts.profile)));
     if (want("jwt")) rows.push(await jwtRow(p, compare));
     // Its connections are not needed any more (PostgreSQL allows 100 in all).
     await p.variant.child.stop();
@@ -299,7 +315,7 @@ export async function runBench(opts: BenchOptions): Promise<Report> {
   }
   rows.sort((a, b) => ROW_IDS.indexOf(a.id) - ROW_IDS.indexOf(b.id));
 
-  const report: Report = { meta: await machine(opts, Date.now() - started), rows };
+  const report: Report = { meta: { ...(await machine(opts, Date.now() - started)), h2load }, rows };
   mkdirSync(dirname(opts.out), { recursive: true });
   writeFileSync(opts.out, `${JSON.stringify(report, null, 2)}\n`);
   const table = renderTable(rows, { run: runName(report.meta), markdown: opts.markdown });
@@ -376,53 +392,327 @@ const loadDetails = (m: Measured) => ({
   agentCores: round(m.agentCores),
 });
 
-async function getRows(p: Platform, compare: CompareFn): Promise<Row[]> {
-  log("GetCustomer");
-  const token = p.serviceToken;
-  const ids = p.customerIds;
-  const [grpc, raw, json] = await compare(
-    {
-      name: "get-customer-grpc",
-      spec: { kind: "get-grpc", url: p.customer.url, token, ids, connections: CONNECTIONS },
-      target: p.customer.child,
-    },
-    { name: "pg-select", spec: { kind: "pg-select", dbUrl: p.baselineDb.url, ids, poolMax: POOL } },
-    {
-      name: "get-customer-connect-json",
-      spec: { kind: "get-connect-json-http1", url: p.customer.url, token, ids },
-      target: p.customer.child,
-    },
+/** One transport row's side: the request h2load sends, to which server process. */
+interface H2Job {
+  name: string;
+  req: H2Request;
+  /** The server's process (its CPU is read over h2load's main duration). */
+  child: IpcChild;
+  /** What a correct answer looks like (checked with probeRequest before and after the runs). */
+  expect: { contentType: RegExp; grpc: boolean; bodyIncludes?: string };
+}
+
+interface H2Measured {
+  load: LoadResult;
+  cpu: CpuWindow;
+  runs: H2loadResult[];
+  /** Why the side's numbers do not count: failed calls, a wrong answer to the probe. */
+  problems: string[];
+  /** The content type the probe's answer carried. */
+  responseContentType: string;
+}
+
+/**
+ * The transport rows: h2load against the raw node:http2 / node:http echoes, a
+ * bare connectNodeAdapter, and the customer service (Health/Check, and
+ * GetCustomer in gRPC and in Connect JSON), each side run in the same rounds
+ * in an order drawn from the seed, with the same h2load flags per protocol.
+ */
+async function transportRows(
+  p: Platform,
+  timing: Timing,
+  random: Random,
+  peakRss: Map<number, number>,
+  profileTransport: boolean,
+): Promise<Row[]> {
+  log("Transport: h2load against raw echoes, bare connect-node and the customer service");
+  const servers = await startBaselineServers(p.logDir);
+  try {
+    const customerId = p.customerIds[0] as string;
+    const customerToken = await mintCustomerToken(p.signer, customerId);
+    const grpcHeaders = { "content-type": "application/grpc", te: "trailers" };
+    const emptyHealth = grpcFrame(new Uint8Array(0));
+    const grpc = { contentType: /^application\/grpc(\+proto)?$/, grpc: true };
+    const healthPath = "/grpc.health.v1.Health/Check";
+    const getPath = "/customer.v1.CustomerService/GetCustomer";
+    const jobs = {
+      echo: {
+        name: "raw-h2-echo",
+        req: { url: `${servers["h2-echo"].url}${healthPath}`, h1: false, headers: grpcHeaders, body: emptyHealth },
+        child: servers["h2-echo"].child,
+        expect: grpc,
+      },
+      bare: {
+        name: "bare-connect-health",
+        req: {
+          url: `${servers["connect-health"].url}${healthPath}`,
+          h1: false,
+          headers: grpcHeaders,
+          body: emptyHealth,
+        },
+        child: servers["connect-health"].child,
+        expect: grpc,
+      },
+      health: {
+        name: "health-check-grpc",
+        req: { url: `${p.customer.url}${healthPath}`, h1: false, headers: grpcHeaders, body: emptyHealth },
+        child: p.customer.child,
+        expect: grpc,
+      },
+      get: {
+        name: "get-customer-grpc",
+        req: {
+          url: `${p.customer.url}${getPath}`,
+          h1: false,
+          headers: { ...grpcHeaders, authorization: `Bearer ${p.readToken}` },
+          body: grpcFrame(toBinary(GetCustomerRequestSchema, create(GetCustomerRequestSchema, { customerId }))),
+        },
+        child: p.customer.child,
+        expect: { ...grpc, bodyIncludes: customerId },
+      },
+      h1echo: {
+        name: "raw-h1-echo",
+        req: {
+          url: `${servers["h1-echo"].url}${getPath}`,
+          h1: true,
+          headers: { "content-type": CONNECT_JSON },
+          body: Buffer.from(JSON.stringify({ customerId })),
+        },
+        child: servers["h1-echo"].child,
+        expect: { contentType: /^application\/json$/, grpc: false },
+      },
+      json: {
+        name: "get-customer-connect-json",
+        req: {
+          url: `${p.customer.url}${getPath}`,
+          h1: true,
+          headers: {
+            "content-type": CONNECT_JSON,
+            "connect-protocol-version": "1",
+            authorization: `Bearer ${customerToken}`,
+          },
+          body: Buffer.from(JSON.stringify({ customerId })),
+        },
+        child: p.customer.child,
+        expect: { contentType: /^application\/json$/, grpc: false, bodyIncludes: customerId },
+      },
+    } satisfies Record<string, H2Job>;
+    const all = Object.values(jobs) as H2Job[];
+
+    const check = async (job: H2Job, when: string): Promise<{ problem?: string; contentType: string }> => {
+      const a = await probeRequest(job.req).catch((err: unknown) => err as Error);
+      if (a instanceof Error) return { problem: `${when}: ${a.message}`, contentType: "" };
+      const wrong =
+        a.status !== 200
+          ? `HTTP ${a.status}`
+          : !job.expect.contentType.test(a.contentType)
+            ? `content-type ${a.contentType}`
+            : job.expect.grpc && a.grpcStatus !== "0"
+              ? `grpc-status ${a.grpcStatus ?? "missing"} ${a.grpcMessage ?? ""}`.trim()
+              : job.expect.bodyIncludes !== undefined && !a.body.includes(job.expect.bodyIncludes)
+                ? "the answer lacks the customer"
+                : undefined;
+      return { ...(wrong && { problem: `${when}: ${wrong}` }), contentType: a.contentType };
+    };
+    const before = await Promise.all(all.map((j) => check(j, "request before the runs")));
+    const runs: H2loadResult[][] = all.map(() => []);
+    for (let r = 0; r < timing.h2loadRounds; r++) {
+      const order = shuffle(random, [...all.keys()]);
+      log(`  round ${r + 1}: ${order.map((i) => all[i]?.name).join(", ")}`);
+      for (const i of order) {
+        const job = all[i] as H2Job;
+        const pid = job.child.pid;
+        const profilePath = join(p.logDir, "profiles", `${job.name}.cpuprofile`);
+        const profile = profileTransport && r === 0;
+        if (profile) await job.child.request({ cmd: "profile-start" });
+        const rss = sampleRss(pid);
+        const res = await runH2load(job.req, {
+          durationSec: timing.h2loadDurationSec,
+          warmupSec: timing.h2loadWarmupSec,
+          connections: job.req.h1 ? CONCURRENCY : CONNECTIONS,
+          streams: CONCURRENCY / CONNECTIONS,
+          pid,
+        });
+        peakRss.set(pid, Math.max(peakRss.get(pid) ?? 0, rss.stop()));
+        if (profile) {
+          // The profile spans h2load's warm-up and main duration.
+          await job.child.request({ cmd: "profile-stop", path: profilePath });
+          log(`    profile: ${relative(ROOT, profilePath)}`);
+          for (const line of topFunctions(profilePath, ROOT, 12)) log(`      ${line}`);
+        }
+        runs[i]?.push(res);
+      }
+    }
+    const after = await Promise.all(all.map((j) => check(j, "request after the runs")));
+    const measured = new Map<H2Job, H2Measured>(
+      all.map((job, i) => {
+        const rs = runs[i] as H2loadResult[];
+        const cpuSec = rs.reduce((n, x) => n + x.cpu.cpuSec, 0);
+        const mainThreadCpuSec = rs.reduce((n, x) => n + x.cpu.mainThreadCpuSec, 0);
+        const wallSec = rs.reduce((n, x) => n + x.cpu.wallSec, 0);
+        const load = mergeLoads(rs.map((x) => x.load));
+        // h2load's rate: 2xx answers ÷ its main duration (the CPU window is the same duration, read around it).
+        load.rps = load.ops / (timing.h2loadDurationSec * rs.length);
+        const m: H2Measured = {
+          load,
+          cpu: { cpuSec, mainThreadCpuSec, wallSec, cores: cpuSec / wallSec },
+          runs: rs,
+          problems: [before[i]?.problem, after[i]?.problem].filter((x): x is string => x !== undefined),
+          responseContentType: before[i]?.contentType ?? "",
+        };
+        log(
+          `  ${job.name.padEnd(28)} ${round(m.load.rps, 1)}/s  p50 ${round(m.load.p50Ms)} ms  p99 ${round(m.load.p99Ms)} ms` +
+            `  server ${round(m.cpu.cores)} cores, ${round(h2UsPerReq(m), 0)} µs/req` +
+            `${m.load.errors ? `  errors ${m.load.errors} (${m.load.firstError})` : ""}` +
+            `${m.problems.length ? `  ${m.problems.join("; ")}` : ""}`,
+        );
+        return [job, m];
+      }),
+    );
+    const get = (j: H2Job) => measured.get(j) as H2Measured;
+    const row = (
+      id: RowId,
+      title: string,
+      oursJob: H2Job,
+      oursLabel: string,
+      baseJob: H2Job,
+      baseLabel: string,
+      target?: { text: string; pass: (ratio: number, ours: H2Measured) => boolean },
+    ): Row => {
+      const ours = get(oursJob);
+      const base = get(baseJob);
+      const ratio = ours.load.rps / base.load.rps;
+      return invalidate(
+        {
+          id,
+          title: `${title} · CPU/call ${fmtUs(h2UsPerReq(ours))} vs ${fmtUs(h2UsPerReq(base))}`,
+          unit: "req/s",
+          ours: h2Side(oursLabel, ours),
+          baseline: h2Side(baseLabel, base),
+          ratio: round(ratio, 3),
+          ...(target && { target: { text: target.text, pass: target.pass(ratio, ours) } }),
+          details: { ...h2Details(oursJob, ours), baseline: h2Details(baseJob, base) },
+        },
+        [...h2Problems("ours", ours), ...h2Problems("baseline", base)],
+      );
+    };
+    return [
+      row(
+        "connect_health_bare",
+        "Health/Check, bare connectNodeAdapter, gRPC over h2c",
+        jobs.bare,
+        "connect-node alone",
+        jobs.echo,
+        "raw node:http2 echo",
+      ),
+      row(
+        "health_check_grpc",
+        "Health/Check, customer service, gRPC over h2c",
+        jobs.health,
+        "full stack",
+        jobs.echo,
+        "raw node:http2 echo",
+        { text: "≥60% raw h2 echo", pass: (r) => r >= 0.6 },
+      ),
+      row(
+        "get_customer_grpc",
+        "GetCustomer, gRPC over h2c",
+        jobs.get,
+        "service token, PostgreSQL",
+        jobs.echo,
+        "raw node:http2 echo",
+        { text: "≥30% raw h2 echo, p99 <10 ms", pass: (r, m) => r >= 0.3 && m.load.p99Ms < 10 },
+      ),
+      row(
+        "get_customer_connect_json_http1",
+        "GetCustomer, Connect JSON over HTTP/1.1",
+        jobs.json,
+        "customer token, PostgreSQL",
+        jobs.h1echo,
+        "raw node:http echo",
+        { text: "≥15% raw h1 echo", pass: (r) => r >= 0.15 },
+      ),
+    ];
+  } finally {
+    await Promise.all(Object.values(servers).map((s) => s.child.stop()));
+  }
+}
+
+const h2UsPerReq = (m: H2Measured) => (m.cpu.cpuSec * 1e6) / m.load.ops;
+const fmtUs = (us: number) => (Number.isFinite(us) ? `${Math.round(us).toLocaleString("en-US")} µs` : "—");
+
+const h2Side = (label: string, m: H2Measured) => ({
+  label,
+  value: round(m.load.rps, 1),
+  p50Ms: round(m.load.p50Ms),
+  p99Ms: round(m.load.p99Ms),
+});
+
+/** Failed calls (h2load's counts and its per-request log) and a wrong answer to the probe. */
+const h2Problems = (name: string, m: H2Measured): string[] => [
+  ...(m.load.errors > 0 ? [`${name}: ${m.load.errors} failed call${m.load.errors === 1 ? "" : "s"}`] : []),
+  ...(m.load.ops === 0 ? [`${name}: no call answered`] : []),
+  ...m.problems.map((x) => `${name}: ${x}`),
+];
+
+const h2Details = (job: H2Job, m: H2Measured) => ({
+  ops: m.load.ops,
+  errors: m.load.errors,
+  ...(m.load.firstError && { firstError: m.load.firstError }),
+  seconds: round(m.load.seconds),
+  p90Ms: round(m.load.p90Ms),
+  maxMs: round(m.load.maxMs),
+  serverCores: round(m.cpu.cores),
+  serverCpuUsPerReq: round(h2UsPerReq(m), 0),
+  mainThreadCpuUsPerReq: round((m.cpu.mainThreadCpuSec * 1e6) / m.load.ops, 0),
+  contentTypes: { request: [job.req.headers["content-type"]], response: [m.responseContentType] },
+  h2load: m.runs.map((r) => ({ counts: r.counts, statusCodes: r.statusCodes, args: r.args.join(" ") })),
+});
+
+/** The baseline servers (bench/baseline-servers.ts), one process each, listening. */
+async function startBaselineServers(logDir: string) {
+  const kinds = ["h2-echo", "h1-echo", "connect-health"] as const;
+  const started = await Promise.all(
+    kinds.map(async (kind) => {
+      const port = await freePort();
+      const child = spawnChild({
+        name: kind,
+        entry: "bench/baseline-servers.ts",
+        args: [kind],
+        env: { BENCH_PORT: String(port) },
+        probe: true,
+        logFile: join(logDir, `${kind}.log`),
+      });
+      return [kind, { child, url: `http://127.0.0.1:${port}` }] as const;
+    }),
   );
-  if (!grpc || !raw || !json) throw new Error("missing run");
-  const ratio = grpc.load.rps / raw.load.rps;
-  const rawSide = side("postgres.js SELECT by PK", raw);
-  return [
-    invalidate(
-      {
-        id: "get_customer_grpc",
-        title: "GetCustomer, gRPC over h2c",
-        unit: "req/s",
-        ours: side("GetCustomer gRPC", grpc),
-        baseline: rawSide,
-        ratio: round(ratio, 3),
-        target: { text: "≥50% raw, p99 <10 ms", pass: ratio >= 0.5 && grpc.load.p99Ms < 10 },
-        details: { ...loadDetails(grpc), baseline: loadDetails(raw), connections: CONNECTIONS, pool: POOL },
-      },
-      failures({ ours: grpc, baseline: raw }),
-    ),
-    invalidate(
-      {
-        id: "get_customer_connect_json_http1",
-        title: "GetCustomer, Connect JSON over HTTP/1.1",
-        unit: "req/s",
-        ours: side("GetCustomer Connect JSON", json),
-        baseline: rawSide,
-        ratio: round(json.load.rps / raw.load.rps, 3),
-        details: { ...loadDetails(json), baseline: loadDetails(raw) },
-      },
-      failures({ ours: json, baseline: raw }),
-    ),
-  ];
+  const servers = Object.fromEntries(started) as Record<(typeof kinds)[number], { child: IpcChild; url: string }>;
+  try {
+    await Promise.all(Object.values(servers).map((s) => waitListening(s.url, s.child)));
+  } catch (err) {
+    await Promise.all(Object.values(servers).map((s) => s.child.stop()));
+    throw err;
+  }
+  return servers;
+}
+
+/** Waits until the server at url accepts a TCP connection, or throws after timeoutMs. */
+async function waitListening(url: string, child: IpcChild, timeoutMs = 60_000): Promise<void> {
+  const { hostname, port } = new URL(url);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.process.exitCode !== null) throw new Error(`${child.name} exited while starting`);
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = connect(Number(port), hostname, () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline) throw new Error(`${child.name} not listening at ${url} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 async function jwtRow(p: Platform, compare: CompareFn): Promise<Row> {

@@ -8,7 +8,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { setCloudEventHeaders } from "@customer-platform/sdk/cloudevents";
@@ -32,8 +32,6 @@ export interface SignerSpec {
 
 export type ScenarioSpec =
   | { kind: "get-grpc"; url: string; token: string; ids: string[]; connections: number }
-  | { kind: "get-connect-json-http1"; url: string; token: string; ids: string[] }
-  | { kind: "pg-select"; dbUrl: string; ids: string[]; poolMax: number }
   | { kind: "update-grpc"; url: string; token: string; ids: string[]; connections: number }
   | { kind: "pg-update"; dbUrl: string; ids: string[]; poolMax: number; subjectPrefix: string }
   | { kind: "register-grpc"; url: string; signer: SignerSpec; connections: number; tokens: number }
@@ -81,12 +79,8 @@ export const GRPC_PROTO = "application/grpc+proto";
 export async function createScenario(spec: ScenarioSpec, concurrency: number): Promise<Scenario> {
   const ownRow = <T>(items: readonly T[], vu: number, i: number) => rowOf(items, concurrency, vu, i);
   switch (spec.kind) {
-    case "get-grpc":
-    case "get-connect-json-http1": {
-      const pool =
-        spec.kind === "get-grpc"
-          ? grpcClients(CustomerService, spec.url, spec.connections)
-          : connectJsonClients(CustomerService, spec.url);
+    case "get-grpc": {
+      const pool = grpcClients(CustomerService, spec.url, spec.connections);
       const opts = { headers: { authorization: `Bearer ${spec.token}` } };
       const ids = spec.ids;
       return {
@@ -97,20 +91,7 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
         },
         close: pool.close,
         wire: pool.wire,
-        sends: spec.kind === "get-grpc" ? GRPC_PROTO : CONNECT_JSON,
-      };
-    }
-    case "pg-select": {
-      const sql = pg(spec.dbUrl, spec.poolMax);
-      const ids = spec.ids;
-      return {
-        async op(vu, i) {
-          const customerId = pick(ids, vu, i);
-          const rows = await sql`select customer_id, email, given_name, family_name, phone_number, address, version,
-            create_time, update_time from customers where customer_id = ${customerId}`;
-          if (rows.length !== 1) throw new Error("wrong row count");
-        },
-        close: () => sql.end({ timeout: 5 }),
+        sends: GRPC_PROTO,
       };
     }
     case "update-grpc": {
@@ -382,29 +363,11 @@ function grpcClients<S extends DescService>(service: S, baseUrl: string, connect
   };
 }
 
-/**
- * Connect protocol with JSON bodies (`useBinaryFormat: false`: the transport
- * defaults to binary protobuf), HTTP/1.1 keep-alive (one connection per
- * concurrent call).
- */
-function connectJsonClients<S extends DescService>(service: S, baseUrl: string): ClientPool<S> {
-  const wire: Wire = { request: new Set(), response: new Set() };
-  const transport = createConnectTransport({
-    baseUrl,
-    httpVersion: "1.1",
-    useBinaryFormat: false,
-    interceptors: [recordWire(wire)],
-  });
-  const client = createClient(service, transport);
-  return { client: () => client, close: async () => {}, wire };
-}
-
 /** Mints access tokens for fresh customer ids, shaped exactly as the identity service issues them. */
-async function tokenMinter(s: SignerSpec): Promise<() => Promise<{ sub: string; token: string }>> {
+async function tokenMinter(s: SignerSpec): Promise<(sub?: string) => Promise<{ sub: string; token: string }>> {
   const key = await importJWK(s.privateJwk, s.alg);
   const audience = [...new Set([...s.audiences, s.issuer])];
-  return async () => {
-    const sub = randomUUID();
+  return async (sub = randomUUID()) => {
     const now = Math.floor(Date.now() / 1000);
     const token = await new SignJWT({ client_id: s.clientId, scope: s.scope })
       .setProtectedHeader({ alg: s.alg, typ: "at+jwt", kid: s.kid })
@@ -417,6 +380,11 @@ async function tokenMinter(s: SignerSpec): Promise<() => Promise<{ sub: string; 
       .sign(key);
     return { sub, token };
   };
+}
+
+/** An access token for the customer `sub`, shaped exactly as the identity service issues them. */
+export async function mintCustomerToken(s: SignerSpec, sub: string): Promise<string> {
+  return (await (await tokenMinter(s))(sub)).token;
 }
 
 /** The raw side of the outbox-drain row: held events published after NATS comes back, as the relay would. */

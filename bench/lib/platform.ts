@@ -66,6 +66,8 @@ export interface Platform {
   readonly drainIds: string[];
   /** A service access token (client credentials) with customer:read and customer:write. */
   readonly serviceToken: string;
+  /** A service access token (client credentials) with customer:read alone. */
+  readonly readToken: string;
   readonly client: { id: string; secret: string; scope: string };
   readonly accounts: Account[];
   readonly signer: SignerSpec;
@@ -296,6 +298,10 @@ async function seedIdentity(identity: Service, count: number) {
     const cc = await auth.authenticateClient({ clientId, clientSecret: secret, scope });
     const serviceToken = cc.tokens?.accessToken;
     if (!serviceToken) throw new Error("no service token");
+    // What a reading service holds: customer:read alone (the transport rows' GetCustomer).
+    const read = await auth.authenticateClient({ clientId, clientSecret: secret, scope: "customer:read" });
+    const readToken = read.tokens?.accessToken;
+    if (!readToken) throw new Error("no customer:read service token");
 
     const sql = postgres(identity.db.url, { max: 1, onnotice: () => {} });
     try {
@@ -317,7 +323,7 @@ async function seedIdentity(identity: Service, count: number) {
         clientId: "first-party",
         scope: "openid profile customer:self",
       };
-      return { serviceToken, client: { id: clientId, secret, scope }, accounts, signer };
+      return { serviceToken, readToken, client: { id: clientId, secret, scope }, accounts, signer };
     } finally {
       await sql.end();
     }

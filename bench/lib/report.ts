@@ -2,6 +2,8 @@
 
 /** Every row the bench produces, in table order (the harness test checks each is present). */
 export const ROW_IDS = [
+  "connect_health_bare",
+  "health_check_grpc",
   "get_customer_grpc",
   "get_customer_connect_json_http1",
   "get_customer_jwt_cost",

@@ -391,6 +391,8 @@ export interface HostConfig {
   httpLimits?: HttpLimits;
   /** Whether gRPC server reflection is served (default true). */
   reflection?: boolean;
+  /** HTTP_FAST_PATH (default true): unary gRPC (h2c) and Connect POST calls served without connect-node's pipeline (fast-unary.ts). */
+  fastPath?: boolean;
 }
 
 /**
@@ -413,6 +415,7 @@ export function envHostConfig(env: Env, prefix: string, opts: { port: number; cw
     shutdownGraceMs: envInt(env, "SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
     httpLimits: envHttpLimits(env),
     reflection: envBoolean(env, `${prefix}_REFLECTION`, true),
+    fastPath: envBoolean(env, "HTTP_FAST_PATH", true),
     database: envDatabase(env, `${prefix}_DATABASE_URL`, {
       cwd: opts.cwd,
       embedded: `./.data/${prefix.toLowerCase()}`,

@@ -6,7 +6,8 @@
  */
 import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { type ConnectNodeAdapterOptions, connectNodeAdapter } from "@connectrpc/connect-node";
+import { createFastUnaryAdapter, type FastUnaryStats } from "./fast-unary.js";
 import {
   createHealth,
   type Health,
@@ -46,12 +47,21 @@ export interface ConnectServerOptions<S extends DescService> {
   probeIntervalMs?: number;
   /** Pause after the probe answered `false` (not ready yet, cheap to ask again); default `probeIntervalMs`. */
   probePendingIntervalMs?: number;
+  /**
+   * Serve unary gRPC calls over h2c and Connect unary POSTs on the fast path
+   * (fast-unary.ts), with the same handlers and interceptors and the same
+   * wire output; everything else through connect-node. Default false (the
+   * services turn it on from HTTP_FAST_PATH, default true).
+   */
+  fastPath?: boolean;
 }
 
 export interface ConnectServer {
   readonly url: string;
   readonly port: number;
   readonly health: Health;
+  /** Calls served by the fast path and requests passed to connect-node (zeros when it is off). */
+  readonly stats: Readonly<FastUnaryStats>;
   /** Marks NOT_SERVING, stops accepting, lets in-flight calls finish up to graceMs, closes every connection. */
   close(graceMs: number): Promise<void>;
 }
@@ -79,7 +89,7 @@ export async function startConnectServer<S extends DescService>(opts: ConnectSer
     registerHealth(router, health);
     if (opts.reflection !== false) registerReflection(router);
   };
-  const handler = connectNodeAdapter({
+  const adapterOptions = {
     routes,
     interceptors: [createLoggingInterceptor(opts.logger), createDeadlineInterceptor(), createValidationInterceptor()],
     readMaxBytes: opts.readMaxBytes,
@@ -87,7 +97,9 @@ export async function startConnectServer<S extends DescService>(opts: ConnectSer
     // The peer address reaches handlers (kPeerAddress) for limits per client address.
     contextValues: peerContextValues,
     fallback: healthHttpHandler(health, opts.http ?? notFound),
-  });
+  } satisfies ConnectNodeAdapterOptions;
+  const fast = opts.fastPath === true ? createFastUnaryAdapter(adapterOptions) : undefined;
+  const handler = fast?.handler ?? connectNodeAdapter(adapterOptions);
   const http: HttpServer = await listen({
     host: opts.host,
     port: opts.port,
@@ -108,6 +120,7 @@ export async function startConnectServer<S extends DescService>(opts: ConnectSer
     url: http.url,
     port: http.port,
     health,
+    stats: fast?.stats ?? { fast: 0, fallback: 0 },
     async close(graceMs) {
       stopWatching();
       health.shutdown();

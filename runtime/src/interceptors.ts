@@ -27,33 +27,49 @@ import type { Logger } from "./logger.js";
  * the caller sees only `internal error` (or `database unavailable`).
  */
 export function createLoggingInterceptor(logger: Logger): Interceptor {
+  // The rpc line's keys are these, never a secret's: it skips pino's redaction (a walk of every
+  // redacted path per line). Errors, which may carry anything, go through the redacting logger.
+  const rpcLog = logger.child({}, { redact: [] });
+  const procedures = new WeakMap<object, string>();
+  const procedureOf = (method: { parent: { typeName: string }; name: string }) => {
+    let procedure = procedures.get(method);
+    if (procedure === undefined) {
+      procedure = `${method.parent.typeName}/${method.name}`;
+      procedures.set(method, procedure);
+    }
+    return procedure;
+  };
   return (next) => async (req) => {
     const start = performance.now();
-    const line = {
-      procedure: `${req.method.parent.typeName}/${req.method.name}`,
-      contentType: req.header.get("content-type"),
-    };
     try {
       const res = await next(req);
-      logger.info({ ...line, code: "ok", ms: round(performance.now() - start) }, "rpc");
+      if (rpcLog.isLevelEnabled("info")) {
+        const ms = round(performance.now() - start);
+        rpcLog.info(
+          { procedure: procedureOf(req.method), contentType: req.header.get("content-type"), code: "ok", ms },
+          "rpc",
+        );
+      }
       return res;
     } catch (err) {
       const ms = round(performance.now() - start);
+      const procedure = procedureOf(req.method);
+      const contentType = req.header.get("content-type");
       // An INTERNAL or UNKNOWN ConnectError (e.g. ConnectError.from a driver error) is answered like any
       // unexpected error: its message may be the driver's, which holds values.
       if (err instanceof ConnectError && err.code !== Code.Internal && err.code !== Code.Unknown) {
-        logger.info({ ...line, code: Code[err.code], ms, error: err.rawMessage }, "rpc");
+        rpcLog.info({ procedure, contentType, code: Code[err.code], ms, error: err.rawMessage }, "rpc");
         throw err;
       }
       if (isConnectionError(err)) {
-        logger.warn({ ...line, code: "Unavailable", ms, err }, "rpc: database unavailable");
+        logger.warn({ procedure, contentType, code: "Unavailable", ms, err }, "rpc: database unavailable");
         throw new ConnectError("database unavailable", Code.Unavailable);
       }
       if (isUnstorableTextError(err)) {
-        logger.info({ ...line, code: "InvalidArgument", ms }, "rpc");
+        rpcLog.info({ procedure, contentType, code: "InvalidArgument", ms }, "rpc");
         throw new ConnectError("strings must not contain NUL (U+0000) characters", Code.InvalidArgument);
       }
-      logger.error({ ...line, code: "Internal", ms, err }, "rpc: internal error");
+      logger.error({ procedure, contentType, code: "Internal", ms, err }, "rpc: internal error");
       throw new ConnectError("internal error", Code.Internal);
     }
   };
@@ -77,9 +93,16 @@ export function createDeadlineInterceptor(): Interceptor {
       };
       if (signal.aborted) onAbort();
       signal.addEventListener("abort", onAbort, { once: true });
-      next(req)
-        .then(resolve, reject)
-        .finally(() => signal.removeEventListener("abort", onAbort));
+      next(req).then(
+        (res) => {
+          signal.removeEventListener("abort", onAbort);
+          resolve(res);
+        },
+        (err: unknown) => {
+          signal.removeEventListener("abort", onAbort);
+          reject(err);
+        },
+      );
     });
 }
 
@@ -168,6 +191,8 @@ function isTrusted(list: BlockList, address: string): boolean {
 
 // "::ffff:192.0.2.1" (IPv4 on a dual-stack socket) → "192.0.2.1"; "[::1]" → "::1".
 function plainAddress(address: string): string {
+  // The usual case (a plain address) without a regular expression: this runs for every request.
+  if (!address.startsWith("[") && !address.startsWith("::")) return address;
   const a = address.replace(/^\[(.*)\]$/, "$1");
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a);
   return mapped?.[1] ?? a;

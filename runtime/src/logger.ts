@@ -63,7 +63,10 @@ function logMethod(this: pino.Logger, args: unknown[], method: pino.LogFn): void
   }
   if (first && typeof first === "object" && !Array.isArray(first)) {
     let safe: Record<string, unknown> | undefined;
-    for (const [key, value] of Object.entries(first)) {
+    // for…in over own keys, not Object.entries: no array per key on every log call.
+    for (const key in first) {
+      if (!Object.hasOwn(first, key)) continue;
+      const value = (first as Record<string, unknown>)[key];
       if (isError(value)) {
         safe ??= { ...first };
         safe[key] = loggableError(value);

@@ -341,6 +341,7 @@ export function createService<C extends HostConfig, S extends Record<string, unk
       readMaxBytes: config.maxRequestBytes,
       ...(config.httpLimits && { limits: config.httpLimits }),
       ...(config.reflection !== undefined && { reflection: config.reflection }),
+      ...(config.fastPath !== undefined && { fastPath: config.fastPath }),
       http: eventKeysHttpHandler(eventKeys, routes.http ?? notFound),
       // Not ready while the service catches up (asked again every 100 ms), then while the database fails.
       probe: async () => {

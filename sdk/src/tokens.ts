@@ -132,6 +132,15 @@ export async function verifyAccessToken(
   keys: JWTVerifyGetKey,
   opts: AccessTokenOptions,
 ): Promise<Principal> {
+  return (await verifyClaims(token, keys, opts)).principal;
+}
+
+/** verifyAccessToken, with the `exp` and `nbf` it checked (a cached principal is checked against them again). */
+async function verifyClaims(
+  token: string,
+  keys: JWTVerifyGetKey,
+  opts: AccessTokenOptions,
+): Promise<{ principal: Principal; exp: number; nbf: number | undefined }> {
   let payload: JWTPayload;
   let header: JWTHeaderParameters;
   try {
@@ -149,7 +158,7 @@ export async function verifyAccessToken(
     if (err instanceof errors.JOSEError) throw new TokenError("invalid", { cause: err });
     throw err;
   }
-  return principalFromClaims(payload, header);
+  return { principal: principalFromClaims(payload, header), exp: payload.exp ?? 0, nbf: payload.nbf };
 }
 
 /**
@@ -204,6 +213,13 @@ export interface TokenVerifierOptions extends AccessTokenOptions {
   jwksTimeoutMs?: number;
   /** Revocations to honour; without, a genuine token is accepted until it expires. */
   revocations?: RevocationCheck;
+  /**
+   * How many verified tokens to remember (default 10,000; 0 for none): a
+   * token seen before skips its signature check while it has not expired
+   * and the key that signed it is still in the fresh JWKS unchanged. The
+   * revocation check runs on every call all the same.
+   */
+  cacheSize?: number;
 }
 
 /** Verifies access tokens; every failure is a {@link TokenError}. */
@@ -221,28 +237,113 @@ export interface TokenVerifier {
  * an invalid one.
  */
 export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
-  const getKey = createRemoteKeySet(new URL(opts.jwksUrl), {
+  const clock = opts.now;
+  const now = clock ? () => clock().getTime() : Date.now;
+  const keySet = createRemoteKeySet(new URL(opts.jwksUrl), {
     maxAgeMs: opts.cacheMaxAgeMs ?? 300_000,
     cooldownMs: opts.cooldownMs ?? 30_000,
     timeoutMs: opts.jwksTimeoutMs ?? 5_000,
-    now: () => (opts.now?.() ?? new Date()).getTime(),
+    now,
   });
   const revocations = opts.revocations;
+  const tolerance = opts.clockToleranceSec ?? 5;
+  const cache = createVerifiedCache(opts.cacheSize ?? 10_000);
   let keyRevocations = revocations?.keyRevocations ?? 0;
+
+  // The principal of a token verified before, if its verification still holds: not expired (as jwtVerify
+  // counts it: whole seconds, with the tolerance), and its key still the one the fresh JWKS lists.
+  const cached = (token: string): Principal | undefined => {
+    const entry = cache.get(token);
+    if (!entry) return undefined;
+    const nowSec = Math.floor(now() / 1000);
+    const keys = keySet.current();
+    if (
+      entry.exp <= nowSec - tolerance ||
+      (entry.nbf !== undefined && entry.nbf > nowSec + tolerance) ||
+      keys === undefined ||
+      keyMaterial(keys, entry.kid) !== entry.material
+    ) {
+      cache.delete(token);
+      return undefined;
+    }
+    cache.touch(token, entry);
+    return entry.principal;
+  };
+
+  const verifyAndRemember = async (token: string): Promise<Principal> => {
+    let used: KeySnapshot | undefined;
+    const getKey: JWTVerifyGetKey = (header, jws) =>
+      keySet.select(header, jws, (snapshot) => {
+        used = snapshot;
+      });
+    const { principal, exp, nbf } = await verifyClaims(token, cache.enabled ? getKey : keySet, opts);
+    const material = used && keyMaterial(used, principal.keyId);
+    // A set fetched while this one verified makes the entry miss at once; no harm.
+    if (material !== undefined) cache.set(token, { principal, exp, nbf, kid: principal.keyId, material });
+    return principal;
+  };
+
   const verify = async (token: string) => {
     // A signing key was revoked: the cached JWKS may still list it, and its successor may be new.
     const seen = revocations?.keyRevocations ?? 0;
     if (seen !== keyRevocations) {
       keyRevocations = seen;
-      getKey.invalidate();
+      keySet.invalidate();
+      cache.clear();
     }
-    const principal = await verifyAccessToken(token, getKey, opts);
+    const principal = cached(token) ?? (await verifyAndRemember(token));
+    // On every call, remembered or not: a revocation is honoured as soon as it is known.
     if (revocations?.isRevoked(principal)) throw new TokenError("revoked");
     return principal;
   };
   return {
     verify,
-    verifyAuthorizationHeader: async (authorization) => verify(bearerToken(authorization)),
+    verifyAuthorizationHeader(authorization) {
+      let token: string;
+      try {
+        token = bearerToken(authorization);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      return verify(token);
+    },
+  };
+}
+
+/** A verified token remembered: its principal, the claims its validity hangs on, the key that signed it. */
+interface VerifiedEntry {
+  readonly principal: Principal;
+  readonly exp: number;
+  readonly nbf: number | undefined;
+  readonly kid: string | undefined;
+  /** The signing key's JWK as the JWKS listed it (the whole set for a token without `kid`). */
+  readonly material: string;
+}
+
+/**
+ * Verified tokens by their exact text, least recently used dropped first
+ * (a Map keeps insertion order; a hit moves its entry to the end).
+ */
+function createVerifiedCache(max: number) {
+  const entries = new Map<string, VerifiedEntry>();
+  return {
+    enabled: max > 0,
+    get: (token: string) => entries.get(token),
+    touch(token: string, entry: VerifiedEntry) {
+      entries.delete(token);
+      entries.set(token, entry);
+    },
+    set(token: string, entry: VerifiedEntry) {
+      if (max <= 0) return;
+      entries.delete(token);
+      entries.set(token, entry);
+      if (entries.size > max) {
+        const oldest = entries.keys().next();
+        if (!oldest.done) entries.delete(oldest.value);
+      }
+    },
+    delete: (token: string) => entries.delete(token),
+    clear: () => entries.clear(),
   };
 }
 
@@ -263,21 +364,56 @@ function freshnessMs(headers: Headers): number | undefined {
   return Math.max(0, Number(maxAge) - age) * 1000;
 }
 
+/** One fetched JWKS: the keys to verify with, and each key's JWK text (by `kid`) to tell a changed key. */
+interface KeySnapshot {
+  readonly keys: JWTVerifyGetKey;
+  readonly byKid: ReadonlyMap<string, string>;
+  /** The whole key set's text, for a token without `kid`. */
+  readonly all: string;
+}
+
+/** The JWK text of the key a token with this `kid` is verified with in the snapshot; undefined if it has none. */
+function keyMaterial(snapshot: KeySnapshot, kid: string | undefined): string | undefined {
+  return kid === undefined ? snapshot.all : snapshot.byKid.get(kid);
+}
+
+function snapshotOf(jwks: JSONWebKeySet): KeySnapshot {
+  const keys = createLocalJWKSet(jwks);
+  const byKid = new Map<string, string>();
+  for (const jwk of jwks.keys) {
+    if (typeof jwk.kid !== "string") continue;
+    const text = JSON.stringify(jwk);
+    // Two keys under one kid: both texts, so a change to either one counts.
+    byKid.set(jwk.kid, byKid.has(jwk.kid) ? `${byKid.get(jwk.kid)}\n${text}` : text);
+  }
+  return { keys, byKid, all: JSON.stringify(jwks.keys) };
+}
+
 /**
  * Keys from a JWKS URL, fetched on first use and again once the copy is
  * stale (its freshness counted from when it was requested), or for an
  * unknown `kid` after the cooldown; one fetch at a time. A failed fetch is
- * TokenError `keys_unavailable`. `invalidate()` makes the next use refetch.
+ * TokenError `keys_unavailable`. `invalidate()` makes the next use refetch;
+ * `current()` is the copy while it is fresh; `select` is the key getter
+ * that also says which copy it used.
  */
 function createRemoteKeySet(
   url: URL,
   opts: { maxAgeMs: number; cooldownMs: number; timeoutMs: number; now: () => number },
-): JWTVerifyGetKey & { invalidate(): void } {
-  let local: JWTVerifyGetKey | undefined;
+): JWTVerifyGetKey & {
+  invalidate(): void;
+  current(): KeySnapshot | undefined;
+  select(
+    header: JWTHeaderParameters,
+    token: Parameters<JWTVerifyGetKey>[1],
+    used: (snapshot: KeySnapshot) => void,
+  ): ReturnType<JWTVerifyGetKey>;
+} {
+  let local: KeySnapshot | undefined;
   let fetchedAt = Number.NEGATIVE_INFINITY;
   let freshUntil = Number.NEGATIVE_INFINITY;
-  let pending: Promise<JWTVerifyGetKey> | undefined;
-  const fetchKeys = async (): Promise<JWTVerifyGetKey> => {
+  let pending: Promise<KeySnapshot> | undefined;
+  const fetchKeys = async (): Promise<KeySnapshot> => {
     const requestedAt = opts.now();
     try {
       const res = await fetch(url, {
@@ -286,11 +422,11 @@ function createRemoteKeySet(
         headers: { accept: "application/jwk-set+json, application/json" },
       });
       if (res.status !== 200) throw new Error(`JWKS answered HTTP ${res.status}`);
-      const keys = createLocalJWKSet((await res.json()) as JSONWebKeySet);
-      local = keys;
+      const snapshot = snapshotOf((await res.json()) as JSONWebKeySet);
+      local = snapshot;
       fetchedAt = requestedAt;
       freshUntil = requestedAt + Math.min(freshnessMs(res.headers) ?? opts.maxAgeMs, opts.maxAgeMs);
-      return keys;
+      return snapshot;
     } catch (err) {
       // Unreachable, timed out, an error status, not a key set: the identity service's problem, not the caller's.
       throw new TokenError("keys_unavailable", { cause: err });
@@ -302,20 +438,34 @@ function createRemoteKeySet(
     });
     return pending;
   };
-  const getKey = async (header: JWTHeaderParameters, token: Parameters<JWTVerifyGetKey>[1]) => {
-    const keys = local && opts.now() < freshUntil ? local : await refetch();
+  const current = () => (local && opts.now() < freshUntil ? local : undefined);
+  const select = async (
+    header: JWTHeaderParameters,
+    token: Parameters<JWTVerifyGetKey>[1],
+    used: (snapshot: KeySnapshot) => void,
+  ) => {
+    let snapshot = current() ?? (await refetch());
     try {
-      return await keys(header, token);
+      const key = await snapshot.keys(header, token);
+      used(snapshot);
+      return key;
     } catch (err) {
       if (err instanceof errors.JWKSNoMatchingKey && opts.now() >= fetchedAt + opts.cooldownMs) {
-        return (await refetch())(header, token);
+        snapshot = await refetch();
+        const key = await snapshot.keys(header, token);
+        used(snapshot);
+        return key;
       }
       throw err;
     }
   };
+  const getKey = (header: JWTHeaderParameters, token: Parameters<JWTVerifyGetKey>[1]) =>
+    select(header, token, () => {});
   return Object.assign(getKey, {
     invalidate() {
       freshUntil = Number.NEGATIVE_INFINITY;
     },
+    current,
+    select,
   });
 }
