@@ -14,7 +14,7 @@ import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.
 import { setCloudEventHeaders } from "@customer-platform/sdk/cloudevents";
 import { customerSubjects } from "@customer-platform/sdk/subjects";
 import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
-import { connect, headers, nanos } from "@nats-io/transport-node";
+import { connect, headers, type NatsConnection, nanos } from "@nats-io/transport-node";
 import argon2 from "argon2";
 import { importJWK, type JWK, SignJWT } from "jose";
 import postgres from "postgres";
@@ -245,13 +245,7 @@ export async function createScenario(spec: ScenarioSpec, concurrency: number): P
     case "js-publish": {
       // What the relay does per event: one publish with the CloudEvents headers, waiting for its ack.
       const nc = await connect({ servers: spec.natsUrl, name: "bench raw publish" });
-      const jsm = await jetstreamManager(nc);
-      await jsm.streams.add({
-        name: spec.stream,
-        subjects: [`${spec.subjectPrefix}.>`],
-        storage: StorageType.File,
-        duplicate_window: nanos(120_000),
-      });
+      const jsm = await addRawStream(nc, spec);
       const js = jetstream(nc, { timeout: 5000 });
       const payload = randomBytes(spec.payloadBytes);
       return {
@@ -417,6 +411,18 @@ export interface RawDrainResult {
  */
 const SERVICE_NATS_OPTIONS = { timeout: 2_000, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 1_000 };
 
+/** Creates the stream a raw baseline publishes to, configured as the services create theirs (2-minute de-duplication). */
+async function addRawStream(nc: NatsConnection, spec: { stream: string; subjectPrefix: string }) {
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.add({
+    name: spec.stream,
+    subjects: [`${spec.subjectPrefix}.>`],
+    storage: StorageType.File,
+    duplicate_window: nanos(120_000),
+  });
+  return jsm;
+}
+
 /**
  * Connects as a service does, creates the stream, warms up with one wave,
  * then calls `ready()` (the bench kills NATS and starts it again). Once
@@ -428,13 +434,7 @@ const SERVICE_NATS_OPTIONS = { timeout: 2_000, reconnect: true, maxReconnectAtte
 export async function rawDrain(spec: RawDrainSpec, ready: () => void): Promise<RawDrainResult> {
   const nc = await connect({ servers: spec.natsUrl, name: "bench raw drain", ...SERVICE_NATS_OPTIONS });
   try {
-    const jsm = await jetstreamManager(nc);
-    await jsm.streams.add({
-      name: spec.stream,
-      subjects: [`${spec.subjectPrefix}.>`],
-      storage: StorageType.File,
-      duplicate_window: nanos(120_000),
-    });
+    await addRawStream(nc, spec);
     const js = jetstream(nc, { timeout: 5000 });
     const payload = randomBytes(spec.payloadBytes);
     const subjects = customerSubjects(spec.subjectPrefix);

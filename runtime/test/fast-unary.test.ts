@@ -61,18 +61,21 @@ const impl: Partial<ServiceImpl<typeof CustomerService>> = {
 let fast: ConnectServer;
 let slow: ConnectServer;
 
+/** The test handler behind the server under test, with or without the fast path. */
+const start = (fastPath: boolean, limits?: { requestTimeoutMs: number }) =>
+  startConnectServer({
+    host: "127.0.0.1",
+    port: 0,
+    logger: pino({ level: "silent" }),
+    service: CustomerService,
+    impl: impl as ServiceImpl<typeof CustomerService>,
+    readMaxBytes: 1024,
+    probe: async () => true,
+    fastPath,
+    ...(limits && { limits }),
+  });
+
 beforeAll(async () => {
-  const start = (fastPath: boolean) =>
-    startConnectServer({
-      host: "127.0.0.1",
-      port: 0,
-      logger: pino({ level: "silent" }),
-      service: CustomerService,
-      impl: impl as ServiceImpl<typeof CustomerService>,
-      readMaxBytes: 1024,
-      probe: async () => true,
-      fastPath,
-    });
   [fast, slow] = await Promise.all([start(true), start(false)]);
 });
 afterAll(async () => {
@@ -355,17 +358,7 @@ describe("what the fast path does not cover goes to connect-node", () => {
 describe("the HTTP limits hold on the fast path", () => {
   let limited: ConnectServer;
   beforeAll(async () => {
-    limited = await startConnectServer({
-      host: "127.0.0.1",
-      port: 0,
-      logger: pino({ level: "silent" }),
-      service: CustomerService,
-      impl: impl as ServiceImpl<typeof CustomerService>,
-      readMaxBytes: 1024,
-      probe: async () => true,
-      fastPath: true,
-      limits: { requestTimeoutMs: 300 },
-    });
+    limited = await start(true, { requestTimeoutMs: 300 });
   });
   afterAll(async () => {
     await limited?.close(1_000);
@@ -436,16 +429,7 @@ describe("the HTTP limits hold on the fast path", () => {
   });
 
   it("a call in flight when the server closes gets its answer", async () => {
-    const server = await startConnectServer({
-      host: "127.0.0.1",
-      port: 0,
-      logger: pino({ level: "silent" }),
-      service: CustomerService,
-      impl: impl as ServiceImpl<typeof CustomerService>,
-      readMaxBytes: 1024,
-      probe: async () => true,
-      fastPath: true,
-    });
+    const server = await start(true);
     const call = raw(server.url, envelope(message(ID.slow)), { "grpc-timeout": "300m" });
     await expect.poll(() => server.stats.fast).toBe(1);
     const closed = server.close(10_000);

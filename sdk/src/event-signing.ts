@@ -39,6 +39,7 @@ import {
   verify as verifyBytes,
 } from "node:crypto";
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from "jose";
+import { freshnessMs } from "./cache-control.js";
 import {
   CE_DATACONTENTTYPE,
   CE_ID,
@@ -377,19 +378,6 @@ function createRemoteEventKeys(
       return (await refetch()).get(kid);
     },
   };
-}
-
-/** How long a response may be cached by its `cache-control` (less its `Age`); undefined without a max-age. */
-function freshnessMs(headers: Headers): number | undefined {
-  const directives = (headers.get("cache-control") ?? "")
-    .toLowerCase()
-    .split(",")
-    .map((d) => d.trim());
-  if (directives.includes("no-store") || directives.includes("no-cache")) return 0;
-  const maxAge = directives.map((d) => /^max-age="?(\d+)"?$/.exec(d)?.[1]).find((v) => v !== undefined);
-  if (maxAge === undefined) return undefined;
-  const age = /^\d+$/.test(headers.get("age")?.trim() ?? "") ? Number(headers.get("age")) : 0;
-  return Math.max(0, Number(maxAge) - age) * 1000;
 }
 
 /** The public JWKS of `keys` (private members dropped), as served at {@link EVENT_KEYS_PATH}. */

@@ -24,6 +24,7 @@ import {
   type JWTVerifyGetKey,
   jwtVerify,
 } from "jose";
+import { freshnessMs } from "./cache-control.js";
 
 /** Who is calling: a customer (token subject is the customer id) or a service (client credentials). */
 export interface Principal {
@@ -345,23 +346,6 @@ function createVerifiedCache(max: number) {
     delete: (token: string) => entries.delete(token),
     clear: () => entries.clear(),
   };
-}
-
-/**
- * How long a JWKS response may be cached by its headers (RFC 9111): its
- * `max-age` less its `Age` (time spent in caches on the way); 0 for
- * `no-store` or `no-cache`; undefined without a max-age.
- */
-function freshnessMs(headers: Headers): number | undefined {
-  const directives = (headers.get("cache-control") ?? "")
-    .toLowerCase()
-    .split(",")
-    .map((d) => d.trim());
-  if (directives.includes("no-store") || directives.includes("no-cache")) return 0;
-  const maxAge = directives.map((d) => /^max-age="?(\d+)"?$/.exec(d)?.[1]).find((v) => v !== undefined);
-  if (maxAge === undefined) return undefined;
-  const age = /^\d+$/.test(headers.get("age")?.trim() ?? "") ? Number(headers.get("age")) : 0;
-  return Math.max(0, Number(maxAge) - age) * 1000;
 }
 
 /** One fetched JWKS: the keys to verify with, and each key's JWK text (by `kid`) to tell a changed key. */
