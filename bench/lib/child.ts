@@ -1,7 +1,7 @@
 /**
- * Child processes the bench starts: the services (with bench/probe.ts
- * preloaded) and the load agent, each a plain `node --import tsx` process so
- * /proc shows its own CPU and memory, not tsx's wrapper's.
+ * Child processes the bench starts: the services (compiled, with
+ * bench/probe.ts preloaded) and the load agent, each a plain `node --import
+ * tsx` process so /proc shows its own CPU and memory, not tsx's wrapper's.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { openSync } from "node:fs";
@@ -36,12 +36,17 @@ export interface SpawnOptions {
   logFile?: string;
 }
 
-/** Starts `node --import tsx [--import probe] entry`. */
+/**
+ * Starts `node --import tsx [--import probe] entry`: a TypeScript entry with
+ * the workspace packages' sources (`--conditions=source`), a compiled one
+ * (`dist/…js`) with their builds, as production runs them (tsx then loads
+ * only the probe; it leaves .js files alone).
+ */
 export function spawnChild(opts: SpawnOptions): IpcChild {
   const out = opts.logFile ? openSync(opts.logFile, "a") : "ignore";
   const flags = [
     ...(opts.nodeFlags ?? []),
-    "--conditions=source",
+    ...(opts.entry.endsWith(".ts") ? ["--conditions=source"] : []),
     "--import",
     TSX,
     ...(opts.probe ? ["--import", PROBE] : []),

@@ -133,10 +133,12 @@ async function start(
     closers.push(() => child.stop());
     return child;
   };
-  // BENCH_*_ENTRY runs another entry point in place of a service (a change measured before it lands).
+  // The services run compiled (dist/, built by `prebench`), as `npm run serve:*` and the image run them.
+  // BENCH_*_ENTRY runs another entry point in place of a service (a change measured before it lands;
+  // a .ts entry runs from source).
   const identityChild = spawnService(
     "identity-service",
-    process.env.BENCH_IDENTITY_ENTRY ?? "identity-service/src/main.ts",
+    process.env.BENCH_IDENTITY_ENTRY ?? "identity-service/dist/main.js",
     {
       IDENTITY_PORT: String(identityPort),
       IDENTITY_DATABASE_URL: identityDb.url,
@@ -161,12 +163,12 @@ async function start(
   });
   const customerChild = spawnService(
     "customer-service",
-    process.env.BENCH_CUSTOMER_ENTRY ?? "customer-service/src/main.ts",
+    process.env.BENCH_CUSTOMER_ENTRY ?? "customer-service/dist/main.js",
     customerEnv(customerPort, customerDb, sharedNatsUrl, customerStreams),
   );
   const drainChild = spawnService(
     "customer-service-drain",
-    "customer-service/src/main.ts",
+    "customer-service/dist/main.js",
     customerEnv(drainPort, drainDb, nats.url, drainStreams),
   );
   const agent = spawnChild({ name: "load-agent", entry: "bench/agent.ts", logFile: join(logDir, "load-agent.log") });

@@ -104,6 +104,7 @@ export async function startConnectServer<S extends DescService>(opts: ConnectSer
     host: opts.host,
     port: opts.port,
     handler,
+    ...(fast && { streamHandler: fast.streamHandler }),
     logger: opts.logger,
     ...(opts.limits && { limits: opts.limits }),
   });
@@ -120,7 +121,7 @@ export async function startConnectServer<S extends DescService>(opts: ConnectSer
     url: http.url,
     port: http.port,
     health,
-    stats: fast?.stats ?? { fast: 0, fallback: 0 },
+    stats: fast?.stats ?? { fast: 0, streams: 0, fallback: 0 },
     async close(graceMs) {
       stopWatching();
       health.shutdown();

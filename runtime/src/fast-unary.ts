@@ -15,25 +15,34 @@
  * with their own options.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { type Http2ServerRequest, type Http2ServerResponse, constants as h2constants } from "node:http2";
-import type { DescMessage, DescMethodUnary, DescService } from "@bufbuild/protobuf";
+import {
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  constants as h2constants,
+  type IncomingHttpHeaders,
+  type OutgoingHttpHeaders,
+  type ServerHttp2Stream,
+} from "node:http2";
+import { create, type DescMessage, type DescMethod, type DescMethodUnary, type DescService } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
   type ConnectRouter,
   type ContextValues,
   createContextValues,
-  type createHandlerContext,
   createServiceImplSpec,
+  type HandlerContext,
   type Interceptor,
   type ServiceImpl,
+  type UnaryRequest,
+  type UnaryResponse,
 } from "@connectrpc/connect";
 import {
   type Compression,
   compressionNegotiate,
   createMethodSerializationLookup,
   encodeEnvelope,
-  invokeUnaryImplementation,
+  type invokeUnaryImplementation,
   type MethodSerializationLookup,
   mergeNonProtocolHeaders,
   validateReadWriteMaxBytes,
@@ -61,6 +70,8 @@ type UnarySpec = Parameters<typeof invokeUnaryImplementation>[0];
 export interface FastUnaryStats {
   /** Calls served by the fast path. */
   fast: number;
+  /** …of which HTTP/2 calls served straight from their stream, before Node's compatibility layer. */
+  streams: number;
   /** Requests passed to connect-node. */
   fallback: number;
 }
@@ -68,6 +79,12 @@ export interface FastUnaryStats {
 export interface FastUnaryAdapter {
   /** A request listener for both protocols, like `connectNodeAdapter(…)`'s. */
   handler: (req: NodeRequest, res: NodeResponse) => void;
+  /**
+   * For http-server.ts's `streamHandler`: serves a covered HTTP/2 call
+   * straight from its stream, before Node's compatibility layer; false
+   * leaves the stream to `handler`.
+   */
+  streamHandler: (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean;
   readonly stats: FastUnaryStats;
 }
 
@@ -81,6 +98,7 @@ const CALL_DONE = new ConnectError("call finished", Code.Canceled);
 /** …when the client went away without a reset code connect-node maps. */
 const CLIENT_GONE = new ConnectError("client closed the stream", Code.Canceled);
 const GRPC_CONTENT_TYPE = "application/grpc+proto";
+const { NGHTTP2_NO_ERROR, NGHTTP2_INTERNAL_ERROR } = h2constants;
 
 /**
  * connectNodeAdapter with a fast path for unary calls (gRPC over h2c, Connect POST); takes
@@ -143,27 +161,35 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
     },
   });
 
-  const stats: FastUnaryStats = { fast: 0, fallback: 0 };
+  const stats: FastUnaryStats = { fast: 0, streams: 0, fallback: 0 };
   const handler = (req: NodeRequest, res: NodeResponse): void => {
     const method = covered && req.method === "POST" ? methods.get(req.url ?? "") : undefined;
-    if (method !== undefined && serve(req, res, method)) {
+    if (method !== undefined && serve(requestExchange(req, res), method)) {
       stats.fast++;
       return;
     }
     stats.fallback++;
     fallback(req, res);
   };
+  const streamHandler = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean => {
+    const path = headers[":path"];
+    const method = covered && headers[":method"] === "POST" && path !== undefined ? methods.get(path) : undefined;
+    if (method === undefined || !serve(streamExchange(stream, headers, path ?? ""), method)) return false;
+    stats.fast++;
+    stats.streams++;
+    return true;
+  };
 
   /** Serves the call if the fast path covers it; false if it is connect-node's. */
-  function serve(req: NodeRequest, res: NodeResponse, { spec, serialization }: Method): boolean {
-    const h = req.headers;
+  function serve(x: Exchange, { spec, serialization }: Method): boolean {
+    const h = x.headers;
     const type = h["content-type"];
     let protocol: "grpc" | "connect";
     let binary = true;
     let timeout: { timeoutMs?: number | undefined; error?: ConnectError | undefined };
     if (type === "application/grpc" || type === "application/grpc+proto") {
       const encoding = h["grpc-encoding"];
-      if (req.httpVersionMajor !== 2 || (encoding !== undefined && encoding !== "identity")) return false;
+      if (!x.http2 || (encoding !== undefined && encoding !== "identity")) return false;
       protocol = "grpc";
       timeout = parseGrpcTimeout(headerValue(h["grpc-timeout"]), maxTimeoutMs);
     } else if (type === "application/proto" || type === "application/json") {
@@ -175,67 +201,46 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
     } else {
       return false;
     }
-    const authority = "authority" in req ? req.authority : h.host;
-    if (timeout.error !== undefined || authority === undefined) return false;
+    // connect-node answers a malformed authority (or timeout) its own way.
+    const origin = x.authority === undefined ? undefined : originOf(x.authority);
+    if (timeout.error !== undefined || origin === undefined) return false;
 
     const grpc = protocol === "grpc";
-    const context = createCallContext(
-      spec,
-      protocol,
-      timeout.timeoutMs,
-      webHeaders(h),
-      new URL(req.url ?? "", `http://${authority}`).toString(),
-      new Headers({ "Content-Type": grpc ? GRPC_CONTENT_TYPE : binary ? "application/proto" : "application/json" }),
-      grpc ? new Headers({ "Grpc-Status": "0" }) : new Headers(),
-      options.contextValues ? (options.contextValues(req) as ContextValues) : createContextValues(),
-    );
     const compression = compressionNegotiate(
       acceptCompression,
       null,
       headerValue(grpc ? h["grpc-accept-encoding"] : h["accept-encoding"]),
       grpc ? "Grpc-Accept-Encoding" : "Accept-Encoding",
     );
-    if (grpc && compression.response) context.responseHeader.set("Grpc-Encoding", compression.response.name);
+    const initialHeader: OutHeaders = {
+      "content-type": grpc ? GRPC_CONTENT_TYPE : binary ? "application/proto" : "application/json",
+    };
+    if (grpc && compression.response) initialHeader["grpc-encoding"] = compression.response.name;
+    const context = new FastCallContext(
+      spec.method,
+      protocol,
+      timeout.timeoutMs,
+      new NodeRequestHeaders(h),
+      origin + x.path,
+      initialHeader,
+      grpc ? GRPC_OK_TRAILER : NO_TRAILER,
+      options.contextValues
+        ? (options.contextValues(x.request as NodeRequest) as ContextValues)
+        : createContextValues(),
+    );
 
     let answered = false;
-    if ("stream" in req) {
-      const stream = req.stream;
-      stream.once("close", () => {
-        if (!answered) context.abort(resetError(stream.rstCode) ?? CLIENT_GONE);
-      });
-    } else {
-      res.once("close", () => {
-        if (!answered) context.abort(CLIENT_GONE);
-      });
-    }
-
-    const respond = (status: number, header: Headers, trailer: Headers | undefined, body: Uint8Array | undefined) => {
+    x.onGone((reason) => {
+      if (!answered) context.abort(reason);
+    });
+    const respond = (
+      status: number,
+      header: OutHeaders,
+      trailer: OutHeaders | undefined,
+      body: Uint8Array | undefined,
+    ) => {
       answered = true;
-      if (req.complete && !res.headersSent && !res.writableEnded && !res.destroyed) {
-        // The calls universalResponseToNodeResponse makes, without its async
-        // iteration. With the request complete, what it adds is moot: the
-        // HTTP/2 NO_ERROR reset is for a client still sending, the HTTP/1.1
-        // drain for an unread body.
-        const out = res as WritableResponse;
-        out.writeHead(status, nodeHeaders(header));
-        if (body !== undefined) out.write(body);
-        if (trailer !== undefined) out.addTrailers(nodeHeaders(trailer));
-        out.end();
-        context.abort(CALL_DONE);
-        return;
-      }
-      universalResponseToNodeResponse(
-        {
-          status,
-          header,
-          ...(trailer !== undefined && { trailer }),
-          ...(body !== undefined && { body: once(body) }),
-        },
-        res,
-      )
-        // The stream was reset or answered already (the request timeout): nobody to tell.
-        .catch(() => undefined)
-        .finally(() => context.abort(CALL_DONE));
+      x.respond(status, header, trailer, body, () => context.abort(CALL_DONE));
     };
     // As connect-es answers: gRPC with the status in trailers, Connect with an HTTP status and an error body.
     const fail = (err: unknown) => {
@@ -247,24 +252,28 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
       context.abort(err);
       if (grpc) {
         setTrailerStatus(context.responseTrailer, error);
-        respond(200, context.responseHeader, context.responseTrailer, undefined);
+        respond(200, nodeHeaders(context.responseHeader), nodeHeaders(context.responseTrailer), undefined);
         return;
       }
       context.responseHeader.set("Content-Type", "application/json");
       if (!error.isWireError) mergeNonProtocolHeaders(context.responseHeader, error.metadata);
       // Only compression can throw here; the client then gets a reset rather than nothing.
-      connectBody(codeToHttpStatus(error.code), errorToJsonBytes(error, options.jsonOptions)).catch(() =>
-        res.destroy(),
-      );
+      connectBody(codeToHttpStatus(error.code), errorToJsonBytes(error, options.jsonOptions)).catch(() => x.destroy());
     };
     const connectBody = async (status: number, bytes: Uint8Array) => {
       let body = bytes;
+      let encoding: string | undefined;
       if (compression.response && body.byteLength >= limits.compressMinBytes) {
         body = await compression.response.compress(body);
-        context.responseHeader.set("Content-Encoding", compression.response.name);
+        encoding = compression.response.name;
       }
-      const header = trailerMux(context.responseHeader, context.responseTrailer);
-      header.set("Content-Length", body.byteLength.toString(10));
+      // Connect unary sends trailers as `trailer-` headers; none made, none to send.
+      const header =
+        context.madeHeader() === undefined && context.madeTrailer() === undefined
+          ? { ...initialHeader }
+          : nodeHeaders(trailerMux(context.responseHeader, context.responseTrailer));
+      if (encoding !== undefined) header["content-encoding"] = encoding;
+      header["content-length"] = body.byteLength.toString(10);
       respond(status, header, undefined, body);
     };
     const succeed = async (output: unknown) => {
@@ -278,7 +287,14 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
           compression.response && bytes.byteLength >= limits.compressMinBytes
             ? encodeEnvelope(1, await compression.response.compress(bytes))
             : encodeEnvelope(0, bytes);
-        respond(200, context.responseHeader, context.responseTrailer, body);
+        const header = context.madeHeader();
+        const trailer = context.madeTrailer();
+        respond(
+          200,
+          header === undefined ? initialHeader : nodeHeaders(header),
+          trailer === undefined ? GRPC_OK_TRAILER : nodeHeaders(trailer),
+          body,
+        );
       } catch (err) {
         fail(err);
       }
@@ -293,6 +309,7 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
       fail(err);
       return true;
     }
+    const body = x.body;
     const onData = (chunk: Buffer) => {
       try {
         reader.push(chunk);
@@ -310,17 +327,158 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
         fail(err);
         return;
       }
-      invokeUnaryImplementation(spec, context, input as never, interceptors).then(succeed, fail);
+      invokeUnary(spec, context, input, interceptors).then(succeed, fail);
     };
     const stop = () => {
-      req.off("data", onData).off("end", onEnd);
-      req.pause();
+      body.off("data", onData).off("end", onEnd);
+      body.pause();
     };
-    req.on("data", onData).on("end", onEnd);
+    body.on("data", onData).on("end", onEnd);
     return true;
   }
 
-  return { handler, stats };
+  return { handler, streamHandler, stats };
+}
+
+/** One call as the fast path sees it: from Node's compatibility API, or straight from an HTTP/2 stream. */
+interface Exchange {
+  /** Request headers as Node parsed them (lower case; HTTP/2 pseudo-headers included). */
+  readonly headers: IncomingHttpHeaders;
+  readonly http2: boolean;
+  /** The request path with its query, as sent. */
+  readonly path: string;
+  readonly authority: string | undefined;
+  /** What `contextValues` is given. */
+  readonly request: NodeRequest | StreamRequest;
+  /** The request body ("data", "end"). */
+  readonly body: Body;
+  /** Calls back once if the client goes away (why, as connect-node says it). */
+  onGone(cb: (reason: ConnectError) => void): void;
+  /** Writes the whole answer; `done` once it is handed to Node (or could not be). */
+  respond(
+    status: number,
+    header: OutHeaders,
+    trailer: OutHeaders | undefined,
+    body: Uint8Array | undefined,
+    done: () => void,
+  ): void;
+  /** Resets the stream (HTTP/2) or the connection. */
+  destroy(): void;
+}
+
+interface Body {
+  on(event: "data", cb: (chunk: Buffer) => void): Body;
+  on(event: "end", cb: () => void): Body;
+  off(event: "data", cb: (chunk: Buffer) => void): Body;
+  off(event: "end", cb: () => void): Body;
+  pause(): unknown;
+}
+
+/**
+ * What `contextValues` gets for a stream taken before Node's compatibility
+ * layer: the socket (for the peer address) and the headers, not a full request.
+ */
+export interface StreamRequest {
+  readonly socket: { readonly remoteAddress?: string | undefined } | null;
+  readonly headers: IncomingHttpHeaders;
+}
+
+function requestExchange(req: NodeRequest, res: NodeResponse): Exchange {
+  const h = req.headers;
+  return {
+    headers: h,
+    http2: req.httpVersionMajor === 2,
+    path: req.url ?? "",
+    authority: "authority" in req ? req.authority : h.host,
+    request: req,
+    body: req as Body,
+    onGone(cb) {
+      if ("stream" in req) {
+        const stream = req.stream;
+        stream.once("close", () => cb(resetError(stream.rstCode) ?? CLIENT_GONE));
+      } else {
+        res.once("close", () => cb(CLIENT_GONE));
+      }
+    },
+    respond(status, header, trailer, body, done) {
+      if (req.complete && !res.headersSent && !res.writableEnded && !res.destroyed) {
+        // The calls universalResponseToNodeResponse makes, without its async
+        // iteration. With the request complete, what it adds is moot: the
+        // HTTP/2 NO_ERROR reset is for a client still sending, the HTTP/1.1
+        // drain for an unread body.
+        const out = res as WritableResponse;
+        out.writeHead(status, header);
+        if (body !== undefined) out.write(body);
+        if (trailer !== undefined) out.addTrailers(trailer);
+        out.end();
+        done();
+        return;
+      }
+      universalResponseToNodeResponse(
+        {
+          status,
+          header: webHeaders(header),
+          ...(trailer !== undefined && { trailer: webHeaders(trailer) }),
+          ...(body !== undefined && { body: once(body) }),
+        },
+        res,
+      )
+        // The stream was reset or answered already (the request timeout): nobody to tell.
+        .catch(() => undefined)
+        .finally(done);
+    },
+    destroy: () => res.destroy(),
+  };
+}
+
+/**
+ * An HTTP/2 stream answered with Node's stream API: the frames the
+ * compatibility layer would send (HEADERS, DATA, trailing HEADERS for gRPC;
+ * a Connect answer ends with its DATA), and, as connect-node does, a
+ * NO_ERROR reset after the answer when the client is still sending.
+ */
+function streamExchange(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, path: string): Exchange {
+  return {
+    headers,
+    http2: true,
+    path,
+    authority: headers[":authority"] ?? headers.host,
+    request: { socket: stream.session?.socket ?? null, headers },
+    body: stream as Body,
+    onGone(cb) {
+      stream.once("close", () => cb(resetError(stream.rstCode) ?? CLIENT_GONE));
+    },
+    respond(status, header, trailer, body, done) {
+      // Reset by the client, or answered already by the request timeout.
+      if (stream.destroyed || stream.closed || stream.headersSent) {
+        done();
+        return;
+      }
+      const out: OutgoingHttpHeaders = { ...header, ":status": status };
+      const stopClient = () => {
+        if (stream.state.remoteClose === 0) stream.close(NGHTTP2_NO_ERROR);
+      };
+      try {
+        if (trailer === undefined) {
+          stream.respond(out);
+          if (stream.state.remoteClose === 0) stream.once("finish", stopClient);
+        } else {
+          stream.respond(out, { waitForTrailers: true });
+          stream.once("wantTrailers", () => {
+            stream.sendTrailers(trailer);
+            // Node sends the trailers on setImmediate; a reset before would drop them.
+            if (stream.state.remoteClose === 0) setImmediate(stopClient);
+          });
+        }
+        stream.end(body);
+      } catch {
+        // Closed between the check and the write: nobody to tell.
+        stream.destroy();
+      }
+      done();
+    },
+    destroy: () => stream.close(NGHTTP2_INTERNAL_ERROR),
+  };
 }
 
 interface Reader {
@@ -442,51 +600,202 @@ class EnvelopeReader implements Reader {
   }
 }
 
-type CallContext = ReturnType<typeof createHandlerContext>;
+/** A call's HandlerContext, and what the fast path does with it. */
+interface CallContext extends HandlerContext {
+  /** Aborts the signal (the first reason stays) and stops the deadline's timer. */
+  abort(reason: unknown): void;
+  /** The response headers, if anyone asked for them (else they are still the initial ones). */
+  madeHeader(): Headers | undefined;
+  /** The response trailers, likewise. */
+  madeTrailer(): Headers | undefined;
+}
+
+/** A signal's reason before anyone aborted it. */
+const NOT_ABORTED = Symbol("not aborted");
+const noDeadline = () => undefined;
 
 /**
- * What connect-es's createHandlerContext makes, at less cost: one
- * AbortController (createHandlerContext links a second one, for the deadline,
- * with listeners on both), aborted by a timer with the same DEADLINE_EXCEEDED
- * reason; the request headers not copied again.
+ * What connect-es's createHandlerContext makes, at less cost. The
+ * AbortSignal is made only when someone reads it: handlers rarely do, and
+ * the deadline interceptor only for a call with a deadline, so most calls
+ * build no AbortController and dispatch no abort Event. When made, it is
+ * aborted with the reasons connect-es gives (DEADLINE_EXCEEDED by a timer,
+ * CANCELED when the client goes away, CALL_DONE after the answer), the
+ * first one kept; one controller where createHandlerContext links a second
+ * for the deadline. The response headers and trailers, likewise, become
+ * fetch Headers only when asked for (an answer nobody added to is sent from
+ * the initial ones); the request headers are not copied again; the URL's
+ * origin is parsed once per authority. A class, so a call allocates one
+ * object rather than a closure per getter: `signal`, `responseHeader` and
+ * `responseTrailer` live on its prototype (a spread copy of a context, which
+ * nothing here makes, would not have them).
  */
-function createCallContext(
-  spec: UnarySpec,
-  protocolName: string,
-  timeoutMs: number | undefined,
-  requestHeader: Headers,
-  url: string,
-  responseHeader: Headers,
-  responseTrailer: Headers,
-  values: ContextValues,
-): CallContext {
-  const controller = new AbortController();
-  let timer: NodeJS.Timeout | undefined;
-  let remaining: () => number | undefined = () => undefined;
-  if (timeoutMs !== undefined) {
-    const deadline = Date.now() + timeoutMs;
-    remaining = () => deadline - Date.now();
-    const expire = () => controller.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
-    if (timeoutMs <= 0) expire();
-    else timer = setTimeout(expire, timeoutMs);
+class FastCallContext implements CallContext {
+  readonly service: DescService;
+  readonly requestMethod = "POST";
+  readonly timeoutMs: () => number | undefined = noDeadline;
+  #responseHeader: Headers | undefined;
+  #responseTrailer: Headers | undefined;
+  #controller: AbortController | undefined;
+  #reason: unknown = NOT_ABORTED;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly method: DescMethod,
+    readonly protocolName: string,
+    timeoutMs: number | undefined,
+    readonly requestHeader: Headers,
+    readonly url: string,
+    private readonly initialHeader: Readonly<OutHeaders>,
+    private readonly initialTrailer: Readonly<OutHeaders>,
+    readonly values: ContextValues,
+  ) {
+    this.service = method.parent;
+    if (timeoutMs !== undefined) {
+      const deadline = Date.now() + timeoutMs;
+      this.timeoutMs = () => deadline - Date.now();
+      const expire = () => this.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+      if (timeoutMs <= 0) expire();
+      else this.#timer = setTimeout(expire, timeoutMs);
+    }
   }
-  return {
-    method: spec.method,
-    service: spec.method.parent,
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.#reason !== NOT_ABORTED) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  get responseHeader(): Headers {
+    this.#responseHeader ??= webHeaders(this.initialHeader);
+    return this.#responseHeader;
+  }
+
+  get responseTrailer(): Headers {
+    this.#responseTrailer ??= webHeaders(this.initialTrailer);
+    return this.#responseTrailer;
+  }
+
+  abort(reason: unknown): void {
+    clearTimeout(this.#timer);
+    if (this.#reason !== NOT_ABORTED) return;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+
+  madeHeader(): Headers | undefined {
+    return this.#responseHeader;
+  }
+
+  madeTrailer(): Headers | undefined {
+    return this.#responseTrailer;
+  }
+}
+
+/**
+ * connect-es's invokeUnaryImplementation (the same interceptors, in the same
+ * order, around the same handler; the output normalised with `create`; the
+ * response headers and trailers an interceptor returns copied back), except
+ * that the request's signal and the response's headers stay unmade until
+ * read, and a handler whose request the interceptors passed on unchanged
+ * gets the call's context itself rather than a merged copy.
+ */
+async function invokeUnary(
+  spec: UnarySpec,
+  call: CallContext,
+  input: unknown,
+  interceptors: readonly Interceptor[],
+): Promise<unknown> {
+  const method = spec.method;
+  const request: UnaryRequest = {
+    stream: false,
+    message: input as UnaryRequest["message"],
+    method,
     requestMethod: "POST",
-    protocolName,
-    url,
-    values,
-    signal: controller.signal,
-    timeoutMs: remaining,
-    requestHeader,
-    responseHeader,
-    responseTrailer,
-    abort(reason?: unknown) {
-      clearTimeout(timer);
-      controller.abort(reason);
+    url: call.url,
+    get signal() {
+      return call.signal;
     },
+    header: call.requestHeader,
+    service: call.service,
+    contextValues: call.values,
   };
+  let response: UnaryResponse | undefined;
+  const handler = async (req: UnaryRequest): Promise<UnaryResponse> => {
+    // As connect-es merges them: what an interceptor changed in the request, the rest from the call.
+    const context: HandlerContext =
+      req === request
+        ? call
+        : {
+            method,
+            service: req.service,
+            requestMethod: call.requestMethod,
+            protocolName: call.protocolName,
+            url: call.url,
+            signal: req.signal,
+            timeoutMs: call.timeoutMs,
+            requestHeader: req.header,
+            get responseHeader() {
+              return call.responseHeader;
+            },
+            get responseTrailer() {
+              return call.responseTrailer;
+            },
+            values: req.contextValues,
+          };
+    const output = await spec.impl(req.message as never, context);
+    response = {
+      stream: false,
+      message: create(method.output, output as never),
+      method,
+      service: call.service,
+      get header() {
+        return call.responseHeader;
+      },
+      get trailer() {
+        return call.responseTrailer;
+      },
+    };
+    return response;
+  };
+  let next: (req: UnaryRequest) => Promise<UnaryResponse> = handler;
+  for (let i = interceptors.length - 1; i >= 0; i--) {
+    next = (interceptors[i] as Interceptor)(next as never) as typeof next;
+  }
+  const res = await next(request);
+  // The handler's own answer carries the call's headers: nothing to copy (nor to make).
+  if (res !== response) {
+    copyHeaders(res.header, call.responseHeader);
+    copyHeaders(res.trailer, call.responseTrailer);
+  }
+  return res.message;
+}
+
+/** As connect-es copies the response headers an interceptor returned: replaced, unless the same object. */
+function copyHeaders(from: Headers, to: Headers): void {
+  if (from === to) return;
+  for (const key of [...to.keys()]) to.delete(key);
+  for (const [key, value] of from) to.set(key, value);
+}
+
+/**
+ * `http://<authority>` as the URL parser normalises it, for the few
+ * authorities a server sees; undefined if it is not one. The path needs no
+ * normalising: it matched a method's path exactly.
+ */
+const origins = new Map<string, string>();
+function originOf(authority: string): string | undefined {
+  let origin = origins.get(authority);
+  if (origin === undefined) {
+    if (!URL.canParse(`http://${authority}`)) return undefined;
+    origin = new URL(`http://${authority}`).origin;
+    // Clients choose the authority: a bounded map, emptied when full.
+    if (origins.size >= 64) origins.clear();
+    origins.set(authority, origin);
+  }
+  return origin;
 }
 
 /** connect-node's mapping of an HTTP/2 reset code to the reason a handler's signal is aborted with. */
@@ -513,15 +822,22 @@ const H2_RESET_CODES: Record<number, [string, Code]> = {
 
 /** What both protocols' responses share, as the answer is written. */
 interface WritableResponse {
-  writeHead(status: number, headers: Record<string, string | string[]>): unknown;
+  writeHead(status: number, headers: OutHeaders): unknown;
   write(chunk: Uint8Array): unknown;
-  addTrailers(headers: Record<string, string | string[]>): void;
+  addTrailers(headers: OutHeaders): void;
   end(): unknown;
 }
 
+/** Response headers or trailers as Node takes them (lower-case names). */
+type OutHeaders = Record<string, string | string[]>;
+
+/** A gRPC success's trailers, and a Connect answer's (none): never changed, shared by every call. */
+const GRPC_OK_TRAILER: Readonly<OutHeaders> = Object.freeze({ "grpc-status": "0" });
+const NO_TRAILER: Readonly<OutHeaders> = Object.freeze({});
+
 /** fetch Headers as Node's outgoing headers, as connect-node converts them (sorted, lower case). */
-function nodeHeaders(header: Headers): Record<string, string | string[]> {
-  const o: Record<string, string | string[]> = {};
+function nodeHeaders(header: Headers): OutHeaders {
+  const o: OutHeaders = {};
   header.forEach((value, key) => {
     const existing = o[key];
     if (existing === undefined) o[key] = value;
@@ -531,9 +847,14 @@ function nodeHeaders(header: Headers): Record<string, string | string[]> {
   return o;
 }
 
-/** Node's request headers as fetch Headers, as connect-node builds them (pseudo-headers left out). */
-function webHeaders(nodeHeaders: NodeRequest["headers"]): Headers {
+/** Node's headers as fetch Headers, as connect-node builds them (pseudo-headers left out). */
+function webHeaders(nodeHeaders: Readonly<Record<string, string | string[] | undefined>>): Headers {
   const header = new Headers();
+  fill(header, nodeHeaders);
+  return header;
+}
+
+function fill(header: Headers, nodeHeaders: Readonly<Record<string, string | string[] | undefined>>): void {
   for (const key in nodeHeaders) {
     if (key.charCodeAt(0) === 58 /* ":" */) continue;
     const v = nodeHeaders[key];
@@ -541,7 +862,63 @@ function webHeaders(nodeHeaders: NodeRequest["headers"]): Headers {
     if (typeof v === "string") header.append(key, v);
     else for (const e of v) header.append(key, e);
   }
-  return header;
+}
+
+/**
+ * A call's request headers: fetch Headers filled from Node's header object
+ * only when something other than get() or has() asks (few do: the
+ * interceptors and handlers read a header or two), since filling them costs
+ * about as much as the rest of a call's headers work. get() and has() read
+ * Node's object as Headers would: names are case-insensitive, repeated
+ * values joined with ", " (set-cookie aside, which a request does not
+ * carry); pseudo-headers are not headers, and an invalid name throws.
+ */
+class NodeRequestHeaders extends Headers {
+  #node: Readonly<Record<string, string | string[] | undefined>> | undefined;
+  constructor(node: Readonly<Record<string, string | string[] | undefined>>) {
+    super();
+    this.#node = node;
+  }
+
+  // Headers' type declares its methods as properties, so they go on the prototype here.
+  static {
+    const base = Headers.prototype as unknown as Record<PropertyKey, (...args: unknown[]) => unknown>;
+    const proto = NodeRequestHeaders.prototype as unknown as Record<PropertyKey, unknown>;
+    proto.get = function (this: NodeRequestHeaders, name: string): string | null {
+      const v = this.#node?.[name.toLowerCase()];
+      // A miss (or a pseudo-header's name) asks the Headers, empty until filled: null, or the
+      // TypeError they throw for a name that is not one.
+      if (v === undefined || name.charCodeAt(0) === 58 /* ":" */) return base.get?.call(this, name) as string | null;
+      return typeof v === "string" ? v : v.join(", ");
+    };
+    proto.has = function (this: NodeRequestHeaders, name: string): boolean {
+      const v = this.#node?.[name.toLowerCase()];
+      if (v === undefined || name.charCodeAt(0) === 58 /* ":" */) return base.has?.call(this, name) as boolean;
+      return true;
+    };
+    // Everything else fills the Headers first; from then on they answer.
+    for (const name of [
+      "append",
+      "set",
+      "delete",
+      "getSetCookie",
+      "forEach",
+      "entries",
+      "keys",
+      "values",
+      Symbol.iterator,
+    ] as const) {
+      const method = base[name] as (...args: unknown[]) => unknown;
+      proto[name] = function (this: NodeRequestHeaders, ...args: unknown[]): unknown {
+        const node = this.#node;
+        if (node !== undefined) {
+          this.#node = undefined;
+          fill(this, node);
+        }
+        return method.apply(this, args);
+      };
+    }
+  }
 }
 
 function headerValue(v: string | string[] | undefined): string | null {

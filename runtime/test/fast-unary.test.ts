@@ -9,12 +9,21 @@ import http2 from "node:http2";
 import { gzipSync } from "node:zlib";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { StringValueSchema } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type ServiceImpl } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  createClient,
+  type Interceptor,
+  type ServiceImpl,
+} from "@connectrpc/connect";
+import { connectNodeAdapter, createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { CustomerService, GetCustomerRequestSchema } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ConnectServer, startConnectServer } from "../src/connect-server.js";
+import { createFastUnaryAdapter } from "../src/fast-unary.js";
+import { listen } from "../src/http-server.js";
 
 const PATH = "/customer.v1.CustomerService/GetCustomer";
 const ID = {
@@ -33,10 +42,21 @@ let slowCalls = 0;
 const impl: Partial<ServiceImpl<typeof CustomerService>> = {
   async getCustomer(req, ctx) {
     switch (req.customerId) {
-      case ID.ok:
-        ctx.responseHeader.set("x-echo", ctx.requestHeader.get("x-echo") ?? "");
+      case ID.ok: {
+        // Names are case-insensitive; iteration sees every header (and no pseudo-header).
+        ctx.responseHeader.set("x-echo", ctx.requestHeader.get("X-Echo") ?? "");
+        ctx.responseHeader.set("x-has", String(ctx.requestHeader.has("X-ECHO") && !ctx.requestHeader.has("x-none")));
+        let invalid = "no error";
+        try {
+          ctx.requestHeader.get(":path");
+        } catch (err) {
+          invalid = err instanceof TypeError ? "TypeError" : "another error";
+        }
+        ctx.responseHeader.set("x-invalid", invalid);
+        ctx.responseHeader.set("x-seen", [...ctx.requestHeader.keys()].filter((k) => k.startsWith("x-")).join(","));
         ctx.responseTrailer.set("x-trailer", "t");
         return { customer: { customerId: req.customerId, email: "a@example.com" } };
+      }
       case ID.notFound:
         ctx.responseTrailer.set("x-trailer", "t");
         throw new ConnectError("customer not found", Code.NotFound, { "x-error-meta": "m" }, [
@@ -155,19 +175,30 @@ function envelope(payload: Uint8Array, flags = 0, length = payload.length): Uint
 const message = (customerId: string) =>
   toBinary(GetCustomerRequestSchema, create(GetCustomerRequestSchema, { customerId }));
 
-/** Sends the same request to both servers; the fast one must have served it on the fast path. */
+/**
+ * Sends the same request to both servers; the fast one must have served it on
+ * the fast path, straight from its HTTP/2 stream.
+ */
 async function both(body: Uint8Array, headers: Record<string, string> = {}) {
-  const before = fast.stats.fast;
+  const before = { ...fast.stats };
   const [a, b] = await Promise.all([raw(fast.url, body, headers), raw(slow.url, body, headers)]);
-  expect(fast.stats.fast).toBe(before + 1);
+  expect(fast.stats.fast).toBe(before.fast + 1);
+  expect(fast.stats.streams).toBe(before.streams + 1);
   expect(a).toEqual(b);
   return a;
 }
 
 describe("the fast path answers as connect-node does", () => {
   it("a success, with response headers and trailers set by the handler, and request metadata echoed", async () => {
-    const a = await both(envelope(message(ID.ok)), { "x-echo": "hello" });
-    expect(a.headers).toMatchObject({ ":status": 200, "content-type": "application/grpc+proto", "x-echo": "hello" });
+    const a = await both(envelope(message(ID.ok)), { "x-echo": "hello", "x-other": "1" });
+    expect(a.headers).toMatchObject({
+      ":status": 200,
+      "content-type": "application/grpc+proto",
+      "x-echo": "hello",
+      "x-has": "true",
+      "x-seen": "x-echo,x-other",
+      "x-invalid": "TypeError",
+    });
     expect(a.trailers).toMatchObject({ "grpc-status": "0", "x-trailer": "t" });
     expect(a.body.length).toBeGreaterThan(10);
   });
@@ -249,7 +280,7 @@ describe("Connect unary answers as connect-node does, over HTTP/1.1 and HTTP/2",
   const jsonHeaders = { "content-type": "application/json" };
 
   async function connectBoth(body: Uint8Array | string, headers: Record<string, string>) {
-    const before = fast.stats.fast;
+    const before = { ...fast.stats };
     const bytes = typeof body === "string" ? Buffer.from(body) : body;
     const [a, b, c, d] = await Promise.all([
       rawH1(fast.url, bytes, headers),
@@ -257,7 +288,9 @@ describe("Connect unary answers as connect-node does, over HTTP/1.1 and HTTP/2",
       raw(fast.url, bytes, headers),
       raw(slow.url, bytes, headers),
     ]);
-    expect(fast.stats.fast).toBe(before + 2);
+    // Both on the fast path: HTTP/1.1 through Node's request API, HTTP/2 straight from its stream.
+    expect(fast.stats.fast).toBe(before.fast + 2);
+    expect(fast.stats.streams).toBe(before.streams + 1);
     expect(a).toEqual(b);
     expect(c).toEqual(d);
     return { h1: a, h2: c };
@@ -435,5 +468,55 @@ describe("the HTTP limits hold on the fast path", () => {
     const closed = server.close(10_000);
     expect((await call).trailers["grpc-status"]).toBe(String(Code.DeadlineExceeded));
     await closed;
+  });
+});
+
+describe("an interceptor that replaces the request", () => {
+  // It adds a header to a copy of the request; the handler must see the copy's headers and a live signal,
+  // and what it sets on the response must reach the client, on the fast path as through connect-node.
+  const addHeader: Interceptor = (next) => (req) => {
+    const header = new Headers(req.header);
+    header.set("x-added", "by interceptor");
+    return next({ ...req, header });
+  };
+  const echo: Partial<ServiceImpl<typeof CustomerService>> = {
+    async getCustomer(req, ctx) {
+      ctx.responseHeader.set("x-added", ctx.requestHeader.get("x-added") ?? "missing");
+      ctx.responseTrailer.set("x-signal", String(ctx.signal.aborted));
+      return { customer: { customerId: req.customerId } };
+    },
+  };
+  const serve = async (fastPath: boolean) => {
+    const adapterOptions = {
+      routes: (r: ConnectRouter) => r.service(CustomerService, echo),
+      interceptors: [addHeader],
+    };
+    const fast = fastPath ? createFastUnaryAdapter(adapterOptions) : undefined;
+    return {
+      fast,
+      server: await listen({
+        host: "127.0.0.1",
+        port: 0,
+        handler: fast?.handler ?? connectNodeAdapter(adapterOptions),
+        ...(fast && { streamHandler: fast.streamHandler }),
+        logger: pino({ level: "silent" }),
+      }),
+    };
+  };
+
+  it("gets the interceptor's headers, its signal, and answers with what the handler set", async () => {
+    const [a, b] = await Promise.all([serve(true), serve(false)]);
+    try {
+      const [x, y] = await Promise.all([
+        raw(a.server.url, envelope(message(ID.ok))),
+        raw(b.server.url, envelope(message(ID.ok))),
+      ]);
+      expect(a.fast?.stats.streams).toBe(1);
+      expect(x).toEqual(y);
+      expect(x.headers).toMatchObject({ "x-added": "by interceptor" });
+      expect(x.trailers).toMatchObject({ "grpc-status": "0", "x-signal": "false" });
+    } finally {
+      await Promise.all([a.server.close({ graceMs: 100 }), b.server.close({ graceMs: 100 })]);
+    }
   });
 });
