@@ -17,6 +17,8 @@ COPY package.json package-lock.json ./
 COPY gen/package.json gen/package.json
 COPY sdk/package.json sdk/package.json
 COPY runtime/package.json runtime/package.json
+# npm ci's postinstall: the fixes to installed dependencies (see the script).
+COPY scripts/patch-dependencies.mjs scripts/patch-dependencies.mjs
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.base.json tsconfig.build.json ./
 COPY scripts/build.ts scripts/build.ts
@@ -34,6 +36,7 @@ COPY package.json package-lock.json ./
 COPY gen/package.json gen/package.json
 COPY sdk/package.json sdk/package.json
 COPY runtime/package.json runtime/package.json
+COPY scripts/patch-dependencies.mjs scripts/patch-dependencies.mjs
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 FROM node:${NODE_VERSION}-slim AS base

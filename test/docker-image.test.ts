@@ -90,6 +90,7 @@ describe("the build stage", () => {
       "tsconfig.base.json",
       "tsconfig.build.json",
       "scripts/build.ts",
+      "scripts/patch-dependencies.mjs",
       "gen/package.json",
       ...BUILT_PACKAGES.flatMap((pkg) => [
         `${pkg}/tsconfig.build.json`,
@@ -122,6 +123,8 @@ describe.each(["customer", "identity"] as const)("the %s image", (target) => {
     for (const dev of ["tsx", "typescript", "vitest", "@biomejs", "drizzle-kit"]) {
       expect({ dev, installed: existsSync(join(dir, "node_modules", dev)) }).toEqual({ dev, installed: false });
     }
+    // npm ci's postinstall patched the dependencies (scripts/patch-dependencies.mjs).
+    expect(readFileSync(join(dir, "node_modules/postgres/src/queue.js"), "utf8")).toContain("xs.indexOf(x, index)");
     // The workspace packages are links into the image, as npm ci made them.
     for (const pkg of ["gen", "sdk", "runtime"]) {
       expect(realpathSync(join(dir, "node_modules/@customer-platform", pkg))).toBe(realpathSync(join(dir, pkg)));
