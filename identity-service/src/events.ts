@@ -12,17 +12,20 @@ import {
 } from "@customer-platform/gen/identity/v1/events_pb.js";
 import { uuidv7 } from "@customer-platform/runtime/ids";
 import type { Outbox } from "@customer-platform/runtime/outbox";
-import { enqueueEvent, type OutboxTx, outboxEvent } from "@customer-platform/runtime/outbox-writer";
+import { enqueueEvent, type OutboxEvent, type OutboxTx, outboxEvent } from "@customer-platform/runtime/outbox-writer";
 import { identitySubjects } from "@customer-platform/sdk/subjects";
 
-/** Writes identity.v1.CustomerAuthenticated to the outbox. It carries no credential. */
-export async function emitCustomerAuthenticated(
-  tx: OutboxTx,
+/**
+ * identity.v1.CustomerAuthenticated as an outbox row, for the statement that
+ * records the sign-in (routes/authenticate-customer.ts). It carries no
+ * credential.
+ */
+export function customerAuthenticatedEvent(
   outbox: Outbox,
   customerId: string,
   method: AuthenticationMethod,
   occurTime: Date,
-) {
+): OutboxEvent {
   const eventId = uuidv7();
   const event = create(CustomerAuthenticatedSchema, {
     eventId,
@@ -30,16 +33,12 @@ export async function emitCustomerAuthenticated(
     customerId,
     method,
   });
-  await enqueueEvent(
-    tx,
-    outboxEvent(outbox, CustomerAuthenticatedSchema, event, {
-      eventId,
-      occurTime,
-      subject: identitySubjects(outbox.subjectPrefix).customerAuthenticated(customerId),
-      ceSubject: customerId,
-    }),
-    outbox,
-  );
+  return outboxEvent(outbox, CustomerAuthenticatedSchema, event, {
+    eventId,
+    occurTime,
+    subject: identitySubjects(outbox.subjectPrefix).customerAuthenticated(customerId),
+    ceSubject: customerId,
+  });
 }
 
 /** What a TokensRevoked event says: whose tokens, which, until when, and why. */

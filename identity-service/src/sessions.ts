@@ -58,18 +58,24 @@ export type SessionInit =
       sessionExpiresAt: Date | null;
     };
 
+/** A new session's (or a rotation's) tokens, and the refresh-token row that stores the refresh token's hash. */
+export interface CustomerSession {
+  row: typeof refreshTokens.$inferInsert & { id: string; customerId: string; createdAt: Date };
+  tokens: TokenSetInit;
+}
+
 /**
- * Issues an access token and a refresh token for a customer. The refresh
- * token row is written in tx; a family continues a rotation chain. The
+ * Mints an access token and a refresh token for a customer, and the refresh
+ * token row to write (the caller writes it, in the statement or transaction
+ * of the change it belongs to). A family continues a rotation chain. The
  * family is the sign-in session: the access token's `sid`. No refresh token
  * of a session outlives its sign-in + the absolute session lifetime.
  */
-export async function issueCustomerTokens(
+export async function newCustomerSession(
   deps: Pick<AuthServiceDeps, "keys" | "tokens" | "firstPartyClientId" | "now">,
-  tx: Tx,
   customerId: string,
   session: SessionInit,
-): Promise<TokenSetInit> {
+): Promise<CustomerSession> {
   const id = uuidv7();
   const family = "familyId" in session ? session : undefined;
   const familyId = family?.familyId ?? id;
@@ -88,27 +94,41 @@ export async function issueCustomerTokens(
   const expiresAt = new Date(
     Math.min(now.getTime() + deps.tokens.refreshTokenTtlSec * 1000, sessionExpiresAt.getTime()),
   );
-  await tx.insert(refreshTokens).values({
-    id,
-    tokenHash: refresh.hash,
-    familyId,
-    parentId: family?.parentId ?? null,
-    customerId,
-    clientId: deps.firstPartyClientId,
-    scope: CUSTOMER_SCOPE,
-    audiences: [...session.audiences],
-    createdAt: now,
-    expiresAt,
-    sessionExpiresAt,
-  });
   return {
-    accessToken: access.token,
-    tokenType: "Bearer",
-    expiresIn: access.expiresIn,
-    refreshToken: refresh.token,
-    scope: CUSTOMER_SCOPE,
-    audience: access.audience,
+    row: {
+      id,
+      tokenHash: refresh.hash,
+      familyId,
+      parentId: family?.parentId ?? null,
+      customerId,
+      clientId: deps.firstPartyClientId,
+      scope: CUSTOMER_SCOPE,
+      audiences: [...session.audiences],
+      createdAt: now,
+      expiresAt,
+      sessionExpiresAt,
+    },
+    tokens: {
+      accessToken: access.token,
+      tokenType: "Bearer",
+      expiresIn: access.expiresIn,
+      refreshToken: refresh.token,
+      scope: CUSTOMER_SCOPE,
+      audience: access.audience,
+    },
   };
+}
+
+/** Issues an access token and a refresh token for a customer (newCustomerSession), the refresh token row written in tx. */
+export async function issueCustomerTokens(
+  deps: Pick<AuthServiceDeps, "keys" | "tokens" | "firstPartyClientId" | "now">,
+  tx: Tx,
+  customerId: string,
+  session: SessionInit,
+): Promise<TokenSetInit> {
+  const { row, tokens } = await newCustomerSession(deps, customerId, session);
+  await tx.insert(refreshTokens).values(row);
+  return tokens;
 }
 
 /**

@@ -1,11 +1,13 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { placeholder, placeholders } from "@customer-platform/runtime/db";
 import { addressLimitKey } from "@customer-platform/runtime/interceptors";
-import { eq, sql } from "drizzle-orm";
-import { identities } from "../db/schema.js";
+import type { OutboxEvent } from "@customer-platform/runtime/outbox-writer";
+import { eq, getTableColumns, type SQL, sql } from "drizzle-orm";
+import { identities, outbox, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { AuthenticationMethod, emitCustomerAuthenticated } from "../events.js";
-import { grantAudiences, issueCustomerTokens } from "../sessions.js";
+import { AuthenticationMethod, customerAuthenticatedEvent } from "../events.js";
+import { grantAudiences, newCustomerSession } from "../sessions.js";
 import { loginThrottleKey } from "../throttle.js";
 import { invalidLogin, normalizeEmail } from "./credentials.js";
 
@@ -13,11 +15,19 @@ import { invalidLogin, normalizeEmail } from "./credentials.js";
  * AuthenticateCustomer: password sign-in. Unknown email and wrong password
  * take the same path to the same answer: one lookup, one argon2id
  * verification (against a dummy hash when there is no identity), then
- * UNAUTHENTICATED.
+ * UNAUTHENTICATED. A successful one is recorded in one prepared statement
+ * (see prepareSignIn): one round trip, atomic without BEGIN and COMMIT.
  */
 export function authenticateCustomer(
   deps: AuthServiceDeps,
 ): Pick<ServiceImpl<typeof AuthService>, "authenticateCustomer"> {
+  // Built once: the SQL text is not rebuilt per call, and PostgreSQL parses and plans it once per connection.
+  const byEmail = deps.db
+    .select()
+    .from(identities)
+    .where(sql`lower(${identities.email}) = ${sql.placeholder("email")}`)
+    .prepare("authenticate_customer_identity");
+  const record = prepareSignIn(deps);
   return {
     async authenticateCustomer(req, ctx) {
       // Before the password is looked at: the answer depends on the request alone.
@@ -28,7 +38,7 @@ export function authenticateCustomer(
       await deps.rateLimits.signIn.consume(addressLimitKey(client));
       const throttleKey = loginThrottleKey(email);
       await deps.throttle.reserve(throttleKey);
-      const [identity] = await deps.db.select().from(identities).where(sql`lower(${identities.email}) = ${email}`);
+      const [identity] = await byEmail.execute({ email });
       if (identity?.status !== "active") {
         await deps.passwords.verifyDummy(req.password, client);
         throw invalidLogin();
@@ -40,15 +50,101 @@ export function authenticateCustomer(
         ? await deps.passwords.hash(req.password, client)
         : undefined;
       const now = deps.now();
-      const tokens = await deps.db.transaction(async (tx) => {
-        await tx
-          .update(identities)
-          .set({ lastSignInAt: now, ...(rehash && { passwordHash: rehash, updatedAt: now }) })
-          .where(eq(identities.customerId, identity.customerId));
-        await emitCustomerAuthenticated(tx, deps.events, identity.customerId, AuthenticationMethod.PASSWORD, now);
-        return issueCustomerTokens(deps, tx, identity.customerId, { audiences });
+      const session = await newCustomerSession(deps, identity.customerId, { audiences });
+      const event = customerAuthenticatedEvent(deps.events, identity.customerId, AuthenticationMethod.PASSWORD, now);
+      const written = await record.execute({
+        // session.row's customerId is the identity's: the update's key.
+        signedInAt: now,
+        rehash: rehash ?? null,
+        ...session.row,
+        ...eventColumns(event),
       });
-      return { customerId: identity.customerId, tokens };
+      // The identity went away since it was read (nothing was written): as if it had never been there.
+      if (written.length === 0) throw invalidLogin();
+      return { customerId: identity.customerId, tokens: session.tokens };
     },
   };
+}
+
+/** The refresh-token columns a new session writes (parent_id, rotated_at, revoked_at keep their defaults). */
+const SESSION_KEYS = [
+  "id",
+  "tokenHash",
+  "familyId",
+  "clientId",
+  "scope",
+  "audiences",
+  "createdAt",
+  "expiresAt",
+  "sessionExpiresAt",
+] as const;
+/** The outbox columns an event sets (id, published_at, attempts keep their defaults). */
+const EVENT_KEYS = [
+  "eventId",
+  "subject",
+  "type",
+  "source",
+  "ceSubject",
+  "payload",
+  "occurTime",
+] as const satisfies readonly (keyof OutboxEvent)[];
+
+const eventColumns = (event: OutboxEvent) => Object.fromEntries(EVENT_KEYS.map((k) => [k, event[k]]));
+
+/** `insert into table (columns) select values from source`: each value for the column of its key. */
+function insertFrom(table: typeof refreshTokens | typeof outbox, values: Record<string, SQL>, source: SQL): SQL {
+  const columns: Record<string, { name: string }> = getTableColumns(table);
+  const entries = Object.entries(values);
+  const names = entries.map(([k]) => {
+    const column = columns[k];
+    if (!column) throw new Error(`${k} is not a column of the table`);
+    return sql.identifier(column.name);
+  });
+  return sql`insert into ${table} (${sql.join(names, sql`, `)}) select ${sql.join(
+    entries.map(([, v]) => v),
+    sql`, `,
+  )} from ${source}`;
+}
+
+/**
+ * A successful sign-in's writes as one statement: the identity's
+ * `last_sign_in_at` (and its upgraded hash, when there is one), the new
+ * session's refresh token, the CustomerAuthenticated event, and the
+ * relay's wake-up (`pg_notify`, delivered at commit). The token row and the
+ * event are written for each row the update returns, so all or nothing is
+ * written; one row comes back, none if the identity is gone.
+ */
+function prepareSignIn(deps: Pick<AuthServiceDeps, "db" | "events">) {
+  const { db } = deps;
+  const signedInAt = placeholder("signedInAt", identities.lastSignInAt);
+  const rehash = sql`${placeholder("rehash", identities.passwordHash)}::text`;
+  const signedIn = db.$with("signed_in").as(
+    db
+      .update(identities)
+      .set({
+        lastSignInAt: signedInAt,
+        passwordHash: sql`coalesce(${rehash}, ${identities.passwordHash})`,
+        updatedAt: sql`case when ${rehash} is null then ${identities.updatedAt} else ${signedInAt} end`,
+      })
+      .where(eq(identities.customerId, placeholder("customerId", identities.customerId)))
+      .returning({ customerId: identities.customerId }),
+  );
+  const signedInRow = sql`${signedIn}`;
+  const session = db.$with("session", {}).as(
+    insertFrom(
+      refreshTokens,
+      {
+        ...placeholders(refreshTokens, SESSION_KEYS),
+        customerId: sql`${signedIn}.${sql.identifier(identities.customerId.name)}`,
+        audiences: sql`${placeholder("audiences", refreshTokens.audiences)}::text[]`,
+      },
+      signedInRow,
+    ),
+  );
+  const queued = db.$with("queued", {}).as(insertFrom(outbox, placeholders(outbox, EVENT_KEYS), signedInRow));
+  return db
+    .with(signedIn, session, queued)
+    .select({ notified: sql`pg_notify(${deps.events.channel}, '')` })
+    .from(signedIn)
+    .prepare("authenticate_customer_write");
 }

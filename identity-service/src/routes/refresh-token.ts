@@ -1,89 +1,179 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { placeholder } from "@customer-platform/runtime/db";
+import { uuidv7 } from "@customer-platform/runtime/ids";
 import { and, eq, exists, gt, isNull, or, sql } from "drizzle-orm";
 import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { TokenRevocationReason } from "../events.js";
-import { issueCustomerTokens, revokeSessions, type TokenSetInit } from "../sessions.js";
-import { hashToken, invalidRefreshToken } from "../tokens.js";
+import { CUSTOMER_SCOPE, revokeSessions } from "../sessions.js";
+import { hashToken, invalidRefreshToken, newRefreshToken, signAccessToken } from "../tokens.js";
 
 /**
- * RefreshToken: rotation. One `UPDATE … RETURNING` marks the presented token
- * rotated only if it is still live (not rotated, not revoked, not expired,
- * its session not ended, its identity active); the successor is inserted in
- * the same transaction. Two parallel uses of one token cannot both succeed:
- * the second waits for the first's row lock, then matches nothing. A token
- * that matched nothing is looked at once more: a rotated one is reuse,
+ * RefreshToken: rotation, in one prepared statement and one round trip (no
+ * BEGIN/COMMIT: a statement is atomic by itself). Its `UPDATE … RETURNING`
+ * marks the presented token rotated only if it is still live (not rotated,
+ * not revoked, not expired, its session not ended, its identity active) and
+ * its session allows the audiences asked for (RFC 8707: fewer, never more);
+ * the successor is inserted by the same statement, from the row it
+ * returned. Two parallel uses of one token cannot both succeed: the second
+ * waits for the first's row lock, then matches nothing. A token that matched
+ * nothing is looked at once more, in a transaction: a rotated one is reuse,
  * which revokes the family (RFC 9700), with a TokensRevoked event for the
- * family's access tokens. The new tokens
- * keep the session's audiences (the access token may ask for fewer, RFC
- * 8707) and its end (sign-in + the absolute session lifetime).
+ * family's access tokens; a live one whose session does not allow the
+ * audiences is PERMISSION_DENIED, still unrotated. The new tokens keep the
+ * session's audiences (the access token may ask for fewer) and its end
+ * (sign-in + the absolute session lifetime).
  */
 export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "refreshToken"> {
+  const rotate = prepareRotation(deps);
   return {
     async refreshToken(req) {
       const hash = hashToken(req.refreshToken);
       const now = deps.now();
-      const outcome = await deps.db.transaction(async (tx): Promise<TokenSetInit | "invalid" | "reused"> => {
-        const [token] = await tx
-          .update(refreshTokens)
-          .set({ rotatedAt: now })
-          .where(
-            and(
-              eq(refreshTokens.tokenHash, hash),
-              isNull(refreshTokens.rotatedAt),
-              isNull(refreshTokens.revokedAt),
-              gt(refreshTokens.expiresAt, now),
-              or(isNull(refreshTokens.sessionExpiresAt), gt(refreshTokens.sessionExpiresAt, now)),
-              exists(
-                tx
-                  .select({ one: sql`1` })
-                  .from(identities)
-                  .where(and(eq(identities.customerId, refreshTokens.customerId), eq(identities.status, "active"))),
-              ),
-            ),
-          )
-          .returning({
-            id: refreshTokens.id,
-            familyId: refreshTokens.familyId,
-            customerId: refreshTokens.customerId,
-            audiences: refreshTokens.audiences,
-            sessionExpiresAt: refreshTokens.sessionExpiresAt,
-          });
-        if (!token) {
-          // The rare path: why it was not rotated. Reuse of a rotated token wins over its expiry, as it must.
-          const [presented] = await tx
-            .select({
-              customerId: refreshTokens.customerId,
-              familyId: refreshTokens.familyId,
-              rotatedAt: refreshTokens.rotatedAt,
-              revokedAt: refreshTokens.revokedAt,
-            })
-            .from(refreshTokens)
-            .where(eq(refreshTokens.tokenHash, hash))
-            .for("update");
-          if (!presented || presented.revokedAt || !presented.rotatedAt) return "invalid";
-          await revokeSessions(tx, deps, presented, TokenRevocationReason.REFRESH_TOKEN_REUSED, now);
-          return "reused";
-        }
-        // A session from before audiences has the first-party default.
-        const audiences = token.audiences.length > 0 ? token.audiences : [...deps.firstPartyAudiences.default];
-        const narrowed = req.audience.filter((a) => !audiences.includes(a));
-        if (narrowed.length > 0) {
-          // Thrown, the transaction rolls back: the token stays unrotated.
-          throw new ConnectError(`audience not allowed for this session: ${narrowed.join(" ")}`, Code.PermissionDenied);
-        }
-        return issueCustomerTokens(deps, tx, token.customerId, {
-          audiences,
-          accessAudiences: req.audience.length > 0 ? [...new Set(req.audience)] : audiences,
-          familyId: token.familyId,
-          parentId: token.id,
-          sessionExpiresAt: token.sessionExpiresAt,
-        });
+      const requested = [...new Set(req.audience)];
+      // The signing key before the rotation commits: with none live the token must stay unrotated.
+      deps.keys.current();
+      const successor = newRefreshToken();
+      const [token] = await rotate.execute({
+        hash,
+        now,
+        requested,
+        defaultAudiences: [...deps.firstPartyAudiences.default],
+        id: uuidv7(),
+        successorHash: successor.hash,
+        clientId: deps.firstPartyClientId,
+        scope: CUSTOMER_SCOPE,
+        refreshUntil: new Date(now.getTime() + deps.tokens.refreshTokenTtlSec * 1000),
+        sessionUntil: new Date(now.getTime() + deps.tokens.sessionMaxLifetimeSec * 1000),
       });
-      // The family's revocation above is committed before the caller hears of it.
-      if (typeof outcome === "string") throw invalidRefreshToken();
-      return { tokens: outcome };
+      if (!token) return notRotated(deps, hash, requested, now);
+      const access = await signAccessToken(deps.keys, deps.tokens, {
+        sub: token.customerId,
+        clientId: deps.firstPartyClientId,
+        scope: CUSTOMER_SCOPE,
+        audience: requested.length > 0 ? requested : token.audiences,
+        sid: token.familyId,
+      });
+      return {
+        tokens: {
+          accessToken: access.token,
+          tokenType: "Bearer",
+          expiresIn: access.expiresIn,
+          refreshToken: successor.token,
+          scope: CUSTOMER_SCOPE,
+          audience: access.audience,
+        },
+      };
     },
   };
+}
+
+/**
+ * The rotation as one statement: a CTE `rotated` (the conditional `UPDATE …
+ * RETURNING`), a CTE inserting the successor for each row it returned, and
+ * the rotated row's customer, family and session audiences (a session from
+ * before audiences has the first-party default). Built once and prepared, so
+ * PostgreSQL parses and plans it once per connection.
+ */
+function prepareRotation(deps: AuthServiceDeps) {
+  const { db } = deps;
+  const now = placeholder("now", refreshTokens.rotatedAt);
+  const textArray = (name: string) => sql`${placeholder(name, refreshTokens.audiences)}::text[]`;
+  // The session's audiences: the row's, or the first-party default for a row older than audiences.
+  const sessionAudiences = sql`(case when cardinality(${refreshTokens.audiences}) = 0 then ${textArray("defaultAudiences")} else ${refreshTokens.audiences} end)`;
+  const rotated = db.$with("rotated").as(
+    db
+      .update(refreshTokens)
+      .set({ rotatedAt: now })
+      .where(
+        and(
+          eq(refreshTokens.tokenHash, placeholder("hash", refreshTokens.tokenHash)),
+          isNull(refreshTokens.rotatedAt),
+          isNull(refreshTokens.revokedAt),
+          gt(refreshTokens.expiresAt, now),
+          or(isNull(refreshTokens.sessionExpiresAt), gt(refreshTokens.sessionExpiresAt, now)),
+          exists(
+            db
+              .select({ one: sql`1` })
+              .from(identities)
+              .where(and(eq(identities.customerId, refreshTokens.customerId), eq(identities.status, "active"))),
+          ),
+          // Narrowing only (RFC 8707): every audience asked for is one of the session's; none asked, all.
+          sql`${sessionAudiences} @> ${textArray("requested")}`,
+        ),
+      )
+      .returning({
+        id: sql<string>`${refreshTokens.id}`.as("id"),
+        familyId: sql<string>`${refreshTokens.familyId}`.as("family_id"),
+        customerId: sql<string>`${refreshTokens.customerId}`.as("customer_id"),
+        audiences: sql<string[]>`${sessionAudiences}`.as("audiences"),
+        sessionExpiresAt: sql<Date | null>`${refreshTokens.sessionExpiresAt}`.as("session_expires_at"),
+      }),
+  );
+  // No refresh token of a session outlives its end; a session older than the absolute lifetime ends a lifetime from now.
+  const sessionEnd = sql`coalesce(${rotated}."session_expires_at", ${placeholder("sessionUntil", refreshTokens.sessionExpiresAt)})`;
+  const successor = db.$with("successor", {}).as(
+    sql`insert into ${refreshTokens} (id, token_hash, family_id, parent_id, customer_id, client_id, scope, audiences,
+      created_at, expires_at, session_expires_at)
+      select ${placeholder("id", refreshTokens.id)}, ${placeholder("successorHash", refreshTokens.tokenHash)},
+        ${rotated}."family_id", ${rotated}."id", ${rotated}."customer_id", ${placeholder("clientId", refreshTokens.clientId)},
+        ${placeholder("scope", refreshTokens.scope)}, ${rotated}."audiences", ${now},
+        least(${placeholder("refreshUntil", refreshTokens.expiresAt)}, ${sessionEnd}), ${sessionEnd}
+      from ${rotated}`,
+  );
+  return db
+    .with(rotated, successor)
+    .select({
+      customerId: sql<string>`${rotated}."customer_id"`,
+      familyId: sql<string>`${rotated}."family_id"`,
+      audiences: sql<string[]>`${rotated}."audiences"`,
+    })
+    .from(rotated)
+    .prepare("refresh_token_rotate");
+}
+
+/**
+ * Why a token was not rotated, under its row lock: a rotated one is reuse
+ * (which wins over its expiry, as it must) and revokes its family, committed
+ * before the caller hears of it; a live one was asked for audiences its
+ * session does not allow (PERMISSION_DENIED, the token stays usable);
+ * anything else is an invalid refresh token.
+ */
+async function notRotated(deps: AuthServiceDeps, hash: Buffer, requested: string[], now: Date): Promise<never> {
+  const outcome = await deps.db.transaction(async (tx): Promise<"invalid" | "reused" | string[]> => {
+    const [presented] = await tx
+      .select({
+        customerId: refreshTokens.customerId,
+        familyId: refreshTokens.familyId,
+        rotatedAt: refreshTokens.rotatedAt,
+        revokedAt: refreshTokens.revokedAt,
+        expiresAt: refreshTokens.expiresAt,
+        sessionExpiresAt: refreshTokens.sessionExpiresAt,
+        audiences: refreshTokens.audiences,
+        active: exists(
+          tx
+            .select({ one: sql`1` })
+            .from(identities)
+            .where(and(eq(identities.customerId, refreshTokens.customerId), eq(identities.status, "active"))),
+        ).mapWith(Boolean),
+      })
+      .from(refreshTokens)
+      .where(eq(refreshTokens.tokenHash, hash))
+      .for("update");
+    if (!presented || presented.revokedAt) return "invalid";
+    if (presented.rotatedAt) {
+      await revokeSessions(tx, deps, presented, TokenRevocationReason.REFRESH_TOKEN_REUSED, now);
+      return "reused";
+    }
+    const live =
+      presented.expiresAt > now &&
+      (presented.sessionExpiresAt === null || presented.sessionExpiresAt > now) &&
+      presented.active;
+    if (!live) return "invalid";
+    const audiences = presented.audiences.length > 0 ? presented.audiences : deps.firstPartyAudiences.default;
+    return requested.filter((a) => !audiences.includes(a));
+  });
+  if (typeof outcome === "string" || outcome.length === 0) throw invalidRefreshToken();
+  throw new ConnectError(`audience not allowed for this session: ${outcome.join(" ")}`, Code.PermissionDenied);
 }
