@@ -66,7 +66,7 @@ describe("the identity service process", () => {
       const rows = await sql<{ what: string }[]>`
         select what from (
           select case when query like '%insert into "outbox"%' then 'event write'
-                      when query like 'select id::text as id, event_id%' then 'relay read' end as what
+                      when query like '%from outbox%where published_at is null%' then 'relay read' end as what
           from pg_stat_activity
           where datname = ${database.name} and wait_event_type = 'Lock'
         ) w where what is not null`;

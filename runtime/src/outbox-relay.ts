@@ -210,12 +210,38 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     return 0;
   }
 
-  // One batch: read, publish, mark. Acked rows are marked in one statement per
-  // batch; a crash in between republishes them, and JetStream drops the repeats
-  // by Nats-Msg-Id.
+  // Acked by JetStream, not yet marked sent: the next batch's read marks them
+  // in the same statement (outbox-leader.ts, markAndRead), so a batch costs
+  // one round trip to PostgreSQL, not two. Marked on their own only when no
+  // read follows: a failed publish, NATS gone, a stop.
+  let acked: PublishedEvent[] = [];
+
+  function marked(events: PublishedEvent[]): void {
+    if (events.length === 0) return;
+    published += events.length;
+    emit("published", events);
+  }
+
+  /** Marks what is acked but not marked yet; false when the lock is gone. */
+  async function markAcked(lock: OutboxLock): Promise<boolean> {
+    const events = acked;
+    if (events.length === 0) return true;
+    // Kept until marked: a statement that fails leaves them for the next try.
+    const ids = events.map((e) => e.id);
+    if (!(await leadership.markSent(lock, ids))) return false;
+    acked = [];
+    marked(events);
+    return true;
+  }
+
+  // One batch: mark the previous batch and read, publish, then step again at
+  // once, so the next read marks this batch. A crash in between republishes
+  // what was acked but not marked, and JetStream drops the repeats by
+  // Nats-Msg-Id.
   async function lead(lock: OutboxLock, signal: AbortSignal): Promise<StepResult> {
     const client = jetStream();
     if (!client) {
+      if (!(await markAcked(lock))) return lockLost(lock);
       if (state.kind === "draining") return "done";
       tellNatsDown();
       // Woken when NATS is back.
@@ -225,39 +251,42 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     await publisher.ensureStream(client);
     // A flush ends only after a read that began after stop() was called.
     const drainingAtRead = state.kind === "draining";
-    const rows = await leadership.readUnsent(lock, batchSize);
-    if (rows.length === 0 && !(await leadership.isAlive(lock))) {
-      loseLock(lock);
-      return state.kind === "follower" ? 0 : "done";
-    }
+    const toMark = acked;
+    const ids = toMark.map((e) => e.id);
+    const { alive, rows } = await leadership.markAndRead(lock, ids, batchSize);
+    if (!alive) return lockLost(lock);
+    acked = [];
+    marked(toMark);
     const keepGoing = () => !signal.aborted && (state.kind !== "draining" || Date.now() < state.deadline);
     const { sent, failure, complete } = await publisher.publish(client, rows, { keepGoing, signal });
-    // Counted before marking: a leader that lost its session cannot mark, but it did send.
+    acked = sent;
+    // Counted when acked: a leader that lost its session cannot mark, but it did send.
     const repeated = sent.filter((e) => e.duplicate);
     if (repeated.length > 0) {
       duplicates += repeated.length;
       log.info({ eventIds: repeated.map((e) => e.eventId) }, "JetStream already had these events; repeats dropped");
     }
-    if (sent.length > 0) {
-      const ids = sent.map((e) => e.id);
-      if (!(await leadership.markSent(lock, ids))) {
-        loseLock(lock);
-        return state.kind === "follower" ? 0 : "done";
-      }
-      published += sent.length;
-      emit("published", sent);
-    }
     if (failure) {
+      if (!(await markAcked(lock))) return lockLost(lock);
       await database
         .query("update outbox set attempts = attempts + 1 where id = $1::bigint", [failure.row.id])
         .catch(() => {});
       throw failure;
     }
-    if (state.kind === "draining" && Date.now() >= state.deadline) return "done";
-    if (!complete || rows.length === batchSize) return 0;
+    if (state.kind === "draining" && Date.now() >= state.deadline) {
+      return (await markAcked(lock)) ? "done" : lockLost(lock);
+    }
+    // The next step marks what this one sent, and reads what came meanwhile.
+    if (sent.length > 0 || !complete || rows.length === batchSize) return 0;
     emit("idle");
     if (state.kind === "draining") return drainingAtRead ? "done" : 0;
     return pollIntervalMs;
+  }
+
+  function lockLost(lock: OutboxLock): StepResult {
+    acked = [];
+    loseLock(lock);
+    return state.kind === "follower" ? 0 : "done";
   }
 
   async function step(signal: AbortSignal): Promise<StepResult> {
@@ -313,6 +342,12 @@ export function createOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     state = { kind: "stopped" };
     nats.events.off("connected", onNatsConnected);
     nats.events.off("disconnected", onNatsDisconnected);
+    if (lock && ended) {
+      // What the last step sent is marked now, so the next leader does not publish it again.
+      await markAcked(lock).catch((err: unknown) =>
+        log.warn({ err: errMessage(err) }, "could not mark the last acked events; the next leader repeats them"),
+      );
+    }
     if (lock) {
       // Said before the unlock, so no listener ever sees two leaders at once.
       emit("follower", { reason: "stopping" });
