@@ -335,12 +335,15 @@ describe("npm start", () => {
       ]);
       return found.every(Boolean);
     });
-    expect(
-      logs(p)
-        .filter((l) => l.msg === "connected to NATS")
-        .map((l) => l.service)
-        .sort(),
-    ).toEqual(["customer-service", "identity-service"]);
+    // Log lines reach stdout within 200 ms (written in chunks), not necessarily before the events.
+    await expect
+      .poll(() =>
+        logs(p)
+          .filter((l) => l.msg === "connected to NATS")
+          .map((l) => l.service)
+          .sort(),
+      )
+      .toEqual(["customer-service", "identity-service"]);
 
     p.child.kill("SIGINT");
     expect(await Promise.race([p.exit(), sleep(10_000).then(() => "still running")])).toBe(0);

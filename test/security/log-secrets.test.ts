@@ -183,6 +183,8 @@ describe.each(targets)("the identity service %s on PostgreSQL", (_name, start) =
       auth().createCredentials({ email: address, password: PASSWORD }),
     );
     expect(err).toMatchObject(rpcError("internal error", Code.Internal));
+    // A process writes its log lines in chunks, within 200 ms.
+    await expect.poll(() => logLines(t.lines(), "rpc: internal error").length).toBe(1);
     await secrets.addStored(t.database.sql);
     secrets.expectClean({ log: t.lines() });
     // What the operator needs is still there.
@@ -205,6 +207,7 @@ describe.each(targets)("the identity service %s on PostgreSQL", (_name, start) =
       ),
     );
     expect(err).toMatchObject(rpcError("database unavailable", Code.Unavailable));
+    await expect.poll(() => logLines(t.lines(), "rpc: database unavailable").length).toBe(1);
     await secrets.addStored(t.database.sql);
     secrets.expectClean({ log: t.lines() });
     const [line] = logLines(t.lines(), "rpc: database unavailable");
