@@ -7,7 +7,7 @@
  *   connect-health  a bare `connectNodeAdapter` on `node:http2` (h2c) serving only
  *                   `grpc.health.v1.Health/Check` (SERVING): the framework's cost alone
  * Each reads the request body to its end before answering, as a server must.
- * The bench preloads bench/probe.ts (CPU profiles) and waits for the port.
+ * The bench preloads bench/probe.mjs (CPU profiles) and waits for the port.
  */
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttp2Server, constants as h2 } from "node:http2";

@@ -1,7 +1,7 @@
 /**
  * Child processes the bench starts: the services (compiled, with
- * bench/probe.ts preloaded) and the load agent, each a plain `node --import
- * tsx` process so /proc shows its own CPU and memory, not tsx's wrapper's.
+ * bench/probe.mjs preloaded) and the load agent (through tsx), each a plain
+ * `node` process so /proc shows its own CPU and memory, not a wrapper's.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { openSync } from "node:fs";
@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const TSX = import.meta.resolve("tsx");
-const PROBE = new URL("../probe.ts", import.meta.url).href;
+const PROBE = new URL("../probe.mjs", import.meta.url).href;
 
 /** A node child with an IPC channel that answers `{ id, … }` requests. */
 export interface IpcChild {
@@ -28,7 +28,7 @@ export interface SpawnOptions {
   entry: string;
   env?: Record<string, string>;
   args?: string[];
-  /** Preload bench/probe.ts (services). */
+  /** Preload bench/probe.mjs (services). */
   probe?: boolean;
   /** Extra node flags, e.g. --cpu-prof. */
   nodeFlags?: string[];
@@ -37,18 +37,16 @@ export interface SpawnOptions {
 }
 
 /**
- * Starts `node --import tsx [--import probe] entry`: a TypeScript entry with
+ * Starts `node [--import probe] entry`: a TypeScript entry through tsx with
  * the workspace packages' sources (`--conditions=source`), a compiled one
- * (`dist/…js`) with their builds, as production runs them (tsx then loads
- * only the probe; it leaves .js files alone).
+ * (`dist/…js`) with plain node and the packages' builds, as production runs
+ * it (tsx's loader would add some 55 MiB to its memory).
  */
 export function spawnChild(opts: SpawnOptions): IpcChild {
   const out = opts.logFile ? openSync(opts.logFile, "a") : "ignore";
   const flags = [
     ...(opts.nodeFlags ?? []),
-    ...(opts.entry.endsWith(".ts") ? ["--conditions=source"] : []),
-    "--import",
-    TSX,
+    ...(opts.entry.endsWith(".ts") ? ["--conditions=source", "--import", TSX] : []),
     ...(opts.probe ? ["--import", PROBE] : []),
   ];
   const child = spawn(process.execPath, [...flags, opts.entry, ...(opts.args ?? [])], {
