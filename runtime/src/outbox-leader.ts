@@ -1,24 +1,19 @@
 /**
- * Leadership of an outbox: a session-level Postgres advisory lock, held by
- * one relay per database on a dedicated session. Whatever the leader reads
- * or marks is fenced by the lock: each statement checks that the lock's
- * session still lives, so a relay that lost its session (and with it the
- * lock) can neither read nor mark rows another leader now owns.
+ * Leadership of an outbox: one relay per database holds the outbox's
+ * advisory lock (advisory-lock.ts), and whatever it reads or marks is fenced
+ * by it, so a relay that lost its session (and with it the lock) can neither
+ * read nor mark rows another leader now owns.
  */
-import { type Database, isConnectionError, type SqlSession } from "./db.js";
-import { errMessage, type Logger } from "./logger.js";
+import { createAdvisoryLock, type LeaderLock, LOCK_ALIVE, type LockDatabase } from "./advisory-lock.js";
+import type { Logger } from "./logger.js";
 import type { Outbox } from "./outbox.js";
 import type { OutboxRecord } from "./outbox-publisher.js";
 
 /** The lock-holding session, identified the way pg_stat_activity shows it. */
-export interface OutboxLock {
-  readonly session: SqlSession;
-  readonly pid: number;
-  readonly backendStart: string;
-}
+export type OutboxLock = LeaderLock;
 
 /** The database calls leadership makes. */
-export type LeaderDatabase = Pick<Database<Record<string, unknown>>, "query" | "session">;
+export type LeaderDatabase = LockDatabase;
 
 export interface OutboxLeadership {
   /**
@@ -43,15 +38,6 @@ export interface OutboxLeadership {
   /** Unlocks and returns the session, if it still lives. Never throws. */
   release(lock: OutboxLock): Promise<void>;
 }
-
-// True while the lock session lives; a session-level advisory lock lives exactly
-// as long as its session. Checked from the pool rather than by querying the
-// session itself: postgres.js throws an uncaught TypeError (crashing the process)
-// when a reserved connection whose socket has closed is queried or released.
-const LOCK_ALIVE = "exists (select 1 from pg_stat_activity where pid = $1 and backend_start = $2::timestamptz)";
-
-const TRY_LOCK = `select pg_try_advisory_lock($1::bigint) as locked, pg_backend_pid() as pid,
-  (select backend_start::text from pg_stat_activity where pid = pg_backend_pid()) as backend_start`;
 
 // Explicit ids, never a range: a row with an id inside the range may have been
 // invisible (uncommitted) when the batch was read.
@@ -82,30 +68,14 @@ export function createOutboxLeadership(opts: {
   database: LeaderDatabase;
   logger: Logger;
 }): OutboxLeadership {
-  const { database, logger } = opts;
-  const lockKey = opts.outbox.lockKey.toString();
-  const fence = (lock: OutboxLock) => [lock.pid, lock.backendStart];
-  const isAlive = async (lock: OutboxLock) => {
-    const [row] = await database.query<{ alive: boolean }>(`select ${LOCK_ALIVE} as alive`, fence(lock));
-    return row?.alive === true;
-  };
+  const { database } = opts;
+  const advisory = createAdvisoryLock({ database, lockKey: opts.outbox.lockKey, logger: opts.logger, what: "outbox" });
+  const { fence } = advisory;
 
   return {
-    async tryAcquire() {
-      let session: SqlSession | undefined;
-      try {
-        session = await database.session();
-        const [row] = await session.query<{ locked: boolean; pid: number; backend_start: string }>(TRY_LOCK, [lockKey]);
-        if (row?.locked) return { session, pid: row.pid, backendStart: row.backend_start };
-      } catch (err) {
-        // A broken connection is left alone (see LOCK_ALIVE); the pool replaces it.
-        if (!isConnectionError(err)) await session?.release().catch(() => {});
-        throw err;
-      }
-      await session.release().catch(() => {});
-      return undefined;
-    },
-    isAlive,
+    tryAcquire: advisory.tryAcquire,
+    isAlive: advisory.isAlive,
+    release: advisory.release,
     async markSent(lock, ids) {
       const [marked] = await database.query<{ n: number }>(MARK_SENT, [...fence(lock), `{${ids.join(",")}}`]);
       return (marked?.n ?? 0) > 0;
@@ -119,16 +89,6 @@ export function createOutboxLeadership(opts: {
       const first = result[0];
       const rows: OutboxRecord[] = first?.id == null ? [] : result;
       return { alive: first?.alive === true, marked: first?.marked ?? 0, rows };
-    },
-    async release(lock) {
-      try {
-        if (await isAlive(lock)) {
-          await lock.session.query("select pg_advisory_unlock($1::bigint)", [lockKey]);
-          await lock.session.release();
-        }
-      } catch (err) {
-        logger.warn({ err: errMessage(err) }, "could not release the outbox lock; it goes with its connection");
-      }
     },
   };
 }

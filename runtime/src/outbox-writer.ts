@@ -43,8 +43,8 @@ export async function enqueueEvent(tx: OutboxTx, event: OutboxEvent, outbox: Out
   await tx.execute(sql`with e as ${insert} select pg_notify(${outbox.channel}, '')`);
 }
 
-// The columns an event sets; the others (id, published_at, attempts) take their defaults.
-const EVENT_COLUMNS = [
+/** The outbox columns an event sets; the others (id, published_at, attempts) take their defaults. */
+export const EVENT_COLUMNS = [
   "eventId",
   "subject",
   "type",

@@ -58,6 +58,8 @@ describe("markAndRead", () => {
     await enqueueAll(database, testOutbox(), [authenticated(testOutbox())]);
     const [row] = await database.query<{ id: string }>("select id::text as id from outbox where published_at is null");
     await database.query("select pg_terminate_backend($1)", [lock.pid]);
+    // pg_terminate_backend only signals: the session (and its lock) lives until its backend has exited.
+    await expect.poll(() => leadership.isAlive(lock)).toBe(false);
     expect(await leadership.markAndRead(lock, [row?.id as string], 10)).toEqual({ alive: false, marked: 0, rows: [] });
     expect(await database.query("select id from outbox where published_at is null")).toHaveLength(1);
   });

@@ -2,7 +2,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { placeholder, placeholders } from "@customer-platform/runtime/db";
 import { addressLimitKey } from "@customer-platform/runtime/interceptors";
-import type { OutboxEvent } from "@customer-platform/runtime/outbox-writer";
+import { EVENT_COLUMNS, type OutboxEvent } from "@customer-platform/runtime/outbox-writer";
 import { eq, getTableColumns, type SQL, sql } from "drizzle-orm";
 import { identities, outbox, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
@@ -78,18 +78,7 @@ const SESSION_KEYS = [
   "expiresAt",
   "sessionExpiresAt",
 ] as const;
-/** The outbox columns an event sets (id, published_at, attempts keep their defaults). */
-const EVENT_KEYS = [
-  "eventId",
-  "subject",
-  "type",
-  "source",
-  "ceSubject",
-  "payload",
-  "occurTime",
-] as const satisfies readonly (keyof OutboxEvent)[];
-
-const eventColumns = (event: OutboxEvent) => Object.fromEntries(EVENT_KEYS.map((k) => [k, event[k]]));
+const eventColumns = (event: OutboxEvent) => Object.fromEntries(EVENT_COLUMNS.map((k) => [k, event[k]]));
 
 /** `insert into table (columns) select values from source`: each value for the column of its key. */
 function insertFrom(table: typeof refreshTokens | typeof outbox, values: Record<string, SQL>, source: SQL): SQL {
@@ -141,7 +130,7 @@ function prepareSignIn(deps: Pick<AuthServiceDeps, "db" | "events">) {
       signedInRow,
     ),
   );
-  const queued = db.$with("queued", {}).as(insertFrom(outbox, placeholders(outbox, EVENT_KEYS), signedInRow));
+  const queued = db.$with("queued", {}).as(insertFrom(outbox, placeholders(outbox, EVENT_COLUMNS), signedInRow));
   return db
     .with(signedIn, session, queued)
     .select({ notified: sql`pg_notify(${deps.events.channel}, '')` })

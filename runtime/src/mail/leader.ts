@@ -1,23 +1,18 @@
 /**
- * Leadership of the mail outbox: a session-level advisory lock of its own
- * (not the event relay's), held by one deliverer per database, as
- * outbox-leader.ts does for events. Every read and mark is fenced by the
- * lock: each statement checks that the lock's session still lives, so a
- * deliverer that lost its session (and the lock with it) can neither pick
- * up mail nor mark it, while another one leads.
+ * Leadership of the mail outbox: an advisory lock of its own (advisory-lock.ts;
+ * not the event relay's), held by one deliverer per database. Every read and
+ * mark is fenced by it, so a deliverer that lost its session (and the lock
+ * with it) can neither pick up mail nor mark it, while another one leads.
  */
-import { type Database, isConnectionError, type SqlSession } from "../db.js";
-import { errMessage, type Logger } from "../logger.js";
+import { createAdvisoryLock, type LeaderLock, LOCK_ALIVE } from "../advisory-lock.js";
+import type { Database } from "../db.js";
+import type { Logger } from "../logger.js";
 
 /** The lock the mail deliverer holds; the platform's others are listed in identity's outbox.ts. */
 export const MAIL_LOCK_KEY = 7_310_004n;
 
 /** The lock-holding session, identified the way pg_stat_activity shows it. */
-export interface MailLock {
-  readonly session: SqlSession;
-  readonly pid: number;
-  readonly backendStart: string;
-}
+export type MailLock = LeaderLock;
 
 /** A pending mail as the deliverer reads it. */
 export interface PendingMail {
@@ -52,12 +47,6 @@ export interface MailLeadership {
   release(lock: MailLock): Promise<void>;
 }
 
-// See outbox-leader.ts: checked from the pool, never by querying a session whose socket may be gone.
-const LOCK_ALIVE = "exists (select 1 from pg_stat_activity where pid = $1 and backend_start = $2::timestamptz)";
-
-const TRY_LOCK = `select pg_try_advisory_lock($1::bigint) as locked, pg_backend_pid() as pid,
-  (select backend_start::text from pg_stat_activity where pid = pg_backend_pid()) as backend_start`;
-
 const PENDING = "sent_at is null and given_up_at is null";
 
 const SELECT_DUE = `select id::text as id, recipient, template, locale, data, created_at, attempts
@@ -88,34 +77,18 @@ export function createMailLeadership(opts: {
   lockKey: bigint;
   logger: Logger;
 }): MailLeadership {
-  const { database, logger } = opts;
-  const lockKey = opts.lockKey.toString();
-  const fence = (lock: MailLock) => [lock.pid, lock.backendStart];
-  const isAlive = async (lock: MailLock) => {
-    const [row] = await database.query<{ alive: boolean }>(`select ${LOCK_ALIVE} as alive`, fence(lock));
-    return row?.alive === true;
-  };
+  const { database } = opts;
+  const advisory = createAdvisoryLock({ database, lockKey: opts.lockKey, logger: opts.logger, what: "mail" });
+  const { fence } = advisory;
   const mark = async (statement: string, params: unknown[]) => {
     const [row] = await database.query<{ n: number }>(statement, params);
     return (row?.n ?? 0) > 0;
   };
 
   return {
-    async tryAcquire() {
-      let session: SqlSession | undefined;
-      try {
-        session = await database.session();
-        const [row] = await session.query<{ locked: boolean; pid: number; backend_start: string }>(TRY_LOCK, [lockKey]);
-        if (row?.locked) return { session, pid: row.pid, backendStart: row.backend_start };
-      } catch (err) {
-        // A broken connection is left alone (see outbox-leader.ts); the pool replaces it.
-        if (!isConnectionError(err)) await session?.release().catch(() => {});
-        throw err;
-      }
-      await session.release().catch(() => {});
-      return undefined;
-    },
-    isAlive,
+    tryAcquire: advisory.tryAcquire,
+    isAlive: advisory.isAlive,
+    release: advisory.release,
     readDue(lock, limit) {
       return database.query<PendingMail>(SELECT_DUE, [...fence(lock), limit]);
     },
@@ -131,16 +104,6 @@ export function createMailLeadership(opts: {
     },
     markGivenUp(lock, id, reason, attempted) {
       return mark(MARK_GIVEN_UP, [...fence(lock), id, reason, attempted ? 1 : 0]);
-    },
-    async release(lock) {
-      try {
-        if (await isAlive(lock)) {
-          await lock.session.query("select pg_advisory_unlock($1::bigint)", [lockKey]);
-          await lock.session.release();
-        }
-      } catch (err) {
-        logger.warn({ err: errMessage(err) }, "could not release the mail lock; it goes with its connection");
-      }
     },
   };
 }
