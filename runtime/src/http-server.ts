@@ -127,7 +127,7 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
       res.once("finish", () => {
         if (closing) setImmediate(() => h1.closeIdleConnections());
       });
-      handler(req, res);
+      serveGuarded(handler, req, res, logger);
     },
   );
   // Node tracks HTTP/1.1 connections (headersTimeout, requestTimeout,
@@ -141,7 +141,7 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
         ...(opts.maxHeaderSize === undefined ? {} : { maxHeaderListSize: opts.maxHeaderSize }),
       },
     },
-    (req, res) => handler(req, res),
+    (req, res) => serveGuarded(handler, req, res, logger),
   );
   // The compatibility layer's own "stream" listener (Node adds it with the
   // request listener) runs only for streams nobody took before it.
@@ -274,6 +274,38 @@ type StreamListener = (
   flags: number,
   rawHeaders: string[],
 ) => void;
+
+/**
+ * Calls `handler`, answering what it throws instead of letting it escape the
+ * request event (which would end the process). connect-node builds each
+ * request's URL synchronously and throws for an authority that is not one
+ * (`Host: a b`) or none (an HTTP/1.0 request without Host): one such request
+ * would stop the service. Those are the client's fault: 400. Anything else
+ * thrown is ours: 500, logged.
+ */
+function serveGuarded(
+  handler: RequestHandler,
+  req: IncomingMessage | Http2ServerRequest,
+  res: ServerResponse | Http2ServerResponse,
+  logger: Logger,
+): void {
+  try {
+    handler(req, res);
+  } catch (err) {
+    const malformed =
+      (err as { code?: unknown }).code === "ERR_INVALID_URL" ||
+      (err instanceof Error && err.message.includes("unable to determine request authority"));
+    if (!malformed) logger.error({ err }, "request handler failed");
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const status = malformed ? 400 : 500;
+    const body = malformed ? "bad request: no valid authority (Host)\n" : "internal error\n";
+    (res as ServerResponse).writeHead(status, { "content-type": "text/plain; charset=utf-8" });
+    res.end(body);
+  }
+}
 
 /** How often Node checks HTTP/1.1 header and request timeouts: often enough for a short timeout. */
 function checkInterval(requestTimeoutMs: number): number {

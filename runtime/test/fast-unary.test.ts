@@ -360,6 +360,19 @@ describe("what the fast path does not cover goes to connect-node", () => {
     });
   });
 
+  it("an authority that is not one (the URL of the call could not be built)", async () => {
+    const headers = { "content-type": "application/json", host: "bad host" };
+    await fellBack(async () => {
+      const [a, b] = await Promise.all([
+        rawH1(fast.url, JSON.stringify({ customerId: ID.ok }), headers),
+        rawH1(slow.url, JSON.stringify({ customerId: ID.ok }), headers),
+      ]);
+      expect(a).toEqual(b);
+      // connect-node cannot build the call's URL; the server answers 400 rather than crash.
+      expect(a.status).toBe(400);
+    });
+  });
+
   it("gRPC-Web, Connect GET, a compressed Connect request and an unknown path", async () => {
     const web = createClient(CustomerService, createGrpcWebTransport({ baseUrl: fast.url, httpVersion: "2" }));
     await fellBack(() => web.getCustomer({ customerId: ID.ok }));

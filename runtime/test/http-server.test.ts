@@ -14,6 +14,7 @@ import {
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { rawTcp } from "../../test/support/wire.js";
 import { createHealth, registerHealth } from "../src/health.js";
 import { type HttpServer, listen } from "../src/http-server.js";
 
@@ -235,6 +236,25 @@ describe("listen", () => {
 
     const res = await fetch(`${server.url}/still-here`);
     expect(await res.text()).toBe("1.1 GET /still-here");
+  });
+});
+
+describe("a request connect-node cannot make a URL of", () => {
+  it("no authority (HTTP/1.0 without Host) or an invalid one is 400, and the server keeps serving", async () => {
+    const { server } = await start();
+    const path = "/grpc.health.v1.Health/Check";
+    const ask = async (head: string) => {
+      const answer = (await rawTcp(server.port, Buffer.from(`${head}\r\n\r\n`))).toString("latin1");
+      return answer.split("\r\n")[0];
+    };
+    expect(await ask(`POST ${path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 0`)).toBe(
+      "HTTP/1.1 400 Bad Request",
+    );
+    expect(
+      await ask(`POST ${path} HTTP/1.1\r\nHost: bad host\r\nContent-Type: application/json\r\nConnection: close`),
+    ).toBe("HTTP/1.1 400 Bad Request");
+    const health = createClient(Health, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    expect((await health.check({})).status).toBe(SERVING);
   });
 });
 
