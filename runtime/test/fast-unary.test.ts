@@ -474,6 +474,35 @@ describe("the HTTP limits hold on the fast path", () => {
     session.close();
   });
 
+  it.each([
+    ["INTERNAL_ERROR", http2.constants.NGHTTP2_INTERNAL_ERROR, Code.Internal],
+    ["PROTOCOL_ERROR", http2.constants.NGHTTP2_PROTOCOL_ERROR, Code.Internal],
+    ["REFUSED_STREAM", http2.constants.NGHTTP2_REFUSED_STREAM, Code.Unavailable],
+  ])("a reset with %s aborts the handler as connect-node does, and the server serves on", async (name, rst, code) => {
+    // Node turns such a reset into an 'error' on the stream: with nobody listening, an uncaught exception.
+    const calls = slowCalls;
+    const seen = abortReasons.length;
+    const session = http2.connect(limited.url);
+    session.on("error", () => {});
+    const req = session.request({
+      ":method": "POST",
+      ":path": PATH,
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    req.on("error", () => {});
+    req.end(envelope(message(ID.slow)));
+    await expect.poll(() => slowCalls).toBe(calls + 1);
+    req.close(rst);
+    await expect.poll(() => abortReasons.length).toBe(seen + 1);
+    expect(abortReasons[seen]).toEqual(
+      new ConnectError(`http/2 stream closed with error code ${name} (0x${rst.toString(16)})`, code),
+    );
+    session.close();
+    const a = await raw(limited.url, envelope(message(ID.ok)));
+    expect(a.trailers["grpc-status"]).toBe("0");
+  });
+
   it("a call in flight when the server closes gets its answer", async () => {
     const server = await start(true);
     const call = raw(server.url, envelope(message(ID.slow)), { "grpc-timeout": "300m" });
