@@ -151,6 +151,7 @@ async function start(
       IDENTITY_SIGN_IN_LIMIT: "0",
       IDENTITY_SIGN_UP_LIMIT: "0",
       IDENTITY_ARGON2_QUEUE_PER_ADDRESS: "1000",
+      IDENTITY_MAILBOX_DIR: join(logDir, "mailbox"),
     },
   );
   const customerEnv = (port: number, db: TestDatabase, natsUrl: string, s: StreamNames) => ({

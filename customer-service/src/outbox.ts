@@ -15,7 +15,7 @@ export function customerOutbox(config: Pick<CustomerConfig, "stream" | "subjectP
     channel: "customer_outbox",
     // One relay per database at a time. The platform's other advisory locks:
     // 7_310_001 migrations (runtime db.ts), 7_310_003 the identity relay,
-    // 7_310_101 the identity signing-key bootstrap.
+    // 7_310_004 the identity mail deliverer, 7_310_101 the identity signing-key bootstrap.
     lockKey: 7_310_002n,
   });
 }

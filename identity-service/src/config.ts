@@ -13,6 +13,7 @@ import {
   type HostConfig,
 } from "@customer-platform/runtime/config";
 import { parseTrustedProxies } from "@customer-platform/runtime/interceptors";
+import { envMailConfig, type MailConfig } from "@customer-platform/runtime/mail";
 import type { FairQueueSettings } from "./argon2-queue.js";
 import { type Argon2Params, OWASP_ARGON2 } from "./passwords.js";
 import type { RateLimit } from "./rate-limit.js";
@@ -45,6 +46,17 @@ export interface IdentityConfig extends HostConfig {
   throttle: ThrottleSettings;
   /** Limits per client address. */
   rateLimits: { signIn: RateLimit; signUp: RateLimit };
+  /** Account recovery by a code sent by mail. */
+  recovery: {
+    codeTtlSec: number;
+    /** StartRecovery per client address, and per email (known or not). */
+    perAddress: RateLimit;
+    perEmail: RateLimit;
+  };
+  /** How mail is delivered: SMTP, or the dev mailbox (runtime mail/config.ts). */
+  mail: MailConfig;
+  /** The product's name in every mail. */
+  productName: string;
   /** Proxies (addresses, CIDR ranges) whose X-Forwarded-For names the client; none: the socket's peer is the client. */
   trustedProxies: string[];
   shutdownGraceMs: number;
@@ -112,6 +124,19 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConf
         durationMs: envInt(env, "IDENTITY_SIGN_UP_LIMIT_WINDOW_MS", 3_600_000, 1000, 86_400_000),
       },
     },
+    recovery: {
+      codeTtlSec: envInt(env, "IDENTITY_RECOVERY_CODE_TTL", 900, 60, 86_400),
+      perAddress: {
+        points: envInt(env, "IDENTITY_RECOVERY_LIMIT", 10, 0, 1_000_000),
+        durationMs: envInt(env, "IDENTITY_RECOVERY_LIMIT_WINDOW_MS", 3_600_000, 1000, 86_400_000),
+      },
+      perEmail: {
+        points: envInt(env, "IDENTITY_RECOVERY_EMAIL_LIMIT", 5, 0, 1_000_000),
+        durationMs: envInt(env, "IDENTITY_RECOVERY_EMAIL_LIMIT_WINDOW_MS", 3_600_000, 1000, 86_400_000),
+      },
+    },
+    mail: envMailConfig(env, "IDENTITY", { cwd }),
+    productName: envString(env, "IDENTITY_PRODUCT_NAME", "Customer Platform"),
     trustedProxies: trustedProxies(env),
     // Last: the database URL is read last (see envHostConfig).
     ...envHostConfig(env, "IDENTITY", { port: 8081, cwd }),

@@ -14,8 +14,15 @@ export interface AuthServiceDeps {
   readonly db: Db<typeof schema>;
   readonly passwords: PasswordHasher;
   readonly throttle: Throttle;
-  /** Limits per client address (keyed by `addressLimitKey(clientAddress(ctx))`). */
-  readonly rateLimits: { readonly signIn: RateLimiter; readonly signUp: RateLimiter };
+  /** Limits per client address (keyed by `addressLimitKey(clientAddress(ctx))`), and recovery's per email. */
+  readonly rateLimits: {
+    readonly signIn: RateLimiter;
+    readonly signUp: RateLimiter;
+    readonly recovery: RateLimiter;
+    readonly recoveryEmail: RateLimiter;
+  };
+  /** How long a recovery code works. */
+  readonly recoveryCodeTtlSec: number;
   /** The caller's address: the peer, or the client behind a trusted proxy. */
   readonly clientAddress: (ctx: Pick<HandlerContext, "values" | "requestHeader">) => string;
   readonly keys: KeyStore;

@@ -1,10 +1,18 @@
 import { type HousekeepingTask, outboxCleanup } from "@customer-platform/runtime/housekeeping";
+import { mailOutboxCleanup } from "@customer-platform/runtime/mail-schema";
 import type { IdentityConfig } from "./config.js";
 
-/** What the user directory can forget: sent events, stale throttle counters, dead tokens. */
+/** What the user directory can forget: sent events and mail, stale throttle counters, dead tokens and codes. */
 export function identityHousekeeping(config: Pick<IdentityConfig, "throttle">): HousekeepingTask[] {
   return [
     outboxCleanup(7),
+    // Sent or given-up mail (its data, the code, is erased at once); the address goes after a week.
+    mailOutboxCleanup(7),
+    // A used or expired code is worthless; a day of them is kept for operators.
+    {
+      name: "one_time_codes",
+      sql: "delete from one_time_codes where coalesce(consumed_at, expires_at) < now() - interval '1 day'",
+    },
     {
       name: "login_throttles",
       // A locked login stays locked until unlocked (`identity unlock`) or signed in.

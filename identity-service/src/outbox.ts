@@ -15,7 +15,8 @@ export function identityOutbox(config: Pick<IdentityConfig, "stream" | "subjectP
     channel: "identity_outbox",
     // One relay per database at a time. The platform's other advisory locks:
     // 7_310_001 migrations (runtime db.ts), 7_310_002 the customer relay,
-    // 7_310_101 the signing-key bootstrap (tokens.ts).
+    // 7_310_004 the mail deliverer (runtime mail/leader.ts), 7_310_101 the
+    // signing-key bootstrap (tokens.ts).
     lockKey: 7_310_003n,
   });
 }

@@ -101,19 +101,25 @@ export function brokenPasswordRule(
 export function checkNewPassword(password: string, email: string, field: "password" | "new_password"): void {
   const rule = brokenPasswordRule(password, email);
   if (!rule) return;
-  const message = RULE_MESSAGES[rule];
-  throw new ConnectError(`${field}: ${message} [${rule}]`, Code.InvalidArgument, undefined, [
+  throw fieldError(field, rule, RULE_MESSAGES[rule]);
+}
+
+/**
+ * INVALID_ARGUMENT for one field of the request, with its violation as the
+ * validator gives its own (`buf.validate.Violations`) and as
+ * `google.rpc.BadRequest`.
+ */
+export function fieldError(field: string, ruleId: string, message: string): ConnectError {
+  return new ConnectError(`${field}: ${message} [${ruleId}]`, Code.InvalidArgument, undefined, [
     {
       desc: ViolationsSchema,
       value: create(ViolationsSchema, {
-        violations: [{ field: { elements: [{ fieldName: field }] }, ruleId: rule, message }],
+        violations: [{ field: { elements: [{ fieldName: field }] }, ruleId, message }],
       }),
     },
     {
       desc: BadRequestSchema,
-      value: create(BadRequestSchema, {
-        fieldViolations: [{ field, description: message, reason: rule }],
-      }),
+      value: create(BadRequestSchema, { fieldViolations: [{ field, description: message, reason: ruleId }] }),
     },
   ]);
 }

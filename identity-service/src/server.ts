@@ -6,13 +6,22 @@
  */
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { notFound } from "@customer-platform/runtime/connect-server";
+import { type Database, openDatabase } from "@customer-platform/runtime/db";
 import { clientAddress, parseTrustedProxies } from "@customer-platform/runtime/interceptors";
 import type { Logger } from "@customer-platform/runtime/logger";
-import { createService, type HostOverrides, type ServiceHost } from "@customer-platform/runtime/service-host";
+import { createMailDeliverer, createMailTransport, describeMailTransport } from "@customer-platform/runtime/mail";
+import {
+  createService,
+  type HostOverrides,
+  type ServiceHost,
+  type ServiceParts,
+} from "@customer-platform/runtime/service-host";
 import { createFairQueue } from "./argon2-queue.js";
 import type { IdentityConfig } from "./config.js";
 import { identityDatabase } from "./database.js";
+import * as schema from "./db/schema.js";
 import { identityHousekeeping } from "./housekeeping.js";
+import { createIdentityMailRenderer } from "./mail/templates.js";
 import { identityOutbox } from "./outbox.js";
 import { commonPasswordList, createPasswordHasher } from "./passwords.js";
 import { createRateLimiter } from "./rate-limit.js";
@@ -44,7 +53,7 @@ export async function createIdentityServer(
     service: AuthService,
     housekeeping: identityHousekeeping(config),
     ...opts,
-    async setup({ database, outbox, now, every, defer, logger }) {
+    async setup({ database, outbox, now, every, defer, run, logger }) {
       const tokens: TokenSettings = {
         issuer: config.issuer,
         accessTokenTtlSec: config.accessTokenTtlSec,
@@ -70,7 +79,10 @@ export async function createIdentityServer(
         rateLimits: {
           signIn: createRateLimiter(database.db, "sign-in", config.rateLimits.signIn),
           signUp: createRateLimiter(database.db, "sign-up", config.rateLimits.signUp),
+          recovery: createRateLimiter(database.db, "recovery", config.recovery.perAddress),
+          recoveryEmail: createRateLimiter(database.db, "recovery-email", config.recovery.perEmail),
         },
+        recoveryCodeTtlSec: config.recovery.codeTtlSec,
         clientAddress: (ctx) => clientAddress(ctx, trustedProxies),
         keys,
         tokens,
@@ -84,8 +96,46 @@ export async function createIdentityServer(
         },
         now,
       });
+      await startMail(config, database, { defer, run, logger });
       return { impl, http: wellKnownHandler(keys, config, notFound) };
     },
-    describe: (c) => ({ issuer: c.issuer }),
+    describe: (c) => ({ issuer: c.issuer, mail: describeMailTransport(c.mail.transport) }),
   });
+}
+
+/**
+ * The mail deliverer (runtime mail/): sends what the handlers queued in
+ * mail_outbox, over SMTP or to the dev mailbox. On PostgreSQL on a small pool
+ * of its own, since its lock holds one session for good; the embedded
+ * database is one session, shared.
+ */
+async function startMail(
+  config: IdentityConfig,
+  database: Database<typeof schema>,
+  parts: Pick<ServiceParts<IdentityConfig, typeof schema>, "defer" | "run" | "logger">,
+): Promise<void> {
+  let mailDatabase = database;
+  if (!database.embedded) {
+    const own = await openDatabase({ ...config.database, schema, name: "identity-service-mail", max: 2 });
+    parts.defer("mail database", () => own.close());
+    mailDatabase = own;
+  }
+  const transport = config.mail.transport;
+  parts.run(
+    "mail deliverer",
+    createMailDeliverer({
+      database: mailDatabase,
+      transport: createMailTransport(transport),
+      render: createIdentityMailRenderer({ productName: config.productName }),
+      from: config.mail.from,
+      giveUpAfterMs: config.mail.giveUpAfterMs,
+      logger: parts.logger.child({ component: "mail" }),
+    }),
+  );
+  if (transport.kind === "mailbox") {
+    parts.logger.warn(
+      { mailbox: transport.dir },
+      "no SMTP server configured (IDENTITY_SMTP_URL): mail goes to the dev mailbox; read it with npm run mailbox",
+    );
+  }
 }

@@ -221,11 +221,13 @@ const REVOKE_REASON: Record<SessionRevocationReason, string> = {
   [TokenRevocationReason.REVOKED]: "revoked",
   [TokenRevocationReason.REFRESH_TOKEN_REUSED]: "reuse",
   [TokenRevocationReason.PASSWORD_CHANGED]: "password_changed",
+  [TokenRevocationReason.PASSWORD_RESET]: "password_reset",
 };
 type SessionRevocationReason =
   | TokenRevocationReason.REVOKED
   | TokenRevocationReason.REFRESH_TOKEN_REUSED
-  | TokenRevocationReason.PASSWORD_CHANGED;
+  | TokenRevocationReason.PASSWORD_CHANGED
+  | TokenRevocationReason.PASSWORD_RESET;
 
 /**
  * Revokes sessions (refresh-token families) in tx: one session, or every

@@ -103,7 +103,7 @@ async function serviceToken(scopes: string, scope = ""): Promise<{ clientId: str
 }
 
 describe("AuthService over @grpc/grpc-js with proto-loader", () => {
-  it("loads the seven methods of the contract", () => {
+  it("loads the nine methods of the contract", () => {
     const service = definition["identity.v1.AuthService"] as protoLoader.ServiceDefinition;
     expect(Object.values(service).map((m) => m.path)).toEqual([
       "/identity.v1.AuthService/CreateCredentials",
@@ -113,6 +113,8 @@ describe("AuthService over @grpc/grpc-js with proto-loader", () => {
       "/identity.v1.AuthService/IntrospectToken",
       "/identity.v1.AuthService/ChangePassword",
       "/identity.v1.AuthService/AuthenticateClient",
+      "/identity.v1.AuthService/StartRecovery",
+      "/identity.v1.AuthService/CompleteRecovery",
     ]);
   });
 

@@ -244,6 +244,9 @@ it("covers every CustomerService RPC and exactly the AuthService RPCs that read 
     AuthenticateClient: () => auth.authenticateClient({ clientId: "nobody", clientSecret: "x", scope: "" }),
     IntrospectToken: () => auth.introspectToken({ token: "x" }),
     ChangePassword: () => auth.changePassword({ currentPassword: "x", newPassword: "long enough" }),
+    StartRecovery: () => auth.startRecovery({ email: "nobody@example.com" }),
+    CompleteRecovery: () =>
+      auth.completeRecovery({ email: "nobody@example.com", code: "12345678", newPassword: "long enough" }),
   };
   expect(Object.keys(tokenless).sort()).toEqual(AuthService.methods.map((m) => m.name).sort());
   const asksForToken: string[] = [];

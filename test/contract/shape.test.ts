@@ -70,7 +70,8 @@ describe("debug_redact", () => {
   const fields = [
     ...new Set(methods.flatMap((method) => [...stringFields(method.input), ...stringFields(method.output)])),
   ];
-  const sensitive = fields.filter((field) => /(^|_)(password|secret|token)$/.test(field.name));
+  // A one-time code (recovery) is a credential too.
+  const sensitive = fields.filter((field) => /(^|_)(password|secret|token)$|^code$/.test(field.name));
   const names = (list: DescField[]) => list.map((field) => `${field.parent.typeName}.${field.name}`);
 
   it("finds every credential field of the services", () => {
@@ -79,6 +80,8 @@ describe("debug_redact", () => {
       "identity.v1.AuthenticateCustomerRequest.password",
       "identity.v1.ChangePasswordRequest.current_password",
       "identity.v1.ChangePasswordRequest.new_password",
+      "identity.v1.CompleteRecoveryRequest.code",
+      "identity.v1.CompleteRecoveryRequest.new_password",
       "identity.v1.CreateCredentialsRequest.password",
       "identity.v1.IntrospectTokenRequest.token",
       "identity.v1.RefreshTokenRequest.refresh_token",

@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { vi } from "vitest";
 import { type Clients, createClients } from "./clients.js";
-import { IDENTITY_TEST_LIMITS } from "./limits.js";
+import { IDENTITY_TEST_LIMITS, identityTestMail } from "./limits.js";
 import { freePort } from "./ports.js";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
@@ -63,7 +63,7 @@ export async function spawnService(
         [`${prefix}_HOST`]: "127.0.0.1",
         [`${prefix}_PORT`]: String(port),
         LOG_LEVEL: "warn",
-        ...(service === "identity-service" ? IDENTITY_TEST_LIMITS : {}),
+        ...(service === "identity-service" ? { ...IDENTITY_TEST_LIMITS, ...identityTestMail(env) } : {}),
         ...env,
       },
       stdio: ["ignore", "pipe", "pipe"],

@@ -11,7 +11,7 @@ import { type CustomerServer, createCustomerServer } from "../../customer-servic
 import { envToConfig as identityEnvToConfig } from "../../identity-service/src/config.js";
 import { createIdentityServer, type IdentityServer } from "../../identity-service/src/server.js";
 import { type Clients, createClients } from "./clients.js";
-import { IDENTITY_TEST_LIMITS } from "./limits.js";
+import { IDENTITY_TEST_LIMITS, identityTestMail } from "./limits.js";
 import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "./nats.js";
 import type { ReservedPort } from "./ports.js";
 import { createTestDatabase, type TestDatabase } from "./postgres.js";
@@ -120,6 +120,7 @@ export async function startIdentityService(
     IDENTITY_ARGON2_ITERATIONS: "1",
     SHUTDOWN_GRACE_MS: "2000",
     ...IDENTITY_TEST_LIMITS,
+    ...identityTestMail(env),
     ...env,
   };
   const config = identityEnvToConfig(fullEnv);

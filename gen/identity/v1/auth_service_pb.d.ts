@@ -495,6 +495,106 @@ export declare type AuthenticateClientResponse = Message<"identity.v1.Authentica
 export declare const AuthenticateClientResponseSchema: GenMessage<AuthenticateClientResponse>;
 
 /**
+ * StartRecoveryRequest asks for a recovery code by mail.
+ *
+ * @generated from message identity.v1.StartRecoveryRequest
+ */
+export declare type StartRecoveryRequest = Message<"identity.v1.StartRecoveryRequest"> & {
+  /**
+   * email is the login email address to recover.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * locale is the mail's language as a BCP 47 tag ("en", "de-AT"); empty or
+   * one without templates gets English.
+   *
+   * @generated from field: string locale = 2;
+   */
+  locale: string;
+};
+
+/**
+ * Describes the message identity.v1.StartRecoveryRequest.
+ * Use `create(StartRecoveryRequestSchema)` to create a new message.
+ */
+export declare const StartRecoveryRequestSchema: GenMessage<StartRecoveryRequest>;
+
+/**
+ * StartRecoveryResponse is empty, whether or not a mail was sent.
+ *
+ * @generated from message identity.v1.StartRecoveryResponse
+ */
+export declare type StartRecoveryResponse = Message<"identity.v1.StartRecoveryResponse"> & {
+};
+
+/**
+ * Describes the message identity.v1.StartRecoveryResponse.
+ * Use `create(StartRecoveryResponseSchema)` to create a new message.
+ */
+export declare const StartRecoveryResponseSchema: GenMessage<StartRecoveryResponse>;
+
+/**
+ * CompleteRecoveryRequest sets a new password with a recovery code.
+ *
+ * @generated from message identity.v1.CompleteRecoveryRequest
+ */
+export declare type CompleteRecoveryRequest = Message<"identity.v1.CompleteRecoveryRequest"> & {
+  /**
+   * email is the address StartRecovery was asked for.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * code is the 8-digit code from the recovery mail.
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * new_password is the password to set, under the rules of
+   * CreateCredentialsRequest.password.
+   *
+   * @generated from field: string new_password = 3;
+   */
+  newPassword: string;
+
+  /**
+   * locale is the language of the "password changed" mail, as in
+   * StartRecoveryRequest.locale.
+   *
+   * @generated from field: string locale = 4;
+   */
+  locale: string;
+};
+
+/**
+ * Describes the message identity.v1.CompleteRecoveryRequest.
+ * Use `create(CompleteRecoveryRequestSchema)` to create a new message.
+ */
+export declare const CompleteRecoveryRequestSchema: GenMessage<CompleteRecoveryRequest>;
+
+/**
+ * CompleteRecoveryResponse is empty: the customer signs in with the new
+ * password.
+ *
+ * @generated from message identity.v1.CompleteRecoveryResponse
+ */
+export declare type CompleteRecoveryResponse = Message<"identity.v1.CompleteRecoveryResponse"> & {
+};
+
+/**
+ * Describes the message identity.v1.CompleteRecoveryResponse.
+ * Use `create(CompleteRecoveryResponseSchema)` to create a new message.
+ */
+export declare const CompleteRecoveryResponseSchema: GenMessage<CompleteRecoveryResponse>;
+
+/**
  * AuthService is the identity provider: it owns customer credentials and
  * issues, rotates, revokes and describes tokens. Access tokens are JWTs
  * (RFC 9068) whose public keys are served at /.well-known/jwks.json; a
@@ -641,6 +741,49 @@ export declare const AuthService: GenService<{
     methodKind: "unary";
     input: typeof AuthenticateClientRequestSchema;
     output: typeof AuthenticateClientResponseSchema;
+  },
+  /**
+   * StartRecovery mails a one-time recovery code to the email if it belongs to
+   * an active identity, and answers the same, with nothing, whether or not it
+   * does: it tells nobody which addresses have accounts. The code is 8
+   * digits; it works once, for IDENTITY_RECOVERY_CODE_TTL (15 minutes by
+   * default) and for at most 5 wrong guesses, and a newer one replaces it.
+   * The mail goes out through the mail outbox (IDENTITY_SMTP_URL, or the dev
+   * mailbox): never for a request that failed, retried until delivered.
+   *
+   * Returns RESOURCE_EXHAUSTED with a RetryInfo detail after too many
+   * recoveries for the email (known or not) or from the client address, and
+   * INVALID_ARGUMENT for a malformed request.
+   *
+   * @generated from rpc identity.v1.AuthService.StartRecovery
+   */
+  startRecovery: {
+    methodKind: "unary";
+    input: typeof StartRecoveryRequestSchema;
+    output: typeof StartRecoveryResponseSchema;
+  },
+  /**
+   * CompleteRecovery sets a new password with the code StartRecovery mailed.
+   * It uses the code up, revokes every session of the customer (their refresh
+   * tokens and, with identity.v1.TokensRevoked, their access tokens), clears
+   * the email's failed sign-ins and its lock, and mails a notice that the
+   * password changed. It returns no tokens: the customer signs in with the
+   * new password.
+   *
+   * Returns INVALID_ARGUMENT with a violation on `code` ("invalid or expired
+   * recovery code") for an unknown email and for a wrong, used, replaced or
+   * expired code alike (a wrong guess counts against the code), INVALID_ARGUMENT
+   * if the new password breaks the rules CreateCredentials states (the code
+   * stays usable), and RESOURCE_EXHAUSTED with a RetryInfo detail after too
+   * many attempts from the client address or when too many password hashes
+   * are waiting.
+   *
+   * @generated from rpc identity.v1.AuthService.CompleteRecovery
+   */
+  completeRecovery: {
+    methodKind: "unary";
+    input: typeof CompleteRecoveryRequestSchema;
+    output: typeof CompleteRecoveryResponseSchema;
   },
 }>;
 

@@ -244,6 +244,14 @@ export enum TokenRevocationReason {
    * @generated from enum value: TOKEN_REVOCATION_REASON_SIGNING_KEY_REVOKED = 6;
    */
   SIGNING_KEY_REVOKED = 6,
+
+  /**
+   * TOKEN_REVOCATION_REASON_PASSWORD_RESET is CompleteRecovery: the password
+   * was set with a recovery code, and every session the customer had ended.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_PASSWORD_RESET = 7;
+   */
+  PASSWORD_RESET = 7,
 }
 
 /**

@@ -6,6 +6,7 @@ import { sql } from "drizzle-orm";
 import { customType, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from "drizzle-orm/pg-core";
 
 export { eventKeys } from "@customer-platform/runtime/event-keys-schema";
+export { mailOutbox } from "@customer-platform/runtime/mail-schema";
 export { outbox } from "@customer-platform/runtime/outbox-schema";
 
 const bytea = customType<{ data: Buffer; driverData: Buffer }>({ dataType: () => "bytea" });
@@ -123,3 +124,28 @@ export const clients = pgTable("clients", {
    */
   tokensValidAfter: tstz("tokens_valid_after"),
 });
+
+/**
+ * One-time codes sent by mail (recovery: codes.ts). Only a salted SHA-256 of
+ * the code is kept; a code works once (`consumed_at`), until `expires_at`,
+ * for a bounded number of wrong guesses (`attempts`). A newer code for the
+ * same identity and purpose consumes the older ones.
+ */
+export const oneTimeCodes = pgTable(
+  "one_time_codes",
+  {
+    id: uuid("id").primaryKey(),
+    customerId: uuid("customer_id")
+      .notNull()
+      .references(() => identities.customerId, { onDelete: "cascade" }),
+    /** "recovery" (verification and email change will join it). */
+    purpose: text("purpose").notNull(),
+    salt: bytea("salt").notNull(),
+    codeHash: bytea("code_hash").notNull(),
+    attempts: integer("attempts").notNull().default(0),
+    createdAt: tstz("created_at").notNull(),
+    expiresAt: tstz("expires_at").notNull(),
+    consumedAt: tstz("consumed_at"),
+  },
+  (t) => [index("one_time_codes_customer_idx").on(t.customerId, t.purpose)],
+);

@@ -4,10 +4,12 @@ import type { AuthServiceDeps } from "../deps.js";
 import { authenticateClient } from "./authenticate-client.js";
 import { authenticateCustomer } from "./authenticate-customer.js";
 import { changePassword } from "./change-password.js";
+import { completeRecovery } from "./complete-recovery.js";
 import { createCredentials } from "./create-credentials.js";
 import { introspectToken } from "./introspect-token.js";
 import { refreshToken } from "./refresh-token.js";
 import { revokeToken } from "./revoke-token.js";
+import { startRecovery } from "./start-recovery.js";
 
 /** The AuthService handlers: one file per RPC under routes/. */
 export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof AuthService> {
@@ -19,5 +21,7 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
     ...introspectToken(deps),
     ...changePassword(deps),
     ...authenticateClient(deps),
+    ...startRecovery(deps),
+    ...completeRecovery(deps),
   };
 }
