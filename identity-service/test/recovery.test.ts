@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { AuthService, StartRecoveryResponseSchema } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { readMailbox } from "@customer-platform/runtime/mail";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { failure, rpcError } from "../../test/support/clients.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
@@ -211,4 +212,26 @@ describe("recovery on the embedded database (npm start)", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 60_000);
+});
+
+describe("recovery without a mail server (npm start)", () => {
+  it("says at start that mail goes to the dev mailbox, where the code then is", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "identity-recovery-mailbox-"));
+    const devMail = await startIdentityService({ IDENTITY_MAILBOX_DIR: dir });
+    try {
+      expect(devMail.logs.lines.some((l) => l.includes("mail goes to the dev mailbox") && l.includes(dir))).toBe(true);
+      const address = email("mailbox");
+      await auth(devMail).createCredentials({ email: address, password: PASSWORD });
+      await auth(devMail).startRecovery({ email: address, locale: "de" });
+      await expect.poll(async () => (await readMailbox(dir)).length, { timeout: 15_000 }).toBe(1);
+      const [entry] = await readMailbox(dir);
+      expect(entry).toMatchObject({ to: address, template: "recovery-code" });
+      const code = /\b(\d{8})\b/.exec(entry?.text ?? "")?.[1] ?? "";
+      await auth(devMail).completeRecovery({ email: address, code, newPassword: NEW_PASSWORD });
+      await auth(devMail).authenticateCustomer({ email: address, password: NEW_PASSWORD });
+    } finally {
+      await devMail.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
