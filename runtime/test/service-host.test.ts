@@ -218,7 +218,8 @@ describe("a service host", () => {
       "housekeeping",
       "http server",
     ]);
-    expect((await fetch(`${host.url}/readyz`)).status).toBe(200);
+    // Ready once the first readiness probe (a query) has answered, which may come just after start().
+    await expect.poll(async () => (await fetch(`${host.url}/readyz`)).status).toBe(200);
     expect(new Set(await connections())).toEqual(new Set(["host-test", "host-test-relay"]));
     const port = host.port;
 

@@ -7,6 +7,7 @@
  * program consumes a real event from a private stream on the local NATS and
  * verifies a real access token of a running identity service, and sees a
  * revoked one refused. The tarballs hold no tarball and no test file.
+ * (Packed from the build `npm run build` made, not by the prepack script: see pack().)
  */
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -17,6 +18,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildProblem } from "../../scripts/build.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { reservePort } from "../../test/support/ports.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
@@ -155,9 +157,20 @@ afterAll(async () => {
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
-/** `npm pack` of a workspace package into dest; the tarball's path. */
+/**
+ * `npm pack` of a workspace package into dest; the tarball's path. Without
+ * the package's prepack script: it rebuilds dist/ from scratch (deleting it
+ * first), and other test files run the compiled services from that dist/ at
+ * the same time. It packs the dist/ that `npm run build` made (the same
+ * tsconfig.build.json; `npm test` builds first), checked current here.
+ */
 async function pack(pkg: string, dest: string): Promise<string> {
-  const { stdout } = await run("npm", ["pack", "--json", "--pack-destination", dest], { cwd: join(ROOT, pkg), env });
+  const problem = buildProblem();
+  if (problem) throw new Error(problem);
+  const { stdout } = await run("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", dest], {
+    cwd: join(ROOT, pkg),
+    env,
+  });
   // A prepack script's output comes first on stdout.
   const [result] = JSON.parse(stdout.slice(stdout.indexOf("[\n"))) as Array<{ filename: string }>;
   if (!result) throw new Error(`npm pack ${pkg} printed no result`);
