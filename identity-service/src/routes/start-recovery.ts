@@ -2,7 +2,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { uuidv7 } from "@customer-platform/runtime/ids";
 import { addressLimitKey } from "@customer-platform/runtime/interceptors";
-import { MAIL_CHANNEL } from "@customer-platform/runtime/mail";
+import { MAIL_NOTIFY, mailInsertFrom } from "@customer-platform/runtime/mail";
 import { sql } from "drizzle-orm";
 import { newCode } from "../codes.js";
 import type { AuthServiceDeps } from "../deps.js";
@@ -26,7 +26,11 @@ export function startRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Au
       const { code, salt, hash } = newCode();
       const now = deps.now();
       const expiresAt = new Date(now.getTime() + deps.recoveryCodeTtlSec * 1000);
-      const data = { code, expiresInMinutes: Math.round(deps.recoveryCodeTtlSec / 60) };
+      const mail = mailInsertFrom(sql`select email from target`, {
+        template: "recovery-code",
+        locale: mailLocale(req.locale),
+        data: { code, expiresInMinutes: Math.round(deps.recoveryCodeTtlSec / 60) },
+      });
       await deps.db.execute(sql`
         with target as (
           select customer_id, email from identities where lower(email) = ${email}::text and status = 'active'
@@ -37,12 +41,8 @@ export function startRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Au
           insert into one_time_codes (id, customer_id, purpose, salt, code_hash, attempts, created_at, expires_at)
           select ${uuidv7()}::uuid, customer_id, 'recovery', ${salt}::bytea, ${hash}::bytea, 0,
             ${now.toISOString()}::timestamptz, ${expiresAt.toISOString()}::timestamptz from target
-        ), queued as (
-          insert into mail_outbox (id, recipient, template, locale, data)
-          select ${uuidv7()}::uuid, email, 'recovery-code', ${mailLocale(req.locale)}::text, ${JSON.stringify(data)}::jsonb
-          from target
-        )
-        select pg_notify(${MAIL_CHANNEL}, '') from target`);
+        ), queued as (${mail})
+        select ${MAIL_NOTIFY} from target`);
       return {};
     },
   };

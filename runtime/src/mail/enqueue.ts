@@ -5,7 +5,7 @@
  * mail server is down. The write wakes the deliverer with a NOTIFY that
  * Postgres delivers only at commit.
  */
-import { sql } from "drizzle-orm";
+import { type SQL, sql } from "drizzle-orm";
 import type { Db } from "../db.js";
 import { uuidv7 } from "../ids.js";
 import { mailOutbox } from "./schema.js";
@@ -41,8 +41,7 @@ const LOCALE = /^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$/;
  */
 export async function enqueueMail(tx: MailTx, message: MailMessage): Promise<string> {
   if (!SINGLE_ADDRESS.test(message.recipient)) throw new Error("mail recipient must be exactly one plain address");
-  if (!TEMPLATE.test(message.template)) throw new Error(`mail template "${message.template}" is not a plain name`);
-  if (!LOCALE.test(message.locale)) throw new Error(`mail locale "${message.locale}" is not a language tag`);
+  checkMessage(message);
   const id = uuidv7();
   const insert = tx.insert(mailOutbox).values({
     id,
@@ -52,6 +51,32 @@ export async function enqueueMail(tx: MailTx, message: MailMessage): Promise<str
     data: message.data,
   });
   // One round trip: a data-modifying CTE always runs; the NOTIFY is delivered at commit.
-  await tx.execute(sql`with m as ${insert} select pg_notify(${MAIL_CHANNEL}, '')`);
+  await tx.execute(sql`with m as ${insert} select ${MAIL_NOTIFY}`);
   return id;
+}
+
+/**
+ * For a statement that finds its recipient itself (in SQL, so that whether
+ * there is one shows neither in its answer nor in its round trips): an
+ * `insert into mail_outbox … select` queuing `message` to the address
+ * `recipient` yields (a query of one text column, at most one row: the
+ * mail's id is made here), to be used as a CTE, with MAIL_NOTIFY selected
+ * for each row it queues. The address comes from the database, where it was
+ * checked when stored; the template and locale are checked as enqueueMail
+ * checks them.
+ */
+export function mailInsertFrom(recipient: SQL, message: Omit<MailMessage, "recipient">): SQL {
+  checkMessage(message);
+  return sql`insert into ${mailOutbox} (id, recipient, template, locale, data)
+    select ${uuidv7()}::uuid, r.recipient, ${message.template}::text, ${message.locale}::text,
+      ${JSON.stringify(message.data)}::jsonb
+    from (${recipient}) as r(recipient)`;
+}
+
+/** Wakes the deliverer (delivered at commit). */
+export const MAIL_NOTIFY: SQL = sql`pg_notify(${MAIL_CHANNEL}, '')`;
+
+function checkMessage(message: Pick<MailMessage, "template" | "locale">): void {
+  if (!TEMPLATE.test(message.template)) throw new Error(`mail template "${message.template}" is not a plain name`);
+  if (!LOCALE.test(message.locale)) throw new Error(`mail locale "${message.locale}" is not a language tag`);
 }

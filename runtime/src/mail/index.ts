@@ -21,7 +21,7 @@ export {
   type MailRef,
   messageIdFor,
 } from "./deliverer.js";
-export { enqueueMail, MAIL_CHANNEL, type MailMessage, type MailTx } from "./enqueue.js";
+export { enqueueMail, MAIL_CHANNEL, MAIL_NOTIFY, type MailMessage, type MailTx, mailInsertFrom } from "./enqueue.js";
 export { MAIL_LOCK_KEY } from "./leader.js";
 export { createMailboxTransport, DEFAULT_MAILBOX_DIR, type MailboxEntry, readMailbox } from "./mailbox.js";
 export { escapeHtml, MailRenderError, type MailRenderer, type MailToRender, type RenderedMail } from "./render.js";
