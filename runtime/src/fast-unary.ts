@@ -1,12 +1,13 @@
 /**
  * A fast path for unary calls: gRPC over HTTP/2 (binary), Connect POST over
  * HTTP/1.1 and HTTP/2 (proto and JSON). The request body is read from Node's
- * request, decoded with connect-es's serialization, passed through the same
- * interceptors to the same `ServiceImpl` method, and answered through
- * connect-node's own response writer, so the bytes on the wire are the ones
- * connect-node sends. It skips connect-node's async-iterable pipeline and its
- * per-call AbortController aborted without a reason (a DOMException built
- * after every call).
+ * request (HTTP/1.1) or straight from the HTTP/2 stream, before Node's
+ * compatibility layer (`streamHandler`), decoded with connect-es's
+ * serialization, passed through the same interceptors to the same
+ * `ServiceImpl` method, and answered with the status, headers, body and
+ * trailers connect-node sends (a test compares them). It skips connect-node's
+ * async-iterable pipeline, and makes per call only what someone reads (see
+ * FastCallContext).
  *
  * Everything it does not cover goes to connect-node unchanged: streaming
  * methods (reflection), gRPC-Web, gRPC with JSON, compressed requests, GET,

@@ -149,12 +149,13 @@ export async function listen(opts: ListenOptions): Promise<HttpServer> {
   if (compat === undefined || others.length > 0) throw new Error("unexpected HTTP/2 server listeners");
   h2.removeListener("stream", compat);
   const take = opts.streamHandler;
+  const onStreamError = (err: Error) => logger.debug({ err }, "http2 stream error");
   h2.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number, rawHeaders: string[]) => {
     // A client's reset with an error code (INTERNAL_ERROR, PROTOCOL_ERROR, …) is an 'error' on the
     // stream; with no listener, an uncaught exception that ends the process. The compatibility layer
     // listens on the streams it takes; these are the streams taken before it. What the reset means
     // for the call reaches its handler through the stream's close.
-    stream.on("error", (err) => logger.debug({ err }, "http2 stream error"));
+    stream.on("error", onStreamError);
     discardUnreadRequest(stream);
     if (limits.requestTimeoutMs > 0) limitRequestTime(stream, headers["content-type"], limits.requestTimeoutMs);
     if (take?.(stream, headers) !== true) compat(stream, headers, flags, rawHeaders);
