@@ -365,17 +365,24 @@ const usPerReq = (m: Measured) => (m.cpu ? (m.cpu.cpuSec * 1e6) / m.load.ops : N
  * shown as invalid (see `invalidate`).
  */
 const failures = (sides: Record<string, Measured>): string[] =>
-  Object.entries(sides).flatMap(([name, m]) =>
-    m.load.errors > 0 ? [`${name}: ${m.load.errors} failed call${m.load.errors === 1 ? "" : "s"}`] : [],
-  );
+  Object.entries(sides).flatMap(([name, m]) => failedCalls(name, m.load.errors));
+
+/** "<name>: N failed call(s)", or nothing. */
+const failedCalls = (name: string, errors: number): string[] =>
+  errors > 0 ? [`${name}: ${errors} failed call${errors === 1 ? "" : "s"}`] : [];
+
+/** What every row's details start with: the load's counts and tail latencies. */
+const loadCounts = (load: LoadResult) => ({
+  ops: load.ops,
+  errors: load.errors,
+  ...(load.firstError && { firstError: load.firstError }),
+  seconds: round(load.seconds),
+  p90Ms: round(load.p90Ms),
+  maxMs: round(load.maxMs),
+});
 
 const loadDetails = (m: Measured) => ({
-  ops: m.load.ops,
-  errors: m.load.errors,
-  ...(m.load.firstError && { firstError: m.load.firstError }),
-  seconds: round(m.load.seconds),
-  p90Ms: round(m.load.p90Ms),
-  maxMs: round(m.load.maxMs),
+  ...loadCounts(m.load),
   ...(m.cpu && {
     serviceCores: round(m.cpu.cores),
     serviceCpuUsPerReq: round(usPerReq(m), 0),
@@ -650,18 +657,13 @@ const h2Side = (label: string, m: H2Measured) => ({
 
 /** Failed calls (h2load's counts and its per-request log) and a wrong answer to the probe. */
 const h2Problems = (name: string, m: H2Measured): string[] => [
-  ...(m.load.errors > 0 ? [`${name}: ${m.load.errors} failed call${m.load.errors === 1 ? "" : "s"}`] : []),
+  ...failedCalls(name, m.load.errors),
   ...(m.load.ops === 0 ? [`${name}: no call answered`] : []),
   ...m.problems.map((x) => `${name}: ${x}`),
 ];
 
 const h2Details = (job: H2Job, m: H2Measured) => ({
-  ops: m.load.ops,
-  errors: m.load.errors,
-  ...(m.load.firstError && { firstError: m.load.firstError }),
-  seconds: round(m.load.seconds),
-  p90Ms: round(m.load.p90Ms),
-  maxMs: round(m.load.maxMs),
+  ...loadCounts(m.load),
   serverCores: round(m.cpu.cores),
   serverCpuUsPerReq: round(h2UsPerReq(m), 0),
   mainThreadCpuUsPerReq: round((m.cpu.mainThreadCpuSec * 1e6) / m.load.ops, 0),
