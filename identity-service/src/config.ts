@@ -5,6 +5,7 @@
 import {
   ConfigError,
   type Env,
+  envBoolean,
   envHostConfig,
   envHttpsUrl,
   envInt,
@@ -52,6 +53,20 @@ export interface IdentityConfig extends HostConfig {
     /** StartRecovery per client address, and per email (known or not). */
     perAddress: RateLimit;
     perEmail: RateLimit;
+  };
+  /** Sign-up by a code sent by mail (StartSignUp, CompleteSignUp). */
+  signUp: {
+    codeTtlSec: number;
+    /** StartSignUp per email (known or not); per client address it is rateLimits.signUp. */
+    perEmail: RateLimit;
+    /** Whether the deprecated CreateCredentials still works (for a migration). */
+    legacyCreateCredentials: boolean;
+  };
+  /** Email change by a code sent to the new address. */
+  emailChange: {
+    codeTtlSec: number;
+    /** StartEmailChange and CompleteEmailChange calls per account. */
+    perAccount: RateLimit;
   };
   /** How mail is delivered: SMTP, or the dev mailbox (runtime mail/config.ts). */
   mail: MailConfig;
@@ -133,6 +148,21 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): IdentityConf
       perEmail: {
         points: envInt(env, "IDENTITY_RECOVERY_EMAIL_LIMIT", 5, 0, 1_000_000),
         durationMs: envInt(env, "IDENTITY_RECOVERY_EMAIL_LIMIT_WINDOW_MS", 3_600_000, 1000, 86_400_000),
+      },
+    },
+    signUp: {
+      codeTtlSec: envInt(env, "IDENTITY_SIGN_UP_CODE_TTL", 900, 60, 86_400),
+      perEmail: {
+        points: envInt(env, "IDENTITY_SIGN_UP_EMAIL_LIMIT", 5, 0, 1_000_000),
+        durationMs: envInt(env, "IDENTITY_SIGN_UP_EMAIL_LIMIT_WINDOW_MS", 3_600_000, 1000, 86_400_000),
+      },
+      legacyCreateCredentials: envBoolean(env, "IDENTITY_LEGACY_CREATE_CREDENTIALS", false),
+    },
+    emailChange: {
+      codeTtlSec: envInt(env, "IDENTITY_EMAIL_CHANGE_CODE_TTL", 900, 60, 86_400),
+      perAccount: {
+        points: envInt(env, "IDENTITY_EMAIL_CHANGE_LIMIT", 10, 0, 1_000_000),
+        durationMs: envInt(env, "IDENTITY_EMAIL_CHANGE_LIMIT_WINDOW_MS", 3_600_000, 1000, 86_400_000),
       },
     },
     mail: envMailConfig(env, "IDENTITY", { cwd }),

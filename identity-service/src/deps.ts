@@ -20,9 +20,15 @@ export interface AuthServiceDeps {
     readonly signUp: RateLimiter;
     readonly recovery: RateLimiter;
     readonly recoveryEmail: RateLimiter;
+    /** StartSignUp per email (known or not). */
+    readonly signUpEmail: RateLimiter;
+    /** StartEmailChange and CompleteEmailChange per account (keyed by customer id). */
+    readonly emailChange: RateLimiter;
   };
-  /** How long a recovery code works. */
-  readonly recoveryCodeTtlSec: number;
+  /** How long a mailed code works, by purpose. */
+  readonly codeTtlSec: { readonly recovery: number; readonly signUp: number; readonly emailChange: number };
+  /** Whether the deprecated CreateCredentials still signs up (IDENTITY_LEGACY_CREATE_CREDENTIALS). */
+  readonly legacyCreateCredentials: boolean;
   /** The caller's address: the peer, or the client behind a trusted proxy. */
   readonly clientAddress: (ctx: Pick<HandlerContext, "values" | "requestHeader">) => string;
   readonly keys: KeyStore;

@@ -7,6 +7,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   AuthenticationMethod,
   CustomerAuthenticatedSchema,
+  CustomerEmailVerifiedSchema,
   TokenRevocationReason,
   TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
@@ -95,3 +96,33 @@ export async function emitTokensRevoked(tx: OutboxTx, outbox: Outbox, revoked: R
 }
 
 export { AuthenticationMethod, TokenRevocationReason };
+
+/**
+ * Writes identity.v1.CustomerEmailVerified to the outbox: `email` is now the
+ * customer's verified login email, the identity's `version`th.
+ */
+export async function emitCustomerEmailVerified(
+  tx: OutboxTx,
+  outbox: Outbox,
+  verified: { customerId: string; email: string; version: number },
+  occurTime: Date,
+) {
+  const eventId = uuidv7();
+  const event = create(CustomerEmailVerifiedSchema, {
+    eventId,
+    occurTime: timestampFromDate(occurTime),
+    customerId: verified.customerId,
+    email: verified.email,
+    emailVersion: BigInt(verified.version),
+  });
+  await enqueueEvent(
+    tx,
+    outboxEvent(outbox, CustomerEmailVerifiedSchema, event, {
+      eventId,
+      occurTime,
+      subject: `${outbox.subjectPrefix}.customer.email_verified.${verified.customerId}`,
+      ceSubject: verified.customerId,
+    }),
+    outbox,
+  );
+}

@@ -45,7 +45,7 @@ export function grantAudiences(requested: readonly string[], policy: AudiencePol
 }
 
 /** A session to continue (a refresh), or a new one's audiences. */
-export type SessionInit =
+export type SessionInit = (
   | { audiences: readonly string[] }
   | {
       /** The session's audiences; the refresh token keeps them all. */
@@ -56,7 +56,11 @@ export type SessionInit =
       parentId: string;
       /** When the session ends; null for a session older than the absolute lifetime, which ends a lifetime from now. */
       sessionExpiresAt: Date | null;
-    };
+    }
+) & {
+  /** The customer's verified email, for the access token's `email` claim; null or absent while unverified. */
+  email?: string | null;
+};
 
 /** A new session's (or a rotation's) tokens, and the refresh-token row that stores the refresh token's hash. */
 export interface CustomerSession {
@@ -86,6 +90,7 @@ export async function newCustomerSession(
     scope: CUSTOMER_SCOPE,
     audience,
     sid: familyId,
+    email: session.email ?? null,
   });
   const refresh = newRefreshToken();
   const now = deps.now();
@@ -117,6 +122,11 @@ export async function newCustomerSession(
       audience: access.audience,
     },
   };
+}
+
+/** The email for an access token's `email` claim: the identity's, if verified. */
+export function verifiedEmail(identity: { email: string; emailVerifiedAt: Date | null }): string | null {
+  return identity.emailVerifiedAt ? identity.email : null;
 }
 
 /** Issues an access token and a refresh token for a customer (newCustomerSession), the refresh token row written in tx. */

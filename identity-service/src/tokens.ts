@@ -409,6 +409,8 @@ export async function signAccessToken(
     scope: string;
     audience: readonly string[];
     sid?: string;
+    /** The customer's verified login email (OpenID Connect's `email`, with `email_verified: true`); none if unverified. */
+    email?: string | null;
     notBefore?: number;
   },
 ): Promise<IssuedAccessToken> {
@@ -421,6 +423,7 @@ export async function signAccessToken(
     client_id: claims.clientId,
     scope: claims.scope,
     ...(claims.sid !== undefined && { sid: claims.sid }),
+    ...(claims.email && { email: claims.email, email_verified: true }),
   })
     .setProtectedHeader({ alg: key.alg, typ: "at+jwt", kid: key.kid })
     .setIssuer(settings.issuer)

@@ -23,6 +23,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type StatementLog, startStatementLog } from "../../test/support/pg-statements.js";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
+import { median, medianHalfWidth, pairedDifferences } from "../../test/support/timing.js";
 
 const OWASP_PARAMS = "$argon2id$v=19$m=19456,t=2,p=1";
 const PASSWORD = "correct horse battery staple";
@@ -121,48 +122,6 @@ async function timed(fn: () => Promise<RawAnswer>): Promise<number> {
   const ms = performance.now() - start;
   expect(answer.status).toBe(401);
   return ms;
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-};
-
-/**
- * Half the width of the 95% confidence interval of the median of xs, from
- * order statistics (the sign test's interval): no assumption on the shape of
- * the distribution, which scheduling noise makes long-tailed.
- */
-function medianHalfWidth(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const k = Math.max(0, Math.floor(s.length / 2 - (1.96 * Math.sqrt(s.length)) / 2));
-  return ((s[s.length - 1 - k] as number) - (s[k] as number)) / 2;
-}
-
-/**
- * known − unknown for each of pairs interleaved sign-ins, the order within
- * a pair alternating so that drift and warm-up favour neither; between
- * runs after each pair.
- */
-async function pairedDifferences(
-  pairs: number,
-  known: (i: number) => Promise<number>,
-  unknown: (i: number) => Promise<number>,
-  between: () => Promise<unknown> = async () => {},
-): Promise<number[]> {
-  const diffs: number[] = [];
-  for (let i = 0; i < pairs; i++) {
-    if (i % 2 === 0) {
-      const k = await known(i);
-      diffs.push(k - (await unknown(i)));
-    } else {
-      const u = await unknown(i);
-      diffs.push((await known(i)) - u);
-    }
-    await between();
-  }
-  return diffs;
 }
 
 describe("unknown email versus wrong password", () => {

@@ -23,7 +23,7 @@ import { CODE_MAX_ATTEMPTS } from "../src/codes.js";
 
 const PASSWORD = "correct horse battery staple";
 const NEW_PASSWORD = "a brand new passphrase";
-const INVALID_CODE = rpcError("code: invalid or expired recovery code [code.invalid]", Code.InvalidArgument);
+const INVALID_CODE = rpcError("code: invalid or expired code [code.invalid]", Code.InvalidArgument);
 
 let smtp: TestSmtpServer;
 let svc: RunningIdentityService;

@@ -12,6 +12,7 @@ import { CustomerService } from "@customer-platform/gen/customer/v1/customer_ser
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { runCli } from "../../identity-service/src/cli.js";
 import { bearer, type Protocol } from "./clients.js";
+import { mailedCode } from "./mailbox.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "./nats.js";
 import { reservePort } from "./ports.js";
 import { createTestDatabase, type TestDatabase } from "./postgres.js";
@@ -104,7 +105,10 @@ export async function startPlatform(
     const customers = (protocol: Protocol = "connect-http1") => customer.clients.client(CustomerService, protocol);
     const signUp = async (password: string, label = "c", audience: string[] = []): Promise<SignedUp> => {
       const email = uniqueEmail(label);
-      const res = await auth().createCredentials({ email, password, audience });
+      // As a customer signs up: a code by mail (the harness's dev mailbox), then the password.
+      await auth().startSignUp({ email });
+      const code = await mailedCode(identity.env.IDENTITY_MAILBOX_DIR ?? "", email);
+      const res = await auth().completeSignUp({ email, code, password, audience });
       return {
         customerId: res.customerId,
         email,

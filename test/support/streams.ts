@@ -6,7 +6,11 @@
  */
 import { fromBinary } from "@bufbuild/protobuf";
 import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
-import { CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
+import {
+  CustomerAuthenticatedSchema,
+  CustomerEmailVerifiedSchema,
+  TokensRevokedSchema,
+} from "@customer-platform/gen/identity/v1/events_pb.js";
 import { CE_TYPE } from "@customer-platform/sdk/cloudevents";
 import { type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
@@ -15,6 +19,8 @@ import { until } from "./timing.js";
 
 export const REGISTERED = CustomerRegisteredSchema.typeName;
 export const AUTHENTICATED = CustomerAuthenticatedSchema.typeName;
+export const EMAIL_VERIFIED = CustomerEmailVerifiedSchema.typeName;
+export const TOKENS_REVOKED = TokensRevokedSchema.typeName;
 
 /** One message of a stream, decoded. */
 export interface StreamEvent {
@@ -24,7 +30,7 @@ export interface StreamEvent {
   msgId: string;
   type: string;
   customerId: string;
-  /** 0 for CustomerAuthenticated. */
+  /** The email version for CustomerEmailVerified; 0 for the other identity events. */
   version: number;
   /** The profile's family name after the change ("" for CustomerAuthenticated). */
   familyName: string;
@@ -77,9 +83,18 @@ export async function readStream(natsUrl: string, stream: string): Promise<Strea
     for await (const msg of messages) {
       const type = msg.headers?.get(CE_TYPE) ?? "";
       const base = { seq: msg.seq, msgId: msg.headers?.get("Nats-Msg-Id") ?? "", type };
-      if (type === AUTHENTICATED) {
-        const e = fromBinary(CustomerAuthenticatedSchema, msg.data);
+      if (type === AUTHENTICATED || type === TOKENS_REVOKED) {
+        const e = fromBinary(type === AUTHENTICATED ? CustomerAuthenticatedSchema : TokensRevokedSchema, msg.data);
         events.push({ ...base, eventId: e.eventId, customerId: e.customerId, version: 0, familyName: "" });
+      } else if (type === EMAIL_VERIFIED) {
+        const e = fromBinary(CustomerEmailVerifiedSchema, msg.data);
+        events.push({
+          ...base,
+          eventId: e.eventId,
+          customerId: e.customerId,
+          version: Number(e.emailVersion),
+          familyName: "",
+        });
       } else {
         const e =
           type === REGISTERED

@@ -38,3 +38,46 @@ export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
     }),
   ]);
 }
+
+/** The median of xs. */
+export const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+};
+
+/**
+ * Half the width of the 95% confidence interval of the median of xs, from
+ * order statistics (the sign test's interval): no assumption on the shape of
+ * the distribution, which scheduling noise makes long-tailed.
+ */
+export function medianHalfWidth(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const k = Math.max(0, Math.floor(s.length / 2 - (1.96 * Math.sqrt(s.length)) / 2));
+  return ((s[s.length - 1 - k] as number) - (s[k] as number)) / 2;
+}
+
+/**
+ * known − unknown for each of pairs interleaved calls, the order within
+ * a pair alternating so that drift and warm-up favour neither; between
+ * runs after each pair.
+ */
+export async function pairedDifferences(
+  pairs: number,
+  known: (i: number) => Promise<number>,
+  unknown: (i: number) => Promise<number>,
+  between: () => Promise<unknown> = async () => {},
+): Promise<number[]> {
+  const diffs: number[] = [];
+  for (let i = 0; i < pairs; i++) {
+    if (i % 2 === 0) {
+      const k = await known(i);
+      diffs.push(k - (await unknown(i)));
+    } else {
+      const u = await unknown(i);
+      diffs.push((await known(i)) - u);
+    }
+    await between();
+  }
+  return diffs;
+}

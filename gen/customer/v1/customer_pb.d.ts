@@ -27,8 +27,11 @@ export declare type Customer = Message<"customer.v1.Customer"> & {
   customerId: string;
 
   /**
-   * email is the customer's contact email address, stored as sent; no two
-   * customers share one, compared without regard to case.
+   * email is the customer's verified login email, as the identity service
+   * published it (identity.v1.CustomerEmailVerified): callers cannot set it.
+   * The identity service lets no two accounts share one; here a change
+   * arrives by event, so for a moment after two customers swap addresses
+   * both profiles may show the same one.
    *
    * @generated from field: string email = 2;
    */

@@ -19,9 +19,12 @@ export declare const file_customer_v1_customer_service: GenFile;
  */
 export declare type RegisterCustomerRequest = Message<"customer.v1.RegisterCustomerRequest"> & {
   /**
-   * email is the customer's contact email address.
+   * email, when set, must be the customer's verified login email (compared
+   * without regard to case); the profile gets the verified email whether or
+   * not it is set.
    *
-   * @generated from field: string email = 1;
+   * @generated from field: string email = 1 [deprecated = true];
+   * @deprecated
    */
   email: string;
 
@@ -194,13 +197,20 @@ export declare const GetCustomerResponseSchema: GenMessage<GetCustomerResponse>;
 export declare const CustomerService: GenService<{
   /**
    * RegisterCustomer creates the profile of the authenticated customer; the
-   * customer id is the access token's subject. A retry with the same content
-   * returns the existing customer unchanged. Emits customer.v1.CustomerRegistered.
+   * customer id is the access token's subject, and the profile's email is the
+   * customer's verified login email (the newest the service received in
+   * identity.v1.CustomerEmailVerified, or the access token's `email` claim
+   * until one arrives): nobody can register an address they have not proven.
+   * A retry with the same content returns the existing customer unchanged.
+   * Emits customer.v1.CustomerRegistered.
    *
-   * Returns INVALID_ARGUMENT if a field breaks its rules, ALREADY_EXISTS if the
-   * customer already has a different profile or the email belongs to another
-   * customer, UNAUTHENTICATED without a valid customer access token and
-   * PERMISSION_DENIED for a token that does not name a customer.
+   * Returns INVALID_ARGUMENT if a field breaks its rules or the deprecated
+   * email field is set to another address than the verified one,
+   * FAILED_PRECONDITION if the customer has no verified email yet (an
+   * identity from the deprecated CreateCredentials: verify it with
+   * StartEmailChange first), ALREADY_EXISTS if the customer already has a
+   * different profile, UNAUTHENTICATED without a valid customer access token
+   * and PERMISSION_DENIED for a token that does not name a customer.
    *
    * @generated from rpc customer.v1.CustomerService.RegisterCustomer
    */
@@ -216,9 +226,11 @@ export declare const CustomerService: GenService<{
    *
    * Returns INVALID_ARGUMENT if a field or mask path breaks its rules,
    * NOT_FOUND if the customer has no profile, ABORTED if expected_version is
-   * not the current version, ALREADY_EXISTS if the new email belongs to another
-   * customer, UNAUTHENTICATED without a valid access token and PERMISSION_DENIED
-   * if the token may not change this profile.
+   * not the current version, UNAUTHENTICATED without a valid access token and
+   * PERMISSION_DENIED if the token may not change this profile. The email is
+   * not among the fields it changes: it follows the identity's verified email
+   * (identity.v1.AuthService StartEmailChange); a mask naming it is
+   * INVALID_ARGUMENT.
    *
    * @generated from rpc customer.v1.CustomerService.UpdateCustomer
    */

@@ -595,6 +595,222 @@ export declare type CompleteRecoveryResponse = Message<"identity.v1.CompleteReco
 export declare const CompleteRecoveryResponseSchema: GenMessage<CompleteRecoveryResponse>;
 
 /**
+ * StartSignUpRequest asks for a sign-up code by mail.
+ *
+ * @generated from message identity.v1.StartSignUpRequest
+ */
+export declare type StartSignUpRequest = Message<"identity.v1.StartSignUpRequest"> & {
+  /**
+   * email is the login email address to sign up with.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * locale is the mail's language, as in StartRecoveryRequest.locale.
+   *
+   * @generated from field: string locale = 2;
+   */
+  locale: string;
+};
+
+/**
+ * Describes the message identity.v1.StartSignUpRequest.
+ * Use `create(StartSignUpRequestSchema)` to create a new message.
+ */
+export declare const StartSignUpRequestSchema: GenMessage<StartSignUpRequest>;
+
+/**
+ * StartSignUpResponse is empty, whether or not the address has an account.
+ *
+ * @generated from message identity.v1.StartSignUpResponse
+ */
+export declare type StartSignUpResponse = Message<"identity.v1.StartSignUpResponse"> & {
+};
+
+/**
+ * Describes the message identity.v1.StartSignUpResponse.
+ * Use `create(StartSignUpResponseSchema)` to create a new message.
+ */
+export declare const StartSignUpResponseSchema: GenMessage<StartSignUpResponse>;
+
+/**
+ * CompleteSignUpRequest creates an identity with a sign-up code.
+ *
+ * @generated from message identity.v1.CompleteSignUpRequest
+ */
+export declare type CompleteSignUpRequest = Message<"identity.v1.CompleteSignUpRequest"> & {
+  /**
+   * email is the address StartSignUp was asked for.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * code is the 8-digit code from the sign-up mail.
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * password is the new password, under the rules of
+   * CreateCredentialsRequest.password.
+   *
+   * @generated from field: string password = 3;
+   */
+  password: string;
+
+  /**
+   * audience names the resource servers the session's tokens are for, as in
+   * CreateCredentialsRequest.audience.
+   *
+   * @generated from field: repeated string audience = 4;
+   */
+  audience: string[];
+};
+
+/**
+ * Describes the message identity.v1.CompleteSignUpRequest.
+ * Use `create(CompleteSignUpRequestSchema)` to create a new message.
+ */
+export declare const CompleteSignUpRequestSchema: GenMessage<CompleteSignUpRequest>;
+
+/**
+ * CompleteSignUpResponse carries the new customer id and its first tokens.
+ *
+ * @generated from message identity.v1.CompleteSignUpResponse
+ */
+export declare type CompleteSignUpResponse = Message<"identity.v1.CompleteSignUpResponse"> & {
+  /**
+   * customer_id is the id minted for the customer (a UUIDv7).
+   *
+   * @generated from field: string customer_id = 1;
+   */
+  customerId: string;
+
+  /**
+   * tokens are the customer's first access and refresh token.
+   *
+   * @generated from field: identity.v1.TokenSet tokens = 2;
+   */
+  tokens?: TokenSet | undefined;
+};
+
+/**
+ * Describes the message identity.v1.CompleteSignUpResponse.
+ * Use `create(CompleteSignUpResponseSchema)` to create a new message.
+ */
+export declare const CompleteSignUpResponseSchema: GenMessage<CompleteSignUpResponse>;
+
+/**
+ * StartEmailChangeRequest asks for a code at a new login email.
+ *
+ * @generated from message identity.v1.StartEmailChangeRequest
+ */
+export declare type StartEmailChangeRequest = Message<"identity.v1.StartEmailChangeRequest"> & {
+  /**
+   * new_email is the address to change to (the current one to verify it).
+   *
+   * @generated from field: string new_email = 1;
+   */
+  newEmail: string;
+
+  /**
+   * current_password is the customer's password now: a stolen access token
+   * alone cannot move the account to another address.
+   *
+   * @generated from field: string current_password = 2;
+   */
+  currentPassword: string;
+
+  /**
+   * locale is the mails' language, as in StartRecoveryRequest.locale.
+   *
+   * @generated from field: string locale = 3;
+   */
+  locale: string;
+};
+
+/**
+ * Describes the message identity.v1.StartEmailChangeRequest.
+ * Use `create(StartEmailChangeRequestSchema)` to create a new message.
+ */
+export declare const StartEmailChangeRequestSchema: GenMessage<StartEmailChangeRequest>;
+
+/**
+ * StartEmailChangeResponse is empty, whether or not a code was sent.
+ *
+ * @generated from message identity.v1.StartEmailChangeResponse
+ */
+export declare type StartEmailChangeResponse = Message<"identity.v1.StartEmailChangeResponse"> & {
+};
+
+/**
+ * Describes the message identity.v1.StartEmailChangeResponse.
+ * Use `create(StartEmailChangeResponseSchema)` to create a new message.
+ */
+export declare const StartEmailChangeResponseSchema: GenMessage<StartEmailChangeResponse>;
+
+/**
+ * CompleteEmailChangeRequest confirms an email change with its code.
+ *
+ * @generated from message identity.v1.CompleteEmailChangeRequest
+ */
+export declare type CompleteEmailChangeRequest = Message<"identity.v1.CompleteEmailChangeRequest"> & {
+  /**
+   * code is the 8-digit code mailed to the new address.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * locale is the language of the notice to the old address, as in
+   * StartRecoveryRequest.locale.
+   *
+   * @generated from field: string locale = 2;
+   */
+  locale: string;
+};
+
+/**
+ * Describes the message identity.v1.CompleteEmailChangeRequest.
+ * Use `create(CompleteEmailChangeRequestSchema)` to create a new message.
+ */
+export declare const CompleteEmailChangeRequestSchema: GenMessage<CompleteEmailChangeRequest>;
+
+/**
+ * CompleteEmailChangeResponse carries the login email now.
+ *
+ * @generated from message identity.v1.CompleteEmailChangeResponse
+ */
+export declare type CompleteEmailChangeResponse = Message<"identity.v1.CompleteEmailChangeResponse"> & {
+  /**
+   * email is the verified login email.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * email_version counts the identity's verified emails: the version of the
+   * identity.v1.CustomerEmailVerified event this change emitted.
+   *
+   * @generated from field: int64 email_version = 2;
+   */
+  emailVersion: bigint;
+};
+
+/**
+ * Describes the message identity.v1.CompleteEmailChangeResponse.
+ * Use `create(CompleteEmailChangeResponseSchema)` to create a new message.
+ */
+export declare const CompleteEmailChangeResponseSchema: GenMessage<CompleteEmailChangeResponse>;
+
+/**
  * AuthService is the identity provider: it owns customer credentials and
  * issues, rotates, revokes and describes tokens. Access tokens are JWTs
  * (RFC 9068) whose public keys are served at /.well-known/jwks.json; a
@@ -620,7 +836,14 @@ export declare const AuthService: GenService<{
    * made too many sign-ups or too many password checks are waiting, and
    * ALREADY_EXISTS if the email already has credentials.
    *
+   * Deprecated: it tells its caller which addresses have accounts and stores
+   * an email nobody proved. Use StartSignUp and CompleteSignUp. It answers
+   * FAILED_PRECONDITION unless the operator turns it on for a migration
+   * (IDENTITY_LEGACY_CREATE_CREDENTIALS=true); identities it creates have an
+   * unverified email (see StartEmailChange).
+   *
    * @generated from rpc identity.v1.AuthService.CreateCredentials
+   * @deprecated
    */
   createCredentials: {
     methodKind: "unary";
@@ -784,6 +1007,97 @@ export declare const AuthService: GenService<{
     methodKind: "unary";
     input: typeof CompleteRecoveryRequestSchema;
     output: typeof CompleteRecoveryResponseSchema;
+  },
+  /**
+   * StartSignUp begins a sign-up by proving the email: it mails the address a
+   * one-time code for CompleteSignUp, or, if the address already has an
+   * account, mails its owner a notice that someone tried to sign up with it
+   * (with a pointer to recovery) instead. It answers the same, with nothing,
+   * in both cases and in the same time (one statement either way): no caller
+   * learns whether an address has an account. The code is 8 digits; it works
+   * once, for IDENTITY_SIGN_UP_CODE_TTL (15 minutes by default) and for at
+   * most 5 wrong guesses, and a newer one replaces it.
+   *
+   * Returns RESOURCE_EXHAUSTED with a RetryInfo detail after too many
+   * sign-ups from the client address or for the email (known or not), and
+   * INVALID_ARGUMENT for a malformed request.
+   *
+   * @generated from rpc identity.v1.AuthService.StartSignUp
+   */
+  startSignUp: {
+    methodKind: "unary";
+    input: typeof StartSignUpRequestSchema;
+    output: typeof StartSignUpResponseSchema;
+  },
+  /**
+   * CompleteSignUp creates the identity with the code StartSignUp mailed and
+   * the password chosen now: it mints the customer id (a UUIDv7), stores an
+   * argon2id hash of the password, marks the email verified, emits
+   * identity.v1.CustomerEmailVerified (version 1) and returns the id with
+   * tokens, whose access token carries the verified `email`.
+   *
+   * Returns INVALID_ARGUMENT with a violation on `code` ("invalid or expired
+   * code") for a wrong, used, replaced or expired code and for an address
+   * that has an account alike (a wrong guess counts against the code),
+   * INVALID_ARGUMENT if the password breaks the rules CreateCredentials
+   * states (the code stays usable), PERMISSION_DENIED if an audience is not
+   * allowed for the first-party client, and RESOURCE_EXHAUSTED with a
+   * RetryInfo detail after too many attempts from the client address or when
+   * too many password hashes are waiting.
+   *
+   * @generated from rpc identity.v1.AuthService.CompleteSignUp
+   */
+  completeSignUp: {
+    methodKind: "unary";
+    input: typeof CompleteSignUpRequestSchema;
+    output: typeof CompleteSignUpResponseSchema;
+  },
+  /**
+   * StartEmailChange mails a one-time code to new_email, for
+   * CompleteEmailChange, and a notice to the caller's current address; the
+   * login email changes only when the code is confirmed. The caller presents
+   * a customer access token for the identity service's audience and the
+   * current password. If new_email belongs to another account, no code is
+   * sent, and the answer is the same. Naming the current email asks for a
+   * code that verifies it (an identity created by the deprecated
+   * CreateCredentials starts unverified); then no notice is sent. Codes work
+   * as StartSignUp's (IDENTITY_EMAIL_CHANGE_CODE_TTL, 15 minutes by default).
+   *
+   * Returns UNAUTHENTICATED without a valid customer access token for the
+   * identity service or with a wrong current password, RESOURCE_EXHAUSTED
+   * after repeated password failures (counted with sign-ins) or too many
+   * email changes from the client address or for the account,
+   * FAILED_PRECONDITION once the email is locked, PERMISSION_DENIED for a
+   * service token, and INVALID_ARGUMENT for a malformed request.
+   *
+   * @generated from rpc identity.v1.AuthService.StartEmailChange
+   */
+  startEmailChange: {
+    methodKind: "unary";
+    input: typeof StartEmailChangeRequestSchema;
+    output: typeof StartEmailChangeResponseSchema;
+  },
+  /**
+   * CompleteEmailChange confirms the code StartEmailChange mailed: the login
+   * email becomes the address the code went to, verified, and
+   * identity.v1.CustomerEmailVerified is emitted with the next email
+   * version (the customer service's profile follows it). Sessions are kept;
+   * access tokens issued before carry the old `email` until they expire.
+   *
+   * Returns INVALID_ARGUMENT with a violation on `code` ("invalid or expired
+   * code") for a wrong, used, replaced or expired code, or if the address was
+   * taken by another account meanwhile (a wrong guess counts against the
+   * code), UNAUTHENTICATED without a valid customer access token for the
+   * identity service, PERMISSION_DENIED for a service token, and
+   * RESOURCE_EXHAUSTED with a RetryInfo detail after too many attempts from
+   * the client address.
+   *
+   * @generated from rpc identity.v1.AuthService.CompleteEmailChange
+   */
+  completeEmailChange: {
+    methodKind: "unary";
+    input: typeof CompleteEmailChangeRequestSchema;
+    output: typeof CompleteEmailChangeResponseSchema;
   },
 }>;
 

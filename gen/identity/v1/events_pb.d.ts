@@ -156,6 +156,63 @@ export declare type TokensRevoked = Message<"identity.v1.TokensRevoked"> & {
 export declare const TokensRevokedSchema: GenMessage<TokensRevoked>;
 
 /**
+ * CustomerEmailVerified records that a customer proved an address by a code
+ * and it is now their login email: at sign-up (CompleteSignUp, version 1),
+ * at an email change (CompleteEmailChange) and when an unverified address is
+ * verified. Published on subject
+ * "identity.customer.email_verified.<customer_id>" in stream IDENTITY. The
+ * customer service sets the profile's email from it; consumers apply an
+ * event only if its email_version is above the last they applied, which
+ * makes redeliveries and reordering harmless.
+ *
+ * @generated from message identity.v1.CustomerEmailVerified
+ */
+export declare type CustomerEmailVerified = Message<"identity.v1.CustomerEmailVerified"> & {
+  /**
+   * event_id identifies this event (a UUIDv7); it is also the Nats-Msg-Id and
+   * ce-id header.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * occur_time is when the verification committed.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 2;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * customer_id is the customer whose email this is.
+   *
+   * @generated from field: string customer_id = 3;
+   */
+  customerId: string;
+
+  /**
+   * email is the verified login email (trimmed, in lower case).
+   *
+   * @generated from field: string email = 4;
+   */
+  email: string;
+
+  /**
+   * email_version counts the customer's verified emails, from 1: a higher
+   * version supersedes a lower one.
+   *
+   * @generated from field: int64 email_version = 5;
+   */
+  emailVersion: bigint;
+};
+
+/**
+ * Describes the message identity.v1.CustomerEmailVerified.
+ * Use `create(CustomerEmailVerifiedSchema)` to create a new message.
+ */
+export declare const CustomerEmailVerifiedSchema: GenMessage<CustomerEmailVerified>;
+
+/**
  * AuthenticationMethod is how a customer proved who they are.
  *
  * @generated from enum identity.v1.AuthenticationMethod

@@ -3,7 +3,18 @@
  * migration under ./migrations; the service applies migrations at start.
  */
 import { sql } from "drizzle-orm";
-import { customType, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex, uuid } from "drizzle-orm/pg-core";
+import {
+  bigint,
+  customType,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from "drizzle-orm/pg-core";
 
 export { eventKeys } from "@customer-platform/runtime/event-keys-schema";
 export { mailOutbox } from "@customer-platform/runtime/mail-schema";
@@ -25,6 +36,14 @@ export const identities = pgTable(
     updatedAt: tstz("updated_at").notNull(),
     passwordChangedAt: tstz("password_changed_at").notNull(),
     lastSignInAt: tstz("last_sign_in_at"),
+    /**
+     * When the owner proved the current email by a code (sign-up, email
+     * change, verification); null for an identity from the deprecated
+     * CreateCredentials until it verifies its address.
+     */
+    emailVerifiedAt: tstz("email_verified_at"),
+    /** How many verified emails the identity has had: the version of its last CustomerEmailVerified event (0: none). */
+    emailVersion: bigint("email_version", { mode: "number" }).notNull().default(0),
   },
   (t) => [uniqueIndex("identities_email_key").on(sql`lower(${t.email})`)],
 );
@@ -126,19 +145,21 @@ export const clients = pgTable("clients", {
 });
 
 /**
- * One-time codes sent by mail (recovery: codes.ts). Only a salted SHA-256 of
- * the code is kept; a code works once (`consumed_at`), until `expires_at`,
- * for a bounded number of wrong guesses (`attempts`). A newer code for the
- * same identity and purpose consumes the older ones.
+ * One-time codes sent by mail (codes.ts): recovery, sign-up, email change.
+ * Only a salted SHA-256 of the code is kept; a code works once
+ * (`consumed_at`), until `expires_at`, for a bounded number of wrong guesses
+ * (`attempts`). A newer code for the same identity (or, for a sign-up, the
+ * same email) and purpose consumes the older ones.
  */
 export const oneTimeCodes = pgTable(
   "one_time_codes",
   {
     id: uuid("id").primaryKey(),
-    customerId: uuid("customer_id")
-      .notNull()
-      .references(() => identities.customerId, { onDelete: "cascade" }),
-    /** "recovery" (verification and email change will join it). */
+    /** The identity the code is for; null for a sign-up (no identity yet). */
+    customerId: uuid("customer_id").references(() => identities.customerId, { onDelete: "cascade" }),
+    /** Where the code was sent, normalised: a sign-up's address, an email change's new one; null for recovery. */
+    email: text("email"),
+    /** "recovery", "sign-up" or "email-change" (CodePurpose). */
     purpose: text("purpose").notNull(),
     salt: bytea("salt").notNull(),
     codeHash: bytea("code_hash").notNull(),
@@ -147,5 +168,8 @@ export const oneTimeCodes = pgTable(
     expiresAt: tstz("expires_at").notNull(),
     consumedAt: tstz("consumed_at"),
   },
-  (t) => [index("one_time_codes_customer_idx").on(t.customerId, t.purpose)],
+  (t) => [
+    index("one_time_codes_customer_idx").on(t.customerId, t.purpose),
+    index("one_time_codes_email_idx").on(t.email, t.purpose),
+  ],
 );

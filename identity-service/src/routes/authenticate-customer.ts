@@ -7,7 +7,7 @@ import { eq, getTableColumns, type SQL, sql } from "drizzle-orm";
 import { identities, outbox, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { AuthenticationMethod, customerAuthenticatedEvent } from "../events.js";
-import { grantAudiences, newCustomerSession } from "../sessions.js";
+import { grantAudiences, newCustomerSession, verifiedEmail } from "../sessions.js";
 import { loginThrottleKey } from "../throttle.js";
 import { invalidLogin, normalizeEmail } from "./credentials.js";
 
@@ -50,7 +50,10 @@ export function authenticateCustomer(
         ? await deps.passwords.hash(req.password, client)
         : undefined;
       const now = deps.now();
-      const session = await newCustomerSession(deps, identity.customerId, { audiences });
+      const session = await newCustomerSession(deps, identity.customerId, {
+        audiences,
+        email: verifiedEmail(identity),
+      });
       const event = customerAuthenticatedEvent(deps.events, identity.customerId, AuthenticationMethod.PASSWORD, now);
       const written = await record.execute({
         // session.row's customerId is the identity's: the update's key.

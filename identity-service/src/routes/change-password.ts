@@ -5,7 +5,7 @@ import { identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { TokenRevocationReason } from "../events.js";
 import { checkNewPassword } from "../passwords.js";
-import { grantAudiences, issueCustomerTokens, revokeSessions } from "../sessions.js";
+import { grantAudiences, issueCustomerTokens, revokeSessions, verifiedEmail } from "../sessions.js";
 import { loginThrottleKey } from "../throttle.js";
 import { invalidLogin, normalizeEmail } from "./credentials.js";
 
@@ -49,7 +49,7 @@ export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof A
           TokenRevocationReason.PASSWORD_CHANGED,
           now,
         );
-        return issueCustomerTokens(deps, tx, identity.customerId, { audiences });
+        return issueCustomerTokens(deps, tx, identity.customerId, { audiences, email: verifiedEmail(identity) });
       });
       return { tokens };
     },

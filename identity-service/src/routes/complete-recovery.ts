@@ -3,28 +3,26 @@ import type { AuthService } from "@customer-platform/gen/identity/v1/auth_servic
 import { addressLimitKey } from "@customer-platform/runtime/interceptors";
 import { enqueueMail } from "@customer-platform/runtime/mail";
 import { and, desc, eq, isNull, sql } from "drizzle-orm";
-import { CODE_MAX_ATTEMPTS, codeMatches } from "../codes.js";
+import { redeemCode, storedCodeColumns, useCode } from "../codes.js";
 import { identities, oneTimeCodes } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { TokenRevocationReason } from "../events.js";
+import { emitCustomerEmailVerified, TokenRevocationReason } from "../events.js";
 import { identityMail, mailLocale } from "../mail/templates.js";
-import { checkNewPassword, fieldError } from "../passwords.js";
+import { checkNewPassword } from "../passwords.js";
 import { revokeSessions } from "../sessions.js";
 import { loginThrottleKey, unlockKey } from "../throttle.js";
 import { normalizeEmail } from "./credentials.js";
 
-/** The answer to every code that does not work, whatever the reason (unknown email included). */
-const invalidCode = () => fieldError("code", "code.invalid", "invalid or expired recovery code");
-
 /**
  * CompleteRecovery: the new password's rules first (so a weak one leaves the
- * code usable), then the email's newest live recovery code, compared in
- * constant time; a wrong guess counts, and the last allowed one uses the
- * code up. The password is hashed before the transaction, which uses the
- * code up only if it is still live (of two parallel completions one wins),
- * sets the password, ends every session (TokensRevoked) and queues the
- * "password changed" mail. Then the email's failed sign-ins and lock are
- * forgotten: its owner just proved they read its mail.
+ * code usable), then the email's newest live recovery code (codes.ts
+ * redeemCode: constant-time, wrong guesses counted). The password is hashed
+ * before the transaction, which uses the code up (of two parallel
+ * completions one wins), sets the password, ends every session
+ * (TokensRevoked) and queues the "password changed" mail; an email not yet
+ * verified is now (the code proved it: CustomerEmailVerified). Then the
+ * email's failed sign-ins and lock are forgotten: its owner just proved they
+ * read its mail.
  */
 export function completeRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "completeRecovery"> {
   return {
@@ -34,15 +32,12 @@ export function completeRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof
       await deps.rateLimits.recovery.consume(addressLimitKey(client));
       checkNewPassword(req.newPassword, req.email, "new_password");
       const now = deps.now();
-      const [found] = await deps.db
+      const [candidate] = await deps.db
         .select({
+          ...storedCodeColumns,
           customerId: identities.customerId,
           email: identities.email,
-          codeId: oneTimeCodes.id,
-          salt: oneTimeCodes.salt,
-          codeHash: oneTimeCodes.codeHash,
-          attempts: oneTimeCodes.attempts,
-          expiresAt: oneTimeCodes.expiresAt,
+          emailVerifiedAt: identities.emailVerifiedAt,
         })
         .from(identities)
         .innerJoin(oneTimeCodes, eq(oneTimeCodes.customerId, identities.customerId))
@@ -56,30 +51,29 @@ export function completeRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof
         )
         .orderBy(desc(oneTimeCodes.createdAt))
         .limit(1);
-      if (!found || found.expiresAt <= now || found.attempts >= CODE_MAX_ATTEMPTS) throw invalidCode();
-      if (!codeMatches(req.code, found.salt, found.codeHash)) {
-        // Counted; the last allowed guess uses the code up.
-        await deps.db
-          .update(oneTimeCodes)
-          .set({
-            attempts: sql`${oneTimeCodes.attempts} + 1`,
-            consumedAt: sql`case when ${oneTimeCodes.attempts} + 1 >= ${CODE_MAX_ATTEMPTS} then ${now.toISOString()}::timestamptz end`,
-          })
-          .where(and(eq(oneTimeCodes.id, found.codeId), isNull(oneTimeCodes.consumedAt)));
-        throw invalidCode();
-      }
+      const found = await redeemCode(deps.db, candidate, req.code, now);
       const passwordHash = await deps.passwords.hash(req.newPassword, client);
       await deps.db.transaction(async (tx) => {
-        const used = await tx
-          .update(oneTimeCodes)
-          .set({ consumedAt: now })
-          .where(and(eq(oneTimeCodes.id, found.codeId), isNull(oneTimeCodes.consumedAt)))
-          .returning({ id: oneTimeCodes.id });
-        if (used.length === 0) throw invalidCode();
-        await tx
+        await useCode(tx, found.id, now);
+        const [identity] = await tx
           .update(identities)
-          .set({ passwordHash, passwordChangedAt: now, updatedAt: now })
-          .where(eq(identities.customerId, found.customerId));
+          .set({
+            passwordHash,
+            passwordChangedAt: now,
+            updatedAt: now,
+            emailVerifiedAt: sql`coalesce(${identities.emailVerifiedAt}, ${now.toISOString()}::timestamptz)`,
+            emailVersion: sql`${identities.emailVersion} + (case when ${identities.emailVerifiedAt} is null then 1 else 0 end)`,
+          })
+          .where(eq(identities.customerId, found.customerId))
+          .returning({ version: identities.emailVersion });
+        if (!found.emailVerifiedAt && identity) {
+          await emitCustomerEmailVerified(
+            tx,
+            deps.events,
+            { customerId: found.customerId, email: found.email, version: identity.version },
+            now,
+          );
+        }
         await revokeSessions(tx, deps, { customerId: found.customerId }, TokenRevocationReason.PASSWORD_RESET, now);
         await enqueueMail(tx, identityMail(found.email, "password-changed", mailLocale(req.locale), {}));
       });

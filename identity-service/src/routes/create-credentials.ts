@@ -9,10 +9,21 @@ import { checkNewPassword } from "../passwords.js";
 import { grantAudiences, issueCustomerTokens } from "../sessions.js";
 import { normalizeEmail } from "./credentials.js";
 
-/** CreateCredentials: sign-up; mints the customer id. */
+/**
+ * CreateCredentials (deprecated): the sign-up from before StartSignUp, off
+ * unless IDENTITY_LEGACY_CREATE_CREDENTIALS=true. It mints the customer id
+ * and stores an email nobody proved (verified later with StartEmailChange),
+ * and its ALREADY_EXISTS tells the caller the address has an account.
+ */
 export function createCredentials(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "createCredentials"> {
   return {
     async createCredentials(req, ctx) {
+      if (!deps.legacyCreateCredentials) {
+        throw new ConnectError(
+          "CreateCredentials is retired: sign up with StartSignUp and CompleteSignUp",
+          Code.FailedPrecondition,
+        );
+      }
       // Before any work: an audience the first-party client may not have is refused outright.
       const audiences = grantAudiences(req.audience, deps.firstPartyAudiences);
       checkNewPassword(req.password, req.email, "password");

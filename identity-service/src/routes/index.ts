@@ -4,12 +4,16 @@ import type { AuthServiceDeps } from "../deps.js";
 import { authenticateClient } from "./authenticate-client.js";
 import { authenticateCustomer } from "./authenticate-customer.js";
 import { changePassword } from "./change-password.js";
+import { completeEmailChange } from "./complete-email-change.js";
 import { completeRecovery } from "./complete-recovery.js";
+import { completeSignUp } from "./complete-sign-up.js";
 import { createCredentials } from "./create-credentials.js";
 import { introspectToken } from "./introspect-token.js";
 import { refreshToken } from "./refresh-token.js";
 import { revokeToken } from "./revoke-token.js";
+import { startEmailChange } from "./start-email-change.js";
 import { startRecovery } from "./start-recovery.js";
+import { startSignUp } from "./start-sign-up.js";
 
 /** The AuthService handlers: one file per RPC under routes/. */
 export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof AuthService> {
@@ -23,5 +27,9 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
     ...authenticateClient(deps),
     ...startRecovery(deps),
     ...completeRecovery(deps),
+    ...startSignUp(deps),
+    ...completeSignUp(deps),
+    ...startEmailChange(deps),
+    ...completeEmailChange(deps),
   };
 }

@@ -54,6 +54,7 @@ export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Aut
         scope: CUSTOMER_SCOPE,
         audience: requested.length > 0 ? requested : token.audiences,
         sid: token.familyId,
+        email: token.email,
       });
       return {
         tokens: {
@@ -109,6 +110,12 @@ function prepareRotation(deps: AuthServiceDeps) {
         customerId: sql<string>`${refreshTokens.customerId}`.as("customer_id"),
         audiences: sql<string[]>`${sessionAudiences}`.as("audiences"),
         sessionExpiresAt: sql<Date | null>`${refreshTokens.sessionExpiresAt}`.as("session_expires_at"),
+        // The access token's `email` claim: the identity's, if verified (a primary-key lookup).
+        email: sql<
+          string | null
+        >`(select ${identities.email} from ${identities} where ${identities.customerId} = ${refreshTokens.customerId} and ${identities.emailVerifiedAt} is not null)`.as(
+          "email",
+        ),
       }),
   );
   // No refresh token of a session outlives its end; a session older than the absolute lifetime ends a lifetime from now.
@@ -128,6 +135,7 @@ function prepareRotation(deps: AuthServiceDeps) {
       customerId: sql<string>`${rotated}."customer_id"`,
       familyId: sql<string>`${rotated}."family_id"`,
       audiences: sql<string[]>`${rotated}."audiences"`,
+      email: sql<string | null>`${rotated}."email"`,
     })
     .from(rotated)
     .prepare("refresh_token_rotate");

@@ -25,11 +25,11 @@ export function startRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Au
       await deps.rateLimits.recoveryEmail.consume(email);
       const { code, salt, hash } = newCode();
       const now = deps.now();
-      const expiresAt = new Date(now.getTime() + deps.recoveryCodeTtlSec * 1000);
+      const expiresAt = new Date(now.getTime() + deps.codeTtlSec.recovery * 1000);
       const mail = mailInsertFrom(sql`select email from target`, {
         template: "recovery-code",
         locale: mailLocale(req.locale),
-        data: { code, expiresInMinutes: Math.round(deps.recoveryCodeTtlSec / 60) },
+        data: { code, expiresInMinutes: Math.round(deps.codeTtlSec.recovery / 60) },
       });
       await deps.db.execute(sql`
         with target as (
