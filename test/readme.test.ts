@@ -2,7 +2,8 @@
  * The README's walkthrough, run as written: the shell block between the
  * `walkthrough` markers is taken from README.md and run by bash against both
  * services (real PostgreSQL and NATS), with only the two base URLs pointed at
- * this test's ports. Meanwhile `npm run events -- tail` watches this test's
+ * this test's ports and the mailbox command at its identity service's dev
+ * mailbox (IDENTITY_MAILBOX_DIR, as `npm start` would have it under .data/). Meanwhile `npm run events -- tail` watches this test's
  * subjects, as the README tells a reader to do in a second terminal.
  */
 import { type ChildProcess, spawn } from "node:child_process";
@@ -23,10 +24,10 @@ function walkthrough(): string {
   return block[1];
 }
 
-function run(command: string, args: string[]): Promise<Finished> {
+function run(command: string, args: string[], extra: Record<string, string> = {}): Promise<Finished> {
   // A clean shell: no startup files (BASH_ENV), whatever the machine's setup.
   const { BASH_ENV: _, ENV: __, ...env } = process.env;
-  return runToEnd(command, args, env);
+  return runToEnd(command, args, { ...env, ...extra });
 }
 
 describe("README walkthrough", () => {
@@ -44,7 +45,7 @@ describe("README walkthrough", () => {
     await platform?.close();
   });
 
-  it("runs as pasted: sign up, register, sign in, get, update; the events tail shows all three event types", async () => {
+  it("runs as pasted: sign up with the mailed code, register, sign in, get, update; the events tail shows every event", async () => {
     const { customer, identity } = platform;
     // Watch first, as the README says: new events only, on this test's subjects.
     tail = spawn(
@@ -80,7 +81,9 @@ describe("README walkthrough", () => {
     expect(script).toContain(identity.url);
     expect(script).toContain(customer.url);
 
-    const out = await run("bash", ["--norc", "--noprofile", "-euo", "pipefail", "-c", script]);
+    const out = await run("bash", ["--norc", "--noprofile", "-euo", "pipefail", "-c", script], {
+      IDENTITY_MAILBOX_DIR: identity.env.IDENTITY_MAILBOX_DIR ?? "",
+    });
     expect(out.stderr).toBe("");
     expect(out.code).toBe(0);
 
@@ -101,6 +104,7 @@ describe("README walkthrough", () => {
       .poll(() => tailed.map((l) => (JSON.parse(l) as { type: string }).type), { timeout: 15_000 })
       .toEqual(
         expect.arrayContaining([
+          "identity.v1.CustomerEmailVerified",
           "customer.v1.CustomerRegistered",
           "identity.v1.CustomerAuthenticated",
           "customer.v1.CustomerUpdated",

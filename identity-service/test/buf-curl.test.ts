@@ -35,7 +35,7 @@ describe("buf curl via server reflection", () => {
     ["connect", "grpc-v1"],
     ["grpc", "grpc-v1"],
     ["grpc", "grpc-v1alpha"],
-  ] as const)("lists the nine AuthService methods over %s (%s reflection)", async (protocol, reflection) => {
+  ] as const)("lists the thirteen AuthService methods over %s (%s reflection)", async (protocol, reflection) => {
     const res = await bufCurl([...PROTOCOLS[protocol], "--reflect-protocol", reflection, "--list-methods", svc.url]);
     expect(res).toMatchObject({ exitCode: 0, stderr: "" });
     const methods = res.stdout.split("\n").filter((l) => l.startsWith(`${SERVICE}/`));
@@ -44,12 +44,16 @@ describe("buf curl via server reflection", () => {
         "AuthenticateClient",
         "AuthenticateCustomer",
         "ChangePassword",
+        "CompleteEmailChange",
         "CompleteRecovery",
+        "CompleteSignUp",
         "CreateCredentials",
         "IntrospectToken",
         "RefreshToken",
         "RevokeToken",
+        "StartEmailChange",
         "StartRecovery",
+        "StartSignUp",
       ].map((m) => `${SERVICE}/${m}`),
     );
     expect(res.stdout).toContain("grpc.health.v1.Health/Check");

@@ -103,7 +103,7 @@ async function serviceToken(scopes: string, scope = ""): Promise<{ clientId: str
 }
 
 describe("AuthService over @grpc/grpc-js with proto-loader", () => {
-  it("loads the nine methods of the contract", () => {
+  it("loads the thirteen methods of the contract", () => {
     const service = definition["identity.v1.AuthService"] as protoLoader.ServiceDefinition;
     expect(Object.values(service).map((m) => m.path)).toEqual([
       "/identity.v1.AuthService/CreateCredentials",
@@ -115,6 +115,10 @@ describe("AuthService over @grpc/grpc-js with proto-loader", () => {
       "/identity.v1.AuthService/AuthenticateClient",
       "/identity.v1.AuthService/StartRecovery",
       "/identity.v1.AuthService/CompleteRecovery",
+      "/identity.v1.AuthService/StartSignUp",
+      "/identity.v1.AuthService/CompleteSignUp",
+      "/identity.v1.AuthService/StartEmailChange",
+      "/identity.v1.AuthService/CompleteEmailChange",
     ]);
   });
 

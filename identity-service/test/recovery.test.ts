@@ -1,11 +1,11 @@
 /**
  * Account recovery (StartRecovery, CompleteRecovery) end to end, through a
  * real SMTP server on loopback: the code arrives by mail; it sets a new
- * password, ends every session (TokensRevoked), clears the login lock and
- * sends a notice; the same answer for an address nobody has (and no mail);
- * codes wrong, guessed up to the limit, used, replaced and expired; a weak
- * new password leaves the code usable; the per-email limit; and recovery
- * codes are stored only as hashes.
+ * password, ends every session (TokensRevoked), clears the login lock,
+ * sends a notice and verifies an unverified email; the same answer for an
+ * address nobody has (and no mail); codes wrong, guessed up to the limit,
+ * used, replaced and expired; a weak new password leaves the code usable;
+ * the per-email limit; and recovery codes are stored only as hashes.
  */
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -83,6 +83,12 @@ describe("recovery", () => {
     const [revoked] = await svc.database.sql<{ n: number }[]>`
       select count(*)::int as n from outbox where type = 'identity.v1.TokensRevoked' and ce_subject = ${signedUp.customerId}`;
     expect(revoked?.n).toBe(1);
+    // The identity came from CreateCredentials, unverified: the code proved the address.
+    const [verified] = await svc.database.sql<{ email_version: string; events: number }[]>`
+      select email_version, (select count(*)::int from outbox where type = 'identity.v1.CustomerEmailVerified'
+        and ce_subject = ${signedUp.customerId}) as events
+      from identities where customer_id = ${signedUp.customerId}`;
+    expect(verified).toEqual({ email_version: "1", events: 1 });
     // The notice, without any code.
     const notice = await nthMail(address, 2);
     expect(notice.code).toBeUndefined();

@@ -209,6 +209,47 @@ describe("dev mailbox", () => {
     expect(empty.text()).toBe(`no mail in ${join(dir, "none")}\n`);
     await transport.close();
   });
+
+  it("code prints the code of the newest mail to an address that has one, waiting for it to arrive", async () => {
+    const dir = tempDir();
+    const transport = createMailboxTransport(dir);
+    const mail = (n: number, to: string, text: string) => {
+      const id = `01a0c7b3-0000-7000-8000-00000000001${n}`;
+      return transport.send({
+        id,
+        messageId: `<${id}@localhost>`,
+        template: "verification-code",
+        from: "no-reply@localhost",
+        to,
+        subject: `mail ${n}`,
+        text,
+        html: "<p>x</p>",
+        locale: "en",
+        date: new Date(),
+      });
+    };
+    await mail(1, "ada@example.test", "Your code is:\n\n12345678\n\nEnter it within 15 minutes.\n");
+    await mail(2, "ada@example.test", "No code here, 87654321 is inside a sentence.\n");
+    await mail(3, "bob@example.test", "Your code is:\n\n11112222\n");
+    const out = sink();
+    expect(await runMailboxCli(["code", "ADA@example.test", "--dir", dir], { out })).toBe(0);
+    expect(out.text()).toBe("12345678\n");
+    // Not there yet: waits for it.
+    const later = sink();
+    const waiting = runMailboxCli(["code", "eve@example.test", "--wait", "5", "--dir", dir], {
+      out: later,
+      pollMs: 20,
+    });
+    await sleep(100);
+    await mail(4, "eve@example.test", "Your code is:\n\n99990000\n");
+    expect(await waiting).toBe(0);
+    expect(later.text()).toBe("99990000\n");
+    const err = sink();
+    expect(await runMailboxCli(["code", "nobody@example.test", "--wait", "0", "--dir", dir], { err })).toBe(1);
+    expect(err.text()).toBe(`no mail with a code to nobody@example.test in ${dir}\n`);
+    expect(await runMailboxCli(["code"], { err: sink() })).toBe(64);
+    await transport.close();
+  });
 });
 
 describe("mail settings", () => {

@@ -51,6 +51,8 @@ import {
 import {
   type CustomerAuthenticated,
   CustomerAuthenticatedSchema,
+  type CustomerEmailVerified,
+  CustomerEmailVerifiedSchema,
   type TokensRevoked,
   TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
@@ -72,6 +74,7 @@ export interface PlatformEvents {
   "customer.v1.CustomerUpdated": CustomerUpdated;
   "identity.v1.CustomerAuthenticated": CustomerAuthenticated;
   "identity.v1.TokensRevoked": TokensRevoked;
+  "identity.v1.CustomerEmailVerified": CustomerEmailVerified;
 }
 
 /** A `ce-type` the platform publishes. */
@@ -83,6 +86,7 @@ export const eventSchemas: { readonly [T in EventType]: GenMessage<PlatformEvent
   "customer.v1.CustomerUpdated": CustomerUpdatedSchema,
   "identity.v1.CustomerAuthenticated": CustomerAuthenticatedSchema,
   "identity.v1.TokensRevoked": TokensRevokedSchema,
+  "identity.v1.CustomerEmailVerified": CustomerEmailVerifiedSchema,
 };
 
 /** True when type is one of the platform's event types. */

@@ -70,7 +70,7 @@ describe("debug_redact", () => {
   const fields = [
     ...new Set(methods.flatMap((method) => [...stringFields(method.input), ...stringFields(method.output)])),
   ];
-  // A one-time code (recovery) is a credential too.
+  // A one-time code (recovery, sign-up, email change) is a credential too.
   const sensitive = fields.filter((field) => /(^|_)(password|secret|token)$|^code$/.test(field.name));
   const names = (list: DescField[]) => list.map((field) => `${field.parent.typeName}.${field.name}`);
 
@@ -80,12 +80,16 @@ describe("debug_redact", () => {
       "identity.v1.AuthenticateCustomerRequest.password",
       "identity.v1.ChangePasswordRequest.current_password",
       "identity.v1.ChangePasswordRequest.new_password",
+      "identity.v1.CompleteEmailChangeRequest.code",
       "identity.v1.CompleteRecoveryRequest.code",
       "identity.v1.CompleteRecoveryRequest.new_password",
+      "identity.v1.CompleteSignUpRequest.code",
+      "identity.v1.CompleteSignUpRequest.password",
       "identity.v1.CreateCredentialsRequest.password",
       "identity.v1.IntrospectTokenRequest.token",
       "identity.v1.RefreshTokenRequest.refresh_token",
       "identity.v1.RevokeTokenRequest.token",
+      "identity.v1.StartEmailChangeRequest.current_password",
       "identity.v1.TokenSet.access_token",
       "identity.v1.TokenSet.refresh_token",
     ]);
@@ -201,7 +205,7 @@ describe("comments", () => {
     const dir = copyWorkspace(join(tmp, "edited"));
     editFile(
       join(dir, "proto/customer/v1/customer.proto"),
-      "  // email is the customer's contact email address, stored as sent; no two\n  // customers share one, compared without regard to case.\n",
+      "  // email is the customer's verified login email, as the identity service\n",
       "",
     );
     editFile(

@@ -15,10 +15,14 @@ import {
   AuthenticateClientRequestSchema,
   AuthenticateCustomerRequestSchema,
   ChangePasswordRequestSchema,
+  CompleteEmailChangeRequestSchema,
+  CompleteSignUpRequestSchema,
   CreateCredentialsRequestSchema,
   IntrospectTokenRequestSchema,
   RefreshTokenRequestSchema,
   RevokeTokenRequestSchema,
+  StartEmailChangeRequestSchema,
+  StartSignUpRequestSchema,
 } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { describe, expect, it } from "vitest";
 
@@ -49,14 +53,25 @@ const register = sampler(RegisterCustomerRequestSchema, {
   familyName: "Lovelace",
 });
 const update = sampler(UpdateCustomerRequestSchema, {
-  customer: { customerId, email: "ada@example.org" },
-  updateMask: { paths: ["email"] },
+  customer: { customerId, givenName: "Augusta Ada" },
+  updateMask: { paths: ["given_name"] },
 });
 const get = sampler(GetCustomerRequestSchema, { customerId });
 const createCredentials = sampler(CreateCredentialsRequestSchema, {
   email: "ada@example.com",
   password: "correct horse battery staple",
 });
+const startSignUp = sampler(StartSignUpRequestSchema, { email: "ada@example.com", locale: "de-AT" });
+const completeSignUp = sampler(CompleteSignUpRequestSchema, {
+  email: "ada@example.com",
+  code: "01234567",
+  password: "correct horse battery staple",
+});
+const startEmailChange = sampler(StartEmailChangeRequestSchema, {
+  newEmail: "ada@example.org",
+  currentPassword: "correct horse battery staple",
+});
+const completeEmailChange = sampler(CompleteEmailChangeRequestSchema, { code: "01234567" });
 const authenticateCustomer = sampler(AuthenticateCustomerRequestSchema, {
   email: "ada@example.com",
   password: "correct horse battery staple",
@@ -106,7 +121,7 @@ describe("valid requests", () => {
       "RegisterCustomer address with 100-character locality and region, 20-character postal code",
       register({ address: address({ locality: x(100), region: x(100), postalCode: "A1B 2C3-".padEnd(20, "9") }) }),
     ],
-    ["UpdateCustomer of email", update()],
+    ["UpdateCustomer of given_name", update()],
     [
       "UpdateCustomer of every field",
       update({
@@ -118,7 +133,7 @@ describe("valid requests", () => {
           phoneNumber: "+4915123456789",
           address: address(),
         },
-        updateMask: { paths: ["email", "given_name", "family_name", "phone_number", "address"] },
+        updateMask: { paths: ["given_name", "family_name", "phone_number", "address"] },
       }),
     ],
     [
@@ -126,8 +141,13 @@ describe("valid requests", () => {
       update({ customer: { customerId }, updateMask: { paths: ["phone_number", "address"] } }),
     ],
     ["UpdateCustomer with expected_version 1", update({ expectedVersion: 1n })],
+    ["RegisterCustomer without email (the profile gets the verified one)", register({ email: "" })],
     ["GetCustomer", get()],
     ["CreateCredentials", createCredentials()],
+    ["StartSignUp", startSignUp()],
+    ["CompleteSignUp", completeSignUp()],
+    ["StartEmailChange", startEmailChange()],
+    ["CompleteEmailChange", completeEmailChange()],
     ["CreateCredentials password of 8 characters", createCredentials({ password: x(8) })],
     ["CreateCredentials password of 256 characters", createCredentials({ password: x(256) })],
     ["CreateCredentials password of 8 two-byte characters", createCredentials({ password: "ééééééé\u00e9" })],
@@ -169,7 +189,6 @@ describe("valid requests", () => {
 
 describe("invalid requests", () => {
   it.each<[string, string, string, Sample]>([
-    ["RegisterCustomer without email", "email", "required", register({ email: "" })],
     ["RegisterCustomer malformed email", "email", "string.email", register({ email: "ada@" })],
     [
       "RegisterCustomer email with a display name",
@@ -244,7 +263,7 @@ describe("invalid requests", () => {
       "UpdateCustomer mask naming a field twice",
       "update_mask",
       "field_mask.top_level",
-      update({ updateMask: { paths: ["email", "email"] } }),
+      update({ updateMask: { paths: ["given_name", "given_name"] } }),
     ],
     [
       "RegisterCustomer address line of 201 characters",
@@ -316,26 +335,26 @@ describe("invalid requests", () => {
       "UpdateCustomer without customer_id",
       "customer.customer_id",
       "string.uuid_empty",
-      update({ customer: { email: "ada@example.org" } }),
+      update({ customer: { givenName: "Ada" } }),
     ],
     [
       "UpdateCustomer malformed customer_id",
       "customer.customer_id",
       "string.uuid",
-      update({ customer: { customerId: "customer-1", email: "ada@example.org" } }),
+      update({ customer: { customerId: "customer-1", givenName: "Ada" } }),
     ],
     [
       "UpdateCustomer without update_mask",
       "update_mask",
       "required",
-      sampler(UpdateCustomerRequestSchema, { customer: { customerId, email: "ada@example.org" } })(),
+      sampler(UpdateCustomerRequestSchema, { customer: { customerId, givenName: "Ada" } })(),
     ],
     ["UpdateCustomer empty update_mask", "update_mask", "field_mask.not_empty", update({ updateMask: { paths: [] } })],
     [
       "UpdateCustomer mask naming version",
       "update_mask",
       "field_mask.in",
-      update({ updateMask: { paths: ["email", "version"] } }),
+      update({ updateMask: { paths: ["given_name", "version"] } }),
     ],
     [
       "UpdateCustomer mask naming customer_id",
@@ -358,10 +377,10 @@ describe("invalid requests", () => {
     ["UpdateCustomer expected_version 0", "expected_version", "int64.gt", update({ expectedVersion: 0n })],
     ["UpdateCustomer expected_version -1", "expected_version", "int64.gt", update({ expectedVersion: -1n })],
     [
-      "UpdateCustomer mask naming email without a value",
-      "",
-      "update_customer.email_required",
-      update({ customer: { customerId } }),
+      "UpdateCustomer mask naming email (it follows the verified identity)",
+      "update_mask",
+      "field_mask.in",
+      update({ updateMask: { paths: ["email"] } }),
     ],
     [
       "UpdateCustomer mask naming given_name without a value",
@@ -379,13 +398,13 @@ describe("invalid requests", () => {
       "UpdateCustomer malformed email",
       "customer.email",
       "string.email",
-      update({ customer: { customerId, email: "ada" } }),
+      update({ customer: { customerId, givenName: "Ada", email: "ada" } }),
     ],
     [
       "UpdateCustomer email of 255 characters",
       "customer.email",
       "string.max_len",
-      update({ customer: { customerId, email: emailOfLength(255) } }),
+      update({ customer: { customerId, givenName: "Ada", email: emailOfLength(255) } }),
     ],
     [
       "UpdateCustomer blank given_name",
@@ -467,6 +486,24 @@ describe("invalid requests", () => {
       "password.not_email",
       createCredentials({ email: "ada.lovelace@example.com", password: "Ada.Lovelace@Example.COM" }),
     ],
+    ["StartSignUp malformed email", "email", "string.email", startSignUp({ email: "ada.example.com" })],
+    ["StartSignUp locale that is no language tag", "locale", "string.pattern", startSignUp({ locale: "en_US" })],
+    ["CompleteSignUp code of 7 digits", "code", "string.pattern", completeSignUp({ code: "0123456" })],
+    ["CompleteSignUp password of 7 characters", "password", "string.min_len", completeSignUp({ password: x(7) })],
+    [
+      "CompleteSignUp password equal to the email but for case",
+      "",
+      "password.not_email",
+      completeSignUp({ email: "ada.lovelace@example.com", password: "Ada.Lovelace@Example.COM" }),
+    ],
+    ["StartEmailChange without new_email", "new_email", "required", startEmailChange({ newEmail: "" })],
+    [
+      "StartEmailChange without current_password",
+      "current_password",
+      "required",
+      startEmailChange({ currentPassword: "" }),
+    ],
+    ["CompleteEmailChange code with a letter", "code", "string.pattern", completeEmailChange({ code: "0123456a" })],
     ["AuthenticateCustomer without email", "email", "required", authenticateCustomer({ email: "" })],
     [
       "AuthenticateCustomer email of 255 characters",

@@ -4,6 +4,8 @@
  *   mailbox [list]        one line per mail: time, recipient, template, subject, id
  *   mailbox show [id]     the plain-text body of a mail (default: the newest)
  *   mailbox tail [-n N]   the last N mails (default 1) in full, then each new one as it arrives, until Ctrl-C
+ *   mailbox code <to>     the one-time code of the newest mail to <to> that has one (waiting up to
+ *                         --wait seconds, default 10, for it to arrive), alone on a line, for scripts
  *
  * The directory is `--dir <path>`, else the caller's default (a service's
  * `<P>_MAILBOX_DIR`), else `.data/mailbox`. The service's npm script calls
@@ -27,7 +29,11 @@ export interface MailboxCliOptions {
   pollMs?: number;
 }
 
-const USAGE = "usage: mailbox [--dir <path>] [list | show [<id>] | tail [-n <count>]]\n";
+const USAGE =
+  "usage: mailbox [--dir <path>] [list | show [<id>] | tail [-n <count>] | code <address> [--wait <seconds>]]\n";
+
+/** A one-time code in a mail's text: a line of 6 to 10 digits and nothing else (how the templates set it). */
+const CODE_LINE = /^[ \t]*(\d{6,10})[ \t]*$/m;
 
 /** One line for `list`. */
 function summary(e: MailboxEntry): string {
@@ -86,6 +92,18 @@ export async function runMailboxCli(argv: readonly string[], opts: MailboxCliOpt
       out.write(full(entry, dir));
       return 0;
     }
+    case "code": {
+      const [to, flag, seconds] = rest;
+      if (!to || rest.length === 2 || rest.length > 3) break;
+      if (flag !== undefined && (flag !== "--wait" || !/^\d+$/.test(seconds ?? ""))) break;
+      const code = await newestCode(dir, to, Number(seconds ?? 10) * 1000, opts.pollMs ?? 250);
+      if (!code) {
+        err.write(`no mail with a code to ${to} in ${dir}\n`);
+        return 1;
+      }
+      out.write(`${code}\n`);
+      return 0;
+    }
     case "tail": {
       let count = 1;
       if (rest.length === 2 && rest[0] === "-n" && /^\d+$/.test(rest[1] ?? "")) count = Number(rest[1]);
@@ -96,6 +114,20 @@ export async function runMailboxCli(argv: readonly string[], opts: MailboxCliOpt
   }
   err.write(USAGE);
   return 64;
+}
+
+/** The code of the newest mail to `to` (case-insensitive) that has one, polling until `waitMs` passed. */
+async function newestCode(dir: string, to: string, waitMs: number, pollMs: number): Promise<string | undefined> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const mails = (await readMailbox(dir)).filter((e) => e.to.toLowerCase() === to.toLowerCase());
+    for (const e of mails.reverse()) {
+      const code = CODE_LINE.exec(e.text)?.[1];
+      if (code) return code;
+    }
+    if (Date.now() >= deadline) return undefined;
+    await sleep(pollMs);
+  }
 }
 
 /** Prints the last `count` mails, then each new one, until the signal (or Ctrl-C). */
