@@ -3,6 +3,7 @@
  * main.ts. Every value is checked; a bad one names its variable.
  */
 import {
+  ConfigError,
   type Env,
   envHostConfig,
   envHttpsUrl,
@@ -25,7 +26,12 @@ export interface CustomerConfig extends HostConfig {
   revocationSubjectPrefix: string;
   /** How far back revocations are read at start: the identity provider's access-token lifetime. */
   revocationLookbackSec: number;
-  /** The identity provider's event keys (JWKS): only TokensRevoked events signed with one of them count. */
+  /**
+   * Durable JetStream consumer on `revocationStream` through which the profile's
+   * email follows the identity's verified email (CustomerEmailVerified).
+   */
+  emailConsumer: string;
+  /** The identity provider's event keys (JWKS): only its events signed with one of them count. */
   identityEventKeysUrl: string;
   shutdownGraceMs: number;
 }
@@ -49,6 +55,7 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
     audience: envString(env, "CUSTOMER_AUDIENCE", "customer-service"),
     revocationStream: envString(env, "CUSTOMER_REVOCATION_STREAM", envString(env, "IDENTITY_STREAM", "IDENTITY")),
     revocationSubjectPrefix,
+    emailConsumer: envConsumerName(env, "CUSTOMER_EMAIL_CONSUMER", "customer-service-email"),
     revocationLookbackSec: envInt(
       env,
       "CUSTOMER_REVOCATION_LOOKBACK",
@@ -59,4 +66,13 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
     // Last: the database URL is read last (see envHostConfig).
     ...envHostConfig(env, "CUSTOMER", { port: 8080, cwd }),
   };
+}
+
+/** A JetStream consumer name: letters, digits, `-` and `_` (no `.`, wildcards or spaces). */
+function envConsumerName(env: Env, name: string, fallback: string): string {
+  const value = envString(env, name, fallback);
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(value)) {
+    throw new ConfigError(`${name} must be a JetStream consumer name (letters, digits, - and _), got "${value}"`);
+  }
+  return value;
 }

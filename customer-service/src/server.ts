@@ -1,7 +1,8 @@
 /**
  * The customer service: CustomerService over its own database, events
  * relayed from the outbox to JetStream, tokens verified offline against the
- * identity service's JWKS and revocations. The host (runtime service-host)
+ * identity service's JWKS and revocations, the profile's email following
+ * the identity's verified email (verified-email.ts). The host (runtime service-host)
  * assembles and runs it; this file says only what is particular to it.
  */
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
@@ -20,6 +21,7 @@ import type { CustomerConfig } from "./config.js";
 import { customerDatabase } from "./database.js";
 import { customerOutbox } from "./outbox.js";
 import { createCustomerService } from "./routes/index.js";
+import { applyVerifiedEmail, createVerifiedEmailConsumer } from "./verified-email.js";
 
 /** What the customer service knows of revoked tokens (nothing until NATS was first reached). */
 export type RevocationState = Pick<
@@ -60,10 +62,23 @@ export async function createCustomerServer(
       const { database, outbox, logger, now, runOnNats } = parts;
       let auth = opts.overrides?.auth;
       let ready: (() => boolean) | undefined;
+      // Only events signed by the identity service count: anyone who can publish on NATS
+      // could otherwise revoke any token, or give any profile their own address.
+      const verifier = createEventVerifier({ trust: { "identity-service": config.identityEventKeysUrl } });
+      // The profile's email follows the identity's verified email; a durable consumer, so
+      // what is published while NATS or this service is down is applied when both are back.
+      runOnNats("verified emails", (nats) =>
+        createVerifiedEmailConsumer({
+          nats,
+          stream: config.revocationStream,
+          subjectPrefix: config.revocationSubjectPrefix,
+          durable: config.emailConsumer,
+          verifier,
+          apply: (verified) => applyVerifiedEmail({ db: database.db, events: outbox, now }, verified),
+          logger: logger.child({ component: "verified-email" }),
+        }),
+      );
       if (!auth) {
-        // Only revocations signed by the identity service count: anyone who can publish
-        // on NATS could otherwise revoke any token.
-        const verifier = createEventVerifier({ trust: { "identity-service": config.identityEventKeysUrl } });
         const list = runOnNats("revocations", (nats) =>
           createRevocationList({
             nats,
@@ -113,7 +128,7 @@ export async function createCustomerServer(
       }
       return { impl: createCustomerService({ db: database.db, auth, events: outbox, now }), ...(ready && { ready }) };
     },
-    describe: (c) => ({ stream: c.stream, revocationStream: c.revocationStream }),
+    describe: (c) => ({ stream: c.stream, revocationStream: c.revocationStream, emailConsumer: c.emailConsumer }),
   });
   return extendHost<ServiceHost, Pick<CustomerServer, "revocations">>(host, {
     revocations: () => {

@@ -54,3 +54,18 @@ describe("CUSTOMER_REFLECTION", () => {
     expect(config({ CUSTOMER_REFLECTION: "false" }).reflection).toBe(false);
   });
 });
+
+describe("CUSTOMER_EMAIL_CONSUMER", () => {
+  it("names the durable consumer of verified emails, customer-service-email by default", () => {
+    expect(config({}).emailConsumer).toBe("customer-service-email");
+    expect(config({ CUSTOMER_EMAIL_CONSUMER: "emails_eu-1" }).emailConsumer).toBe("emails_eu-1");
+  });
+
+  it.each(["a.b", "email>", "two words"])("refuses %j, which is no JetStream consumer name", (name) => {
+    expect(() => config({ CUSTOMER_EMAIL_CONSUMER: name })).toThrow(
+      new ConfigError(
+        `CUSTOMER_EMAIL_CONSUMER must be a JetStream consumer name (letters, digits, - and _), got "${name}"`,
+      ),
+    );
+  });
+});

@@ -20,7 +20,7 @@ import {
   statusMessage,
   type Unary,
 } from "../../test/support/grpc-js.js";
-import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
+import { customerEmail, startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 
 /** proto-loader's plain-object shapes (keepCase, longs and enums as strings). */
@@ -77,8 +77,9 @@ afterAll(async () => {
   await issuer?.close();
 });
 
+// The deprecated email field, set to the verified email the token carries.
 const profile = (id: string) => ({
-  email: `grpcjs.${id.slice(0, 8)}@example.com`,
+  email: customerEmail(id),
   given_name: "Ada",
   family_name: "Lovelace",
   phone_number: "+4915123456789",
@@ -115,7 +116,7 @@ describe("CustomerService over @grpc/grpc-js with proto-loader", () => {
     const reg = await registerCustomer(profile(id), token);
     expect(reg.customer).toMatchObject({
       customer_id: id,
-      email: `grpcjs.${id.slice(0, 8)}@example.com`,
+      email: customerEmail(id),
       given_name: "Ada",
       family_name: "Lovelace",
       phone_number: "+4915123456789",

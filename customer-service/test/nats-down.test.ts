@@ -79,10 +79,7 @@ describe("with NATS down", () => {
     // Before the outage: one customer, its event relayed.
     const early = { id: randomUUID(), token: "" };
     early.token = await issuer.customer(early.id);
-    await client().registerCustomer(
-      { email: `early.${early.id.slice(0, 8)}@example.com`, givenName: "Early", familyName: "Bird" },
-      bearer(early.token),
-    );
+    await client().registerCustomer({ givenName: "Early", familyName: "Bird" }, bearer(early.token));
     await waitForOutboxEmpty(svc.database.url);
     expect(await streamMessages()).toBe(before + 1);
 
@@ -94,12 +91,7 @@ describe("with NATS down", () => {
     for (const name of ["Grace", "Hedy"]) {
       const id = randomUUID();
       const token = await issuer.customer(id);
-      const res = await quickly(
-        client().registerCustomer(
-          { email: `${name.toLowerCase()}.${id.slice(0, 8)}@example.com`, givenName: name, familyName: "Down" },
-          bearer(token),
-        ),
-      );
+      const res = await quickly(client().registerCustomer({ givenName: name, familyName: "Down" }, bearer(token)));
       expect(res.customer?.version).toBe(1n);
       customers.push({ id, token });
     }
@@ -159,12 +151,7 @@ describe("with NATS down", () => {
     const token = await issuer.customer(id);
     const before = await streamMessages();
     await nats.kill();
-    await quickly(
-      client().registerCustomer(
-        { email: `again.${id.slice(0, 8)}@example.com`, givenName: "Again", familyName: "Down" },
-        bearer(token),
-      ),
-    );
+    await quickly(client().registerCustomer({ givenName: "Again", familyName: "Down" }, bearer(token)));
     await nats.start();
     await waitForOutboxEmpty(svc.database.url, 20_000);
     expect(await streamMessages()).toBe(before + 1);
@@ -178,10 +165,7 @@ describe("with NATS down", () => {
       Array.from({ length: 200 }, async () => {
         const id = randomUUID();
         const token = await issuer.customer(id);
-        await client().registerCustomer(
-          { email: `backlog.${id.slice(0, 8)}@example.com`, givenName: "Backlog", familyName: "0" },
-          bearer(token),
-        );
+        await client().registerCustomer({ givenName: "Backlog", familyName: "0" }, bearer(token));
         for (let v = 1; v <= 4; v++) {
           await client().updateCustomer(
             { customer: { customerId: id, familyName: String(v) }, updateMask: { paths: ["family_name"] } },

@@ -9,6 +9,7 @@
  * | `customer.v1.CustomerUpdated`       | `customer.updated.<customer_id>`                          | `CUSTOMER` |
  * | `identity.v1.CustomerAuthenticated` | `identity.customer.authenticated.<customer_id>`           | `IDENTITY` |
  * | `identity.v1.TokensRevoked`         | `identity.token.revoked.<customer_id>`, or for a service's token `identity.token.revoked.client.<client_id>` | `IDENTITY` |
+ * | `identity.v1.CustomerEmailVerified` | `identity.customer.email_verified.<customer_id>`          | `IDENTITY` |
  *
  * The first token is the stream's subject prefix (configurable per
  * deployment; the defaults are `customer` and `identity`). Customer ids are
@@ -24,7 +25,10 @@ export const DEFAULT_IDENTITY_PREFIX = "identity";
 /** Event types in the customer stream. */
 export type CustomerEventType = "customer.v1.CustomerRegistered" | "customer.v1.CustomerUpdated";
 /** Event types in the identity stream. */
-export type IdentityEventType = "identity.v1.CustomerAuthenticated" | "identity.v1.TokensRevoked";
+export type IdentityEventType =
+  | "identity.v1.CustomerAuthenticated"
+  | "identity.v1.TokensRevoked"
+  | "identity.v1.CustomerEmailVerified";
 
 /** Subjects of the customer service's stream (`<prefix>.>`). */
 export interface CustomerSubjects {
@@ -67,12 +71,14 @@ export interface IdentitySubjects {
   readonly all: string;
   /** `<prefix>.customer.authenticated.<customer_id>` */
   customerAuthenticated(customerId: string): string;
+  /** `<prefix>.customer.email_verified.<customer_id>` */
+  customerEmailVerified(customerId: string): string;
   /** `<prefix>.token.revoked.<customer_id>`, or `<prefix>.token.revoked.client.<client_id>` for a service. */
   tokensRevoked(owner: TokenOwner): string;
   /** Filter: every event of one type, e.g. `<prefix>.token.revoked.>` (customers' and services'). */
   ofType(type: IdentityEventType): string;
   /**
-   * Filter: every event about one customer, `<prefix>.*.*.<customer_id>` (sign-ins and revocations);
+   * Filter: every event about one customer, `<prefix>.*.*.<customer_id>` (sign-ins, verified emails and revocations);
    * throws TypeError for an id that is no single token.
    */
   ofCustomer(customerId: string): string;
@@ -83,11 +89,14 @@ export function identitySubjects(prefix: string = DEFAULT_IDENTITY_PREFIX): Iden
   const types: Record<IdentityEventType, string> = {
     "identity.v1.CustomerAuthenticated": `${prefix}.customer.authenticated.*`,
     "identity.v1.TokensRevoked": `${prefix}.token.revoked.>`,
+    // `>` rather than `*` (the same for customer ids, one token each): the filter deploy/nats/nats.conf allows.
+    "identity.v1.CustomerEmailVerified": `${prefix}.customer.email_verified.>`,
   };
   return {
     prefix,
     all: `${prefix}.>`,
     customerAuthenticated: (customerId) => `${prefix}.customer.authenticated.${customerId}`,
+    customerEmailVerified: (customerId) => `${prefix}.customer.email_verified.${customerId}`,
     tokensRevoked: (owner) =>
       "customerId" in owner
         ? `${prefix}.token.revoked.${owner.customerId}`

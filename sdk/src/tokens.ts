@@ -40,6 +40,12 @@ export interface Principal {
   readonly sessionId?: string;
   /** The `kid` of the key that signed it (its header), so a revoked key's tokens can be refused. */
   readonly keyId?: string;
+  /**
+   * The customer's verified login email when the token was issued: the
+   * `email` claim, only if the token also says `email_verified: true`. An
+   * email change later makes it stale until the token expires.
+   */
+  readonly email?: string;
   readonly expiresAt: Date;
   readonly issuedAt: Date;
 }
@@ -164,13 +170,15 @@ async function verifyClaims(
 
 /**
  * The principal a verified token's claims (and header: its `kid`) describe;
- * a service token has `sub` equal to `client_id`.
+ * a service token has `sub` equal to `client_id`. `email` is set only for a
+ * string `email` claim with `email_verified: true`.
  */
 export function principalFromClaims(payload: JWTPayload, header?: Pick<JWTHeaderParameters, "kid">): Principal {
   const sub = payload.sub;
   const clientId = payload.client_id;
   const scope = payload.scope ?? "";
   const sid = payload.sid;
+  const email = payload.email;
   if (
     typeof sub !== "string" ||
     typeof clientId !== "string" ||
@@ -188,6 +196,8 @@ export function principalFromClaims(payload: JWTPayload, header?: Pick<JWTHeader
     tokenId: payload.jti,
     ...(typeof sid === "string" && { sessionId: sid }),
     ...(typeof header?.kid === "string" && { keyId: header.kid }),
+    // An unverified address is no proof of anything: it is left out.
+    ...(typeof email === "string" && email !== "" && payload.email_verified === true && { email }),
     expiresAt: new Date((payload.exp ?? 0) * 1000),
     issuedAt: new Date((payload.iat ?? 0) * 1000),
   };

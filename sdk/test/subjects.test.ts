@@ -35,8 +35,12 @@ describe("customer subjects", () => {
 
 describe("identity subjects", () => {
   const s = identitySubjects();
-  it("builds the sign-in and revocation subjects, default prefix identity", () => {
+  it("builds the sign-in, verified-email and revocation subjects, default prefix identity", () => {
     expect(s.customerAuthenticated(customerId)).toBe(`identity.customer.authenticated.${customerId}`);
+    expect(s.customerEmailVerified(customerId)).toBe(`identity.customer.email_verified.${customerId}`);
+    expect(identitySubjects("t1.identity").customerEmailVerified(customerId)).toBe(
+      `t1.identity.customer.email_verified.${customerId}`,
+    );
     expect(s.tokensRevoked({ customerId })).toBe(`identity.token.revoked.${customerId}`);
     expect(s.tokensRevoked({ clientId: "orders-service" })).toBe("identity.token.revoked.client.orders-service");
     // Client ids may contain dots (identity clients create accepts them): the subject is deeper, still published.
@@ -46,8 +50,10 @@ describe("identity subjects", () => {
   it("filters by stream, type and customer", () => {
     const all = [
       s.customerAuthenticated(customerId),
+      s.customerEmailVerified(customerId),
       s.tokensRevoked({ customerId }),
       s.customerAuthenticated(other),
+      s.customerEmailVerified(other),
       s.tokensRevoked({ clientId: "orders-service" }),
       s.tokensRevoked({ clientId: "orders.eu" }),
     ];
@@ -62,8 +68,13 @@ describe("identity subjects", () => {
       s.customerAuthenticated(customerId),
       s.customerAuthenticated(other),
     ]);
+    expect(taken(s.ofType("identity.v1.CustomerEmailVerified"))).toEqual([
+      s.customerEmailVerified(customerId),
+      s.customerEmailVerified(other),
+    ]);
     expect(taken(s.ofCustomer(customerId))).toEqual([
       s.customerAuthenticated(customerId),
+      s.customerEmailVerified(customerId),
       s.tokensRevoked({ customerId }),
     ]);
   });

@@ -11,13 +11,14 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
+import { customerEmail, startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
 import { freePort } from "../../test/support/ports.js";
 import {
   ACCESS_TOKEN_ALGORITHMS,
   bearerToken,
   createTokenVerifier,
   type Principal,
+  principalFromClaims,
   TokenError,
   type TokenErrorReason,
   type TokenVerifier,
@@ -57,6 +58,7 @@ describe("createTokenVerifier", () => {
       scopes: new Set(),
       tokenId: claims(customer).jti,
       keyId: JSON.parse(Buffer.from(customer.split(".")[0] ?? "", "base64url").toString()).kid,
+      email: customerEmail(customerId),
       expiresAt: new Date(Number(claims(customer).exp) * 1000),
       issuedAt: new Date(Number(claims(customer).iat) * 1000),
     });
@@ -67,6 +69,27 @@ describe("createTokenVerifier", () => {
       clientId: "orders-service",
       scopes: new Set(["customer:read", "customer:write"]),
     });
+  });
+
+  it("gives a customer's email only when the token says it is verified", async () => {
+    const customerId = randomUUID();
+    const withEmail = await verifier.verify(await issuer.customer(customerId, "Ada@Example.com"));
+    expect(withEmail.email).toBe("Ada@Example.com");
+    const without = await verifier.verify(await issuer.issue({ sub: customerId }));
+    expect(without).not.toHaveProperty("email");
+    const base = { sub: customerId, client_id: "first-party", jti: randomUUID(), iat: 1, exp: 2 };
+    expect(principalFromClaims({ ...base, email: "ada@example.com", email_verified: true }).email).toBe(
+      "ada@example.com",
+    );
+    for (const unproven of [
+      { email: "ada@example.com" },
+      { email: "ada@example.com", email_verified: false },
+      { email: "ada@example.com", email_verified: "true" },
+      { email: ["ada@example.com"], email_verified: true },
+      { email: "", email_verified: true },
+    ]) {
+      expect(principalFromClaims({ ...base, ...unproven })).not.toHaveProperty("email");
+    }
   });
 
   it("refuses a missing or malformed Authorization header", async () => {

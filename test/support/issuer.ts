@@ -20,6 +20,13 @@ export interface TokenClaims {
   notBefore?: number;
   typ?: string;
   kid?: string;
+  /** The customer's verified login email: claims `email` and `email_verified: true`, as the identity service issues them. */
+  email?: string;
+}
+
+/** The email `TestIssuer.customer` puts in a customer's token unless told another. */
+export function customerEmail(customerId: string): string {
+  return `customer.${customerId.slice(0, 8)}@example.com`;
 }
 
 export interface TestIssuer extends AsyncDisposable {
@@ -28,8 +35,11 @@ export interface TestIssuer extends AsyncDisposable {
   readonly jwksUrl: string;
   /** A signed access token for sub (a customer id, or a client id for a service). */
   issue(claims: TokenClaims): Promise<string>;
-  /** A customer token for customerId. */
-  customer(customerId: string): Promise<string>;
+  /**
+   * A customer token for customerId, with its verified `email` (default
+   * `customerEmail(customerId)`). For a token without an email, `issue({ sub })`.
+   */
+  customer(customerId: string, email?: string): Promise<string>;
   /** A service token with the given scopes. */
   service(clientId: string, scope: string): Promise<string>;
   /** How many times the JWKS was fetched. */
@@ -67,7 +77,11 @@ export async function startTestIssuer(opts: { audience?: string } = {}): Promise
     const key = keys[keys.length - 1];
     if (!key) throw new Error("no key");
     const now = Math.floor(Date.now() / 1000);
-    const jwt = new SignJWT({ client_id: c.clientId ?? "first-party", scope: c.scope ?? "" })
+    const jwt = new SignJWT({
+      client_id: c.clientId ?? "first-party",
+      scope: c.scope ?? "",
+      ...(c.email !== undefined && { email: c.email, email_verified: true }),
+    })
       .setProtectedHeader({ alg: "EdDSA", typ: c.typ ?? "at+jwt", kid: c.kid ?? key.kid })
       .setIssuer(c.iss ?? base)
       .setAudience(c.aud ?? audience)
@@ -88,7 +102,7 @@ export async function startTestIssuer(opts: { audience?: string } = {}): Promise
     audience,
     jwksUrl: `${base}/.well-known/jwks.json`,
     issue,
-    customer: (customerId) => issue({ sub: customerId }),
+    customer: (customerId, email = customerEmail(customerId)) => issue({ sub: customerId, email }),
     service: (clientId, scope) => issue({ sub: clientId, clientId, scope }),
     get jwksFetches() {
       return fetches;

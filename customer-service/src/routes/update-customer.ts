@@ -3,7 +3,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { type Customer, CustomerSchema } from "@customer-platform/gen/customer/v1/customer_pb.js";
 import type { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import type { Principal } from "@customer-platform/runtime/auth";
-import { pgConstraint, pgErrorCode, placeholder, placeholders } from "@customer-platform/runtime/db";
+import { placeholder, placeholders } from "@customer-platform/runtime/db";
 import type { Outbox } from "@customer-platform/runtime/outbox";
 import { eventValues, prepareWithEvent } from "@customer-platform/runtime/outbox-writer";
 import { and, eq, sql } from "drizzle-orm";
@@ -20,7 +20,7 @@ import { type CustomerRow, customers, type StoredAddress } from "../db/schema.js
 import type { CustomerServiceDeps } from "../deps.js";
 import { customerUpdated } from "../events.js";
 
-type Change = Partial<Pick<CustomerRow, "email" | "givenName" | "familyName" | "phoneNumber" | "address">>;
+type Change = Partial<Pick<CustomerRow, "givenName" | "familyName" | "phoneNumber" | "address">>;
 
 interface MaskField<K extends keyof Change> {
   column: K;
@@ -30,9 +30,11 @@ interface MaskField<K extends keyof Change> {
 
 const same = <T>(a: T, b: T) => a === b;
 
-/** The update_mask paths and the column each one sets. */
+/**
+ * The update_mask paths and the column each one sets. Not the email: it
+ * follows the identity's verified email (verified-email.ts).
+ */
 const MASK_FIELDS: Record<string, MaskField<keyof Change>> = {
-  email: { column: "email", read: (c) => c?.email.trim() ?? "", equal: same },
   given_name: { column: "givenName", read: (c) => c?.givenName.trim() ?? "", equal: same },
   family_name: { column: "familyName", read: (c) => c?.familyName.trim() ?? "", equal: same },
   phone_number: { column: "phoneNumber", read: (c) => c?.phoneNumber ?? null, equal: same },
@@ -45,7 +47,6 @@ const MASK_FIELDS: Record<string, MaskField<keyof Change>> = {
 
 /** The Customer field each update_mask path names. */
 const MASK_MESSAGE_FIELDS = {
-  email: "email",
   given_name: "givenName",
   family_name: "familyName",
   phone_number: "phoneNumber",
@@ -79,7 +80,7 @@ function prepareWrite(db: CustomerServiceDeps["db"], outbox: Outbox) {
     db
       .update(customers)
       .set({
-        ...placeholders(customers, ["email", "givenName", "familyName", "phoneNumber", "address", "updateTime"]),
+        ...placeholders(customers, ["givenName", "familyName", "phoneNumber", "address", "updateTime"]),
         version: sql`${customers.version} + 1`,
       })
       .where(
@@ -148,27 +149,16 @@ export function updateCustomer(deps: CustomerServiceDeps): Pick<ServiceImpl<type
         return written.length === 1 ? updated : undefined;
       };
 
-      try {
-        const row =
-          (await apply((await read.execute({ customerId }))[0], write.execute.bind(write))) ??
-          (await deps.db.transaction(async (tx) => {
-            const [current] = await tx
-              .select()
-              .from(customers)
-              .where(eq(customers.customerId, customerId))
-              .for("update");
-            const txWrite = prepareWrite(tx, deps.events);
-            const row = await apply(current, txWrite.execute.bind(txWrite));
-            if (!row) throw new Error("locked row changed inside its transaction");
-            return row;
-          }));
-        return { customer: visibleTo(principal, toCustomer(row), paths) };
-      } catch (err) {
-        if (pgErrorCode(err) === "23505" && pgConstraint(err) === "customers_email_key") {
-          throw new ConnectError("email already belongs to another customer", Code.AlreadyExists);
-        }
-        throw err;
-      }
+      const row =
+        (await apply((await read.execute({ customerId }))[0], write.execute.bind(write))) ??
+        (await deps.db.transaction(async (tx) => {
+          const [current] = await tx.select().from(customers).where(eq(customers.customerId, customerId)).for("update");
+          const txWrite = prepareWrite(tx, deps.events);
+          const row = await apply(current, txWrite.execute.bind(txWrite));
+          if (!row) throw new Error("locked row changed inside its transaction");
+          return row;
+        }));
+      return { customer: visibleTo(principal, toCustomer(row), paths) };
     },
   };
 }
