@@ -363,7 +363,13 @@ async function tokenMinter(s: SignerSpec): Promise<(sub?: string) => Promise<{ s
   const audience = [...new Set([...s.audiences, s.issuer])];
   return async (sub = randomUUID()) => {
     const now = Math.floor(Date.now() / 1000);
-    const token = await new SignJWT({ client_id: s.clientId, scope: s.scope })
+    // A customer token as the identity service issues one after a verified sign-up: with its email.
+    const token = await new SignJWT({
+      client_id: s.clientId,
+      scope: s.scope,
+      email: profile(sub).email,
+      email_verified: true,
+    })
       .setProtectedHeader({ alg: s.alg, typ: "at+jwt", kid: s.kid })
       .setIssuer(s.issuer)
       .setAudience(audience)

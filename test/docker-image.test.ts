@@ -26,6 +26,7 @@ import {
   type StageSources,
   stageChain,
 } from "./support/dockerfile.js";
+import { signUpByMail } from "./support/mailbox.js";
 import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
 import { freePort } from "./support/ports.js";
 import { createTestDatabase, type TestDatabase } from "./support/postgres.js";
@@ -204,6 +205,7 @@ describe("the images' services, started as the images start them", () => {
   it("serves a sign-up, a registration verified against the identity JWKS, and answers its HEALTHCHECK", async () => {
     const [identityPort, customerPort] = await Promise.all([freePort(), freePort()]);
     const issuer = `http://127.0.0.1:${identityPort}`;
+    const mailbox = join(tmp, "mailbox");
     const identity = await startImage("identity", identityPort, {
       IDENTITY_HOST: "127.0.0.1",
       IDENTITY_PORT: String(identityPort),
@@ -215,6 +217,8 @@ describe("the images' services, started as the images start them", () => {
       // Cheap hashes keep the test fast; the OWASP defaults have their own test.
       IDENTITY_ARGON2_MEMORY_KIB: "1024",
       IDENTITY_ARGON2_ITERATIONS: "1",
+      // No SMTP server: sign-up codes go to the dev mailbox, here a temporary one (not under the image's directory).
+      IDENTITY_MAILBOX_DIR: mailbox,
       SHUTDOWN_GRACE_MS: "2000",
     });
     running.push(identity);
@@ -243,12 +247,10 @@ describe("the images' services, started as the images start them", () => {
         createGrpcTransport({ baseUrl: customer.url, sessionManager: sessions[1] }),
       );
       const email = `image-${customerStreams.stream.toLowerCase()}@example.com`;
-      const signUp = await auth.createCredentials({ email, password: "correct horse battery staple" });
+      // The mailed-code sign-up: the email is verified, and the token carries it to the customer service.
+      const signUp = await signUpByMail(auth, mailbox, { email, password: "correct horse battery staple" });
       const headers = { authorization: `Bearer ${signUp.tokens?.accessToken ?? ""}` };
-      const registered = await customers.registerCustomer(
-        { email, givenName: "Ada", familyName: "Lovelace" },
-        { headers },
-      );
+      const registered = await customers.registerCustomer({ givenName: "Ada", familyName: "Lovelace" }, { headers });
       expect(registered.customer).toMatchObject({ customerId: signUp.customerId, email, givenName: "Ada" });
       const got = await customers.getCustomer({ customerId: signUp.customerId }, { headers });
       expect(got.customer).toMatchObject({ customerId: signUp.customerId, familyName: "Lovelace" });

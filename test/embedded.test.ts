@@ -13,6 +13,7 @@ import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { readMailbox } from "@customer-platform/runtime/mail";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -21,6 +22,7 @@ import { type CustomerServer, createCustomerServer } from "../customer-service/s
 import { type IdentityConfig, envToConfig as identityEnvToConfig } from "../identity-service/src/config.js";
 import { createIdentityServer, type IdentityServer } from "../identity-service/src/server.js";
 import { bearer, type Clients, createClients, rpcError } from "./support/clients.js";
+import { signUpByMail } from "./support/mailbox.js";
 import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
 import { createTestDatabase, type TestDatabase } from "./support/postgres.js";
 import { captureLogs } from "./support/services.js";
@@ -33,6 +35,8 @@ type Kind = "pglite" | "postgres";
 interface Platform {
   /** Where the PGlite directories are (nothing is written there on PostgreSQL). */
   readonly dataRoot: string;
+  /** The identity service's dev mailbox (sign-up codes). */
+  readonly mailbox: string;
   readonly identityConfig: IdentityConfig;
   readonly customerConfig: CustomerConfig;
   identity: IdentityServer;
@@ -50,6 +54,8 @@ async function createPlatform(kind: Kind): Promise<Platform> {
   const idStreams = uniqueStreamNames("identity");
   const custStreams = uniqueStreamNames("customer");
   const dataRoot = mkdtempSync(join(tmpdir(), "embedded-"));
+  // Not under dataRoot, which stays empty on PostgreSQL.
+  const mailbox = mkdtempSync(join(tmpdir(), "embedded-mailbox-"));
   const databases: TestDatabase[] =
     kind === "postgres" ? [await createTestDatabase("embedded_id"), await createTestDatabase("embedded_cust")] : [];
   const identityConfig = identityEnvToConfig({
@@ -61,6 +67,9 @@ async function createPlatform(kind: Kind): Promise<Platform> {
     IDENTITY_SUBJECT_PREFIX: idStreams.subjectPrefix,
     IDENTITY_ARGON2_MEMORY_KIB: "1024",
     IDENTITY_ARGON2_ITERATIONS: "1",
+    IDENTITY_MAILBOX_DIR: mailbox,
+    // Each sign-up is two calls of the per-address budget (20 an hour by default); every test calls from 127.0.0.1.
+    IDENTITY_SIGN_UP_LIMIT: "1000",
     SHUTDOWN_GRACE_MS: "2000",
   });
   const customerConfig = customerEnvToConfig({
@@ -74,6 +83,7 @@ async function createPlatform(kind: Kind): Promise<Platform> {
   });
   const platform: Platform = {
     dataRoot,
+    mailbox,
     identityConfig,
     customerConfig,
     identity: undefined as unknown as IdentityServer,
@@ -98,6 +108,7 @@ async function createPlatform(kind: Kind): Promise<Platform> {
       await platform.stop();
       for (const db of databases) await db.drop();
       rmSync(dataRoot, { recursive: true, force: true });
+      rmSync(mailbox, { recursive: true, force: true });
       await deleteStreams(sharedNatsUrl, idStreams.stream, custStreams.stream);
     },
   };
@@ -122,13 +133,15 @@ describe.each(["pglite", "postgres"] as const)("on %s", (kind) => {
   const auth = () => p.idClients.client(AuthService);
   const customers = () => p.custClients.client(CustomerService);
   const email = () => `ada.${randomUUID().slice(0, 8)}@example.com`;
+  /** Signs up as a customer does: StartSignUp, the mailed code, CompleteSignUp (the email verified). */
+  const signUp = (address: string) => signUpByMail(auth(), p.mailbox, { email: address, password: PASSWORD });
 
   /** Signs up and registers a profile; returns the customer's id, email and token. */
   async function newCustomer() {
     const address = email();
-    const { customerId, tokens } = await auth().createCredentials({ email: address, password: PASSWORD });
+    const { customerId, tokens } = await signUp(address);
     const token = tokens?.accessToken ?? "";
-    await customers().registerCustomer({ email: address, givenName: "Ada", familyName: "Lovelace" }, bearer(token));
+    await customers().registerCustomer({ givenName: "Ada", familyName: "Lovelace" }, bearer(token));
     return { customerId, email: address, token };
   }
 
@@ -159,11 +172,12 @@ describe.each(["pglite", "postgres"] as const)("on %s", (kind) => {
   describe("happy paths", () => {
     it("signs up, registers, signs in, reads and updates, and relays every event to JetStream", async () => {
       const address = email();
-      const signUp = await auth().createCredentials({ email: address, password: PASSWORD });
-      const { customerId } = signUp;
+      const signedUp = await signUp(address);
+      const { customerId } = signedUp;
+      // The profile's email is the verified one, from the access token.
       const registered = await customers().registerCustomer(
-        { email: address, givenName: "Ada", familyName: "Lovelace", phoneNumber: "+4915123456789" },
-        bearer(signUp.tokens?.accessToken ?? ""),
+        { givenName: "Ada", familyName: "Lovelace", phoneNumber: "+4915123456789" },
+        bearer(signedUp.tokens?.accessToken ?? ""),
       );
       expect(registered.customer).toMatchObject({ customerId, email: address, version: 1n });
       const signIn = await auth().authenticateCustomer({ email: address, password: PASSWORD });
@@ -195,8 +209,8 @@ describe.each(["pglite", "postgres"] as const)("on %s", (kind) => {
     });
 
     it("rotates refresh tokens, and only one of two parallel uses wins", async () => {
-      const signUp = await auth().createCredentials({ email: email(), password: PASSWORD });
-      const first = signUp.tokens?.refreshToken ?? "";
+      const signedUp = await signUp(email());
+      const first = signedUp.tokens?.refreshToken ?? "";
       const results = await Promise.allSettled([
         auth().refreshToken({ refreshToken: first }),
         auth().refreshToken({ refreshToken: first }),
@@ -241,12 +255,19 @@ describe.each(["pglite", "postgres"] as const)("on %s", (kind) => {
   });
 
   describe("constraint errors", () => {
-    it("answers ALREADY_EXISTS for an email that already has credentials", async () => {
+    it("gives no second account to an email that has one: no code is mailed, and the first password still signs in", async () => {
       const address = email();
-      await auth().createCredentials({ email: address, password: PASSWORD });
+      const first = await signUp(address);
+      // Answered as for a new address, but the owner gets a notice, not a code: nothing to complete with.
+      await auth().startSignUp({ email: address.toUpperCase() });
+      const mails = async () => (await readMailbox(p.mailbox)).filter((m) => m.to.toLowerCase() === address);
+      await expect.poll(async () => (await mails()).length).toBe(2);
+      expect((await mails())[1]?.text).not.toMatch(/\b\d{8}\b/);
       await expect(
-        auth().createCredentials({ email: address.toUpperCase(), password: "another password" }),
-      ).rejects.toMatchObject(rpcError("email already has credentials", Code.AlreadyExists));
+        auth().completeSignUp({ email: address.toUpperCase(), code: "12345678", password: "another passphrase" }),
+      ).rejects.toMatchObject(rpcError("code: invalid or expired code [code.invalid]", Code.InvalidArgument));
+      const signIn = await auth().authenticateCustomer({ email: address, password: PASSWORD });
+      expect(signIn.customerId).toBe(first.customerId);
     });
 
     it("answers UNAUTHENTICATED for a wrong password", async () => {
@@ -256,43 +277,27 @@ describe.each(["pglite", "postgres"] as const)("on %s", (kind) => {
       );
     });
 
-    it("answers ALREADY_EXISTS for a profile email taken by another customer, also in a race", async () => {
+    it("answers INVALID_ARGUMENT for a profile email other than the caller's verified one, and registers nothing", async () => {
       const a = await newCustomer();
-      const b = await auth().createCredentials({ email: email(), password: PASSWORD });
+      const b = await signUp(email());
+      const token = bearer(b.tokens?.accessToken ?? "");
       await expect(
-        customers().registerCustomer(
-          { email: a.email, givenName: "Grace", familyName: "Hopper" },
-          bearer(b.tokens?.accessToken ?? ""),
-        ),
-      ).rejects.toMatchObject(rpcError("email already belongs to another customer", Code.AlreadyExists));
-
-      const shared = email();
-      const racers = await Promise.all(
-        [0, 1].map(() => auth().createCredentials({ email: email(), password: PASSWORD })),
+        customers().registerCustomer({ email: a.email, givenName: "Grace", familyName: "Hopper" }, token),
+      ).rejects.toMatchObject(rpcError("email: value must be the customer's verified email", Code.InvalidArgument));
+      await expect(customers().getCustomer({ customerId: b.customerId }, token)).rejects.toMatchObject(
+        rpcError("customer not found", Code.NotFound),
       );
-      const results = await Promise.allSettled(
-        racers.map((r) =>
-          customers().registerCustomer(
-            { email: shared, givenName: "Ada", familyName: "Lovelace" },
-            bearer(r.tokens?.accessToken ?? ""),
-          ),
-        ),
-      );
-      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
-      expect(results.find((r) => r.status === "rejected")).toMatchObject({
-        reason: rpcError("email already belongs to another customer", Code.AlreadyExists),
-      });
     });
 
     it("answers ALREADY_EXISTS for a different profile under the same id", async () => {
       const c = await newCustomer();
       await expect(
-        customers().registerCustomer({ email: c.email, givenName: "Grace", familyName: "Lovelace" }, bearer(c.token)),
+        customers().registerCustomer({ givenName: "Grace", familyName: "Lovelace" }, bearer(c.token)),
       ).rejects.toMatchObject(rpcError("customer already has a different profile", Code.AlreadyExists));
     });
 
     it("answers NOT_FOUND for a customer without a profile", async () => {
-      const { customerId, tokens } = await auth().createCredentials({ email: email(), password: PASSWORD });
+      const { customerId, tokens } = await signUp(email());
       const token = tokens?.accessToken ?? "";
       await expect(customers().getCustomer({ customerId }, bearer(token))).rejects.toMatchObject(
         rpcError("customer not found", Code.NotFound),

@@ -12,6 +12,7 @@ import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer } from "./support/clients.js";
 import { startTestIssuer, type TestIssuer } from "./support/issuer.js";
+import { signUpByMail } from "./support/mailbox.js";
 import { waitForOutboxEmpty } from "./support/outbox.js";
 import { waitWhileRunning } from "./support/processes.js";
 import {
@@ -102,8 +103,9 @@ async function untilStderr(tail: Tail, n: number): Promise<void> {
 
 async function register() {
   const id = randomUUID();
-  const token = await issuer.customer(id);
   const email = `${id.slice(0, 8)}@example.com`;
+  // The profile takes the verified email the token carries.
+  const token = await issuer.customer(id, email);
   await customer.clients
     .client(CustomerService)
     .registerCustomer({ email, givenName: "Ada", familyName: "Lovelace" }, bearer(token));
@@ -147,7 +149,10 @@ describe("npm run events -- tail", () => {
       );
     const email = `${randomUUID().slice(0, 8)}@example.com`;
     const auth = identity.clients.client(AuthService);
-    const { customerId, tokens } = await auth.createCredentials({ email, password: "correct horse battery staple" });
+    const { customerId, tokens } = await signUpByMail(auth, identity.env.IDENTITY_MAILBOX_DIR ?? "", {
+      email,
+      password: "correct horse battery staple",
+    });
     await auth.authenticateCustomer({ email, password: "correct horse battery staple" });
     await auth.revokeToken({ token: tokens?.refreshToken ?? "" });
 

@@ -87,9 +87,10 @@ describe("README walkthrough", () => {
     expect(out.stderr).toBe("");
     expect(out.code).toBe(0);
 
-    // --list-methods, then the answers of RegisterCustomer, GetCustomer and UpdateCustomer.
+    // --list-methods, StartSignUp's empty answer, then the answers of RegisterCustomer, GetCustomer and UpdateCustomer.
     expect(out.stdout).toContain("identity.v1.AuthService/AuthenticateCustomer");
-    const answers = [...out.stdout.matchAll(/^\{[\s\S]*?^\}$/gm)].map(
+    expect(out.stdout).toMatch(/^\{\}$/m);
+    const answers = [...out.stdout.matchAll(/^\{\n[\s\S]*?^\}$/gm)].map(
       (m) => JSON.parse(m[0]) as { customer: Record<string, string> },
     );
     expect(answers).toHaveLength(3);

@@ -19,6 +19,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { bearer, createClients } from "./support/clients.js";
+import { signUpByMail } from "./support/mailbox.js";
 import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
 import { type Finished, runToEnd } from "./support/processes.js";
 
@@ -96,6 +97,8 @@ async function startPlatform(env: Record<string, string>): Promise<Platform> {
     IDENTITY_PORT: String(identityPort),
     CUSTOMER_DATABASE_URL: `pglite:${join(tempDir("customer"), "db")}`,
     IDENTITY_DATABASE_URL: `pglite:${join(tempDir("identity"), "db")}`,
+    // Sign-up codes go to the dev mailbox; here a temporary one rather than the repository's .data/mailbox.
+    IDENTITY_MAILBOX_DIR: tempDir("mailbox"),
     SHUTDOWN_GRACE_MS: "2000",
     ...env,
   };
@@ -188,10 +191,12 @@ async function walkthrough(p: Platform): Promise<string> {
     const auth = id.client(AuthService);
     const customers = cust.client(CustomerService);
     const email = `ada.${randomUUID().slice(0, 8)}@example.com`;
-    const signUp = await auth.createCredentials({ email, password: PASSWORD });
+    // Signs up as a customer does: the code from the mailbox, then the password; the email is verified.
+    const signUp = await signUpByMail(auth, p.env.IDENTITY_MAILBOX_DIR ?? "", { email, password: PASSWORD });
     const customerId = signUp.customerId;
+    // The profile takes the verified email from the access token.
     const registered = await customers.registerCustomer(
-      { email, givenName: "Ada", familyName: "Lovelace" },
+      { givenName: "Ada", familyName: "Lovelace" },
       bearer(signUp.tokens?.accessToken ?? ""),
     );
     expect(registered.customer).toMatchObject({ customerId, email, version: 1n });
@@ -404,7 +409,10 @@ describe("the identity CLI while npm start runs", () => {
     const email = `ada.${randomUUID().slice(0, 8)}@example.com`;
     const id = createClients(p.identityUrl);
     cleanups.push(() => id.close());
-    const { customerId } = await id.client(AuthService).createCredentials({ email, password: PASSWORD });
+    const { customerId } = await signUpByMail(id.client(AuthService), p.env.IDENTITY_MAILBOX_DIR ?? "", {
+      email,
+      password: PASSWORD,
+    });
 
     const dir = dataDir(p, "IDENTITY");
     const lock = JSON.parse(readFileSync(join(dir, "pglite.lock"), "utf8")) as { since: string };

@@ -59,15 +59,17 @@ async function serviceCredentials(scopes: string) {
 }
 
 async function newCustomer() {
-  const email = `ada.${randomUUID().slice(0, 8)}@example.com`;
-  const { customerId, tokens } = await identity.clients
-    .client(AuthService)
-    // A first-party app calling both resource servers asks for both audiences (default: the customer service).
-    .createCredentials({ email, password: PASSWORD, audience: ["customer-service", "orders-service"] });
-  const token = tokens?.accessToken ?? "";
+  // Signs up by the mailed code (StartSignUp, CompleteSignUp): the token carries the verified email.
+  // A first-party app calling both resource servers asks for both audiences (default: the customer service).
+  const {
+    customerId,
+    email,
+    accessToken: token,
+  } = await platform.signUp(PASSWORD, "ada", ["customer-service", "orders-service"]);
+  // The profile takes its email from the token.
   const { customer: profile } = await customer.clients
     .client(CustomerService)
-    .registerCustomer({ email, givenName: "Ada", familyName: "Lovelace" }, bearer(token));
+    .registerCustomer({ givenName: "Ada", familyName: "Lovelace" }, bearer(token));
   return { customerId, email, token, profile };
 }
 

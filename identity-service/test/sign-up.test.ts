@@ -271,6 +271,9 @@ describe("email change by a mailed code", () => {
     );
     const signedIn = await auth().authenticateCustomer({ email: next, password: PASSWORD });
     expect(decodeJwt(signedIn.tokens?.accessToken ?? "")).toMatchObject({ email: next });
+    // A refresh reads the identity's own email, among many verified ones.
+    const refreshed = await auth().refreshToken({ refreshToken: signedIn.tokens?.refreshToken ?? "" });
+    expect(decodeJwt(refreshed.tokens?.accessToken ?? "")).toMatchObject({ sub: signedUp.customerId, email: next });
     const events = await emailEvents(signedUp.customerId, 2);
     expect(events.map((e) => [e.email, e.emailVersion])).toEqual([
       [old, 1n],

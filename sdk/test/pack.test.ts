@@ -19,6 +19,7 @@ import { promisify } from "node:util";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildProblem } from "../../scripts/build.js";
+import { signUpByMail } from "../../test/support/mailbox.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { reservePort } from "../../test/support/ports.js";
 import { type RunningIdentityService, startIdentityService } from "../../test/support/services.js";
@@ -131,7 +132,7 @@ try {
   await revocations.stop();
   console.log(JSON.stringify({
     received,
-    principal: { kind: p.kind, subject: p.subject, clientId: p.clientId, scopes: [...p.scopes], session: typeof p.sessionId },
+    principal: { kind: p.kind, subject: p.subject, clientId: p.clientId, scopes: [...p.scopes], session: typeof p.sessionId, email: p.email },
     revoked,
     malformed,
     scope: SCOPE_CUSTOMER_READ,
@@ -265,8 +266,11 @@ describe("the SDK installed from its tarball in another project", () => {
 
     const auth = identity.clients.client(AuthService);
     const password = "correct horse battery staple";
-    const customer = await auth.createCredentials({ email: `${randomUUID().slice(0, 8)}@example.com`, password });
-    const other = await auth.createCredentials({ email: `${randomUUID().slice(0, 8)}@example.com`, password });
+    // Signed up as a customer does (the mailed code): the token carries the verified email.
+    const mailbox = identity.env.IDENTITY_MAILBOX_DIR ?? "";
+    const customerEmail = `${randomUUID().slice(0, 8)}@example.com`;
+    const customer = await signUpByMail(auth, mailbox, { email: customerEmail, password });
+    const other = await signUpByMail(auth, mailbox, { email: `${randomUUID().slice(0, 8)}@example.com`, password });
     const revokedToken = other.tokens?.accessToken ?? "";
     await auth.revokeToken({ token: revokedToken });
 
@@ -303,6 +307,7 @@ describe("the SDK installed from its tarball in another project", () => {
         clientId: "first-party",
         scopes: ["openid", "profile", "customer:self"],
         session: "string",
+        email: customerEmail,
       },
       revoked: "revoked: access token revoked",
       malformed: "malformed",

@@ -121,10 +121,12 @@ describe("CustomerService", () => {
     sql = svc.database.sql;
     const register = async (label: string) => {
       const id = randomUUID();
-      const token = await issuer.customer(id);
+      const email = `${label}.${unique()}@example.com`;
+      // The profile's email is the verified one the token carries.
+      const token = await issuer.customer(id, email);
       const res = await cs("connect-http1").registerCustomer(
         {
-          email: `${label}.${unique()}@example.com`,
+          email,
           givenName: "Ada",
           familyName: "Lovelace",
           phoneNumber: "+4915123456789",
@@ -170,23 +172,34 @@ describe("CustomerService", () => {
     expect(await rowOf(seeded.id)).toEqual(seeded.row);
   }
 
-  it("RegisterCustomer: documented codes only; what is accepted is stored and read back as sent", async () => {
+  it("RegisterCustomer: documented codes only; what is accepted is stored and read back as sent, with the token's verified email", async () => {
     await fc.assert(
       fc.asyncProperty(
         fc.constantFrom(...FUZZ_PROTOCOLS),
+        // The verified email the token carries.
+        fc.oneof(validEmail, sqlEmail),
+        // The deprecated email field: the verified one, none, or another (another customer's, hostile).
+        fc.oneof(
+          { arbitrary: fc.constant<"verified" | undefined>("verified"), weight: 2 },
+          { arbitrary: fc.constant<"verified" | undefined>(undefined), weight: 2 },
+          { arbitrary: fc.oneof(validEmail, evil, fc.constant(seeded.snapshot.email)), weight: 1 },
+        ),
         fc.record({
-          email: mostly(fc.oneof(validEmail, sqlEmail), fc.oneof(evil, fc.constant(seeded.snapshot.email))),
           givenName: name,
           familyName: name,
           phoneNumber: phone,
           address,
         }),
-        async (proto, req) => {
+        async (proto, verified, claim, fields) => {
           const id = randomUUID();
-          const token = await issuer.customer(id);
+          const token = await issuer.customer(id, verified);
+          const email = claim === "verified" ? verified : claim;
+          const req = { ...fields, ...(email !== undefined && { email }) };
           const init = Object.fromEntries(Object.entries(req).filter(([, v]) => v !== undefined)) as typeof req;
           const got = await run(cs(proto).registerCustomer(init, opts(token)));
-          expectCode(got, ["OK", "InvalidArgument", "AlreadyExists"]);
+          expectCode(got, ["OK", "InvalidArgument"]);
+          // An email other than the verified one is refused.
+          if (email !== undefined && email !== verified) expect(got.code).toBe("InvalidArgument");
           if (got.code !== "OK") {
             expect(await rowOf(id)).toBeUndefined();
             return;
@@ -194,15 +207,17 @@ describe("CustomerService", () => {
           created.push(id);
           const expected = {
             customerId: id,
-            email: stored(req.email),
+            email: verified,
             givenName: stored(req.givenName),
             familyName: stored(req.familyName),
             version: 1n,
           };
           expect(got.res?.customer).toMatchObject(expected);
           expectNothingBlank(got.res?.customer);
-          expect(got.res?.customer?.phoneNumber).toBe(req.phoneNumber === undefined ? undefined : wf(req.phoneNumber));
-          expect(addressView(got.res?.customer?.address)).toEqual(sentAddress(req.address));
+          expect(got.res?.customer?.phoneNumber).toBe(
+            fields.phoneNumber === undefined ? undefined : wf(fields.phoneNumber),
+          );
+          expect(addressView(got.res?.customer?.address)).toEqual(sentAddress(fields.address));
           // Read back over another protocol, and straight from the table.
           const back = await cs("grpc").getCustomer({ customerId: id }, opts(token));
           expect(back.customer).toEqual(got.res?.customer);
@@ -210,7 +225,7 @@ describe("CustomerService", () => {
             email: expected.email,
             given_name: expected.givenName,
             family_name: expected.familyName,
-            phone_number: req.phoneNumber === undefined ? null : wf(req.phoneNumber),
+            phone_number: fields.phoneNumber === undefined ? null : wf(fields.phoneNumber),
           });
         },
       ),
@@ -219,7 +234,7 @@ describe("CustomerService", () => {
     await stillServingAndUntouched();
   });
 
-  it("UpdateCustomer: documented codes only, random masks and int64 versions; nobody else's row changes", async () => {
+  it("UpdateCustomer: documented codes only, random masks and int64 versions; never the email; nobody else's row changes", async () => {
     await fc.assert(
       fc.asyncProperty(
         fc.constantFrom(...FUZZ_PROTOCOLS),
@@ -282,8 +297,10 @@ describe("CustomerService", () => {
           const allowed =
             which === "seeded" || which === "unknown"
               ? ["InvalidArgument", "PermissionDenied"]
-              : ["OK", "InvalidArgument", "Aborted", "AlreadyExists", "PermissionDenied", "NotFound"];
+              : ["OK", "InvalidArgument", "Aborted", "PermissionDenied", "NotFound"];
           expectCode(got, allowed);
+          // The email follows the verified one: a mask naming it is refused.
+          if (paths.includes("email")) expect(got.code).toBe("InvalidArgument");
           if (got.code === "Aborted") expect(expectedVersion).not.toBe(before.version);
           if (got.code !== "OK") {
             expect(await rowOf(target.id)).toEqual(target.row);
@@ -299,7 +316,7 @@ describe("CustomerService", () => {
           const masked = new Set(paths);
           const expectField = (path: string, now: unknown, was: unknown, sent: unknown) =>
             expect(now, path).toEqual(masked.has(path) ? sent : was);
-          expectField("email", after.email, before.email, stored(fields.email));
+          expect(after.email, "email").toBe(before.email);
           expectField("given_name", after.givenName, before.givenName, stored(fields.givenName));
           expectField("family_name", after.familyName, before.familyName, stored(fields.familyName));
           expectField(
@@ -349,8 +366,8 @@ describe("CustomerService", () => {
     const countsBefore = await counts();
     for (const [i, s] of SQL_SHAPED.entries()) {
       const id = randomUUID();
-      const token = await issuer.customer(id);
       const email = `${SQL_EMAIL_LOCALS[i % SQL_EMAIL_LOCALS.length]}${unique()}@example.com`;
+      const token = await issuer.customer(id, email);
       const proto = FUZZ_PROTOCOLS[i % FUZZ_PROTOCOLS.length] ?? "connect-http1";
       const res = await cs(proto).registerCustomer(
         {
@@ -391,8 +408,8 @@ describe("CustomerService", () => {
 
   it("NUL in any text field, and names that trim to nothing, are INVALID_ARGUMENT and store nothing", async () => {
     const id = randomUUID();
-    const token = await issuer.customer(id);
     const base = { email: `nul.${unique()}@example.com`, givenName: "Ada", familyName: "Lovelace" };
+    const token = await issuer.customer(id, base.email);
     const address = { addressLines: ["1 Analytical St"], locality: "London", countryCode: "GB" };
     const nul = { code: Code.InvalidArgument, rawMessage: "strings must not contain NUL (U+0000) characters" };
     const blank = (f: string) => ({ code: Code.InvalidArgument, rawMessage: `${f}: value must not be blank` });

@@ -135,8 +135,8 @@ describe("Connect unary (HTTP/1.1)", () => {
 
   it("answers invalid UTF-8 with INTERNAL in protobuf and INVALID_ARGUMENT in JSON, storing nothing", async () => {
     const id = randomUUID();
-    const token = await t.issuer.customer(id);
     const email = `utf8.${id.slice(0, 8)}@example.com`;
+    const token = await t.issuer.customer(id, email);
     const binary = await httpPost(url("RegisterCustomer"), registerRequest(email, INVALID_UTF8), {
       "content-type": "application/proto",
       authorization: `Bearer ${token}`,

@@ -212,7 +212,8 @@ describe("concurrent updates of one customer", () => {
     id = randomUUID();
     token = await issuer.customer(id);
     await customers().registerCustomer(
-      { email: `race.${id}@example.com`, givenName: "Race", familyName: "start" },
+      // No email: the profile takes the verified one from the token.
+      { givenName: "Race", familyName: "start" },
       bearer(token),
     );
     // Counted from here on: the registration's event is out.

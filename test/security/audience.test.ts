@@ -13,6 +13,7 @@ import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
 import { bearer, rpcError } from "../support/clients.js";
+import { mailedCode } from "../support/mailbox.js";
 import { type Platform, startPlatform, uniqueEmail } from "../support/platform.js";
 
 const PASSWORD = "correct horse battery staple";
@@ -41,17 +42,14 @@ const ordersVerifier = () =>
 
 describe("a token for one resource server", () => {
   it("asked for the orders service is accepted there and refused at the customer service", async () => {
-    const email = uniqueEmail("orders");
-    const signedUp = await platform
-      .auth()
-      .createCredentials({ email, password: PASSWORD, audience: ["orders-service"] });
-    const token = signedUp.tokens?.accessToken ?? "";
+    // Signed up by the mailed code: the token carries a verified email, so only its audience can refuse it.
+    const signedUp = await platform.signUp(PASSWORD, "orders", ["orders-service"]);
+    const token = signedUp.accessToken;
     expect(aud(token)).toEqual(["orders-service"]);
-    expect(signedUp.tokens?.audience).toEqual(["orders-service"]);
     await expect(ordersVerifier().verify(token)).resolves.toMatchObject({ subject: signedUp.customerId });
     // The replay of issue 11: RegisterCustomer with the orders service's token.
     await expect(
-      platform.customers().registerCustomer({ email, givenName: "Ada", familyName: "Lovelace" }, bearer(token)),
+      platform.customers().registerCustomer({ givenName: "Ada", familyName: "Lovelace" }, bearer(token)),
     ).rejects.toMatchObject(INVALID);
   });
 
@@ -114,11 +112,16 @@ describe("the identity service's own RPCs", () => {
 describe("an audience the client may not have", () => {
   it("is PERMISSION_DENIED at sign-up and sign-in, before any password work", async () => {
     const denied = rpcError("audience not allowed for this client: payments-service", Code.PermissionDenied);
+    const email = uniqueEmail("deny");
+    await platform.auth().startSignUp({ email });
+    const code = await mailedCode(platform.identity.env.IDENTITY_MAILBOX_DIR ?? "", email);
     await expect(
-      platform
-        .auth()
-        .createCredentials({ email: uniqueEmail("deny"), password: PASSWORD, audience: ["payments-service"] }),
+      platform.auth().completeSignUp({ email, code, password: PASSWORD, audience: ["payments-service"] }),
     ).rejects.toMatchObject(denied);
+    // Refused before the code was looked at: it still completes the sign-up.
+    await expect(platform.auth().completeSignUp({ email, code, password: PASSWORD })).resolves.toMatchObject({
+      customerId: expect.any(String),
+    });
     const c = await platform.signUp(PASSWORD, "deny-in");
     await expect(
       platform.auth().authenticateCustomer({
@@ -147,13 +150,12 @@ describe("an audience the client may not have", () => {
   });
 
   it("a refresh may narrow to some of the session's audiences, never widen, and keeps them all", async () => {
-    const email = uniqueEmail("narrow");
     const both = ["customer-service", "orders-service"];
-    const signedUp = await platform.auth().createCredentials({ email, password: PASSWORD, audience: both });
-    expect(aud(signedUp.tokens?.accessToken)).toEqual(both);
+    const signedUp = await platform.signUp(PASSWORD, "narrow", both);
+    expect(aud(signedUp.accessToken)).toEqual(both);
     const narrowed = await platform
       .auth()
-      .refreshToken({ refreshToken: signedUp.tokens?.refreshToken ?? "", audience: ["orders-service"] });
+      .refreshToken({ refreshToken: signedUp.refreshToken, audience: ["orders-service"] });
     expect(aud(narrowed.tokens?.accessToken)).toEqual(["orders-service"]);
     // The next refresh, asking for nothing, gets the session's audiences back.
     const again = await platform.auth().refreshToken({ refreshToken: narrowed.tokens?.refreshToken ?? "" });

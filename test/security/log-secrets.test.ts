@@ -1,6 +1,6 @@
 /**
  * No secret in any log line, on stderr or in a response when a statement
- * fails: a sign-up insert cancelled while it runs (pg_cancel_backend), a
+ * fails: a sign-up (CompleteSignUp) insert cancelled while it runs (pg_cancel_backend), a
  * password update whose connection is terminated (pg_terminate_backend), a
  * unique and a check violation PostgreSQL explains with the row's values in
  * DETAIL, and a signing-key insert that fails (private JWK in its
@@ -18,6 +18,7 @@ import { openDatabase } from "@customer-platform/runtime/db";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
 import { bearer, type Clients, failure, rpcError } from "../support/clients.js";
+import { mailedCode, signUpByMail } from "../support/mailbox.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
 import { createTestDatabase, holdLock, type TestDatabase } from "../support/postgres.js";
 import { type Finished, runToEnd, spawnService } from "../support/processes.js";
@@ -69,6 +70,17 @@ function cli(args: string[], env: Record<string, string>): Promise<Finished> {
     },
   );
 }
+
+/** What signUpCode needs of an AuthService client. */
+type SignUpStarter = { startSignUp(req: { email: string }): Promise<unknown> };
+
+/** StartSignUp for address; the code mailed to it (the dev mailbox at mailbox). */
+async function signUpCode(auth: SignUpStarter, mailbox: string, address: string): Promise<string> {
+  await auth.startSignUp({ email: address });
+  return mailedCode(mailbox, address);
+}
+
+const INVALID_CODE = rpcError("code: invalid or expired code [code.invalid]", Code.InvalidArgument);
 
 /** The JSON log lines (others, e.g. a child's stderr, are skipped) whose `msg` is msg. */
 function logLines(lines: readonly string[], msg: string): Array<Record<string, unknown>> {
@@ -139,6 +151,8 @@ interface Target {
   /** Its issuer: the audience of tokens for its own RPCs (ChangePassword). */
   issuer: string;
   database: TestDatabase;
+  /** Its dev mailbox (sign-up codes). */
+  mailbox: string;
   lines(): readonly string[];
 }
 
@@ -152,6 +166,7 @@ const targets: Array<[string, () => Promise<Target>]> = [
         clients: svc.clients,
         issuer: svc.env.IDENTITY_ISSUER ?? "",
         database: svc.database,
+        mailbox: svc.env.IDENTITY_MAILBOX_DIR ?? "",
         lines: () => svc.logs.lines,
       };
     },
@@ -161,10 +176,12 @@ const targets: Array<[string, () => Promise<Target>]> = [
     async () => {
       const database = await createTestDatabase("log_secrets_child");
       cleanups.push(() => database.drop());
-      const env = { ...serviceEnv(), IDENTITY_DATABASE_URL: database.url };
+      const mailbox = mkdtempSync(join(tmpdir(), "log-secrets-mailbox-"));
+      cleanups.push(async () => rmSync(mailbox, { recursive: true, force: true }));
+      const env = { ...serviceEnv(), IDENTITY_DATABASE_URL: database.url, IDENTITY_MAILBOX_DIR: mailbox };
       const child = await spawnService("identity-service", env);
       cleanups.push(() => child.stop());
-      return { clients: child.clients, issuer: ISSUER, database, lines: () => child.output };
+      return { clients: child.clients, issuer: ISSUER, database, mailbox, lines: () => child.output };
     },
   ],
 ];
@@ -179,8 +196,9 @@ describe.each(targets)("the identity service %s on PostgreSQL", (_name, start) =
 
   it("logs a sign-up insert cancelled while it runs with its SQLSTATE and statement, never its values", async () => {
     const address = email();
+    const code = await signUpCode(auth(), t.mailbox, address);
     const err = await interrupt(t.database, 'insert into "identities"', "cancel", () =>
-      auth().createCredentials({ email: address, password: PASSWORD }),
+      auth().completeSignUp({ email: address, code, password: PASSWORD }),
     );
     expect(err).toMatchObject(rpcError("internal error", Code.Internal));
     // A process writes its log lines in chunks, within 200 ms.
@@ -189,7 +207,7 @@ describe.each(targets)("the identity service %s on PostgreSQL", (_name, start) =
     secrets.expectClean({ log: t.lines() });
     // What the operator needs is still there.
     const [line] = logLines(t.lines(), "rpc: internal error");
-    expect(line).toMatchObject({ procedure: "identity.v1.AuthService/CreateCredentials", code: "Internal" });
+    expect(line).toMatchObject({ procedure: "identity.v1.AuthService/CompleteSignUp", code: "Internal" });
     expect(line?.err).toMatchObject({
       message: "failed query",
       query: expect.stringMatching(/^insert into "identities" \(.*\) values \(\$1, /),
@@ -199,7 +217,7 @@ describe.each(targets)("the identity service %s on PostgreSQL", (_name, start) =
 
   it("logs a password update whose connection was terminated as database unavailable, never the new hash", async () => {
     const address = email();
-    const user = await auth().createCredentials({ email: address, password: PASSWORD, audience: [t.issuer] });
+    const user = await signUpByMail(auth(), t.mailbox, { email: address, password: PASSWORD, audience: [t.issuer] });
     const err = await interrupt(t.database, 'update "identities"', "terminate", () =>
       auth().changePassword(
         { currentPassword: PASSWORD, newPassword: NEW_PASSWORD },
@@ -225,11 +243,15 @@ describe("the identity service in process, on violations PostgreSQL explains wit
     cleanups.push(() => svc.close());
   });
 
-  it("a taken email: ALREADY_EXISTS, and the log never has the email", async () => {
+  const mailbox = () => svc.env.IDENTITY_MAILBOX_DIR ?? "";
+
+  it("an email taken since its sign-up code was sent: answered as a wrong code, and the log never has the email", async () => {
     const address = email();
+    const code = await signUpCode(auth(), mailbox(), address);
+    // The address gets an account meanwhile (the deprecated CreateCredentials, on in the harness).
     await auth().createCredentials({ email: address, password: PASSWORD });
-    expect(await failure(auth().createCredentials({ email: address, password: PASSWORD }))).toMatchObject(
-      rpcError("email already has credentials", Code.AlreadyExists),
+    expect(await failure(auth().completeSignUp({ email: address, code, password: PASSWORD }))).toMatchObject(
+      INVALID_CODE,
     );
     await secrets.addStored(svc.database.sql);
     secrets.expectClean({ log: svc.logs.lines });
@@ -237,11 +259,12 @@ describe("the identity service in process, on violations PostgreSQL explains wit
 
   it("a unique violation the service does not expect (DETAIL: Key (lower(email))=(…)): constraint and table, no email", async () => {
     const address = email();
+    const code = await signUpCode(auth(), mailbox(), address);
     await auth().createCredentials({ email: address, password: PASSWORD });
     const sql = svc.database.sql;
     await sql`alter index identities_email_key rename to identities_email_unique`;
     try {
-      expect(await failure(auth().createCredentials({ email: address, password: PASSWORD }))).toMatchObject(
+      expect(await failure(auth().completeSignUp({ email: address, code, password: PASSWORD }))).toMatchObject(
         rpcError("internal error", Code.Internal),
       );
     } finally {
@@ -258,9 +281,11 @@ describe("the identity service in process, on violations PostgreSQL explains wit
 
   it("a check violation (DETAIL: Failing row contains (…, email, hash, …)): constraint and table only", async () => {
     const sql = svc.database.sql;
+    const refused = email("refused");
+    const code = await signUpCode(auth(), mailbox(), refused);
     await sql`alter table identities add constraint log_secrets_refused check (email not like 'refused.%') not valid`;
     try {
-      expect(await failure(auth().createCredentials({ email: email("refused"), password: PASSWORD }))).toMatchObject(
+      expect(await failure(auth().completeSignUp({ email: refused, code, password: PASSWORD }))).toMatchObject(
         rpcError("internal error", Code.Internal),
       );
     } finally {
@@ -327,8 +352,11 @@ describe("the identity service on the embedded PGlite (npm start)", () => {
     const svc = await startIdentityService({ IDENTITY_DATABASE_URL: url });
     try {
       const auth = svc.clients.client(AuthService);
-      await auth.createCredentials({ email: email(), password: PASSWORD });
-      expect(await failure(auth.createCredentials({ email: email("refused"), password: PASSWORD }))).toMatchObject(
+      const mailbox = svc.env.IDENTITY_MAILBOX_DIR ?? "";
+      await signUpByMail(auth, mailbox, { email: email(), password: PASSWORD });
+      const refused = email("refused");
+      const code = await signUpCode(auth, mailbox, refused);
+      expect(await failure(auth.completeSignUp({ email: refused, code, password: PASSWORD }))).toMatchObject(
         rpcError("internal error", Code.Internal),
       );
       secrets.expectClean({ pglite: svc.logs.lines });

@@ -36,6 +36,7 @@ import {
 } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, failure, rpcError } from "../support/clients.js";
+import { signUpByMail } from "../support/mailbox.js";
 import { type PrivateNats, startPrivateNats } from "../support/nats.js";
 import { reservePort } from "../support/ports.js";
 import { createTestDatabase } from "../support/postgres.js";
@@ -152,11 +153,14 @@ afterAll(async () => {
 /** A customer signed up at the identity service and registered at the customer service. */
 async function newCustomer(label: string) {
   const email = `${label}.${randomBytes(4).toString("hex")}@example.com`;
-  const res = await identity.clients.client(AuthService).createCredentials({ email, password: PASSWORD });
+  const res = await signUpByMail(identity.clients.client(AuthService), identity.env.IDENTITY_MAILBOX_DIR ?? "", {
+    email,
+    password: PASSWORD,
+  });
   const token = res.tokens?.accessToken ?? "";
   await customer.clients
     .client(CustomerService)
-    .registerCustomer({ email, givenName: "Ada", familyName: "Lovelace" }, bearer(token));
+    .registerCustomer({ givenName: "Ada", familyName: "Lovelace" }, bearer(token));
   return { customerId: res.customerId, token };
 }
 

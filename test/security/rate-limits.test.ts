@@ -3,7 +3,7 @@
  * argon2 for everyone:
  * - spraying (one guess at each of many logins) from one address meets
  *   RESOURCE_EXHAUSTED with RetryInfo; another address is unaffected;
- * - sign-up is limited per address alike;
+ * - sign-up (StartSignUp and CompleteSignUp) is limited per address alike;
  * - X-Forwarded-For is ignored unless the peer is a trusted proxy
  *   (IDENTITY_TRUSTED_PROXIES), and then read from the right, so a client
  *   cannot choose its address by prepending entries;
@@ -18,8 +18,10 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RetryInfoSchema } from "@customer-platform/gen/google/rpc/error_details_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { readMailbox } from "@customer-platform/runtime/mail";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { failure, outcome } from "../support/clients.js";
+import { mailedCode } from "../support/mailbox.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "../support/nats.js";
 import { createTestDatabase, type TestDatabase } from "../support/postgres.js";
 import { type RunningIdentityService, startIdentityService } from "../support/services.js";
@@ -162,24 +164,28 @@ describe("sign-in per client address", () => {
 });
 
 describe("sign-up per client address", () => {
-  it("refuses sign-ups past the limit without creating the identity; another address still signs up", async () => {
+  it("refuses sign-ups past the limit without storing or mailing a code; another address still signs up", async () => {
     const [a, b] = proxied;
     if (!a || !b) throw new Error("instances expected");
     const client = address();
     for (let i = 0; i < SIGN_UP_LIMIT; i++) {
-      await (i % 2 ? a : b).clients
-        .client(AuthService)
-        .createCredentials({ email: email("up"), password: PASSWORD }, from(client));
+      await auth(i % 2 ? a : b).startSignUp({ email: email("up") }, from(client));
     }
     const refused = email("up");
-    await expectLimited(auth(a).createCredentials({ email: refused, password: PASSWORD }, from(client)));
-    const rows = await database.sql`select 1 from identities where email = ${refused}`;
-    expect(rows).toHaveLength(0);
+    await expectLimited(auth(a).startSignUp({ email: refused }, from(client)));
+    const codes = await database.sql`select 1 from one_time_codes where email = ${refused}`;
+    expect(codes).toHaveLength(0);
+    // CompleteSignUp counts against the same budget: a code is no way around it.
+    await expectLimited(auth(b).completeSignUp({ email: refused, code: "12345678", password: PASSWORD }, from(client)));
+    // Another address signs up with the same email, start to end (two calls of its budget).
+    const other = address();
+    await auth(b).startSignUp({ email: refused }, from(other));
+    const code = await mailedCode(b.env.IDENTITY_MAILBOX_DIR ?? "", refused);
     await expect(
-      auth(b).createCredentials({ email: refused, password: PASSWORD }, from(address())),
-    ).resolves.toMatchObject({
-      customerId: expect.any(String),
-    });
+      auth(a).completeSignUp({ email: refused, code, password: PASSWORD }, from(other)),
+    ).resolves.toMatchObject({ customerId: expect.any(String) });
+    // The refused StartSignUp mailed nothing: the code above was the only mail to the address.
+    expect((await readMailbox(b.env.IDENTITY_MAILBOX_DIR ?? "")).filter((m) => m.to === refused)).toHaveLength(1);
   });
 });
 

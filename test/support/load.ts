@@ -141,14 +141,11 @@ export function startCustomerLoad(opts: CustomerLoadOptions): RunningLoad<Ledger
   const worker = async (w: number, done: () => boolean) => {
     for (let n = 0; !done(); n++) {
       const id = randomUUID();
-      const token = await opts.issuer.customer(id);
+      const email = `load.${id}@example.com`;
+      // The profile's email is the verified one the token carries.
+      const token = await opts.issuer.customer(id, email);
       const registered = await attempt(`RegisterCustomer ${id}`, () =>
-        opts
-          .client()
-          .registerCustomer(
-            { email: `load.${id}@example.com`, givenName: `Worker${w}`, familyName: "v1" },
-            callOpts(token),
-          ),
+        opts.client().registerCustomer({ email, givenName: `Worker${w}`, familyName: "v1" }, callOpts(token)),
       );
       if (!registered) continue;
       // Workers record, never throw: a load settles only when it is stopped.
@@ -248,7 +245,8 @@ export interface IdentityLoadOptions {
 }
 
 /**
- * Each worker signs up a login (CreateCredentials, no event), then signs in
+ * Each worker signs up a login (the deprecated CreateCredentials, on in the
+ * harness: an identity without a verified email, so no event), then signs in
  * with it `signInsPerLogin` times (one CustomerAuthenticated each), one call
  * at a time so the login throttle never counts concurrent attempts.
  */

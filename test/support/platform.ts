@@ -12,7 +12,7 @@ import { CustomerService } from "@customer-platform/gen/customer/v1/customer_ser
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { runCli } from "../../identity-service/src/cli.js";
 import { bearer, type Protocol } from "./clients.js";
-import { mailedCode } from "./mailbox.js";
+import { signUpByMail } from "./mailbox.js";
 import { deleteStreams, sharedNatsUrl, uniqueStreamNames } from "./nats.js";
 import { reservePort } from "./ports.js";
 import { createTestDatabase, type TestDatabase } from "./postgres.js";
@@ -106,9 +106,7 @@ export async function startPlatform(
     const signUp = async (password: string, label = "c", audience: string[] = []): Promise<SignedUp> => {
       const email = uniqueEmail(label);
       // As a customer signs up: a code by mail (the harness's dev mailbox), then the password.
-      await auth().startSignUp({ email });
-      const code = await mailedCode(identity.env.IDENTITY_MAILBOX_DIR ?? "", email);
-      const res = await auth().completeSignUp({ email, code, password, audience });
+      const res = await signUpByMail(auth(), identity.env.IDENTITY_MAILBOX_DIR ?? "", { email, password, audience });
       return {
         customerId: res.customerId,
         email,

@@ -80,11 +80,13 @@ export function useWireTargets(): WireTargets {
       LOG_LEVEL: "warn",
     });
     identity = await startIdentityService({ LOG_LEVEL: "warn" });
-    const token = await issuer.customer(knownId);
+    const email = `known.${knownId.slice(0, 8)}@example.com`;
+    // The profile's email is the verified one the token carries.
+    const token = await issuer.customer(knownId, email);
     const customers = customer.clients.client(CustomerService);
     await customers.registerCustomer(
       {
-        email: `known.${knownId.slice(0, 8)}@example.com`,
+        email,
         givenName: "Ada",
         familyName: "Lovelace",
         address: { addressLines: ["1 Analytical St"], locality: "London", postalCode: "N1 9GU", countryCode: "GB" },

@@ -110,12 +110,10 @@ function prepareRotation(deps: AuthServiceDeps) {
         customerId: sql<string>`${refreshTokens.customerId}`.as("customer_id"),
         audiences: sql<string[]>`${sessionAudiences}`.as("audiences"),
         sessionExpiresAt: sql<Date | null>`${refreshTokens.sessionExpiresAt}`.as("session_expires_at"),
-        // The access token's `email` claim: the identity's, if verified (a primary-key lookup).
-        email: sql<
-          string | null
-        >`(select ${identities.email} from ${identities} where ${identities.customerId} = ${refreshTokens.customerId} and ${identities.emailVerifiedAt} is not null)`.as(
-          "email",
-        ),
+        // The access token's `email` claim: the identity's, if verified (a primary-key lookup). Qualified
+        // by hand: drizzle writes a RETURNING's columns without their table, which the subquery would capture.
+        email: sql<string | null>`(select i.email from identities i
+          where i.customer_id = "refresh_tokens"."customer_id" and i.email_verified_at is not null)`.as("email"),
       }),
   );
   // No refresh token of a session outlives its end; a session older than the absolute lifetime ends a lifetime from now.
