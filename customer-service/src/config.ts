@@ -27,10 +27,11 @@ export interface CustomerConfig extends HostConfig {
   /** How far back revocations are read at start: the identity provider's access-token lifetime. */
   revocationLookbackSec: number;
   /**
-   * Durable JetStream consumer on `revocationStream` through which the profile's
-   * email follows the identity's verified email (CustomerEmailVerified).
+   * Durable JetStream consumer on `revocationStream` (filtered to `<prefix>.customer.>`)
+   * through which the profile's email follows the identity's verified email
+   * (CustomerEmailVerified) and a deleted account's profile is erased (CustomerDeleted).
    */
-  emailConsumer: string;
+  identityConsumer: string;
   /** The identity provider's event keys (JWKS): only its events signed with one of them count. */
   identityEventKeysUrl: string;
   shutdownGraceMs: number;
@@ -55,7 +56,7 @@ export function envToConfig(env: Env, cwd: string = process.cwd()): CustomerConf
     audience: envString(env, "CUSTOMER_AUDIENCE", "customer-service"),
     revocationStream: envString(env, "CUSTOMER_REVOCATION_STREAM", envString(env, "IDENTITY_STREAM", "IDENTITY")),
     revocationSubjectPrefix,
-    emailConsumer: envConsumerName(env, "CUSTOMER_EMAIL_CONSUMER", "customer-service-email"),
+    identityConsumer: envConsumerName(env, "CUSTOMER_IDENTITY_CONSUMER", "customer-service-identity"),
     revocationLookbackSec: envInt(
       env,
       "CUSTOMER_REVOCATION_LOOKBACK",

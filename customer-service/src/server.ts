@@ -2,7 +2,8 @@
  * The customer service: CustomerService over its own database, events
  * relayed from the outbox to JetStream, tokens verified offline against the
  * identity service's JWKS and revocations, the profile's email following
- * the identity's verified email (verified-email.ts). The host (runtime service-host)
+ * the identity's verified email and erasing the customer on the identity's
+ * CustomerDeleted (identity-events.ts). The host (runtime service-host)
  * assembles and runs it; this file says only what is particular to it.
  */
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
@@ -19,9 +20,11 @@ import { createEventVerifier } from "@customer-platform/sdk/event-signing";
 import { createRevocationList, type RevocationList } from "@customer-platform/sdk/revocations";
 import type { CustomerConfig } from "./config.js";
 import { customerDatabase } from "./database.js";
+import { eraseCustomer } from "./erasure.js";
+import { createIdentityEventConsumer } from "./identity-events.js";
 import { customerOutbox } from "./outbox.js";
 import { createCustomerService } from "./routes/index.js";
-import { applyVerifiedEmail, createVerifiedEmailConsumer } from "./verified-email.js";
+import { applyVerifiedEmail } from "./verified-email.js";
 
 /** What the customer service knows of revoked tokens (nothing until NATS was first reached). */
 export type RevocationState = Pick<
@@ -65,17 +68,20 @@ export async function createCustomerServer(
       // Only events signed by the identity service count: anyone who can publish on NATS
       // could otherwise revoke any token, or give any profile their own address.
       const verifier = createEventVerifier({ trust: { "identity-service": config.identityEventKeysUrl } });
-      // The profile's email follows the identity's verified email; a durable consumer, so
-      // what is published while NATS or this service is down is applied when both are back.
-      runOnNats("verified emails", (nats) =>
-        createVerifiedEmailConsumer({
+      // The profile's email follows the identity's verified email, and a deleted account's
+      // profile is erased; a durable consumer, so what is published while NATS or this
+      // service is down is applied when both are back.
+      const deps = { db: database.db, events: outbox, now };
+      runOnNats("identity events", (nats) =>
+        createIdentityEventConsumer({
           nats,
           stream: config.revocationStream,
           subjectPrefix: config.revocationSubjectPrefix,
-          durable: config.emailConsumer,
+          durable: config.identityConsumer,
           verifier,
-          apply: (verified) => applyVerifiedEmail({ db: database.db, events: outbox, now }, verified),
-          logger: logger.child({ component: "verified-email" }),
+          applyVerifiedEmail: (verified) => applyVerifiedEmail(deps, verified),
+          erase: (customerId) => eraseCustomer(deps, customerId),
+          logger: logger.child({ component: "identity-events" }),
         }),
       );
       if (!auth) {
@@ -128,7 +134,7 @@ export async function createCustomerServer(
       }
       return { impl: createCustomerService({ db: database.db, auth, events: outbox, now }), ...(ready && { ready }) };
     },
-    describe: (c) => ({ stream: c.stream, revocationStream: c.revocationStream, emailConsumer: c.emailConsumer }),
+    describe: (c) => ({ stream: c.stream, revocationStream: c.revocationStream, identityConsumer: c.identityConsumer }),
   });
   return extendHost<ServiceHost, Pick<CustomerServer, "revocations">>(host, {
     revocations: () => {

@@ -55,16 +55,16 @@ describe("CUSTOMER_REFLECTION", () => {
   });
 });
 
-describe("CUSTOMER_EMAIL_CONSUMER", () => {
-  it("names the durable consumer of verified emails, customer-service-email by default", () => {
-    expect(config({}).emailConsumer).toBe("customer-service-email");
-    expect(config({ CUSTOMER_EMAIL_CONSUMER: "emails_eu-1" }).emailConsumer).toBe("emails_eu-1");
+describe("CUSTOMER_IDENTITY_CONSUMER", () => {
+  it("names the durable consumer of identity events, customer-service-identity by default", () => {
+    expect(config({}).identityConsumer).toBe("customer-service-identity");
+    expect(config({ CUSTOMER_IDENTITY_CONSUMER: "identity_eu-1" }).identityConsumer).toBe("identity_eu-1");
   });
 
   it.each(["a.b", "email>", "two words"])("refuses %j, which is no JetStream consumer name", (name) => {
-    expect(() => config({ CUSTOMER_EMAIL_CONSUMER: name })).toThrow(
+    expect(() => config({ CUSTOMER_IDENTITY_CONSUMER: name })).toThrow(
       new ConfigError(
-        `CUSTOMER_EMAIL_CONSUMER must be a JetStream consumer name (letters, digits, - and _), got "${name}"`,
+        `CUSTOMER_IDENTITY_CONSUMER must be a JetStream consumer name (letters, digits, - and _), got "${name}"`,
       ),
     );
   });

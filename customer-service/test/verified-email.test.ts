@@ -23,11 +23,11 @@ import { customerEmail, startTestIssuer, type TestIssuer } from "../../test/supp
 import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { createTestDatabase, holdLock } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
-import { EMAIL_VERIFIED, readSubject } from "../../test/support/streams.js";
+import { EMAIL_VERIFIED, readSubject, waitForStream } from "../../test/support/streams.js";
 import { startTcpProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { sleep, until } from "../../test/support/timing.js";
 
-const DURABLE = "customer-service-email";
+const DURABLE = "customer-service-identity";
 /** The consumer's first event waits for the identity service's keys to be fetched: more than poll's 1 s default. */
 const POLL = { timeout: 15_000 };
 
@@ -62,6 +62,8 @@ beforeAll(async () => {
   jsm = await jetstreamManager(nc);
   identity = await createIdentityStream();
   svc = await startCustomerService(serviceEnv(), { identityStreams: identity });
+  // The relay creates the stream at its first step; the tests read it from their start.
+  await waitForStream(jsm, svc.streams.stream);
 });
 
 afterAll(async () => {
@@ -105,7 +107,7 @@ async function publishVerified(customerId: string, email: string, version: numbe
 
 /** Waits until the service's durable consumer has settled every event up to stream sequence `seq`. */
 async function consumed(seq: number, streams: StreamNames = identity, durable = DURABLE) {
-  await until(`the verified-email consumer past sequence ${seq}`, async () => {
+  await until(`the identity-event consumer past sequence ${seq}`, async () => {
     const info = await jsm.consumers.info(streams.stream, durable);
     return info.ack_floor.stream_seq >= seq && info.num_ack_pending === 0;
   });
@@ -231,7 +233,7 @@ describe("the profile follows CustomerEmailVerified", () => {
     expect(await storedEmail(svc, id)).toEqual({ email: customerEmail(id), version: 0 });
     const refused = svc.logs.lines
       .map((l) => JSON.parse(l) as { msg: string; reason?: string; subject?: string })
-      .filter((l) => l.msg.startsWith("verified email refused") && l.subject?.endsWith(id));
+      .filter((l) => l.msg.startsWith("identity event refused") && l.subject?.endsWith(id));
     expect(refused.map((l) => l.reason)).toEqual(["unsigned", "unknown_key"]);
     // A genuine event after them is applied: the consumer did not stop at them.
     await publishVerified(id, `genuine.${id.slice(0, 8)}@example.com`, 7);
@@ -252,7 +254,7 @@ describe("while NATS is unreachable", () => {
     proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port) });
     outageIdentity = await createIdentityStream();
     outage = await startCustomerService(
-      { ...serviceEnv(), CUSTOMER_EMAIL_CONSUMER: durable },
+      { ...serviceEnv(), CUSTOMER_IDENTITY_CONSUMER: durable },
       { natsUrl: proxy.rewrite(sharedNatsUrl), identityStreams: outageIdentity },
     );
   });
@@ -300,7 +302,7 @@ describe("across a restart", () => {
     const durable = "email-restart";
     const start = () =>
       startCustomerService(
-        { ...serviceEnv(), CUSTOMER_EMAIL_CONSUMER: durable },
+        { ...serviceEnv(), CUSTOMER_IDENTITY_CONSUMER: durable },
         { database, streams, identityStreams: names },
       );
     try {
@@ -314,8 +316,8 @@ describe("across a restart", () => {
       await first.close();
       // Last acquired, first released: after the server (no call writes any more), before NATS.
       const at = (name: string) => released.indexOf(name);
-      expect(at("verified emails")).toBeGreaterThan(at("http server"));
-      expect(at("verified emails")).toBeLessThan(at("nats"));
+      expect(at("identity events")).toBeGreaterThan(at("http server"));
+      expect(at("identity events")).toBeLessThan(at("nats"));
 
       const email = `while.stopped.${id.slice(0, 8)}@example.com`;
       const seq = await publishVerified(id, email, 2, { streams: names });

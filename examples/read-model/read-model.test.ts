@@ -7,7 +7,11 @@
 import { randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
-import { CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
+import {
+  CustomerErasedSchema,
+  CustomerRegisteredSchema,
+  CustomerUpdatedSchema,
+} from "@customer-platform/gen/customer/v1/events_pb.js";
 import { customerSubjects, readCloudEvent } from "@customer-platform/sdk";
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
@@ -258,6 +262,86 @@ describe("the example read model", () => {
       } finally {
         await again.stop();
       }
+    } finally {
+      await readModel.stop();
+    }
+  });
+
+  it("deletes the customer on CustomerErased, keeps only the id, and lets no late profile event bring it back", async () => {
+    const c = await register();
+    const other = await register();
+    const applied: AppliedEvent[] = [];
+    const errors: unknown[] = [];
+    const subjects = customerSubjects(svc.streams.subjectPrefix);
+    const readModel = await startReadModel({
+      sql,
+      js,
+      stream: svc.streams.stream,
+      consumer: `erased-${randomUUID().slice(0, 8)}`,
+      verifier: verifierFor("customer-service", svc.url),
+      onApplied: (e) => applied.push(e),
+      onError: (err) => errors.push(err),
+    });
+    try {
+      await until("both customers held", async () =>
+        Boolean((await readCustomer(sql, c.id)) && (await readCustomer(sql, other.id))),
+      );
+      const held = await readCustomer(sql, c.id);
+      if (!held) throw new Error("customer missing from the read model");
+      // As the customer service publishes it (its own key), twice: a redelivery changes nothing.
+      const signer = await serviceEventSigner(svc.database.url);
+      const publish = async (type: string, subject: string, eventId: string, payload: Uint8Array) =>
+        publishEvent(js, signer, subject, payload, {
+          id: eventId,
+          type,
+          source: "customer-service",
+          time: new Date(),
+          subject: c.id,
+        });
+      for (let i = 0; i < 2; i++) {
+        const erased = create(CustomerErasedSchema, { eventId: randomUUID(), customerId: c.id });
+        await publish(
+          CustomerErasedSchema.typeName,
+          subjects.erased(c.id),
+          erased.eventId,
+          toBinary(CustomerErasedSchema, erased),
+        );
+      }
+      await until("the erasure handled twice", () => applied.filter((e) => e.erased).length === 2);
+      expect(applied.filter((e) => e.erased).map((e) => e.applied)).toEqual([true, false]);
+      expect(await readCustomer(sql, c.id)).toBeUndefined();
+      const [tombstone] =
+        await sql`select count(*)::int as n from customers_read_model_erased where customer_id = ${c.id}`;
+      expect(tombstone?.n).toBe(1);
+
+      // A genuine registration redelivered late, and a later update: neither brings the row back.
+      const late = create(CustomerRegisteredSchema, { eventId: randomUUID(), customer: { ...held, version: 1n } });
+      const next = create(CustomerUpdatedSchema, {
+        eventId: randomUUID(),
+        customer: { ...held, givenName: "Back", version: held.version + 1n },
+        updateMask: { paths: ["given_name"] },
+      });
+      await publish(
+        CustomerRegisteredSchema.typeName,
+        subjects.registered(c.id),
+        late.eventId,
+        toBinary(CustomerRegisteredSchema, late),
+      );
+      await publish(
+        CustomerUpdatedSchema.typeName,
+        subjects.updated(c.id),
+        next.eventId,
+        toBinary(CustomerUpdatedSchema, next),
+      );
+      await until("both handled", () => applied.some((e) => e.eventId === next.eventId));
+      expect(applied.filter((e) => e.eventId === late.eventId || e.eventId === next.eventId)).toEqual([
+        expect.objectContaining({ applied: false, erased: true }),
+        expect.objectContaining({ applied: false, erased: true }),
+      ]);
+      expect(await readCustomer(sql, c.id)).toBeUndefined();
+      expect(await readCustomer(sql, other.id)).toBeDefined();
+      // (The stream holds the other tests' events too, among them a version jump it refuses.)
+      expect(errors.filter((e) => !(e instanceof VersionGapError) || e.customerId === c.id)).toEqual([]);
     } finally {
       await readModel.stop();
     }

@@ -1,7 +1,8 @@
 /**
  * An example read model: a local `customers_read_model` table, in the
  * consumer's own database, kept up to date from CustomerRegistered and
- * CustomerUpdated with a durable JetStream consumer. Built only on the
+ * CustomerUpdated, and emptied of a customer on CustomerErased, with a
+ * durable JetStream consumer. Built only on the
  * generated code, @customer-platform/sdk and postgres.js, as another team would.
  *
  * Both events carry the full profile with its version. An event applies
@@ -13,6 +14,11 @@
  * otherwise refuses the event, which is redelivered later (its predecessor
  * may still come). Only events signed by the customer service are handled
  * (`verifier`), so a forged event never reaches the table.
+ *
+ * CustomerErased (the customer's account was deleted) deletes the row and
+ * keeps the id alone in `customers_read_model_erased`, so a profile event
+ * redelivered late never brings the customer back (the customer service
+ * purges those events from the stream after the tombstone).
  */
 import { create, fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -38,6 +44,12 @@ export async function migrateReadModel(sql: postgres.Sql): Promise<void> {
       update_time timestamptz,
       last_event_id uuid not null
     )`;
+  // Erased customers: ids only.
+  await sql`
+    create table if not exists customers_read_model_erased (
+      customer_id uuid primary key,
+      erased_at timestamptz not null
+    )`;
 }
 
 /** What applying one event did, for logs, metrics and tests. */
@@ -49,6 +61,8 @@ export interface AppliedEvent {
   applied: boolean;
   /** True when the event's version jumped and the customer was read again from the customer service. */
   reread?: boolean;
+  /** True for CustomerErased, and for a profile event of a customer erased before: the row is gone for good. */
+  erased?: boolean;
 }
 
 /** An event whose version is more than one ahead of the stored one, and no way (or no reason) to believe it. */
@@ -63,8 +77,27 @@ export class VersionGapError extends Error {
   }
 }
 
-/** What applyNextVersion found: applied, already held (older or equal), or a gap. */
-export type NextVersionOutcome = { kind: "applied" } | { kind: "held" } | { kind: "gap"; stored: bigint };
+/** What applyNextVersion found: applied, already held (older or equal), the customer erased, or a gap. */
+export type NextVersionOutcome =
+  | { kind: "applied" }
+  | { kind: "held" }
+  | { kind: "erased" }
+  | { kind: "gap"; stored: bigint };
+
+/**
+ * Deletes the customer's row and remembers the id, in one statement; a
+ * repeat changes nothing. Returns whether a row was deleted.
+ */
+export async function eraseCustomer(sql: postgres.Sql, customerId: string, erasedAt: Date): Promise<boolean> {
+  const [row] = await sql<[{ deleted: boolean }]>`
+    with deleted as (delete from customers_read_model where customer_id = ${customerId} returning 1),
+    tombstone as (
+      insert into customers_read_model_erased (customer_id, erased_at) values (${customerId}, ${erasedAt})
+      on conflict (customer_id) do nothing
+    )
+    select exists (select 1 from deleted) as deleted`;
+  return row?.deleted ?? false;
+}
 
 /**
  * Writes customer if its version is greater than the stored one. Returns
@@ -76,14 +109,16 @@ export async function applyCustomer(sql: postgres.Sql, customer: Customer, event
   const rows = await sql`
     insert into customers_read_model as r
       (customer_id, email, given_name, family_name, phone_number, address, version, create_time, update_time, last_event_id)
-    values (${c.customerId}, ${c.email}, ${c.givenName}, ${c.familyName}, ${c.phoneNumber ?? null}, ${address},
-      ${c.version.toString()}, ${c.createTime ? timestampDate(c.createTime) : null},
-      ${c.updateTime ? timestampDate(c.updateTime) : null}, ${eventId})
+    select ${c.customerId}, ${c.email}, ${c.givenName}, ${c.familyName}, ${c.phoneNumber ?? null}, ${address},
+      ${c.version.toString()}::bigint, ${c.createTime ? timestampDate(c.createTime) : null}::timestamptz,
+      ${c.updateTime ? timestampDate(c.updateTime) : null}::timestamptz, ${eventId}::uuid
+    where not exists (select 1 from customers_read_model_erased where customer_id = ${c.customerId})
     on conflict (customer_id) do update set
       email = excluded.email, given_name = excluded.given_name, family_name = excluded.family_name,
       phone_number = excluded.phone_number, address = excluded.address, version = excluded.version,
       create_time = excluded.create_time, update_time = excluded.update_time, last_event_id = excluded.last_event_id
     where r.version < excluded.version
+      and not exists (select 1 from customers_read_model_erased e where e.customer_id = r.customer_id)
     returning 1`;
   return rows.length > 0;
 }
@@ -99,8 +134,9 @@ export async function applyNextVersion(
 ): Promise<NextVersionOutcome> {
   const c = customer;
   const address = c.address ? sql.json(toJson(PostalAddressSchema, c.address) as postgres.JSONValue) : null;
-  const [row] = await sql<[{ applied: boolean; stored: string | null }]>`
+  const [row] = await sql<[{ applied: boolean; stored: string | null; erased: boolean }]>`
     with stored as (select version from customers_read_model where customer_id = ${c.customerId}),
+    erased as (select 1 from customers_read_model_erased where customer_id = ${c.customerId}),
     upserted as (
       insert into customers_read_model as r
         (customer_id, email, given_name, family_name, phone_number, address, version, create_time, update_time, last_event_id)
@@ -108,6 +144,7 @@ export async function applyNextVersion(
         ${c.version.toString()}::bigint, ${c.createTime ? timestampDate(c.createTime) : null}::timestamptz,
         ${c.updateTime ? timestampDate(c.updateTime) : null}::timestamptz, ${eventId}::uuid
       where coalesce((select version from stored), 0) + 1 = ${c.version.toString()}::bigint
+        and not exists (select 1 from erased)
       on conflict (customer_id) do update set
         email = excluded.email, given_name = excluded.given_name, family_name = excluded.family_name,
         phone_number = excluded.phone_number, address = excluded.address, version = excluded.version,
@@ -115,8 +152,10 @@ export async function applyNextVersion(
       where r.version + 1 = excluded.version
       returning 1
     )
-    select exists (select 1 from upserted) as applied, (select version::text from stored) as stored`;
+    select exists (select 1 from upserted) as applied, (select version::text from stored) as stored,
+      exists (select 1 from erased) as erased`;
   if (row?.applied) return { kind: "applied" };
+  if (row?.erased) return { kind: "erased" };
   const stored = BigInt(row?.stored ?? "0");
   return c.version <= stored ? { kind: "held" } : { kind: "gap", stored };
 }
@@ -183,7 +222,13 @@ export async function startReadModel(opts: ReadModelOptions): Promise<EventConsu
     const { customerId, version } = customer;
     const outcome = await applyNextVersion(sql, customer, meta.id);
     if (outcome.kind !== "gap") {
-      opts.onApplied?.({ eventId: meta.id, customerId, version, applied: outcome.kind === "applied" });
+      opts.onApplied?.({
+        eventId: meta.id,
+        customerId,
+        version,
+        applied: outcome.kind === "applied",
+        ...(outcome.kind === "erased" && { erased: true }),
+      });
       return;
     }
     if (!opts.fetchCustomer) throw new VersionGapError(customerId, outcome.stored, version);
@@ -203,6 +248,10 @@ export async function startReadModel(opts: ReadModelOptions): Promise<EventConsu
     handlers: {
       "customer.v1.CustomerRegistered": (event, meta) => apply(event.customer, meta),
       "customer.v1.CustomerUpdated": (event, meta) => apply(event.customer, meta),
+      "customer.v1.CustomerErased": async (event, meta) => {
+        const applied = await eraseCustomer(sql, event.customerId, meta.time ?? new Date());
+        opts.onApplied?.({ eventId: meta.id, customerId: event.customerId, version: 0n, applied, erased: true });
+      },
     },
   });
 }

@@ -5,13 +5,21 @@
  *                  [--default-audiences "customer-service"] [--description "…"]
  *   clients set-audiences <client-id> --audiences "…" [--default-audiences "…"]
  *   clients list
- *   clients disable <client-id>        (its live tokens are revoked: TokensRevoked)
+ *   clients disable <client-id>        (its live tokens are revoked: TokensRevoked; audited)
+ *   clients enable <client-id>         (its revoked tokens stay revoked; audited)
  *   clients rotate-secret <client-id>  (tokens issued with the old secret are revoked: TokensRevoked)
  *   keys list     (each key: when it signs, or until when it stays in the JWKS)
  *   keys rotate   (published now, signing once every cached JWKS copy has expired)
  *   keys revoke <kid>  (out of the JWKS and refused at once, TokensRevoked for verifiers;
  *                       if no other key is live, a new one signs at once)
  *   unlock <email>  (forgets the failed sign-ins of a login, and its lock after too many)
+ *   identities disable <customer-id>  (sign-in refused, sessions revoked: TokensRevoked, IdentityDisabled)
+ *   identities enable <customer-id>   (sign-in works again: IdentityEnabled)
+ *   identities delete <customer-id>   (the account erased, as AdminService.DeleteIdentity: CustomerDeleted)
+ *
+ * What changes an account or a client's status is audited (AuditRecorded,
+ * actor_kind "cli", actor_id the operating-system user who ran it), as
+ * AdminService's calls are.
  *
  * Audiences (RFC 8707) are resource servers' names, e.g. "customer-service",
  * or the issuer URL for the identity service's own RPCs (IntrospectToken).
@@ -22,16 +30,20 @@
  * opens the database as the service host does, migrating it first.
  */
 import { randomBytes } from "node:crypto";
+import { userInfo } from "node:os";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { errMessage } from "@customer-platform/runtime/errors";
 import { describeStartFailure } from "@customer-platform/runtime/main";
 import { openServiceDatabase } from "@customer-platform/runtime/service-host";
 import { desc, eq } from "drizzle-orm";
-import { disableClient, rotateClientSecret } from "./clients.js";
+import { type AccountChange, disableIdentity, enableIdentity } from "./accounts.js";
+import { disableClient, enableClient, rotateClientSecret } from "./clients.js";
 import { envToConfig, type IdentityConfig } from "./config.js";
 import { identityDatabase } from "./database.js";
 import { clients, signingKeys } from "./db/schema.js";
+import { eraseIdentity } from "./erase.js";
+import type { AuditActor } from "./events.js";
 import { identityOutbox } from "./outbox.js";
 import { normalizeEmail } from "./routes/credentials.js";
 import { loginThrottleKey, unlockKey } from "./throttle.js";
@@ -48,6 +60,19 @@ import {
 } from "./tokens.js";
 
 const CLIENT_ID = /^[a-z][a-z0-9._-]{2,63}$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** The CLI as an audit names it: the operating-system user who ran it. */
+function cliActor(): AuditActor {
+  let user: string;
+  try {
+    user = userInfo().username;
+  } catch {
+    // A uid without a passwd entry (some containers): the uid, then.
+    user = `uid:${process.getuid?.() ?? "unknown"}`;
+  }
+  return { kind: "cli", id: user };
+}
 const SCOPE = /^[!#-[\]-~]+$/;
 
 /** Runs one CLI command; returns the process exit code. `now` is the clock keys are stamped and scheduled with. */
@@ -133,15 +158,43 @@ export async function runCli(
         );
         return 0;
       }
-      case "clients disable": {
+      case "clients disable":
+      case "clients enable": {
         const revocation = {
           db,
           outbox: identityOutbox(config),
           accessTokenTtlSec: config.accessTokenTtlSec,
           now: now(),
         };
-        if (!(await disableClient(revocation, arg ?? ""))) throw new Error(`no client "${arg}"`);
-        out(`disabled ${arg}; its tokens are revoked`);
+        const disable = command === "disable";
+        const change = await (disable ? disableClient : enableClient)(revocation, arg ?? "", cliActor());
+        if (change === "not_found") throw new Error(`no client "${arg}"`);
+        if (change === "unchanged") out(`${arg} was ${disable ? "disabled" : "enabled"} already; nothing changed`);
+        else
+          out(disable ? `disabled ${arg}; its tokens are revoked` : `enabled ${arg}; its earlier tokens stay revoked`);
+        return 0;
+      }
+      case "identities disable":
+      case "identities enable":
+      case "identities delete": {
+        if (!arg || !UUID.test(arg)) throw new Error("customer id must be a UUID");
+        const account = {
+          db,
+          events: identityOutbox(config),
+          tokens: { accessTokenTtlSec: config.accessTokenTtlSec },
+          now: now(),
+        };
+        const actor = cliActor();
+        const change: AccountChange =
+          command === "delete"
+            ? await eraseIdentity(account, arg, { by: "admin", actor })
+            : await (command === "disable" ? disableIdentity : enableIdentity)(account, arg, actor);
+        if (change === "not_found") throw new Error(`no customer "${arg}"`);
+        const done = { disable: "disabled", enable: "enabled", delete: "deleted" }[command];
+        if (change === "unchanged") out(`${arg} was ${done} already; nothing changed`);
+        else if (command === "disable") out(`disabled ${arg}; its sessions are revoked`);
+        else if (command === "delete") out(`deleted ${arg}; its published personal data is purged from the stream`);
+        else out(`enabled ${arg}; it can sign in again`);
         return 0;
       }
       case "clients rotate-secret": {
@@ -201,8 +254,11 @@ export async function runCli(
       default:
         out("usage: identity clients create <id> --scopes <scopes> [--audiences <a>] [--default-audiences <a>] |");
         out("       clients set-audiences <id> --audiences <a> [--default-audiences <a>] | keys revoke <kid> |");
-        out("       clients list | clients disable <id> |");
-        out("       clients rotate-secret <id> | keys list | keys rotate | unlock <email>");
+        out("       clients list | clients disable <id> | clients enable <id> |");
+        out("       clients rotate-secret <id> | keys list | keys rotate | unlock <email> |");
+        out(
+          "       identities disable <customer-id> | identities enable <customer-id> | identities delete <customer-id>",
+        );
         return 2;
     }
   } finally {

@@ -5,9 +5,16 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
+  AuditRecordedSchema,
   AuthenticationMethod,
   CustomerAuthenticatedSchema,
+  CustomerDeletedSchema,
   CustomerEmailVerifiedSchema,
+  DeletedBy,
+  IdentityDisabledSchema,
+  IdentityEnabledSchema,
+  PasswordChangedSchema,
+  PasswordChangeKind,
   TokenRevocationReason,
   TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
@@ -122,6 +129,147 @@ export async function emitCustomerEmailVerified(
       occurTime,
       subject: `${outbox.subjectPrefix}.customer.email_verified.${verified.customerId}`,
       ceSubject: verified.customerId,
+    }),
+    outbox,
+  );
+}
+
+/**
+ * Writes identity.v1.PasswordChanged to the outbox: the customer's password
+ * was replaced (`kind`: ChangePassword or CompleteRecovery). No password, no
+ * hash.
+ */
+export async function emitPasswordChanged(
+  tx: OutboxTx,
+  outbox: Outbox,
+  changed: { customerId: string; kind: PasswordChangeKind },
+  occurTime: Date,
+) {
+  const eventId = uuidv7();
+  const event = create(PasswordChangedSchema, {
+    eventId,
+    occurTime: timestampFromDate(occurTime),
+    customerId: changed.customerId,
+    kind: changed.kind,
+  });
+  await enqueueEvent(
+    tx,
+    outboxEvent(outbox, PasswordChangedSchema, event, {
+      eventId,
+      occurTime,
+      subject: identitySubjects(outbox.subjectPrefix).passwordChanged(changed.customerId),
+      ceSubject: changed.customerId,
+    }),
+    outbox,
+  );
+}
+
+export { PasswordChangeKind };
+
+/**
+ * Writes identity.v1.IdentityDisabled or IdentityEnabled to the outbox: an
+ * operator suspended the customer's account, or lifted the suspension.
+ */
+export async function emitIdentityStatusChanged(
+  tx: OutboxTx,
+  outbox: Outbox,
+  change: { customerId: string; disabled: boolean },
+  occurTime: Date,
+) {
+  const eventId = uuidv7();
+  const fields = { eventId, occurTime: timestampFromDate(occurTime), customerId: change.customerId };
+  const meta = {
+    eventId,
+    occurTime,
+    subject: `${outbox.subjectPrefix}.customer.${change.disabled ? "disabled" : "enabled"}.${change.customerId}`,
+    ceSubject: change.customerId,
+  };
+  await enqueueEvent(
+    tx,
+    change.disabled
+      ? outboxEvent(outbox, IdentityDisabledSchema, create(IdentityDisabledSchema, fields), meta)
+      : outboxEvent(outbox, IdentityEnabledSchema, create(IdentityEnabledSchema, fields), meta),
+    outbox,
+  );
+}
+
+/**
+ * Writes identity.v1.CustomerDeleted to the outbox (ids only) and returns its
+ * event id: the stream purge of the customer's personal data waits for it.
+ */
+export async function emitCustomerDeleted(
+  tx: OutboxTx,
+  outbox: Outbox,
+  deleted: { customerId: string; deletedBy: DeletedBy },
+  occurTime: Date,
+): Promise<string> {
+  const eventId = uuidv7();
+  const event = create(CustomerDeletedSchema, {
+    eventId,
+    occurTime: timestampFromDate(occurTime),
+    customerId: deleted.customerId,
+    deletedBy: deleted.deletedBy,
+  });
+  await enqueueEvent(
+    tx,
+    outboxEvent(outbox, CustomerDeletedSchema, event, {
+      eventId,
+      occurTime,
+      subject: `${outbox.subjectPrefix}.customer.deleted.${deleted.customerId}`,
+      ceSubject: deleted.customerId,
+    }),
+    outbox,
+  );
+  return eventId;
+}
+
+export { DeletedBy };
+
+/**
+ * Who did an audited action: an AdminService caller (its client id), the
+ * customer themself (their id), or the identity CLI (the operating-system user).
+ */
+export type AuditActor =
+  | { readonly kind: "client"; readonly id: string }
+  | { readonly kind: "customer"; readonly id: string }
+  | { readonly kind: "cli"; readonly id: string };
+
+/** The actions AuditRecorded names. */
+export type AuditAction =
+  | "identity.disable"
+  | "identity.enable"
+  | "identity.delete"
+  | "client.disable"
+  | "client.enable";
+
+/**
+ * Writes identity.v1.AuditRecorded to the outbox, on
+ * `<prefix>.audit.<customer|client>.<id>`: who did what to which account or
+ * client. Ids only.
+ */
+export async function emitAuditRecorded(
+  tx: OutboxTx,
+  outbox: Outbox,
+  audit: { actor: AuditActor; action: AuditAction; target: { kind: "customer" | "client"; id: string } },
+  occurTime: Date,
+) {
+  const eventId = uuidv7();
+  const event = create(AuditRecordedSchema, {
+    eventId,
+    occurTime: timestampFromDate(occurTime),
+    actorKind: audit.actor.kind,
+    actorId: audit.actor.id,
+    action: audit.action,
+    targetKind: audit.target.kind,
+    targetId: audit.target.id,
+  });
+  await enqueueEvent(
+    tx,
+    outboxEvent(outbox, AuditRecordedSchema, event, {
+      eventId,
+      occurTime,
+      subject: `${outbox.subjectPrefix}.audit.${audit.target.kind}.${audit.target.id}`,
+      ceSubject: audit.target.id,
     }),
     outbox,
   );

@@ -1,11 +1,13 @@
 /**
- * The identity service: AuthService over the user directory, the JWKS and
+ * The identity service: AuthService over the user directory (and, on the
+ * same port, AdminService for operators), the JWKS and
  * discovery documents, its events relayed from the outbox. The host (runtime
  * service-host) assembles and runs it; this file says only what is
  * particular to it.
  */
+import { AdminService } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
-import { notFound } from "@customer-platform/runtime/connect-server";
+import { notFound, served } from "@customer-platform/runtime/connect-server";
 import { type Database, openDatabase } from "@customer-platform/runtime/db";
 import { clientAddress, parseTrustedProxies } from "@customer-platform/runtime/interceptors";
 import type { Logger } from "@customer-platform/runtime/logger";
@@ -20,11 +22,13 @@ import { createFairQueue } from "./argon2-queue.js";
 import type { IdentityConfig } from "./config.js";
 import { identityDatabase } from "./database.js";
 import * as schema from "./db/schema.js";
+import type { AuthServiceDeps } from "./deps.js";
 import { identityHousekeeping } from "./housekeeping.js";
 import { createIdentityMailRenderer } from "./mail/templates.js";
 import { identityOutbox } from "./outbox.js";
 import { commonPasswordList, createPasswordHasher } from "./passwords.js";
 import { createRateLimiter } from "./rate-limit.js";
+import { createAdminService } from "./routes/admin/index.js";
 import { createAuthService } from "./routes/index.js";
 import { createOwnTokenAuthenticator } from "./sessions.js";
 import { createThrottle } from "./throttle.js";
@@ -72,7 +76,7 @@ export async function createIdentityServer(
       // Built now, not at the first sign-up, so no request waits for it.
       commonPasswordList();
       const trustedProxies = config.trustedProxies.length > 0 ? parseTrustedProxies(config.trustedProxies) : undefined;
-      const impl = createAuthService({
+      const deps: AuthServiceDeps = {
         db: database.db,
         passwords: await createPasswordHasher(config.argon2, createFairQueue(config.argon2Queue)),
         throttle: createThrottle(database.db, config.throttle),
@@ -102,9 +106,15 @@ export async function createIdentityServer(
           default: config.defaultAudiences,
         },
         now,
-      });
+      };
+      const impl = createAuthService(deps);
       await startMail(config, database, { defer, run, logger });
-      return { impl, http: wellKnownHandler(keys, config, notFound) };
+      return {
+        impl,
+        // On the same port, for service tokens with the scope identity:admin.
+        also: [served(AdminService, createAdminService(deps))],
+        http: wellKnownHandler(keys, config, notFound),
+      };
     },
     describe: (c) => ({ issuer: c.issuer, mail: describeMailTransport(c.mail.transport) }),
   });

@@ -4,14 +4,22 @@
  * of them from TokensRevoked events).
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import type { TokenSetSchema } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { type Authenticator, bearerToken, type Principal, revokedAccessToken } from "@customer-platform/runtime/auth";
 import type { Db } from "@customer-platform/runtime/db";
 import { uuidv7 } from "@customer-platform/runtime/ids";
+import type { Outbox } from "@customer-platform/runtime/outbox";
 import { and, eq, gt, isNotNull, isNull, ne, or, sql } from "drizzle-orm";
 import type * as schema from "./db/schema.js";
-import { clients, identities, refreshTokens, revokedAccessTokens, signingKeys } from "./db/schema.js";
+import {
+  clients,
+  deletedIdentities,
+  identities,
+  refreshTokens,
+  revokedAccessTokens,
+  signingKeys,
+} from "./db/schema.js";
 import type { AuthServiceDeps } from "./deps.js";
 import { emitTokensRevoked, TokenRevocationReason } from "./events.js";
 import { type KeyStore, newRefreshToken, signAccessToken, type TokenSettings, verifyOwnAccessToken } from "./tokens.js";
@@ -60,7 +68,30 @@ export type SessionInit = (
 ) & {
   /** The customer's verified email, for the access token's `email` claim; null or absent while unverified. */
   email?: string | null;
+  /** A new session's sign-in (ignored for a rotation): stored on its first refresh-token row for ListSessions. */
+  client?: SessionClient;
 };
+
+/** Who signed in, as ListSessions shows it: the User-Agent header and the client address seen at sign-in. */
+export interface SessionClient {
+  readonly userAgent: string | null;
+  readonly ipAddress: string | null;
+}
+
+/** The most of a User-Agent header a session keeps. */
+export const USER_AGENT_MAX_LENGTH = 256;
+
+/** The sign-in's client: its User-Agent (cut to 256 characters; null if absent or empty) and address. */
+export function sessionClient(
+  deps: Pick<AuthServiceDeps, "clientAddress">,
+  ctx: Pick<HandlerContext, "values" | "requestHeader">,
+): SessionClient {
+  const userAgent = ctx.requestHeader.get("user-agent");
+  return {
+    userAgent: userAgent ? userAgent.slice(0, USER_AGENT_MAX_LENGTH) : null,
+    ipAddress: deps.clientAddress(ctx),
+  };
+}
 
 /** A new session's (or a rotation's) tokens, and the refresh-token row that stores the refresh token's hash. */
 export interface CustomerSession {
@@ -112,6 +143,9 @@ export async function newCustomerSession(
       createdAt: now,
       expiresAt,
       sessionExpiresAt,
+      // The sign-in's client, on the family's first row only: a rotation does not copy it.
+      userAgent: family ? null : (session.client?.userAgent ?? null),
+      ipAddress: family ? null : (session.client?.ipAddress ?? null),
     },
     tokens: {
       accessToken: access.token,
@@ -160,6 +194,23 @@ export function createOwnTokenAuthenticator(
   };
 }
 
+/**
+ * The customer a call is from: their access token for the identity service
+ * (deps.auth, revocations included). PERMISSION_DENIED for a service's token:
+ * `only a customer token can <action>`.
+ */
+export async function authenticateCustomerCall(
+  deps: Pick<AuthServiceDeps, "auth">,
+  ctx: HandlerContext,
+  action: string,
+): Promise<Principal> {
+  const principal = await deps.auth.authenticate(ctx);
+  if (principal.kind !== "customer") {
+    throw new ConnectError(`only a customer token can ${action}`, Code.PermissionDenied);
+  }
+  return principal;
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
@@ -168,7 +219,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
  * refresh-token family was revoked by RevokeToken, reuse detection or
  * ChangePassword), signed with a revoked key, issued to a client that was
  * disabled or whose tokens were cut off (secret rotation) since, or to a
- * customer whose identity is no longer active. One round trip.
+ * customer whose identity is no longer active or was erased. One round trip.
  */
 export async function isAccessTokenRevoked(
   db: Db<typeof schema>,
@@ -213,6 +264,13 @@ export async function isAccessTokenRevoked(
         .from(identities)
         .where(customer ? and(eq(identities.customerId, customer), ne(identities.status, "active")) : never),
     )
+    // An erased customer's identity row is gone (and with it the check above): its tombstone revokes.
+    .unionAll(
+      db
+        .select(one)
+        .from(deletedIdentities)
+        .where(customer ? eq(deletedIdentities.customerId, customer) : never),
+    )
     .limit(1);
   return rows.length > 0;
 }
@@ -232,12 +290,16 @@ const REVOKE_REASON: Record<SessionRevocationReason, string> = {
   [TokenRevocationReason.REFRESH_TOKEN_REUSED]: "reuse",
   [TokenRevocationReason.PASSWORD_CHANGED]: "password_changed",
   [TokenRevocationReason.PASSWORD_RESET]: "password_reset",
+  [TokenRevocationReason.IDENTITY_DISABLED]: "identity_disabled",
+  [TokenRevocationReason.ACCOUNT_DELETED]: "account_deleted",
 };
 type SessionRevocationReason =
   | TokenRevocationReason.REVOKED
   | TokenRevocationReason.REFRESH_TOKEN_REUSED
   | TokenRevocationReason.PASSWORD_CHANGED
-  | TokenRevocationReason.PASSWORD_RESET;
+  | TokenRevocationReason.PASSWORD_RESET
+  | TokenRevocationReason.IDENTITY_DISABLED
+  | TokenRevocationReason.ACCOUNT_DELETED;
 
 /**
  * Revokes sessions (refresh-token families) in tx: one session, or every
@@ -247,7 +309,7 @@ type SessionRevocationReason =
  */
 export async function revokeSessions(
   tx: Tx,
-  deps: Pick<AuthServiceDeps, "events" | "tokens">,
+  deps: { readonly events: Outbox; readonly tokens: Pick<TokenSettings, "accessTokenTtlSec"> },
   scope: { customerId: string; familyId?: string },
   reason: SessionRevocationReason,
   now: Date,
@@ -257,7 +319,8 @@ export async function revokeSessions(
     .set({ revokedAt: now, revokeReason: REVOKE_REASON[reason] })
     .where(
       and(
-        scope.familyId ? eq(refreshTokens.familyId, scope.familyId) : eq(refreshTokens.customerId, scope.customerId),
+        eq(refreshTokens.customerId, scope.customerId),
+        scope.familyId ? eq(refreshTokens.familyId, scope.familyId) : undefined,
         isNull(refreshTokens.revokedAt),
       ),
     )
@@ -276,6 +339,19 @@ export async function revokeSessions(
     now,
   );
   return true;
+}
+
+/**
+ * Ends one session of a customer at their request (RevokeToken of a refresh
+ * token, RevokeSession): revokeSessions with reason REVOKED, in a
+ * transaction of its own. False when it had already ended.
+ */
+export function revokeSession(
+  deps: Pick<AuthServiceDeps, "db" | "events" | "tokens">,
+  session: { customerId: string; familyId: string },
+  now: Date,
+): Promise<boolean> {
+  return deps.db.transaction((tx) => revokeSessions(tx, deps, session, TokenRevocationReason.REVOKED, now));
 }
 
 /** The owner of a token, as TokensRevoked names it. */

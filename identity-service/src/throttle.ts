@@ -66,8 +66,11 @@ export interface Throttle {
 
 const digestKey = (key: string) => createHash("sha256").update(key, "utf8").digest();
 
-/** Forgets the failures and the lock of key (the `identity unlock` command); whether there was anything to forget. */
-export async function unlockKey(db: Db<typeof schema>, key: string): Promise<boolean> {
+/**
+ * Forgets the failures and the lock of key (the `identity unlock` command; an
+ * erasure, in its transaction); whether there was anything to forget.
+ */
+export async function unlockKey(db: Pick<Db<typeof schema>, "delete">, key: string): Promise<boolean> {
   const rows = await db
     .delete(loginThrottles)
     .where(eq(loginThrottles.key, digestKey(key)))

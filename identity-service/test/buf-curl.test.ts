@@ -35,7 +35,7 @@ describe("buf curl via server reflection", () => {
     ["connect", "grpc-v1"],
     ["grpc", "grpc-v1"],
     ["grpc", "grpc-v1alpha"],
-  ] as const)("lists the thirteen AuthService methods over %s (%s reflection)", async (protocol, reflection) => {
+  ] as const)("lists every AuthService method over %s (%s reflection)", async (protocol, reflection) => {
     const res = await bufCurl([...PROTOCOLS[protocol], "--reflect-protocol", reflection, "--list-methods", svc.url]);
     expect(res).toMatchObject({ exitCode: 0, stderr: "" });
     const methods = res.stdout.split("\n").filter((l) => l.startsWith(`${SERVICE}/`));
@@ -48,13 +48,23 @@ describe("buf curl via server reflection", () => {
         "CompleteRecovery",
         "CompleteSignUp",
         "CreateCredentials",
+        "DeleteAccount",
         "IntrospectToken",
+        "ListSessions",
         "RefreshToken",
+        "RevokeAllSessions",
+        "RevokeSession",
         "RevokeToken",
         "StartEmailChange",
         "StartRecovery",
         "StartSignUp",
       ].map((m) => `${SERVICE}/${m}`),
+    );
+    // The operators' service, on the same port.
+    expect(res.stdout.split("\n").filter((l) => l.startsWith("identity.v1.AdminService/"))).toEqual(
+      ["DeleteIdentity", "DisableClient", "DisableIdentity", "EnableClient", "EnableIdentity"].map(
+        (m) => `identity.v1.AdminService/${m}`,
+      ),
     );
     expect(res.stdout).toContain("grpc.health.v1.Health/Check");
   });

@@ -1,6 +1,7 @@
 /**
  * Account enumeration. An unknown email, a wrong password and a disabled
- * identity, with the production (OWASP) argon2id parameters:
+ * identity (to anyone without its password), with the production (OWASP)
+ * argon2id parameters:
  *
  * - get the same bytes back;
  * - do the same work: the same statements, in the same order, reach
@@ -137,11 +138,15 @@ describe("unknown email versus wrong password", () => {
 
     const wrongPassword = await rawSignIn(user.email, "wrong password!", encoding);
     const unknownEmail = await rawSignIn(email("unknown"), "wrong password!", encoding);
-    const disabledIdentity = await rawSignIn(disabled.email, PASSWORD, encoding);
+    const disabledIdentity = await rawSignIn(disabled.email, "wrong password!", encoding);
     expect(wrongPassword.status).toBe(401);
     expect(Buffer.from(wrongPassword.body, "base64").toString()).toContain("invalid email or password");
     expect(unknownEmail).toEqual(wrongPassword);
     expect(disabledIdentity).toEqual(wrongPassword);
+    // Only its password tells that the account is disabled (AdminService.DisableIdentity's contract).
+    const disabledRight = await rawSignIn(disabled.email, PASSWORD, encoding);
+    expect(disabledRight.status).not.toBe(401);
+    expect(Buffer.from(disabledRight.body, "base64").toString()).toContain("account disabled");
     // The right password gets a different answer: the comparison above can tell answers apart.
     expect((await rawSignIn(user.email, PASSWORD, encoding)).status).toBe(200);
   });
@@ -184,7 +189,7 @@ describe("unknown email versus wrong password", () => {
       expect(await work(() => email("unknown"), "wrong password!")).toEqual(wrongPassword);
       const ghost = email("ghost");
       expect(await work(() => ghost, "wrong password!")).toEqual(wrongPassword);
-      expect(await work(() => disabled.email, PASSWORD)).toEqual(wrongPassword);
+      expect(await work(() => disabled.email, "wrong password!")).toEqual(wrongPassword);
       // The statements tell paths apart: a successful sign-in does more (and verifies the same way): it
       // clears its throttle, then records the sign-in, its session and its event in one statement.
       const signedIn = await work(() => user.email, PASSWORD);

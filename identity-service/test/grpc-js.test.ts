@@ -103,7 +103,7 @@ async function serviceToken(scopes: string, scope = ""): Promise<{ clientId: str
 }
 
 describe("AuthService over @grpc/grpc-js with proto-loader", () => {
-  it("loads the thirteen methods of the contract", () => {
+  it("loads every method of the contract", () => {
     const service = definition["identity.v1.AuthService"] as protoLoader.ServiceDefinition;
     expect(Object.values(service).map((m) => m.path)).toEqual([
       "/identity.v1.AuthService/CreateCredentials",
@@ -119,6 +119,10 @@ describe("AuthService over @grpc/grpc-js with proto-loader", () => {
       "/identity.v1.AuthService/CompleteSignUp",
       "/identity.v1.AuthService/StartEmailChange",
       "/identity.v1.AuthService/CompleteEmailChange",
+      "/identity.v1.AuthService/ListSessions",
+      "/identity.v1.AuthService/RevokeSession",
+      "/identity.v1.AuthService/RevokeAllSessions",
+      "/identity.v1.AuthService/DeleteAccount",
     ]);
   });
 
@@ -294,5 +298,43 @@ describe("AuthService over @grpc/grpc-js with proto-loader", () => {
       auth.authenticateClient({ client_id: service.clientId, client_secret: service.secret, scope: "bad  scope" }),
     );
     expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+  });
+});
+
+describe("AdminService over @grpc/grpc-js with proto-loader", () => {
+  it("suspends and restores an account on the same port, for a token with identity:admin", async () => {
+    const adminGrpc = await loadGrpcJsClient(
+      "identity/v1/admin_service.proto",
+      "identity.v1.AdminService",
+      svc.server.port,
+    );
+    try {
+      const service = adminGrpc.definition["identity.v1.AdminService"] as protoLoader.ServiceDefinition;
+      expect(Object.values(service).map((m) => m.path)).toEqual(
+        ["DisableIdentity", "EnableIdentity", "DeleteIdentity", "DisableClient", "EnableClient"].map(
+          (m) => `/identity.v1.AdminService/${m}`,
+        ),
+      );
+      const disable: Unary<{ customer_id: string }, Record<string, never>> = adminGrpc.unary("DisableIdentity");
+      const enable: Unary<{ customer_id: string }, Record<string, never>> = adminGrpc.unary("EnableIdentity");
+      const admin = await serviceToken("identity:admin");
+      const user = await signUp();
+      await expect(disable({ customer_id: user.customer_id }, admin.token)).resolves.toEqual({});
+      const refused = await failure(auth.authenticateCustomer({ email: user.email, password: PASSWORD }));
+      expect(refused.code).toBe(grpc.status.FAILED_PRECONDITION);
+      expect(statusMessage(refused)).toBe("account disabled");
+      await expect(enable({ customer_id: user.customer_id }, admin.token)).resolves.toEqual({});
+      await expect(auth.authenticateCustomer({ email: user.email, password: PASSWORD })).resolves.toMatchObject({
+        customer_id: user.customer_id,
+      });
+      const unknown = await failure(disable({ customer_id: randomUUID() }, admin.token));
+      expect(unknown.code).toBe(grpc.status.NOT_FOUND);
+      // A customer's token (the suspension ended the sessions of `user`: another customer's).
+      const other = await signUp();
+      const denied = await failure(disable({ customer_id: user.customer_id }, other.tokens.access_token));
+      expect(denied.code).toBe(grpc.status.PERMISSION_DENIED);
+    } finally {
+      adminGrpc.close();
+    }
   });
 });

@@ -34,6 +34,12 @@ export interface ConnectServerOptions<S extends DescService> {
   /** Reflection serves it, and the file that declares it with its dependencies. */
   service: S;
   impl: ServiceImpl<S>;
+  /**
+   * More services on the same port (e.g. an admin API beside the public one),
+   * with the same interceptors, health (each under its name, following the
+   * server's) and reflection (which lists every service served).
+   */
+  also?: readonly ServedService[];
   /** Largest request message in bytes; a larger one is RESOURCE_EXHAUSTED. */
   readMaxBytes: number;
   /** Connections, streams, idle and request time (default DEFAULT_HTTP_LIMITS). */
@@ -66,6 +72,17 @@ export interface ConnectServer {
   close(graceMs: number): Promise<void>;
 }
 
+/** A service and its handlers, as `served` pairs them. */
+export interface ServedService {
+  readonly service: DescService;
+  readonly impl: ServiceImpl<DescService>;
+}
+
+/** Pairs a service with its handlers, checked against each other, for `also`. */
+export function served<S extends DescService>(service: S, impl: ServiceImpl<S>): ServedService {
+  return { service, impl: impl as unknown as ServiceImpl<DescService> };
+}
+
 /**
  * JSON bodies must be UTF-8 (RFC 8259). connect-es decodes them with a lenient
  * TextDecoder that turns invalid bytes into U+FFFD, which would store mangled
@@ -83,9 +100,13 @@ export const notFound: NodeHandlerFn = (_req, res) => {
 
 /** Starts serving; resolves once the port is bound. */
 export async function startConnectServer<S extends DescService>(opts: ConnectServerOptions<S>): Promise<ConnectServer> {
-  const health = createHealth({ "": ServingStatus.NOT_SERVING, [opts.service.typeName]: ServingStatus.NOT_SERVING });
+  const services: readonly ServedService[] = [served(opts.service, opts.impl), ...(opts.also ?? [])];
+  const health = createHealth({
+    "": ServingStatus.NOT_SERVING,
+    ...Object.fromEntries(services.map((s) => [s.service.typeName, ServingStatus.NOT_SERVING])),
+  });
   const routes = (router: ConnectRouter) => {
-    router.service(opts.service, opts.impl);
+    for (const s of services) router.service(s.service, s.impl);
     registerHealth(router, health);
     if (opts.reflection !== false) registerReflection(router);
   };
@@ -115,7 +136,7 @@ export async function startConnectServer<S extends DescService>(opts: ConnectSer
     logger: opts.logger,
   });
   health.subscribe((service, status) => {
-    if (service === "") health.set(opts.service.typeName, status);
+    if (service === "") for (const s of services) health.set(s.service.typeName, status);
   });
   return {
     url: http.url,

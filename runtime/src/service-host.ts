@@ -17,7 +17,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { HostConfig } from "./config.js";
-import { type ConnectServer, notFound, startConnectServer } from "./connect-server.js";
+import { type ConnectServer, notFound, type ServedService, startConnectServer } from "./connect-server.js";
 import { type Database, openDatabase } from "./db.js";
 import { eventKeysHttpHandler, openEventKeys } from "./event-keys.js";
 import { EXIT_CONFIG, EXIT_TEMPFAIL } from "./exit-codes.js";
@@ -29,6 +29,7 @@ import { createNats, describeNatsAuth, type Nats } from "./nats.js";
 import type { Outbox } from "./outbox.js";
 import { createOutboxRelay, type OutboxRelay } from "./outbox-relay.js";
 import { redactUrl } from "./redact.js";
+import { createStreamPurger } from "./stream-purge.js";
 
 export type { HostConfig } from "./config.js";
 
@@ -103,6 +104,8 @@ export interface ServiceParts<C extends HostConfig, S extends Record<string, unk
 /** What a service serves: its handlers and, optionally, plain HTTP routes (tried before the 404). */
 export interface ServiceRoutes<Svc extends DescService> {
   impl: ServiceImpl<Svc>;
+  /** More services on the same port (connect-server's `served(service, impl)`), e.g. an admin API. */
+  also?: readonly ServedService[];
   http?: NodeHandlerFn;
   /**
    * Readiness besides the database (e.g. the revocation list has caught up):
@@ -126,7 +129,7 @@ export interface ServiceOptions<C extends HostConfig, S extends Record<string, u
   config: C;
   database: ServiceDatabase<S>;
   outbox: Outbox;
-  /** The Connect service served; reflection serves the file that declares it. */
+  /** The Connect service served (setup may add more: `ServiceRoutes.also`); reflection serves the files that declare them. */
   service: Svc;
   /** Periodic deletions, first run a few seconds after start, then every 10 minutes. */
   housekeeping?: HousekeepingTask[];
@@ -317,6 +320,23 @@ export function createService<C extends HostConfig, S extends Record<string, unk
       r.start();
       relay = r;
       acquired("outbox relay", () => r.stop({ flush: true, timeoutMs: RELAY_FLUSH_MS }));
+      // Purges requested by erasures (stream-purge.ts), once their tombstone is published; stopped
+      // before the relay. A database without the stream_purges table gets none.
+      const purger = createStreamPurger({
+        database,
+        // On the relay's connections: postgres.js LISTENs on one connection per pool, which the relay has.
+        listen: (channel, onNotify) => relayDatabase.listen(channel, onNotify),
+        nats: parts.nats,
+        logger: logger.child({ component: "stream-purger" }),
+      });
+      const onPublished = (published: readonly { eventId: string }[]) =>
+        purger.published(published.map((e) => e.eventId));
+      r.events.on("published", onPublished);
+      purger.start();
+      acquired("stream purger", async () => {
+        r.events.off("published", onPublished);
+        await purger.stop();
+      });
     }
     if (opts.housekeeping?.length) {
       const stop = startHousekeeping(database, opts.housekeeping, HOUSEKEEPING_INTERVAL_MS, logger);
@@ -338,6 +358,7 @@ export function createService<C extends HostConfig, S extends Record<string, unk
       logger,
       service: opts.service,
       impl,
+      ...(routes.also && { also: routes.also }),
       readMaxBytes: config.maxRequestBytes,
       ...(config.httpLimits && { limits: config.httpLimits }),
       ...(config.reflection !== undefined && { reflection: config.reflection }),

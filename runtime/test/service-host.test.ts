@@ -215,6 +215,7 @@ describe("a service host", () => {
       "second component",
       "nats",
       "outbox relay",
+      "stream purger",
       "housekeeping",
       "http server",
     ]);
@@ -243,14 +244,14 @@ describe("a service host", () => {
         cause: expect.objectContaining({ code: "EADDRINUSE" }),
       };
       await expect(host.start()).rejects.toMatchObject(inUse);
-      expect(acquired).toEqual(["database", "relay database", "nats", "outbox relay"]);
-      expect(released).toEqual(["outbox relay", "nats", "relay database", "database"]);
+      expect(acquired).toEqual(["database", "relay database", "nats", "outbox relay", "stream purger"]);
+      expect(released).toEqual(["stream purger", "outbox relay", "nats", "relay database", "database"]);
       await expect.poll(connections).toEqual([]);
       expect(logs.lines.filter((l) => l.level >= 50)).toEqual([]);
       // start() keeps its outcome; stop() after it has nothing left to release.
       await expect(host.start()).rejects.toMatchObject(inUse);
       await host.stop();
-      expect(released).toHaveLength(4);
+      expect(released).toHaveLength(5);
     } finally {
       await blocker.release();
     }
@@ -348,7 +349,7 @@ describe("a process whose start failed halfway", () => {
       expect({ exit, output }).toEqual({
         exit: 0,
         output:
-          "start failed: EADDRINUSE\nreleased: housekeeping, outbox relay, nats, a periodic task, relay database, database\n",
+          "start failed: EADDRINUSE\nreleased: housekeeping, stream purger, outbox relay, nats, a periodic task, relay database, database\n",
       });
     } finally {
       await blocker.release();

@@ -36,6 +36,9 @@
  *   (`insert … on conflict (customer_id) do update … where stored.version <
  *   excluded.version`). Repeats, redeliveries and even out-of-order delivery
  *   then leave the same state.
+ * - `CustomerErased` (the tombstone): delete what you hold of `customer_id`,
+ *   and remember the id if a late `CustomerRegistered`/`CustomerUpdated`
+ *   redelivery must not bring the row back (the stream purges those after it).
  * - Events without a version (`CustomerAuthenticated`, `TokensRevoked`): record `meta.id` (the
  *   `event_id`) in a processed-events table in the same transaction as the
  *   effect, and skip an id already there (`insert … on conflict do nothing`).
@@ -43,16 +46,28 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import type { GenMessage } from "@bufbuild/protobuf/codegenv2";
 import {
+  type CustomerErased,
+  CustomerErasedSchema,
   type CustomerRegistered,
   CustomerRegisteredSchema,
   type CustomerUpdated,
   CustomerUpdatedSchema,
 } from "@customer-platform/gen/customer/v1/events_pb.js";
 import {
+  type AuditRecorded,
+  AuditRecordedSchema,
   type CustomerAuthenticated,
   CustomerAuthenticatedSchema,
+  type CustomerDeleted,
+  CustomerDeletedSchema,
   type CustomerEmailVerified,
   CustomerEmailVerifiedSchema,
+  type IdentityDisabled,
+  IdentityDisabledSchema,
+  type IdentityEnabled,
+  IdentityEnabledSchema,
+  type PasswordChanged,
+  PasswordChangedSchema,
   type TokensRevoked,
   TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
@@ -72,9 +87,15 @@ import { EventKeysUnavailableError, EventSignatureError, type EventVerifier } fr
 export interface PlatformEvents {
   "customer.v1.CustomerRegistered": CustomerRegistered;
   "customer.v1.CustomerUpdated": CustomerUpdated;
+  "customer.v1.CustomerErased": CustomerErased;
   "identity.v1.CustomerAuthenticated": CustomerAuthenticated;
   "identity.v1.TokensRevoked": TokensRevoked;
   "identity.v1.CustomerEmailVerified": CustomerEmailVerified;
+  "identity.v1.CustomerDeleted": CustomerDeleted;
+  "identity.v1.IdentityDisabled": IdentityDisabled;
+  "identity.v1.IdentityEnabled": IdentityEnabled;
+  "identity.v1.PasswordChanged": PasswordChanged;
+  "identity.v1.AuditRecorded": AuditRecorded;
 }
 
 /** A `ce-type` the platform publishes. */
@@ -84,9 +105,15 @@ export type EventType = keyof PlatformEvents;
 export const eventSchemas: { readonly [T in EventType]: GenMessage<PlatformEvents[T]> } = {
   "customer.v1.CustomerRegistered": CustomerRegisteredSchema,
   "customer.v1.CustomerUpdated": CustomerUpdatedSchema,
+  "customer.v1.CustomerErased": CustomerErasedSchema,
   "identity.v1.CustomerAuthenticated": CustomerAuthenticatedSchema,
   "identity.v1.TokensRevoked": TokensRevokedSchema,
   "identity.v1.CustomerEmailVerified": CustomerEmailVerifiedSchema,
+  "identity.v1.CustomerDeleted": CustomerDeletedSchema,
+  "identity.v1.IdentityDisabled": IdentityDisabledSchema,
+  "identity.v1.IdentityEnabled": IdentityEnabledSchema,
+  "identity.v1.PasswordChanged": PasswordChangedSchema,
+  "identity.v1.AuditRecorded": AuditRecordedSchema,
 };
 
 /** True when type is one of the platform's event types. */

@@ -8,8 +8,19 @@
 import { randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { CustomerRegisteredSchema, CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
-import { AuthenticationMethod, CustomerAuthenticatedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
+import {
+  CustomerErasedSchema,
+  CustomerRegisteredSchema,
+  CustomerUpdatedSchema,
+  file_customer_v1_events as customerEventsFile,
+} from "@customer-platform/gen/customer/v1/events_pb.js";
+import {
+  AuthenticationMethod,
+  CustomerAuthenticatedSchema,
+  CustomerDeletedSchema,
+  DeletedBy,
+  file_identity_v1_events as identityEventsFile,
+} from "@customer-platform/gen/identity/v1/events_pb.js";
 import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -18,7 +29,7 @@ import { sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { sleep, until } from "../../test/support/timing.js";
 import { CE_SIGNATURE, CE_TYPE } from "../src/cloudevents.js";
 import { EventKeysUnavailableError, EventSignatureError, type EventVerifier } from "../src/event-signing.js";
-import { consumeEvents, decodeEvent, type EventMeta } from "../src/events.js";
+import { consumeEvents, decodeEvent, type EventMeta, eventSchemas } from "../src/events.js";
 
 const { stream, subjectPrefix } = uniqueStreamNames("customer");
 let nc: NatsConnection;
@@ -413,5 +424,29 @@ describe("consumeEvents", () => {
     expect(decoded?.event).toEqual(event);
     h.set(CE_TYPE, "other.v1.Thing");
     expect(decodeEvent({ headers: h, data: new Uint8Array() })).toBeUndefined();
+  });
+
+  it("knows every event the contracts declare, by its full name", () => {
+    // Every message in the events files is an event (the enums are not messages).
+    const declared = [...customerEventsFile.messages, ...identityEventsFile.messages].map((m) => m.typeName).sort();
+    expect(Object.keys(eventSchemas).sort()).toEqual(declared);
+    for (const [type, schema] of Object.entries(eventSchemas)) expect(schema.typeName).toBe(type);
+  });
+
+  it("decodes the erasure and account events", () => {
+    const customerId = randomUUID();
+    const deleted = create(CustomerDeletedSchema, { eventId: randomUUID(), customerId, deletedBy: DeletedBy.ADMIN });
+    const erased = create(CustomerErasedSchema, { eventId: randomUUID(), customerId });
+    const h = headers();
+    h.set(CE_TYPE, "identity.v1.CustomerDeleted");
+    expect(decodeEvent({ headers: h, data: toBinary(CustomerDeletedSchema, deleted) })).toEqual({
+      type: "identity.v1.CustomerDeleted",
+      event: deleted,
+    });
+    h.set(CE_TYPE, "customer.v1.CustomerErased");
+    expect(decodeEvent({ headers: h, data: toBinary(CustomerErasedSchema, erased) })).toEqual({
+      type: "customer.v1.CustomerErased",
+      event: erased,
+    });
   });
 });

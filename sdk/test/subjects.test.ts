@@ -16,6 +16,19 @@ describe("customer subjects", () => {
     expect(s.registered(customerId)).toBe(`customer.registered.${customerId}`);
     expect(s.updated(customerId)).toBe(`customer.updated.${customerId}`);
     expect(customerSubjects("t1.customer").updated(customerId)).toBe(`t1.customer.updated.${customerId}`);
+    expect(s.erased(customerId)).toBe(`customer.erased.${customerId}`);
+  });
+
+  it("takes the tombstone by type and by customer, and no other type takes it", () => {
+    const all = [s.registered(customerId), s.updated(customerId), s.erased(customerId), s.erased(other)];
+    const taken = (filter: string) => all.filter((subject) => subjectMatches(filter, subject));
+    expect(taken(s.ofType("customer.v1.CustomerErased"))).toEqual([s.erased(customerId), s.erased(other)]);
+    expect(taken(s.ofType("customer.v1.CustomerUpdated"))).toEqual([s.updated(customerId)]);
+    expect(taken(s.ofCustomer(customerId))).toEqual([
+      s.registered(customerId),
+      s.updated(customerId),
+      s.erased(customerId),
+    ]);
   });
 
   it("filters by stream, type and customer", () => {
@@ -77,6 +90,61 @@ describe("identity subjects", () => {
       s.customerEmailVerified(customerId),
       s.tokensRevoked({ customerId }),
     ]);
+  });
+});
+
+describe("identity account subjects", () => {
+  const s = identitySubjects();
+  const account = [
+    s.customerDeleted(customerId),
+    s.identityDisabled(customerId),
+    s.identityEnabled(customerId),
+    s.passwordChanged(customerId),
+  ];
+
+  it("builds the deletion, suspension, password and audit subjects of the contract", () => {
+    expect(account).toEqual([
+      `identity.customer.deleted.${customerId}`,
+      `identity.customer.disabled.${customerId}`,
+      `identity.customer.enabled.${customerId}`,
+      `identity.customer.password_changed.${customerId}`,
+    ]);
+    expect(s.auditRecorded({ customerId })).toBe(`identity.audit.customer.${customerId}`);
+    expect(s.auditRecorded({ clientId: "orders.eu" })).toBe("identity.audit.client.orders.eu");
+    expect(identitySubjects("t1.identity").customerDeleted(customerId)).toBe(
+      `t1.identity.customer.deleted.${customerId}`,
+    );
+  });
+
+  it("filters each type apart; customerEvents takes the customer events, not revocations or audits", () => {
+    const all = [
+      ...account,
+      s.customerAuthenticated(customerId),
+      s.customerEmailVerified(customerId),
+      s.tokensRevoked({ customerId }),
+      s.auditRecorded({ customerId }),
+      s.auditRecorded({ clientId: "orders-service" }),
+      s.customerDeleted(other),
+    ];
+    const taken = (filter: string) => all.filter((subject) => subjectMatches(filter, subject));
+    expect(taken(s.ofType("identity.v1.CustomerDeleted"))).toEqual([
+      s.customerDeleted(customerId),
+      s.customerDeleted(other),
+    ]);
+    expect(taken(s.ofType("identity.v1.IdentityDisabled"))).toEqual([s.identityDisabled(customerId)]);
+    expect(taken(s.ofType("identity.v1.IdentityEnabled"))).toEqual([s.identityEnabled(customerId)]);
+    expect(taken(s.ofType("identity.v1.PasswordChanged"))).toEqual([s.passwordChanged(customerId)]);
+    expect(taken(s.ofType("identity.v1.AuditRecorded"))).toEqual([
+      s.auditRecorded({ customerId }),
+      s.auditRecorded({ clientId: "orders-service" }),
+    ]);
+    expect(taken(s.customerEvents)).toEqual([
+      ...account,
+      s.customerAuthenticated(customerId),
+      s.customerEmailVerified(customerId),
+      s.customerDeleted(other),
+    ]);
+    expect(taken(s.ofCustomer(customerId))).toEqual(all.slice(0, 8));
   });
 });
 

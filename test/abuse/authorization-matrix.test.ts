@@ -1,6 +1,6 @@
 /**
- * The authorization matrix: every CustomerService RPC and the token-protected
- * AuthService RPCs × every kind of caller, with real tokens from the identity
+ * The authorization matrix: every CustomerService RPC, the token-protected
+ * AuthService RPCs and every AdminService RPC × every kind of caller, with real tokens from the identity
  * service (customers signed up by a mailed code, services made with the
  * identity CLI and signed in with AuthenticateClient). Each cell is one test,
  * run over Connect and gRPC, and asserts the exact code and message of the
@@ -10,9 +10,12 @@
  */
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import { AdminService } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
+import { decodeJwt } from "jose";
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli } from "../../identity-service/src/cli.js";
 import { bearer, CORE_PROTOCOLS, failure, rpcError } from "../support/clients.js";
 import { mailedCode } from "../support/mailbox.js";
 import { type Platform, type SignedUp, startPlatform, uniqueEmail } from "../support/platform.js";
@@ -31,7 +34,12 @@ let platform: Platform;
 let customerSql: postgres.Sql;
 let identitySql: postgres.Sql;
 /** Service tokens by scope. */
-const services: Record<"read" | "write" | "introspect", string> = { read: "", write: "", introspect: "" };
+const services: Record<"read" | "write" | "introspect" | "admin", string> = {
+  read: "",
+  write: "",
+  introspect: "",
+  admin: "",
+};
 /** For each RPC, the customer whose resource it targets ("self"), and one other customer. */
 const selves: Record<string, SignedUp> = {};
 let other: SignedUp;
@@ -46,6 +54,15 @@ const RPCS = [
   "ChangePassword",
   "StartEmailChange",
   "CompleteEmailChange",
+  "DeleteAccount",
+  "ListSessions",
+  "RevokeSession",
+  "RevokeAllSessions",
+  "DisableIdentity",
+  "EnableIdentity",
+  "DeleteIdentity",
+  "DisableClient",
+  "EnableClient",
 ] as const;
 type Rpc = (typeof RPCS)[number];
 
@@ -58,6 +75,7 @@ beforeAll(async () => {
   services.read = await service("customer:read");
   services.write = await service("customer:write");
   services.introspect = await service("identity:introspect");
+  services.admin = await service("identity:admin");
   other = await platform.newCustomer("other's own password", "other", audiences);
   for (const rpc of RPCS) {
     selves[rpc] = await platform.newCustomer(`${rpc} self password`, rpc.toLowerCase(), audiences);
@@ -92,6 +110,16 @@ const SERVICE_SCOPES: Record<Rpc, { with: keyof typeof services; without: keyof 
   // No scope lets a service change a customer's email.
   StartEmailChange: { with: "write", without: "read" },
   CompleteEmailChange: { with: "write", without: "read" },
+  DeleteAccount: { with: "write", without: "read" },
+  // Nor read or end a customer's sessions.
+  ListSessions: { with: "write", without: "read" },
+  RevokeSession: { with: "write", without: "read" },
+  RevokeAllSessions: { with: "write", without: "read" },
+  DisableIdentity: { with: "admin", without: "introspect" },
+  EnableIdentity: { with: "admin", without: "introspect" },
+  DeleteIdentity: { with: "admin", without: "introspect" },
+  DisableClient: { with: "admin", without: "introspect" },
+  EnableClient: { with: "admin", without: "introspect" },
 };
 
 function callerOptions(rpc: Rpc, caller: Caller): CallOptions {
@@ -118,6 +146,24 @@ const registerDenied = { code: Code.PermissionDenied, message: "only a customer 
 const introspectDenied = { code: Code.PermissionDenied, message: "only a service token may introspect tokens" };
 const changeDenied = { code: Code.PermissionDenied, message: "only a customer token can change a password" };
 const emailDenied = { code: Code.PermissionDenied, message: "only a customer token can change an email" };
+const deleteDenied = { code: Code.PermissionDenied, message: "only a customer token can delete an account" };
+const sessionsDenied = (action: string) => ({
+  code: Code.PermissionDenied,
+  message: `only a customer token can ${action}`,
+});
+const adminOnly = { code: Code.PermissionDenied, message: "only a service token may call AdminService" };
+/** An AdminService row: a service token for the identity service with identity:admin, and nobody else. */
+const ADMIN_ROW: Record<Caller, Expected> = {
+  "no token": missing,
+  "garbage token": invalid,
+  "customer self": adminOnly,
+  "other customer": adminOnly,
+  "service with scope": "OK",
+  "service without scope": {
+    code: Code.PermissionDenied,
+    message: "AdminService requires the scope identity:admin",
+  },
+};
 
 /** The contract's answer for each cell. */
 const MATRIX: Record<Rpc, Record<Caller, Expected>> = {
@@ -185,6 +231,47 @@ const MATRIX: Record<Rpc, Record<Caller, Expected>> = {
     "service with scope": emailDenied,
     "service without scope": emailDenied,
   },
+  DeleteAccount: {
+    "no token": missing,
+    "garbage token": invalid,
+    "customer self": "OK",
+    // The token names the customer: another customer's token with this customer's password deletes nothing.
+    "other customer": { code: Code.Unauthenticated, message: "current password is wrong" },
+    "service with scope": deleteDenied,
+    "service without scope": deleteDenied,
+  },
+  ListSessions: {
+    "no token": missing,
+    "garbage token": invalid,
+    "customer self": "OK",
+    // Allowed, and about the caller only: another customer's list never holds this customer's sessions.
+    "other customer": "OK",
+    "service with scope": sessionsDenied("list sessions"),
+    "service without scope": sessionsDenied("list sessions"),
+  },
+  RevokeSession: {
+    "no token": missing,
+    "garbage token": invalid,
+    "customer self": "OK",
+    // This customer's session id with another customer's token: as if it did not exist.
+    "other customer": { code: Code.NotFound, message: "session not found" },
+    "service with scope": sessionsDenied("revoke a session"),
+    "service without scope": sessionsDenied("revoke a session"),
+  },
+  RevokeAllSessions: {
+    "no token": missing,
+    "garbage token": invalid,
+    "customer self": "OK",
+    // Allowed, and about the caller only: this customer's sessions stay.
+    "other customer": "OK",
+    "service with scope": sessionsDenied("revoke sessions"),
+    "service without scope": sessionsDenied("revoke sessions"),
+  },
+  DisableIdentity: ADMIN_ROW,
+  EnableIdentity: ADMIN_ROW,
+  DeleteIdentity: ADMIN_ROW,
+  DisableClient: ADMIN_ROW,
+  EnableClient: ADMIN_ROW,
 };
 
 /** Stored state a denied call must leave as it was. */
@@ -193,13 +280,24 @@ async function state(rpc: Rpc): Promise<unknown> {
   return {
     customers: await customerSql`select * from customers where customer_id in (${s.customerId}, ${other.customerId})
       order by customer_id`,
-    outbox: (await customerSql`select count(*)::int as n from outbox`)[0],
+    // Events about these two only: an erasure allowed in an earlier cell reaches the customer service later.
+    outbox: (
+      await customerSql`select count(*)::int as n from outbox
+      where ce_subject in (${s.customerId}, ${other.customerId})`
+    )[0],
     identities: await identitySql`select customer_id, email, email_version, password_hash, updated_at from identities
       where customer_id in (${s.customerId}, ${other.customerId}) order by customer_id`,
     codes: await identitySql`select id, email, attempts, consumed_at from one_time_codes
       where customer_id in (${s.customerId}, ${other.customerId}) order by id`,
     refreshTokens: await identitySql`select id, revoked_at from refresh_tokens
       where customer_id in (${s.customerId}, ${other.customerId}) order by id`,
+    statuses: await identitySql`select customer_id, status from identities
+      where customer_id in (${s.customerId}, ${other.customerId}) order by customer_id`,
+    clients: await identitySql`select client_id, disabled_at, tokens_valid_after from clients order by client_id`,
+    identityOutbox: (
+      await identitySql`select count(*)::int as n from outbox
+      where ce_subject in (${s.customerId}, ${other.customerId}, ${String(decodeJwt(services.read).client_id)})`
+    )[0],
   };
 }
 
@@ -277,6 +375,97 @@ async function call(rpc: Rpc, caller: Caller, protocol: (typeof CORE_PROTOCOLS)[
       });
       return;
     }
+    case "DeleteAccount": {
+      // Earlier cells spent the other customer's free password attempts (one counter with sign-in).
+      if (caller === "other customer") await runCli(["unlock", other.email], platform.identity.env, () => {});
+      // A successful deletion needs a customer of its own; the others try this customer's password.
+      const target =
+        caller === "customer self"
+          ? await platform.signUp("a fresh password", "leave", ["customer-service", platform.issuer])
+          : s;
+      await auth.deleteAccount(
+        { currentPassword: target.password },
+        caller === "customer self" ? bearer(target.accessToken) : opts,
+      );
+      await expect(auth.authenticateCustomer({ email: target.email, password: target.password })).rejects.toMatchObject(
+        rpcError("invalid email or password", Code.Unauthenticated),
+      );
+      return;
+    }
+    case "ListSessions": {
+      const res = await auth.listSessions({}, opts);
+      const sid = String(decodeJwt(s.accessToken).sid);
+      if (caller === "customer self") expect(res.sessions.map((x) => x.sessionId)).toContain(sid);
+      else expect(res.sessions.map((x) => x.sessionId)).not.toContain(sid);
+      return;
+    }
+    case "RevokeSession": {
+      // Self ends a session of a customer of its own, so this customer's stays for the denied cells.
+      const target =
+        caller === "customer self"
+          ? await platform.signUp("a fresh password", "end", ["customer-service", platform.issuer])
+          : s;
+      await auth.revokeSession(
+        { sessionId: String(decodeJwt(target.accessToken).sid) },
+        caller === "customer self" ? bearer(target.accessToken) : opts,
+      );
+      await expect(auth.refreshToken({ refreshToken: target.refreshToken })).rejects.toMatchObject({
+        code: Code.Unauthenticated,
+      });
+      return;
+    }
+    case "RevokeAllSessions": {
+      if (caller !== "customer self" && caller !== "other customer") {
+        await auth.revokeAllSessions({}, opts);
+        return;
+      }
+      // Each allowed caller signs out a customer of its own; this customer's sessions must stay.
+      const target = await platform.signUp("a fresh password", "out", ["customer-service", platform.issuer]);
+      await auth.revokeAllSessions({}, bearer(target.accessToken));
+      await expect(auth.refreshToken({ refreshToken: target.refreshToken })).rejects.toMatchObject({
+        code: Code.Unauthenticated,
+      });
+      const mine = await auth.listSessions({}, bearer(s.accessToken));
+      expect(mine.sessions.map((x) => x.sessionId)).toContain(String(decodeJwt(s.accessToken).sid));
+      return;
+    }
+    case "DisableIdentity":
+    case "EnableIdentity":
+    case "DeleteIdentity": {
+      // The allowed call acts on a customer of its own; the others aim at this RPC's customer.
+      const target = caller === "service with scope" ? await platform.signUp("a fresh password", "admin") : s;
+      const admin = platform.identity.clients.client(AdminService, protocol);
+      if (rpc === "DisableIdentity") await admin.disableIdentity({ customerId: target.customerId }, opts);
+      if (rpc === "DeleteIdentity") await admin.deleteIdentity({ customerId: target.customerId }, opts);
+      if (rpc === "EnableIdentity") {
+        if (caller === "service with scope") await admin.disableIdentity({ customerId: target.customerId }, opts);
+        await admin.enableIdentity({ customerId: target.customerId }, opts);
+      }
+      const signIn = auth.authenticateCustomer({ email: target.email, password: target.password });
+      if (rpc === "EnableIdentity") await expect(signIn).resolves.toMatchObject({ customerId: target.customerId });
+      else
+        await expect(signIn).rejects.toMatchObject({
+          code: rpc === "DisableIdentity" ? Code.FailedPrecondition : Code.Unauthenticated,
+        });
+      return;
+    }
+    case "DisableClient":
+    case "EnableClient": {
+      // The allowed call acts on a client of its own; the others aim at the read service's client.
+      const target =
+        caller === "service with scope"
+          ? String(decodeJwt(await platform.serviceToken("customer:read")).client_id)
+          : String(decodeJwt(services.read).client_id);
+      const admin = platform.identity.clients.client(AdminService, protocol);
+      if (rpc === "DisableClient") await admin.disableClient({ clientId: target }, opts);
+      else {
+        if (caller === "service with scope") await admin.disableClient({ clientId: target }, opts);
+        await admin.enableClient({ clientId: target }, opts);
+      }
+      const [row] = await identitySql`select disabled_at from clients where client_id = ${target}`;
+      expect(row?.disabled_at === null).toBe(rpc === "EnableClient");
+      return;
+    }
   }
 }
 
@@ -299,9 +488,12 @@ describe.each(RPCS)("%s", (rpc) => {
   });
 });
 
-it("covers every CustomerService RPC and exactly the AuthService RPCs that read a bearer token", async () => {
+it("covers every CustomerService and AdminService RPC and exactly the AuthService RPCs that read a bearer token", async () => {
   expect(CustomerService.methods.map((m) => m.name).sort()).toEqual(
     RPCS.filter((r) => CustomerService.method[lowerFirst(r) as keyof typeof CustomerService.method]).sort(),
+  );
+  expect(AdminService.methods.map((m) => m.name).sort()).toEqual(
+    RPCS.filter((r) => AdminService.method[lowerFirst(r) as keyof typeof AdminService.method]).sort(),
   );
   // Every other AuthService RPC answers a token-less call without asking for one.
   const auth = platform.auth();
@@ -319,6 +511,10 @@ it("covers every CustomerService RPC and exactly the AuthService RPCs that read 
     AuthenticateClient: () => auth.authenticateClient({ clientId: "nobody", clientSecret: "x", scope: "" }),
     IntrospectToken: () => auth.introspectToken({ token: "x" }),
     ChangePassword: () => auth.changePassword({ currentPassword: "x", newPassword: "long enough" }),
+    DeleteAccount: () => auth.deleteAccount({ currentPassword: "x" }),
+    ListSessions: () => auth.listSessions({}),
+    RevokeSession: () => auth.revokeSession({ sessionId: "0190a5b4-6f7e-7c3a-9b1d-2e4f6a8b0c1d" }),
+    RevokeAllSessions: () => auth.revokeAllSessions({}),
     StartRecovery: () => auth.startRecovery({ email: "nobody@example.com" }),
     CompleteRecovery: () =>
       auth.completeRecovery({ email: "nobody@example.com", code: "12345678", newPassword: "long enough" }),
@@ -329,7 +525,7 @@ it("covers every CustomerService RPC and exactly the AuthService RPCs that read 
     const err = await failure(p());
     if (err?.code === Code.Unauthenticated && err.rawMessage === "missing bearer token") asksForToken.push(name);
   }
-  expect(asksForToken.sort()).toEqual(RPCS.filter((r) => !CustomerService.methods.some((m) => m.name === r)).sort());
+  expect(asksForToken.sort()).toEqual(RPCS.filter((r) => AuthService.methods.some((m) => m.name === r)).sort());
 });
 
 const lowerFirst = (s: string) => s.charAt(0).toLowerCase() + s.slice(1);

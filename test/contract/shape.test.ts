@@ -14,11 +14,12 @@ import {
   MethodOptions_IdempotencyLevel,
 } from "@bufbuild/protobuf/wkt";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
+import { AdminService } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buf, copyWorkspace, editFile, root } from "./workspace.js";
 
-const services = [CustomerService, AuthService];
+const services = [CustomerService, AuthService, AdminService];
 const methods = services.flatMap((service) => service.methods);
 
 describe.each(services.map((service) => [service.typeName, service] as const))("%s", (_, service) => {
@@ -86,6 +87,7 @@ describe("debug_redact", () => {
       "identity.v1.CompleteSignUpRequest.code",
       "identity.v1.CompleteSignUpRequest.password",
       "identity.v1.CreateCredentialsRequest.password",
+      "identity.v1.DeleteAccountRequest.current_password",
       "identity.v1.IntrospectTokenRequest.token",
       "identity.v1.RefreshTokenRequest.refresh_token",
       "identity.v1.RevokeTokenRequest.token",
@@ -183,6 +185,7 @@ describe("comments", () => {
       "customer/v1/customer.proto",
       "customer/v1/customer_service.proto",
       "customer/v1/events.proto",
+      "identity/v1/admin_service.proto",
       "identity/v1/auth_service.proto",
       "identity/v1/events.proto",
     ]);

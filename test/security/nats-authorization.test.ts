@@ -38,6 +38,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, failure, rpcError } from "../support/clients.js";
 import { signUpByMail } from "../support/mailbox.js";
 import { type PrivateNats, startPrivateNats } from "../support/nats.js";
+import { waitForOutboxEmpty } from "../support/outbox.js";
 import { reservePort } from "../support/ports.js";
 import { createTestDatabase } from "../support/postgres.js";
 import { runToEnd, waitWhileRunning } from "../support/processes.js";
@@ -187,6 +188,8 @@ describe("the services as their own NATS users", () => {
   it("refuses a TokensRevoked forged by the customer service's user: nothing lands in IDENTITY, the token stays valid", async () => {
     const victim = await newCustomer("victim");
     await expect(read(victim, victim.token)).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
+    // The victim's own sign-up events are in the stream before it is measured.
+    await waitForOutboxEmpty(identity.database.url);
     const before = await lastSeq("IDENTITY");
     const forged = create(TokensRevokedSchema, {
       customerId: victim.customerId,
@@ -215,7 +218,7 @@ describe("the services as their own NATS users", () => {
     await expect(read(victim, victim.token)).resolves.toMatchObject({ customer: { customerId: victim.customerId } });
   });
 
-  it("lets neither service publish on the other's subjects nor delete or purge a stream", async () => {
+  it("lets neither service publish on the other's subjects, delete a stream or purge the other's", async () => {
     const ofCustomer = await asCustomerService();
     const ofIdentity = await asIdentityService();
     const forged = "customer.registered.00000000-0000-0000-0000-000000000000";
@@ -225,14 +228,31 @@ describe("the services as their own NATS users", () => {
     });
 
     const before = { CUSTOMER: await lastSeq("CUSTOMER"), IDENTITY: await lastSeq("IDENTITY") };
-    for (const nc of [ofCustomer, ofIdentity]) {
+    const own = new Map([
+      [ofCustomer, "CUSTOMER"],
+      [ofIdentity, "IDENTITY"],
+    ]);
+    for (const [nc, mine] of own) {
       const jsm = await jetstreamManager(nc, { timeout: 2_000 });
       for (const stream of ["CUSTOMER", "IDENTITY"]) {
         await expect(jsm.streams.delete(stream)).rejects.toThrow();
-        await expect(jsm.streams.purge(stream)).rejects.toThrow();
+        if (stream !== mine) await expect(jsm.streams.purge(stream)).rejects.toThrow();
       }
+      // Its own stream it may purge (an erased customer's subjects; here one with no messages).
+      const nobody = `${mine.toLowerCase()}.updated.${randomUUID()}`;
+      await expect(jsm.streams.purge(mine, { filter: nobody })).resolves.toMatchObject({ success: true, purged: 0 });
     }
     expect({ CUSTOMER: await lastSeq("CUSTOMER"), IDENTITY: await lastSeq("IDENTITY") }).toEqual(before);
+  });
+
+  it("lets the customer service bind its durable consumer of identity events, filtered to identity.customer.>", async () => {
+    const jsm = await jetstreamManager(await reader(), { timeout: 2_000 });
+    await expect
+      .poll(
+        async () => (await jsm.consumers.info("IDENTITY", "customer-service-identity").catch(() => undefined))?.config,
+        PROPAGATION,
+      )
+      .toMatchObject({ durable_name: "customer-service-identity", filter_subject: "identity.customer.>" });
   });
 
   it("lets the customer service's user read revocations from IDENTITY and nothing else", async () => {

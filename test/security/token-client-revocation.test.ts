@@ -62,7 +62,7 @@ it("disabling a client revokes its live tokens at the customer service and in in
   await expect(introspect(svc.token)).resolves.toMatchObject({ active: false, sub: "" });
   await expect.poll(() => failure(read(svc.token)), PROPAGATION).toMatchObject(REVOKED);
   await expect(signIn(svc.clientId, svc.secret)).rejects.toMatchObject(
-    rpcError("invalid client credentials", Code.Unauthenticated),
+    rpcError("client disabled", Code.FailedPrecondition),
   );
 });
 

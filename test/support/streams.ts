@@ -12,12 +12,14 @@ import {
   TokensRevokedSchema,
 } from "@customer-platform/gen/identity/v1/events_pb.js";
 import { CE_TYPE } from "@customer-platform/sdk/cloudevents";
+import { eventSchemas, isEventType } from "@customer-platform/sdk/events";
 import { type JetStreamManager, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { expect } from "vitest";
 import { until } from "./timing.js";
 
 export const REGISTERED = CustomerRegisteredSchema.typeName;
+export const UPDATED = CustomerUpdatedSchema.typeName;
 export const AUTHENTICATED = CustomerAuthenticatedSchema.typeName;
 export const EMAIL_VERIFIED = CustomerEmailVerifiedSchema.typeName;
 export const TOKENS_REVOKED = TokensRevokedSchema.typeName;
@@ -83,18 +85,12 @@ export async function readStream(natsUrl: string, stream: string): Promise<Strea
     for await (const msg of messages) {
       const type = msg.headers?.get(CE_TYPE) ?? "";
       const base = { seq: msg.seq, msgId: msg.headers?.get("Nats-Msg-Id") ?? "", type };
-      if (type === AUTHENTICATED || type === TOKENS_REVOKED) {
-        const e = fromBinary(type === AUTHENTICATED ? CustomerAuthenticatedSchema : TokensRevokedSchema, msg.data);
-        events.push({ ...base, eventId: e.eventId, customerId: e.customerId, version: 0, familyName: "" });
-      } else if (type === EMAIL_VERIFIED) {
-        const e = fromBinary(CustomerEmailVerifiedSchema, msg.data);
-        events.push({
-          ...base,
-          eventId: e.eventId,
-          customerId: e.customerId,
-          version: Number(e.emailVersion),
-          familyName: "",
-        });
+      if (type !== REGISTERED && type !== UPDATED) {
+        // Identity events (and any other): ids only; the email version for CustomerEmailVerified.
+        const decoded = isEventType(type) ? fromBinary(eventSchemas[type], msg.data) : undefined;
+        const customerId = decoded && "customerId" in decoded ? decoded.customerId : "";
+        const version = decoded && "emailVersion" in decoded ? Number(decoded.emailVersion) : 0;
+        events.push({ ...base, eventId: decoded?.eventId ?? "", customerId, version, familyName: "" });
       } else {
         const e =
           type === REGISTERED

@@ -6,6 +6,7 @@ import { bigint, jsonb, pgTable, text, timestamp, uuid } from "drizzle-orm/pg-co
 
 export { eventKeys } from "@customer-platform/runtime/event-keys-schema";
 export { outbox } from "@customer-platform/runtime/outbox-schema";
+export { streamPurges } from "@customer-platform/runtime/stream-purge-schema";
 
 /** A postal address as stored (the JSON form of customer.v1.PostalAddress). */
 export interface StoredAddress {
@@ -49,3 +50,13 @@ export const verifiedEmails = pgTable("verified_emails", {
 });
 
 export type VerifiedEmailRow = typeof verifiedEmails.$inferSelect;
+
+/**
+ * Erased customers (on identity.v1.CustomerDeleted): the tombstone, ids only.
+ * It proves the erasure afterwards and makes a redelivered deletion a no-op
+ * (one CustomerErased per customer).
+ */
+export const erasures = pgTable("erasures", {
+  customerId: uuid("customer_id").primaryKey(),
+  erasedAt: timestamp("erased_at", { withTimezone: true, precision: 6 }).notNull(),
+});

@@ -5,8 +5,9 @@ import { fieldViolation } from "@customer-platform/runtime/errors";
 import { eventValues, type OutboxDb, prepareWithEvent } from "@customer-platform/runtime/outbox-writer";
 import { eq, getTableColumns, sql, type WithSubquery } from "drizzle-orm";
 import { rejectBlank, sameAddress, toCustomer, toStoredAddress } from "../customer.js";
-import { type CustomerRow, customers, verifiedEmails } from "../db/schema.js";
+import { type CustomerRow, customers, erasures, verifiedEmails } from "../db/schema.js";
 import type { CustomerServiceDeps } from "../deps.js";
+import { ERASURE_LOCK_CLASS } from "../erasure.js";
 import { customerRegistered } from "../events.js";
 
 const PROFILE_COLUMNS = [
@@ -29,24 +30,20 @@ const PROFILE_COLUMNS = [
  * expected; zero rows otherwise. Taking the row as an upsert locks it, so
  * registration and the consumer of CustomerEmailVerified (which locks it
  * first too) take turns: each sees what the other committed, and no profile
- * keeps an email older than the last event applied.
+ * keeps an email older than the last event applied. An erased customer (or
+ * one being erased) gets zero rows too.
  */
 function prepareRegister(db: CustomerServiceDeps["db"], events: CustomerServiceDeps["events"]) {
-  const verified = db.$with("verified").as(
-    db
-      .insert(verifiedEmails)
-      .values({
-        customerId: placeholder("customerId", verifiedEmails.customerId),
-        email: placeholder("email", verifiedEmails.email),
-        emailVersion: 0,
-        updatedAt: placeholder("createTime", verifiedEmails.updatedAt),
-      })
-      // A no-op update, for the lock and for RETURNING the row as it is.
-      .onConflictDoUpdate({
-        target: verifiedEmails.customerId,
-        set: { emailVersion: sql`${verifiedEmails.emailVersion}` },
-      })
-      .returning({ email: verifiedEmails.email }),
+  const customerId = placeholder("customerId", verifiedEmails.customerId);
+  // Nothing is written for an erased customer, nor while an erasure of this customer runs
+  // (it holds the lock exclusively: erasure.ts); the caller then looks again.
+  const verified = db.$with("verified", { email: verifiedEmails.email }).as(
+    sql`insert into ${verifiedEmails} (customer_id, email, email_version, updated_at)
+      select ${customerId}, ${placeholder("email", verifiedEmails.email)}, 0, ${placeholder("createTime", verifiedEmails.updatedAt)}
+      where not exists (select 1 from ${erasures} where ${erasures.customerId} = ${customerId})
+        and pg_try_advisory_xact_lock_shared(${sql.raw(String(ERASURE_LOCK_CLASS))}, hashtext(${customerId}::text))
+      on conflict (customer_id) do update set email_version = ${verifiedEmails}.email_version
+      returning ${verifiedEmails.email}`,
   );
   const values = placeholders(customers, PROFILE_COLUMNS);
   const columns = getTableColumns(customers);
@@ -78,12 +75,24 @@ export function registerCustomer(
 ): Pick<ServiceImpl<typeof CustomerService>, "registerCustomer"> {
   // Built once, as in get-customer.ts.
   const insert = prepareRegister(deps.db, deps.events);
+  // The verified email, and whether the customer was erased (then no profile may be made again);
+  // it waits for an erasure of the customer under way, so the next attempt sees it.
   const readVerified = deps.db
-    .select({ email: verifiedEmails.email })
-    .from(verifiedEmails)
-    .where(eq(verifiedEmails.customerId, sql.placeholder("customerId")))
+    .select({
+      email: sql<
+        string | null
+      >`(select ${verifiedEmails.email} from ${verifiedEmails} where ${verifiedEmails.customerId} = ${sql.placeholder("customerId")})`,
+      erased: sql<boolean>`exists (select 1 from ${erasures} where ${erasures.customerId} = ${sql.placeholder("customerId")})`,
+    })
+    .from(
+      sql`(select pg_advisory_xact_lock_shared(${sql.raw(String(ERASURE_LOCK_CLASS))}, hashtext(${sql.placeholder("customerId")}::text))) as waited`,
+    )
     .prepare("register_customer_verified");
-  const verifiedEmail = async (customerId: string) => (await readVerified.execute({ customerId }))[0]?.email;
+  const verifiedEmail = async (customerId: string) => {
+    const [row] = await readVerified.execute({ customerId });
+    if (row?.erased) throw new ConnectError("account deleted", Code.FailedPrecondition);
+    return row?.email ?? undefined;
+  };
 
   return {
     async registerCustomer(req, ctx) {
@@ -117,7 +126,7 @@ export function registerCustomer(
         email = (await verifiedEmail(customerId)) ?? email;
       }
       try {
-        // A second attempt only if an email change committed in between.
+        // A second attempt only if an email change committed in between (or an erasure: refused).
         for (let attempt = 0; attempt < 3; attempt++) {
           if (email === undefined) {
             throw new ConnectError(

@@ -92,3 +92,44 @@ export declare type CustomerUpdated = Message<"customer.v1.CustomerUpdated"> & {
  */
 export declare const CustomerUpdatedSchema: GenMessage<CustomerUpdated>;
 
+/**
+ * CustomerErased records that a customer's profile was erased, on the
+ * identity service's identity.v1.CustomerDeleted: the tombstone, with ids
+ * only. Published on subject "customer.erased.<customer_id>" in stream
+ * CUSTOMER, after which the customer's earlier events (their
+ * "customer.registered.<customer_id>" and "customer.updated.<customer_id>"
+ * subjects) are purged from the stream. A consumer deletes what it holds of
+ * the customer.
+ *
+ * @generated from message customer.v1.CustomerErased
+ */
+export declare type CustomerErased = Message<"customer.v1.CustomerErased"> & {
+  /**
+   * event_id identifies this event (a UUIDv7); it is also the Nats-Msg-Id and
+   * ce-id header.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * occur_time is when the erasure committed.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 2;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * customer_id is the erased customer's id.
+   *
+   * @generated from field: string customer_id = 3;
+   */
+  customerId: string;
+};
+
+/**
+ * Describes the message customer.v1.CustomerErased.
+ * Use `create(CustomerErasedSchema)` to create a new message.
+ */
+export declare const CustomerErasedSchema: GenMessage<CustomerErased>;
+

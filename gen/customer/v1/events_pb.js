@@ -10,7 +10,7 @@ import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from 
  * Describes the file customer/v1/events.proto.
  */
 export const file_customer_v1_events = /*@__PURE__*/
-  fileDesc("ChhjdXN0b21lci92MS9ldmVudHMucHJvdG8SC2N1c3RvbWVyLnYxIn8KEkN1c3RvbWVyUmVnaXN0ZXJlZBIQCghldmVudF9pZBgBIAEoCRIuCgpvY2N1cl90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCghjdXN0b21lchgDIAEoCzIVLmN1c3RvbWVyLnYxLkN1c3RvbWVyIq0BCg9DdXN0b21lclVwZGF0ZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoIY3VzdG9tZXIYAyABKAsyFS5jdXN0b21lci52MS5DdXN0b21lchIvCgt1cGRhdGVfbWFzaxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tiBnByb3RvMw", [file_customer_v1_customer, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChhjdXN0b21lci92MS9ldmVudHMucHJvdG8SC2N1c3RvbWVyLnYxIn8KEkN1c3RvbWVyUmVnaXN0ZXJlZBIQCghldmVudF9pZBgBIAEoCRIuCgpvY2N1cl90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCghjdXN0b21lchgDIAEoCzIVLmN1c3RvbWVyLnYxLkN1c3RvbWVyIq0BCg9DdXN0b21lclVwZGF0ZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoIY3VzdG9tZXIYAyABKAsyFS5jdXN0b21lci52MS5DdXN0b21lchIvCgt1cGRhdGVfbWFzaxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siZwoOQ3VzdG9tZXJFcmFzZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAliBnByb3RvMw", [file_customer_v1_customer, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * Describes the message customer.v1.CustomerRegistered.
@@ -25,4 +25,11 @@ export const CustomerRegisteredSchema = /*@__PURE__*/
  */
 export const CustomerUpdatedSchema = /*@__PURE__*/
   messageDesc(file_customer_v1_events, 1);
+
+/**
+ * Describes the message customer.v1.CustomerErased.
+ * Use `create(CustomerErasedSchema)` to create a new message.
+ */
+export const CustomerErasedSchema = /*@__PURE__*/
+  messageDesc(file_customer_v1_events, 2);
 

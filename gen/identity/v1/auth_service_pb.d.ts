@@ -4,6 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file identity/v1/auth_service.proto.
@@ -811,6 +812,210 @@ export declare type CompleteEmailChangeResponse = Message<"identity.v1.CompleteE
 export declare const CompleteEmailChangeResponseSchema: GenMessage<CompleteEmailChangeResponse>;
 
 /**
+ * ListSessionsRequest asks for the caller's sessions.
+ *
+ * @generated from message identity.v1.ListSessionsRequest
+ */
+export declare type ListSessionsRequest = Message<"identity.v1.ListSessionsRequest"> & {
+};
+
+/**
+ * Describes the message identity.v1.ListSessionsRequest.
+ * Use `create(ListSessionsRequestSchema)` to create a new message.
+ */
+export declare const ListSessionsRequestSchema: GenMessage<ListSessionsRequest>;
+
+/**
+ * Session is one sign-in and the refresh tokens rotated from it.
+ *
+ * @generated from message identity.v1.Session
+ */
+export declare type Session = Message<"identity.v1.Session"> & {
+  /**
+   * session_id is the session's id: the `sid` claim of its access tokens.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * client_id is the client the customer signed in through.
+   *
+   * @generated from field: string client_id = 2;
+   */
+  clientId: string;
+
+  /**
+   * create_time is when the customer signed in.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 3;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * last_use_time is when its refresh token was last used (the sign-in if
+   * never).
+   *
+   * @generated from field: google.protobuf.Timestamp last_use_time = 4;
+   */
+  lastUseTime?: Timestamp | undefined;
+
+  /**
+   * expire_time is when the session ends at the latest (its absolute
+   * lifetime).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 5;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * user_agent is the User-Agent header seen at sign-in (at most 256
+   * characters), empty if none was sent.
+   *
+   * @generated from field: string user_agent = 6;
+   */
+  userAgent: string;
+
+  /**
+   * ip_address is the client address seen at sign-in (the socket's peer, or
+   * the client named by a trusted proxy).
+   *
+   * @generated from field: string ip_address = 7;
+   */
+  ipAddress: string;
+
+  /**
+   * current is true for the session of the access token that asked.
+   *
+   * @generated from field: bool current = 8;
+   */
+  current: boolean;
+};
+
+/**
+ * Describes the message identity.v1.Session.
+ * Use `create(SessionSchema)` to create a new message.
+ */
+export declare const SessionSchema: GenMessage<Session>;
+
+/**
+ * ListSessionsResponse carries the caller's live sessions, newest first.
+ *
+ * @generated from message identity.v1.ListSessionsResponse
+ */
+export declare type ListSessionsResponse = Message<"identity.v1.ListSessionsResponse"> & {
+  /**
+   * sessions are the live sessions.
+   *
+   * @generated from field: repeated identity.v1.Session sessions = 1;
+   */
+  sessions: Session[];
+};
+
+/**
+ * Describes the message identity.v1.ListSessionsResponse.
+ * Use `create(ListSessionsResponseSchema)` to create a new message.
+ */
+export declare const ListSessionsResponseSchema: GenMessage<ListSessionsResponse>;
+
+/**
+ * RevokeSessionRequest names the session to end.
+ *
+ * @generated from message identity.v1.RevokeSessionRequest
+ */
+export declare type RevokeSessionRequest = Message<"identity.v1.RevokeSessionRequest"> & {
+  /**
+   * session_id is the session's id (Session.session_id).
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message identity.v1.RevokeSessionRequest.
+ * Use `create(RevokeSessionRequestSchema)` to create a new message.
+ */
+export declare const RevokeSessionRequestSchema: GenMessage<RevokeSessionRequest>;
+
+/**
+ * RevokeSessionResponse is empty.
+ *
+ * @generated from message identity.v1.RevokeSessionResponse
+ */
+export declare type RevokeSessionResponse = Message<"identity.v1.RevokeSessionResponse"> & {
+};
+
+/**
+ * Describes the message identity.v1.RevokeSessionResponse.
+ * Use `create(RevokeSessionResponseSchema)` to create a new message.
+ */
+export declare const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse>;
+
+/**
+ * RevokeAllSessionsRequest signs the caller out everywhere.
+ *
+ * @generated from message identity.v1.RevokeAllSessionsRequest
+ */
+export declare type RevokeAllSessionsRequest = Message<"identity.v1.RevokeAllSessionsRequest"> & {
+};
+
+/**
+ * Describes the message identity.v1.RevokeAllSessionsRequest.
+ * Use `create(RevokeAllSessionsRequestSchema)` to create a new message.
+ */
+export declare const RevokeAllSessionsRequestSchema: GenMessage<RevokeAllSessionsRequest>;
+
+/**
+ * RevokeAllSessionsResponse is empty.
+ *
+ * @generated from message identity.v1.RevokeAllSessionsResponse
+ */
+export declare type RevokeAllSessionsResponse = Message<"identity.v1.RevokeAllSessionsResponse"> & {
+};
+
+/**
+ * Describes the message identity.v1.RevokeAllSessionsResponse.
+ * Use `create(RevokeAllSessionsResponseSchema)` to create a new message.
+ */
+export declare const RevokeAllSessionsResponseSchema: GenMessage<RevokeAllSessionsResponse>;
+
+/**
+ * DeleteAccountRequest erases the caller's account.
+ *
+ * @generated from message identity.v1.DeleteAccountRequest
+ */
+export declare type DeleteAccountRequest = Message<"identity.v1.DeleteAccountRequest"> & {
+  /**
+   * current_password is the customer's password now: a stolen access token
+   * alone cannot delete the account.
+   *
+   * @generated from field: string current_password = 1;
+   */
+  currentPassword: string;
+};
+
+/**
+ * Describes the message identity.v1.DeleteAccountRequest.
+ * Use `create(DeleteAccountRequestSchema)` to create a new message.
+ */
+export declare const DeleteAccountRequestSchema: GenMessage<DeleteAccountRequest>;
+
+/**
+ * DeleteAccountResponse is empty: the account is gone.
+ *
+ * @generated from message identity.v1.DeleteAccountResponse
+ */
+export declare type DeleteAccountResponse = Message<"identity.v1.DeleteAccountResponse"> & {
+};
+
+/**
+ * Describes the message identity.v1.DeleteAccountResponse.
+ * Use `create(DeleteAccountResponseSchema)` to create a new message.
+ */
+export declare const DeleteAccountResponseSchema: GenMessage<DeleteAccountResponse>;
+
+/**
  * AuthService is the identity provider: it owns customer credentials and
  * issues, rotates, revokes and describes tokens. Access tokens are JWTs
  * (RFC 9068) whose public keys are served at /.well-known/jwks.json; a
@@ -1098,6 +1303,76 @@ export declare const AuthService: GenService<{
     methodKind: "unary";
     input: typeof CompleteEmailChangeRequestSchema;
     output: typeof CompleteEmailChangeResponseSchema;
+  },
+  /**
+   * ListSessions lists the caller's live sessions (sign-ins whose refresh
+   * tokens still work), newest first: when each started and was last used,
+   * its client, and the user agent and address seen at its sign-in. The
+   * caller presents a customer access token for the identity service's
+   * audience; the session it belongs to is marked `current`.
+   *
+   * Returns UNAUTHENTICATED without a valid customer access token for the
+   * identity service, and PERMISSION_DENIED for a service token.
+   *
+   * @generated from rpc identity.v1.AuthService.ListSessions
+   */
+  listSessions: {
+    methodKind: "unary";
+    input: typeof ListSessionsRequestSchema;
+    output: typeof ListSessionsResponseSchema;
+  },
+  /**
+   * RevokeSession ends one of the caller's sessions: its refresh tokens stop
+   * working and its access tokens are revoked (identity.v1.TokensRevoked with
+   * its `sid`, reason REVOKED). Revoking a session that already ended
+   * succeeds.
+   *
+   * Returns NOT_FOUND if the caller has no session with that id (another
+   * customer's included), UNAUTHENTICATED without a valid customer access
+   * token for the identity service, PERMISSION_DENIED for a service token,
+   * and INVALID_ARGUMENT for a malformed id.
+   *
+   * @generated from rpc identity.v1.AuthService.RevokeSession
+   */
+  revokeSession: {
+    methodKind: "unary";
+    input: typeof RevokeSessionRequestSchema;
+    output: typeof RevokeSessionResponseSchema;
+  },
+  /**
+   * RevokeAllSessions signs the caller out everywhere: every session ends,
+   * the caller's own included (TokensRevoked, reason REVOKED).
+   *
+   * Returns UNAUTHENTICATED without a valid customer access token for the
+   * identity service, and PERMISSION_DENIED for a service token.
+   *
+   * @generated from rpc identity.v1.AuthService.RevokeAllSessions
+   */
+  revokeAllSessions: {
+    methodKind: "unary";
+    input: typeof RevokeAllSessionsRequestSchema;
+    output: typeof RevokeAllSessionsResponseSchema;
+  },
+  /**
+   * DeleteAccount erases the caller's account, proven by the current
+   * password: the credentials, sessions (TokensRevoked, reason
+   * ACCOUNT_DELETED), codes and queued mail go, the customer's personal data
+   * is purged from the identity stream, and identity.v1.CustomerDeleted (ids
+   * only) is published, on which the customer service erases the profile.
+   * What remains, and why, is in the README's "Erasure".
+   *
+   * Returns UNAUTHENTICATED without a valid customer access token for the
+   * identity service or with a wrong current password, RESOURCE_EXHAUSTED
+   * after repeated password failures (counted with sign-ins),
+   * FAILED_PRECONDITION once the email is locked, PERMISSION_DENIED for a
+   * service token, and INVALID_ARGUMENT for a malformed request.
+   *
+   * @generated from rpc identity.v1.AuthService.DeleteAccount
+   */
+  deleteAccount: {
+    methodKind: "unary";
+    input: typeof DeleteAccountRequestSchema;
+    output: typeof DeleteAccountResponseSchema;
   },
 }>;
 

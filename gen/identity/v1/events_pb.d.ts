@@ -213,6 +213,241 @@ export declare type CustomerEmailVerified = Message<"identity.v1.CustomerEmailVe
 export declare const CustomerEmailVerifiedSchema: GenMessage<CustomerEmailVerified>;
 
 /**
+ * CustomerDeleted records that a customer's account was erased from the
+ * identity service. Published on subject
+ * "identity.customer.deleted.<customer_id>" in stream IDENTITY. It carries
+ * ids only. Every service holding the customer's personal data erases it on
+ * this event (the customer service erases the profile and publishes
+ * customer.v1.CustomerErased).
+ *
+ * @generated from message identity.v1.CustomerDeleted
+ */
+export declare type CustomerDeleted = Message<"identity.v1.CustomerDeleted"> & {
+  /**
+   * event_id identifies this event (a UUIDv7); it is also the Nats-Msg-Id and
+   * ce-id header.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * occur_time is when the deletion committed.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 2;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * customer_id is the erased customer's id, kept as a tombstone.
+   *
+   * @generated from field: string customer_id = 3;
+   */
+  customerId: string;
+
+  /**
+   * deleted_by is who erased the account.
+   *
+   * @generated from field: identity.v1.DeletedBy deleted_by = 4;
+   */
+  deletedBy: DeletedBy;
+};
+
+/**
+ * Describes the message identity.v1.CustomerDeleted.
+ * Use `create(CustomerDeletedSchema)` to create a new message.
+ */
+export declare const CustomerDeletedSchema: GenMessage<CustomerDeleted>;
+
+/**
+ * IdentityDisabled records that an operator suspended a customer's account.
+ * Published on subject "identity.customer.disabled.<customer_id>" in stream
+ * IDENTITY; the customer's sessions are revoked with it (TokensRevoked).
+ *
+ * @generated from message identity.v1.IdentityDisabled
+ */
+export declare type IdentityDisabled = Message<"identity.v1.IdentityDisabled"> & {
+  /**
+   * event_id identifies this event (a UUIDv7); it is also the Nats-Msg-Id and
+   * ce-id header.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * occur_time is when the suspension committed.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 2;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * customer_id is the suspended customer's id.
+   *
+   * @generated from field: string customer_id = 3;
+   */
+  customerId: string;
+};
+
+/**
+ * Describes the message identity.v1.IdentityDisabled.
+ * Use `create(IdentityDisabledSchema)` to create a new message.
+ */
+export declare const IdentityDisabledSchema: GenMessage<IdentityDisabled>;
+
+/**
+ * IdentityEnabled records that an operator lifted a suspension. Published on
+ * subject "identity.customer.enabled.<customer_id>" in stream IDENTITY.
+ *
+ * @generated from message identity.v1.IdentityEnabled
+ */
+export declare type IdentityEnabled = Message<"identity.v1.IdentityEnabled"> & {
+  /**
+   * event_id identifies this event (a UUIDv7); it is also the Nats-Msg-Id and
+   * ce-id header.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * occur_time is when the change committed.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 2;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * customer_id is the customer's id.
+   *
+   * @generated from field: string customer_id = 3;
+   */
+  customerId: string;
+};
+
+/**
+ * Describes the message identity.v1.IdentityEnabled.
+ * Use `create(IdentityEnabledSchema)` to create a new message.
+ */
+export declare const IdentityEnabledSchema: GenMessage<IdentityEnabled>;
+
+/**
+ * PasswordChanged records that a customer's password was replaced (every
+ * session ended with it: TokensRevoked). Published on subject
+ * "identity.customer.password_changed.<customer_id>" in stream IDENTITY. It
+ * never carries a password or a hash.
+ *
+ * @generated from message identity.v1.PasswordChanged
+ */
+export declare type PasswordChanged = Message<"identity.v1.PasswordChanged"> & {
+  /**
+   * event_id identifies this event (a UUIDv7); it is also the Nats-Msg-Id and
+   * ce-id header.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * occur_time is when the change committed.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 2;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * customer_id is the customer's id.
+   *
+   * @generated from field: string customer_id = 3;
+   */
+  customerId: string;
+
+  /**
+   * kind is how the password was replaced.
+   *
+   * @generated from field: identity.v1.PasswordChangeKind kind = 4;
+   */
+  kind: PasswordChangeKind;
+};
+
+/**
+ * Describes the message identity.v1.PasswordChanged.
+ * Use `create(PasswordChangedSchema)` to create a new message.
+ */
+export declare const PasswordChangedSchema: GenMessage<PasswordChanged>;
+
+/**
+ * AuditRecorded records an administrative action or an erasure: who did
+ * what to which account or client, and when; ids only, no personal data.
+ * Published on subject "identity.audit.<target_kind>.<target_id>" in stream
+ * IDENTITY ("identity.audit.customer.<customer_id>",
+ * "identity.audit.client.<client_id>").
+ *
+ * @generated from message identity.v1.AuditRecorded
+ */
+export declare type AuditRecorded = Message<"identity.v1.AuditRecorded"> & {
+  /**
+   * event_id identifies this event (a UUIDv7); it is also the Nats-Msg-Id and
+   * ce-id header.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * occur_time is when the action committed.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 2;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * actor_kind is "client" (an AdminService call: actor_id is the caller's
+   * client id), "customer" (the customer themself: actor_id is their id) or
+   * "cli" (the identity CLI: actor_id is the operating-system user).
+   *
+   * @generated from field: string actor_kind = 3;
+   */
+  actorKind: string;
+
+  /**
+   * actor_id identifies the actor within actor_kind.
+   *
+   * @generated from field: string actor_id = 4;
+   */
+  actorId: string;
+
+  /**
+   * action is what was done: "identity.disable", "identity.enable",
+   * "identity.delete", "client.disable", "client.enable".
+   *
+   * @generated from field: string action = 5;
+   */
+  action: string;
+
+  /**
+   * target_kind is "customer" or "client".
+   *
+   * @generated from field: string target_kind = 6;
+   */
+  targetKind: string;
+
+  /**
+   * target_id is the customer id or the client id acted on.
+   *
+   * @generated from field: string target_id = 7;
+   */
+  targetId: string;
+};
+
+/**
+ * Describes the message identity.v1.AuditRecorded.
+ * Use `create(AuditRecordedSchema)` to create a new message.
+ */
+export declare const AuditRecordedSchema: GenMessage<AuditRecorded>;
+
+/**
  * AuthenticationMethod is how a customer proved who they are.
  *
  * @generated from enum identity.v1.AuthenticationMethod
@@ -309,10 +544,93 @@ export enum TokenRevocationReason {
    * @generated from enum value: TOKEN_REVOCATION_REASON_PASSWORD_RESET = 7;
    */
   PASSWORD_RESET = 7,
+
+  /**
+   * TOKEN_REVOCATION_REASON_IDENTITY_DISABLED is AdminService.DisableIdentity:
+   * every session of the suspended customer ended.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_IDENTITY_DISABLED = 8;
+   */
+  IDENTITY_DISABLED = 8,
+
+  /**
+   * TOKEN_REVOCATION_REASON_ACCOUNT_DELETED is DeleteAccount or
+   * AdminService.DeleteIdentity: every session of the erased customer ended.
+   *
+   * @generated from enum value: TOKEN_REVOCATION_REASON_ACCOUNT_DELETED = 9;
+   */
+  ACCOUNT_DELETED = 9,
 }
 
 /**
  * Describes the enum identity.v1.TokenRevocationReason.
  */
 export declare const TokenRevocationReasonSchema: GenEnum<TokenRevocationReason>;
+
+/**
+ * DeletedBy is who erased an account.
+ *
+ * @generated from enum identity.v1.DeletedBy
+ */
+export enum DeletedBy {
+  /**
+   * DELETED_BY_UNSPECIFIED is never sent.
+   *
+   * @generated from enum value: DELETED_BY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * DELETED_BY_CUSTOMER is the customer (AuthService.DeleteAccount).
+   *
+   * @generated from enum value: DELETED_BY_CUSTOMER = 1;
+   */
+  CUSTOMER = 1,
+
+  /**
+   * DELETED_BY_ADMIN is an operator (AdminService.DeleteIdentity or the CLI).
+   *
+   * @generated from enum value: DELETED_BY_ADMIN = 2;
+   */
+  ADMIN = 2,
+}
+
+/**
+ * Describes the enum identity.v1.DeletedBy.
+ */
+export declare const DeletedBySchema: GenEnum<DeletedBy>;
+
+/**
+ * PasswordChangeKind is how a password was replaced.
+ *
+ * @generated from enum identity.v1.PasswordChangeKind
+ */
+export enum PasswordChangeKind {
+  /**
+   * PASSWORD_CHANGE_KIND_UNSPECIFIED is never sent.
+   *
+   * @generated from enum value: PASSWORD_CHANGE_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * PASSWORD_CHANGE_KIND_CHANGED is ChangePassword (the current password
+   * shown).
+   *
+   * @generated from enum value: PASSWORD_CHANGE_KIND_CHANGED = 1;
+   */
+  CHANGED = 1,
+
+  /**
+   * PASSWORD_CHANGE_KIND_RESET is CompleteRecovery (a mailed code shown).
+   *
+   * @generated from enum value: PASSWORD_CHANGE_KIND_RESET = 2;
+   */
+  RESET = 2,
+}
+
+/**
+ * Describes the enum identity.v1.PasswordChangeKind.
+ */
+export declare const PasswordChangeKindSchema: GenEnum<PasswordChangeKind>;
 

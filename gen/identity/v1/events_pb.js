@@ -9,7 +9,7 @@ import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
  * Describes the file identity/v1/events.proto.
  */
 export const file_identity_v1_events = /*@__PURE__*/
-  fileDesc("ChhpZGVudGl0eS92MS9ldmVudHMucHJvdG8SC2lkZW50aXR5LnYxIqEBChVDdXN0b21lckF1dGhlbnRpY2F0ZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSMQoGbWV0aG9kGAQgASgOMiEuaWRlbnRpdHkudjEuQXV0aGVudGljYXRpb25NZXRob2QiyAIKDVRva2Vuc1Jldm9rZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSDwoHand0X2lkcxgEIAMoCRITCgtzZXNzaW9uX2lkcxgFIAMoCRIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoGcmVhc29uGAcgASgOMiIuaWRlbnRpdHkudjEuVG9rZW5SZXZvY2F0aW9uUmVhc29uEhEKCWNsaWVudF9pZBgIIAEoCRIPCgdrZXlfaWRzGAkgAygJEjEKDWlzc3VlZF9iZWZvcmUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpQBChVDdXN0b21lckVtYWlsVmVyaWZpZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSDQoFZW1haWwYBCABKAkSFQoNZW1haWxfdmVyc2lvbhgFIAEoAyphChRBdXRoZW50aWNhdGlvbk1ldGhvZBIlCiFBVVRIRU5USUNBVElPTl9NRVRIT0RfVU5TUEVDSUZJRUQQABIiCh5BVVRIRU5USUNBVElPTl9NRVRIT0RfUEFTU1dPUkQQASqCAwoVVG9rZW5SZXZvY2F0aW9uUmVhc29uEicKI1RPS0VOX1JFVk9DQVRJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIwofVE9LRU5fUkVWT0NBVElPTl9SRUFTT05fUkVWT0tFRBABEjAKLFRPS0VOX1JFVk9DQVRJT05fUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVVU0VEEAISLAooVE9LRU5fUkVWT0NBVElPTl9SRUFTT05fUEFTU1dPUkRfQ0hBTkdFRBADEisKJ1RPS0VOX1JFVk9DQVRJT05fUkVBU09OX0NMSUVOVF9ESVNBQkxFRBAEEjEKLVRPS0VOX1JFVk9DQVRJT05fUkVBU09OX0NMSUVOVF9TRUNSRVRfUk9UQVRFRBAFEi8KK1RPS0VOX1JFVk9DQVRJT05fUkVBU09OX1NJR05JTkdfS0VZX1JFVk9LRUQQBhIqCiZUT0tFTl9SRVZPQ0FUSU9OX1JFQVNPTl9QQVNTV09SRF9SRVNFVBAHYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChhpZGVudGl0eS92MS9ldmVudHMucHJvdG8SC2lkZW50aXR5LnYxIqEBChVDdXN0b21lckF1dGhlbnRpY2F0ZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSMQoGbWV0aG9kGAQgASgOMiEuaWRlbnRpdHkudjEuQXV0aGVudGljYXRpb25NZXRob2QiyAIKDVRva2Vuc1Jldm9rZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSDwoHand0X2lkcxgEIAMoCRITCgtzZXNzaW9uX2lkcxgFIAMoCRIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoGcmVhc29uGAcgASgOMiIuaWRlbnRpdHkudjEuVG9rZW5SZXZvY2F0aW9uUmVhc29uEhEKCWNsaWVudF9pZBgIIAEoCRIPCgdrZXlfaWRzGAkgAygJEjEKDWlzc3VlZF9iZWZvcmUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpQBChVDdXN0b21lckVtYWlsVmVyaWZpZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkSDQoFZW1haWwYBCABKAkSFQoNZW1haWxfdmVyc2lvbhgFIAEoAyKUAQoPQ3VzdG9tZXJEZWxldGVkEhAKCGV2ZW50X2lkGAEgASgJEi4KCm9jY3VyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2N1c3RvbWVyX2lkGAMgASgJEioKCmRlbGV0ZWRfYnkYBCABKA4yFi5pZGVudGl0eS52MS5EZWxldGVkQnkiaQoQSWRlbnRpdHlEaXNhYmxlZBIQCghldmVudF9pZBgBIAEoCRIuCgpvY2N1cl90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtjdXN0b21lcl9pZBgDIAEoCSJoCg9JZGVudGl0eUVuYWJsZWQSEAoIZXZlbnRfaWQYASABKAkSLgoKb2NjdXJfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLY3VzdG9tZXJfaWQYAyABKAkilwEKD1Bhc3N3b3JkQ2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIuCgpvY2N1cl90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtjdXN0b21lcl9pZBgDIAEoCRItCgRraW5kGAQgASgOMh8uaWRlbnRpdHkudjEuUGFzc3dvcmRDaGFuZ2VLaW5kIq8BCg1BdWRpdFJlY29yZGVkEhAKCGV2ZW50X2lkGAEgASgJEi4KCm9jY3VyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmFjdG9yX2tpbmQYAyABKAkSEAoIYWN0b3JfaWQYBCABKAkSDgoGYWN0aW9uGAUgASgJEhMKC3RhcmdldF9raW5kGAYgASgJEhEKCXRhcmdldF9pZBgHIAEoCSphChRBdXRoZW50aWNhdGlvbk1ldGhvZBIlCiFBVVRIRU5USUNBVElPTl9NRVRIT0RfVU5TUEVDSUZJRUQQABIiCh5BVVRIRU5USUNBVElPTl9NRVRIT0RfUEFTU1dPUkQQASreAwoVVG9rZW5SZXZvY2F0aW9uUmVhc29uEicKI1RPS0VOX1JFVk9DQVRJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIwofVE9LRU5fUkVWT0NBVElPTl9SRUFTT05fUkVWT0tFRBABEjAKLFRPS0VOX1JFVk9DQVRJT05fUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVVU0VEEAISLAooVE9LRU5fUkVWT0NBVElPTl9SRUFTT05fUEFTU1dPUkRfQ0hBTkdFRBADEisKJ1RPS0VOX1JFVk9DQVRJT05fUkVBU09OX0NMSUVOVF9ESVNBQkxFRBAEEjEKLVRPS0VOX1JFVk9DQVRJT05fUkVBU09OX0NMSUVOVF9TRUNSRVRfUk9UQVRFRBAFEi8KK1RPS0VOX1JFVk9DQVRJT05fUkVBU09OX1NJR05JTkdfS0VZX1JFVk9LRUQQBhIqCiZUT0tFTl9SRVZPQ0FUSU9OX1JFQVNPTl9QQVNTV09SRF9SRVNFVBAHEi0KKVRPS0VOX1JFVk9DQVRJT05fUkVBU09OX0lERU5USVRZX0RJU0FCTEVEEAgSKwonVE9LRU5fUkVWT0NBVElPTl9SRUFTT05fQUNDT1VOVF9ERUxFVEVEEAkqVgoJRGVsZXRlZEJ5EhoKFkRFTEVURURfQllfVU5TUEVDSUZJRUQQABIXChNERUxFVEVEX0JZX0NVU1RPTUVSEAESFAoQREVMRVRFRF9CWV9BRE1JThACKnwKElBhc3N3b3JkQ2hhbmdlS2luZBIkCiBQQVNTV09SRF9DSEFOR0VfS0lORF9VTlNQRUNJRklFRBAAEiAKHFBBU1NXT1JEX0NIQU5HRV9LSU5EX0NIQU5HRUQQARIeChpQQVNTV09SRF9DSEFOR0VfS0lORF9SRVNFVBACYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Describes the message identity.v1.CustomerAuthenticated.
@@ -31,6 +31,41 @@ export const TokensRevokedSchema = /*@__PURE__*/
  */
 export const CustomerEmailVerifiedSchema = /*@__PURE__*/
   messageDesc(file_identity_v1_events, 2);
+
+/**
+ * Describes the message identity.v1.CustomerDeleted.
+ * Use `create(CustomerDeletedSchema)` to create a new message.
+ */
+export const CustomerDeletedSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_events, 3);
+
+/**
+ * Describes the message identity.v1.IdentityDisabled.
+ * Use `create(IdentityDisabledSchema)` to create a new message.
+ */
+export const IdentityDisabledSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_events, 4);
+
+/**
+ * Describes the message identity.v1.IdentityEnabled.
+ * Use `create(IdentityEnabledSchema)` to create a new message.
+ */
+export const IdentityEnabledSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_events, 5);
+
+/**
+ * Describes the message identity.v1.PasswordChanged.
+ * Use `create(PasswordChangedSchema)` to create a new message.
+ */
+export const PasswordChangedSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_events, 6);
+
+/**
+ * Describes the message identity.v1.AuditRecorded.
+ * Use `create(AuditRecordedSchema)` to create a new message.
+ */
+export const AuditRecordedSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_events, 7);
 
 /**
  * Describes the enum identity.v1.AuthenticationMethod.
@@ -60,4 +95,32 @@ export const TokenRevocationReasonSchema = /*@__PURE__*/
  */
 export const TokenRevocationReason = /*@__PURE__*/
   tsEnum(TokenRevocationReasonSchema);
+
+/**
+ * Describes the enum identity.v1.DeletedBy.
+ */
+export const DeletedBySchema = /*@__PURE__*/
+  enumDesc(file_identity_v1_events, 2);
+
+/**
+ * DeletedBy is who erased an account.
+ *
+ * @generated from enum identity.v1.DeletedBy
+ */
+export const DeletedBy = /*@__PURE__*/
+  tsEnum(DeletedBySchema);
+
+/**
+ * Describes the enum identity.v1.PasswordChangeKind.
+ */
+export const PasswordChangeKindSchema = /*@__PURE__*/
+  enumDesc(file_identity_v1_events, 3);
+
+/**
+ * PasswordChangeKind is how a password was replaced.
+ *
+ * @generated from enum identity.v1.PasswordChangeKind
+ */
+export const PasswordChangeKind = /*@__PURE__*/
+  tsEnum(PasswordChangeKindSchema);
 

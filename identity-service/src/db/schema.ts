@@ -19,6 +19,7 @@ import {
 export { eventKeys } from "@customer-platform/runtime/event-keys-schema";
 export { mailOutbox } from "@customer-platform/runtime/mail-schema";
 export { outbox } from "@customer-platform/runtime/outbox-schema";
+export { streamPurges } from "@customer-platform/runtime/stream-purge-schema";
 
 const bytea = customType<{ data: Buffer; driverData: Buffer }>({ dataType: () => "bytea" });
 const tstz = (name: string) => timestamp(name, { withTimezone: true, precision: 6 });
@@ -32,6 +33,8 @@ export const identities = pgTable(
     passwordHash: text("password_hash").notNull(),
     /** "active" or "disabled"; a disabled identity cannot sign in or refresh. */
     status: text("status").notNull().default("active"),
+    /** When an operator disabled it (AdminService.DisableIdentity); null while active. */
+    disabledAt: tstz("disabled_at"),
     createdAt: tstz("created_at").notNull(),
     updatedAt: tstz("updated_at").notNull(),
     passwordChangedAt: tstz("password_changed_at").notNull(),
@@ -101,6 +104,10 @@ export const refreshTokens = pgTable(
     rotatedAt: tstz("rotated_at"),
     revokedAt: tstz("revoked_at"),
     revokeReason: text("revoke_reason"),
+    /** The User-Agent seen at the session's sign-in (first row of a family only; at most 256 characters). */
+    userAgent: text("user_agent"),
+    /** The client address seen at the session's sign-in (first row of a family only). */
+    ipAddress: text("ip_address"),
   },
   (t) => [index("refresh_tokens_family_idx").on(t.familyId), index("refresh_tokens_customer_idx").on(t.customerId)],
 );
@@ -173,3 +180,15 @@ export const oneTimeCodes = pgTable(
     index("one_time_codes_email_idx").on(t.email, t.purpose),
   ],
 );
+
+/**
+ * Erased accounts (DeleteAccount, AdminService.DeleteIdentity): the
+ * tombstone, ids only. It proves the erasure afterwards, makes a second one a
+ * no-op, and tells a deleted id from one that never existed.
+ */
+export const deletedIdentities = pgTable("deleted_identities", {
+  customerId: uuid("customer_id").primaryKey(),
+  deletedAt: tstz("deleted_at").notNull(),
+  /** "customer" or "admin". */
+  deletedBy: text("deleted_by").notNull(),
+});

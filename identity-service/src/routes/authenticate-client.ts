@@ -23,9 +23,11 @@ export function authenticateClient(deps: AuthServiceDeps): Pick<ServiceImpl<type
       const [client] = await byId.execute({ clientId: req.clientId });
       const presented = hashToken(req.clientSecret);
       const matches = timingSafeEqual(presented, client?.secretHash ?? NO_SECRET);
-      if (!client || !matches || client.disabledAt) {
+      if (!client || !matches) {
         throw new ConnectError("invalid client credentials", Code.Unauthenticated);
       }
+      // Told only to whoever holds the secret.
+      if (client.disabledAt) throw new ConnectError("client disabled", Code.FailedPrecondition);
       const requested = req.scope.split(" ").filter(Boolean);
       const denied = requested.filter((s) => !client.scopes.includes(s));
       if (denied.length > 0) {

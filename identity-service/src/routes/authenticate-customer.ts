@@ -7,15 +7,16 @@ import { eq, getTableColumns, type SQL, sql } from "drizzle-orm";
 import { identities, outbox, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { AuthenticationMethod, customerAuthenticatedEvent } from "../events.js";
-import { grantAudiences, newCustomerSession, verifiedEmail } from "../sessions.js";
+import { grantAudiences, newCustomerSession, sessionClient, verifiedEmail } from "../sessions.js";
 import { loginThrottleKey } from "../throttle.js";
-import { invalidLogin, normalizeEmail } from "./credentials.js";
+import { accountDisabled, invalidLogin, normalizeEmail } from "./credentials.js";
 
 /**
  * AuthenticateCustomer: password sign-in. Unknown email and wrong password
  * take the same path to the same answer: one lookup, one argon2id
  * verification (against a dummy hash when there is no identity), then
- * UNAUTHENTICATED. A successful one is recorded in one prepared statement
+ * UNAUTHENTICATED. The right password of a disabled identity is
+ * FAILED_PRECONDITION ("account disabled"). A successful one is recorded in one prepared statement
  * (see prepareSignIn): one round trip, atomic without BEGIN and COMMIT.
  */
 export function authenticateCustomer(
@@ -39,12 +40,14 @@ export function authenticateCustomer(
       const throttleKey = loginThrottleKey(email);
       await deps.throttle.reserve(throttleKey);
       const [identity] = await byEmail.execute({ email });
-      if (identity?.status !== "active") {
+      if (!identity) {
         await deps.passwords.verifyDummy(req.password, client);
         throw invalidLogin();
       }
       if (!(await deps.passwords.verify(identity.passwordHash, req.password, client))) throw invalidLogin();
       await deps.throttle.succeed(throttleKey);
+      // Told only to whoever knows the password: to anyone else a suspended account answers as above.
+      if (identity.status !== "active") throw accountDisabled();
       // Parameters got stronger since this hash was made: upgrade it now that we know the password.
       const rehash = deps.passwords.needsRehash(identity.passwordHash)
         ? await deps.passwords.hash(req.password, client)
@@ -53,6 +56,7 @@ export function authenticateCustomer(
       const session = await newCustomerSession(deps, identity.customerId, {
         audiences,
         email: verifiedEmail(identity),
+        client: sessionClient(deps, ctx),
       });
       const event = customerAuthenticatedEvent(deps.events, identity.customerId, AuthenticationMethod.PASSWORD, now);
       const written = await record.execute({
@@ -80,6 +84,8 @@ const SESSION_KEYS = [
   "createdAt",
   "expiresAt",
   "sessionExpiresAt",
+  "userAgent",
+  "ipAddress",
 ] as const;
 const eventColumns = (event: OutboxEvent) => Object.fromEntries(EVENT_COLUMNS.map((k) => [k, event[k]]));
 

@@ -3,17 +3,17 @@ import type { AuthService } from "@customer-platform/gen/identity/v1/auth_servic
 import { eq } from "drizzle-orm";
 import { identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { TokenRevocationReason } from "../events.js";
+import { emitPasswordChanged, PasswordChangeKind, TokenRevocationReason } from "../events.js";
 import { checkNewPassword } from "../passwords.js";
-import { grantAudiences, issueCustomerTokens, revokeSessions, verifiedEmail } from "../sessions.js";
+import { grantAudiences, issueCustomerTokens, revokeSessions, sessionClient, verifiedEmail } from "../sessions.js";
 import { loginThrottleKey } from "../throttle.js";
 import { invalidLogin, normalizeEmail } from "./credentials.js";
 
 /**
  * ChangePassword: the caller's token names the customer; the current password
  * proves it is them. Ends every session the customer had (their refresh
- * tokens, and with a TokensRevoked event their access tokens) and starts a
- * new one.
+ * tokens, and with a TokensRevoked event their access tokens), emits
+ * PasswordChanged and starts a new one.
  */
 export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "changePassword"> {
   return {
@@ -49,7 +49,17 @@ export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof A
           TokenRevocationReason.PASSWORD_CHANGED,
           now,
         );
-        return issueCustomerTokens(deps, tx, identity.customerId, { audiences, email: verifiedEmail(identity) });
+        await emitPasswordChanged(
+          tx,
+          deps.events,
+          { customerId: identity.customerId, kind: PasswordChangeKind.CHANGED },
+          now,
+        );
+        return issueCustomerTokens(deps, tx, identity.customerId, {
+          audiences,
+          email: verifiedEmail(identity),
+          client: sessionClient(deps, ctx),
+        });
       });
       return { tokens };
     },

@@ -6,7 +6,12 @@ import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import { redeemCode, storedCodeColumns, useCode } from "../codes.js";
 import { identities, oneTimeCodes } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
-import { emitCustomerEmailVerified, TokenRevocationReason } from "../events.js";
+import {
+  emitCustomerEmailVerified,
+  emitPasswordChanged,
+  PasswordChangeKind,
+  TokenRevocationReason,
+} from "../events.js";
 import { identityMail, mailLocale } from "../mail/templates.js";
 import { checkNewPassword } from "../passwords.js";
 import { revokeSessions } from "../sessions.js";
@@ -19,10 +24,10 @@ import { normalizeEmail } from "./credentials.js";
  * redeemCode: constant-time, wrong guesses counted). The password is hashed
  * before the transaction, which uses the code up (of two parallel
  * completions one wins), sets the password, ends every session
- * (TokensRevoked) and queues the "password changed" mail; an email not yet
- * verified is now (the code proved it: CustomerEmailVerified). Then the
- * email's failed sign-ins and lock are forgotten: its owner just proved they
- * read its mail.
+ * (TokensRevoked), emits PasswordChanged (RESET) and queues the "password
+ * changed" mail; an email not yet verified is now (the code proved it:
+ * CustomerEmailVerified). Then the email's failed sign-ins and lock are
+ * forgotten: its owner just proved they read its mail.
  */
 export function completeRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "completeRecovery"> {
   return {
@@ -75,6 +80,12 @@ export function completeRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof
           );
         }
         await revokeSessions(tx, deps, { customerId: found.customerId }, TokenRevocationReason.PASSWORD_RESET, now);
+        await emitPasswordChanged(
+          tx,
+          deps.events,
+          { customerId: found.customerId, kind: PasswordChangeKind.RESET },
+          now,
+        );
         await enqueueMail(tx, identityMail(found.email, "password-changed", mailLocale(req.locale), {}));
       });
       await unlockKey(deps.db, loginThrottleKey(email));

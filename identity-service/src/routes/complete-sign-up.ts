@@ -9,7 +9,7 @@ import { identities, oneTimeCodes } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { emitCustomerEmailVerified } from "../events.js";
 import { checkNewPassword } from "../passwords.js";
-import { grantAudiences, issueCustomerTokens } from "../sessions.js";
+import { grantAudiences, issueCustomerTokens, sessionClient } from "../sessions.js";
 import { normalizeEmail } from "./credentials.js";
 
 /**
@@ -54,7 +54,7 @@ export function completeSignUp(deps: AuthServiceDeps): Pick<ServiceImpl<typeof A
             emailVersion: 1,
           });
           await emitCustomerEmailVerified(tx, deps.events, { customerId, email, version: 1 }, now);
-          return issueCustomerTokens(deps, tx, customerId, { audiences, email });
+          return issueCustomerTokens(deps, tx, customerId, { audiences, email, client: sessionClient(deps, ctx) });
         });
         return { customerId, tokens };
       } catch (err) {

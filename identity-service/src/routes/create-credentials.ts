@@ -6,7 +6,7 @@ import { addressLimitKey } from "@customer-platform/runtime/interceptors";
 import { identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { checkNewPassword } from "../passwords.js";
-import { grantAudiences, issueCustomerTokens } from "../sessions.js";
+import { grantAudiences, issueCustomerTokens, sessionClient } from "../sessions.js";
 import { normalizeEmail } from "./credentials.js";
 
 /**
@@ -42,7 +42,7 @@ export function createCredentials(deps: AuthServiceDeps): Pick<ServiceImpl<typeo
             updatedAt: now,
             passwordChangedAt: now,
           });
-          return issueCustomerTokens(deps, tx, customerId, { audiences });
+          return issueCustomerTokens(deps, tx, customerId, { audiences, client: sessionClient(deps, ctx) });
         });
         return { customerId, tokens };
       } catch (err) {

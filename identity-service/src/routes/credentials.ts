@@ -7,3 +7,6 @@ export function normalizeEmail(email: string): string {
 
 /** The answer to every failed password sign-in, whatever failed. */
 export const invalidLogin = () => new ConnectError("invalid email or password", Code.Unauthenticated);
+
+/** The answer to the right password of an identity an operator disabled (AdminService.DisableIdentity). */
+export const accountDisabled = () => new ConnectError("account disabled", Code.FailedPrecondition);

@@ -8,8 +8,12 @@ import { completeEmailChange } from "./complete-email-change.js";
 import { completeRecovery } from "./complete-recovery.js";
 import { completeSignUp } from "./complete-sign-up.js";
 import { createCredentials } from "./create-credentials.js";
+import { deleteAccount } from "./delete-account.js";
 import { introspectToken } from "./introspect-token.js";
+import { listSessions } from "./list-sessions.js";
 import { refreshToken } from "./refresh-token.js";
+import { revokeAllSessions } from "./revoke-all-sessions.js";
+import { revokeSession } from "./revoke-session.js";
 import { revokeToken } from "./revoke-token.js";
 import { startEmailChange } from "./start-email-change.js";
 import { startRecovery } from "./start-recovery.js";
@@ -31,5 +35,9 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
     ...completeSignUp(deps),
     ...startEmailChange(deps),
     ...completeEmailChange(deps),
+    ...listSessions(deps),
+    ...revokeSession(deps),
+    ...revokeAllSessions(deps),
+    ...deleteAccount(deps),
   };
 }

@@ -4,7 +4,7 @@ import { eq } from "drizzle-orm";
 import { refreshTokens, revokedAccessTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { emitTokensRevoked, TokenRevocationReason } from "../events.js";
-import { revokeSessions, tokenOwner } from "../sessions.js";
+import { revokeSession, tokenOwner } from "../sessions.js";
 import { hashToken, looksLikeJwt, verifyIssuedAccessToken } from "../tokens.js";
 
 /**
@@ -48,11 +48,7 @@ export function revokeToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Auth
         .select({ familyId: refreshTokens.familyId, customerId: refreshTokens.customerId })
         .from(refreshTokens)
         .where(eq(refreshTokens.tokenHash, hashToken(req.token)));
-      if (token) {
-        await deps.db.transaction(async (tx) => {
-          await revokeSessions(tx, deps, token, TokenRevocationReason.REVOKED, now);
-        });
-      }
+      if (token) await revokeSession(deps, token, now);
       return {};
     },
   };
