@@ -1065,8 +1065,10 @@ export declare const AuthService: GenService<{
    * ChangePassword), after too many sign-ins from the client address, or when
    * too many password checks are waiting, FAILED_PRECONDITION once the email
    * (known or not) is locked after too many consecutive failures, until an
-   * operator unlocks it, PERMISSION_DENIED if an audience is not allowed for
-   * the first-party client, and INVALID_ARGUMENT for a malformed request.
+   * operator unlocks it, or ("account disabled") when the password is right
+   * but an operator disabled the account (AdminService.DisableIdentity),
+   * PERMISSION_DENIED if an audience is not allowed for the first-party
+   * client, and INVALID_ARGUMENT for a malformed request.
    *
    * @generated from rpc identity.v1.AuthService.AuthenticateCustomer
    */
@@ -1158,8 +1160,9 @@ export declare const AuthService: GenService<{
    * and is for the requested audiences, or the client's default audiences if
    * none are requested (RFC 8707).
    *
-   * Returns UNAUTHENTICATED ("invalid client credentials") for an unknown or
-   * disabled client or a wrong secret, PERMISSION_DENIED if a requested scope
+   * Returns UNAUTHENTICATED ("invalid client credentials") for an unknown
+   * client or a wrong secret, FAILED_PRECONDITION ("client disabled") for a
+   * disabled client whose secret is right, PERMISSION_DENIED if a requested scope
    * or audience is not allowed for the client, and INVALID_ARGUMENT for a
    * malformed request.
    *
