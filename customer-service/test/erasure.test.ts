@@ -7,23 +7,20 @@
  * also after a NATS outage; the profile cannot be registered again; a forged
  * deletion erases nothing.
  */
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { fromBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { CustomerErasedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { CustomerDeletedSchema, DeletedBy } from "@customer-platform/gen/identity/v1/events_pb.js";
-import { uuidv7 } from "@customer-platform/runtime/ids";
 import { openServiceDatabase } from "@customer-platform/runtime/service-host";
-import type { EventSigner } from "@customer-platform/sdk/event-signing";
-import { customerSubjects, identitySubjects } from "@customer-platform/sdk/subjects";
-import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { customerSubjects } from "@customer-platform/sdk/subjects";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, rpcError } from "../../test/support/clients.js";
-import { publishEvent, startTestEventKeys, type TestEventKeys } from "../../test/support/events.js";
-import { startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
-import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
+import { startTestEventKeys } from "../../test/support/events.js";
+import { type IdentityFeed, type PublishOptions, startIdentityFeed } from "../../test/support/identity-feed.js";
+import type { TestIssuer } from "../../test/support/issuer.js";
+import { deleteStreams, type StreamNames, sharedNatsUrl } from "../../test/support/nats.js";
 import { createTestDatabase } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 import { startTcpProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
@@ -34,87 +31,35 @@ import { customerRegistered } from "../src/events.js";
 import { customerOutbox } from "../src/outbox.js";
 
 const DURABLE = "customer-service-identity";
-const DELETED = CustomerDeletedSchema.typeName;
 /** The consumer's first event waits for the identity service's keys to be fetched. */
 const POLL = { timeout: 15_000 };
 
+let feed: IdentityFeed;
 let issuer: TestIssuer;
-let identityKeys: TestEventKeys;
 let identity: StreamNames;
 let svc: RunningCustomerService;
-let nc: NatsConnection;
-let js: JetStreamClient;
 let jsm: JetStreamManager;
 
-async function createIdentityStream(): Promise<StreamNames> {
-  const names = uniqueStreamNames("identity");
-  await jsm.streams.add({ name: names.stream, subjects: [`${names.subjectPrefix}.>`] });
-  return names;
-}
-
-function serviceEnv(): Record<string, string> {
-  return {
-    IDENTITY_ISSUER: issuer.issuer,
-    IDENTITY_JWKS_URL: issuer.jwksUrl,
-    IDENTITY_EVENT_KEYS_URL: identityKeys.url,
-  };
-}
-
 beforeAll(async () => {
-  issuer = await startTestIssuer();
-  identityKeys = await startTestEventKeys();
-  nc = await connect({ servers: sharedNatsUrl });
-  js = jetstream(nc);
-  jsm = await jetstreamManager(nc);
-  identity = await createIdentityStream();
-  svc = await startCustomerService(serviceEnv(), { identityStreams: identity });
+  feed = await startIdentityFeed();
+  ({ issuer, streams: identity, jsm } = feed);
+  svc = await startCustomerService(feed.env(), { identityStreams: identity });
 });
 
 afterAll(async () => {
   await svc?.close();
-  if (identity) await jsm?.streams.delete(identity.stream).catch(() => false);
-  await nc?.close();
-  await identityKeys?.close();
-  await issuer?.close();
+  await feed?.close();
 });
 
 /** Publishes a CustomerDeleted as the identity service does; resolves with its stream sequence. */
-async function publishDeleted(
-  customerId: string,
-  opts: { signer?: EventSigner | null; streams?: StreamNames } = {},
-): Promise<number> {
-  const names = opts.streams ?? identity;
-  const eventId = uuidv7();
-  const occurTime = new Date();
-  const event = create(CustomerDeletedSchema, {
-    eventId,
-    occurTime: timestampFromDate(occurTime),
-    customerId,
-    deletedBy: DeletedBy.CUSTOMER,
-  });
-  const subject = identitySubjects(names.subjectPrefix).customerDeleted(customerId);
-  const signer = opts.signer === undefined ? identityKeys.signer : (opts.signer ?? undefined);
-  const ack = await publishEvent(js, signer, subject, toBinary(CustomerDeletedSchema, event), {
-    id: eventId,
-    type: DELETED,
-    source: "identity-service",
-    time: occurTime,
-    subject: customerId,
-  });
-  return ack.seq;
+function publishDeleted(customerId: string, opts: PublishOptions = {}): Promise<number> {
+  const fields = { deletedBy: DeletedBy.CUSTOMER };
+  return feed.publish(CustomerDeletedSchema, customerId, fields, (s) => s.customerDeleted(customerId), opts);
 }
 
-/** Waits until the durable consumer has settled every event up to stream sequence `seq`. */
-async function consumed(seq: number, streams: StreamNames = identity, durable = DURABLE) {
-  await until(
-    `the identity-event consumer past sequence ${seq}`,
-    async () => {
-      const info = await jsm.consumers.info(streams.stream, durable);
-      return info.ack_floor.stream_seq >= seq && info.num_ack_pending === 0;
-    },
-    POLL.timeout,
-  );
-}
+/** Waits until the service's durable consumer has settled every event up to stream sequence `seq`. */
+const consumed = (seq: number, streams: StreamNames = identity, durable = DURABLE) =>
+  feed.consumed(seq, durable, streams);
 
 const profile = { givenName: "Ada", familyName: "Lovelace" };
 
@@ -234,9 +179,9 @@ describe("while NATS is unreachable", () => {
   beforeAll(async () => {
     const target = new URL(sharedNatsUrl);
     proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port) });
-    outageIdentity = await createIdentityStream();
+    outageIdentity = await feed.newStream();
     outage = await startCustomerService(
-      { ...serviceEnv(), CUSTOMER_IDENTITY_CONSUMER: durable },
+      { ...feed.env(), CUSTOMER_IDENTITY_CONSUMER: durable },
       { natsUrl: proxy.rewrite(sharedNatsUrl), identityStreams: outageIdentity },
     );
   });

@@ -4,26 +4,24 @@
  * consumed durably, applied once per version), and no caller can set
  * another one or learn whose an address is.
  */
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { fromBinary } from "@bufbuild/protobuf";
 import { ViolationsSchema } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { CustomerUpdatedSchema } from "@customer-platform/gen/customer/v1/events_pb.js";
 import { CustomerEmailVerifiedSchema } from "@customer-platform/gen/identity/v1/events_pb.js";
-import { uuidv7 } from "@customer-platform/runtime/ids";
-import type { EventSigner } from "@customer-platform/sdk/event-signing";
-import { customerSubjects, identitySubjects } from "@customer-platform/sdk/subjects";
-import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { customerSubjects } from "@customer-platform/sdk/subjects";
+import type { JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, rpcError } from "../../test/support/clients.js";
-import { publishEvent, startTestEventKeys, type TestEventKeys } from "../../test/support/events.js";
-import { customerEmail, startTestIssuer, type TestIssuer } from "../../test/support/issuer.js";
+import { startTestEventKeys } from "../../test/support/events.js";
+import { type IdentityFeed, type PublishOptions, startIdentityFeed } from "../../test/support/identity-feed.js";
+import { customerEmail, type TestIssuer } from "../../test/support/issuer.js";
 import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { createTestDatabase, holdLock } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
-import { EMAIL_VERIFIED, readSubject, waitForStream } from "../../test/support/streams.js";
+import { readSubject, waitForStream } from "../../test/support/streams.js";
 import { startTcpProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { sleep, until } from "../../test/support/timing.js";
 
@@ -31,87 +29,41 @@ const DURABLE = "customer-service-identity";
 /** The consumer's first event waits for the identity service's keys to be fetched: more than poll's 1 s default. */
 const POLL = { timeout: 15_000 };
 
+let feed: IdentityFeed;
 let issuer: TestIssuer;
-let identityKeys: TestEventKeys;
 let identity: StreamNames;
 let svc: RunningCustomerService;
 let nc: NatsConnection;
-let js: JetStreamClient;
 let jsm: JetStreamManager;
 
-/** The identity service's stream, as it creates it: `<prefix>.>`. */
-async function createIdentityStream(): Promise<StreamNames> {
-  const names = uniqueStreamNames("identity");
-  await jsm.streams.add({ name: names.stream, subjects: [`${names.subjectPrefix}.>`] });
-  return names;
-}
-
-function serviceEnv(): Record<string, string> {
-  return {
-    IDENTITY_ISSUER: issuer.issuer,
-    IDENTITY_JWKS_URL: issuer.jwksUrl,
-    IDENTITY_EVENT_KEYS_URL: identityKeys.url,
-  };
-}
-
 beforeAll(async () => {
-  issuer = await startTestIssuer();
-  identityKeys = await startTestEventKeys();
-  nc = await connect({ servers: sharedNatsUrl });
-  js = jetstream(nc);
-  jsm = await jetstreamManager(nc);
-  identity = await createIdentityStream();
-  svc = await startCustomerService(serviceEnv(), { identityStreams: identity });
+  feed = await startIdentityFeed();
+  ({ issuer, streams: identity, nc, jsm } = feed);
+  svc = await startCustomerService(feed.env(), { identityStreams: identity });
   // The relay creates the stream at its first step; the tests read it from their start.
   await waitForStream(jsm, svc.streams.stream);
 });
 
 afterAll(async () => {
   await svc?.close();
-  if (identity) await jsm?.streams.delete(identity.stream).catch(() => false);
-  await nc?.close();
-  await identityKeys?.close();
-  await issuer?.close();
+  await feed?.close();
 });
 
-interface Publish {
-  /** The signer; null for an unsigned event. Default: the identity service's key. */
-  signer?: EventSigner | null;
-  streams?: StreamNames;
-  js?: JetStreamClient;
-}
-
 /** Publishes a CustomerEmailVerified as the identity service does; resolves with its stream sequence. */
-async function publishVerified(customerId: string, email: string, version: number, opts: Publish = {}) {
-  const names = opts.streams ?? identity;
-  const eventId = uuidv7();
-  const occurTime = new Date();
-  const event = create(CustomerEmailVerifiedSchema, {
-    eventId,
-    occurTime: timestampFromDate(occurTime),
+function publishVerified(customerId: string, email: string, version: number, opts: PublishOptions = {}) {
+  const fields = { email, emailVersion: BigInt(version) };
+  return feed.publish(
+    CustomerEmailVerifiedSchema,
     customerId,
-    email,
-    emailVersion: BigInt(version),
-  });
-  const subject = identitySubjects(names.subjectPrefix).customerEmailVerified(customerId);
-  const signer = opts.signer === undefined ? identityKeys.signer : (opts.signer ?? undefined);
-  const ack = await publishEvent(opts.js ?? js, signer, subject, toBinary(CustomerEmailVerifiedSchema, event), {
-    id: eventId,
-    type: EMAIL_VERIFIED,
-    source: "identity-service",
-    time: occurTime,
-    subject: customerId,
-  });
-  return ack.seq;
+    fields,
+    (s) => s.customerEmailVerified(customerId),
+    opts,
+  );
 }
 
 /** Waits until the service's durable consumer has settled every event up to stream sequence `seq`. */
-async function consumed(seq: number, streams: StreamNames = identity, durable = DURABLE) {
-  await until(`the identity-event consumer past sequence ${seq}`, async () => {
-    const info = await jsm.consumers.info(streams.stream, durable);
-    return info.ack_floor.stream_seq >= seq && info.num_ack_pending === 0;
-  });
-}
+const consumed = (seq: number, streams: StreamNames = identity, durable = DURABLE) =>
+  feed.consumed(seq, durable, streams);
 
 const client = () => svc.clients.client(CustomerService);
 const profile = { givenName: "Ada", familyName: "Lovelace" };
@@ -252,9 +204,9 @@ describe("while NATS is unreachable", () => {
   beforeAll(async () => {
     const target = new URL(sharedNatsUrl);
     proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port) });
-    outageIdentity = await createIdentityStream();
+    outageIdentity = await feed.newStream();
     outage = await startCustomerService(
-      { ...serviceEnv(), CUSTOMER_IDENTITY_CONSUMER: durable },
+      { ...feed.env(), CUSTOMER_IDENTITY_CONSUMER: durable },
       { natsUrl: proxy.rewrite(sharedNatsUrl), identityStreams: outageIdentity },
     );
   });
@@ -298,11 +250,11 @@ describe("across a restart", () => {
   it("stops its consumer before NATS closes, and applies what was published while stopped", async () => {
     const database = await createTestDatabase("customer");
     const streams = uniqueStreamNames("customer");
-    const names = await createIdentityStream();
+    const names = await feed.newStream();
     const durable = "email-restart";
     const start = () =>
       startCustomerService(
-        { ...serviceEnv(), CUSTOMER_IDENTITY_CONSUMER: durable },
+        { ...feed.env(), CUSTOMER_IDENTITY_CONSUMER: durable },
         { database, streams, identityStreams: names },
       );
     try {

@@ -2,7 +2,7 @@
  * The events this service publishes (identity.v1 events.proto), written to
  * the outbox in the transaction of the change they record.
  */
-import { create } from "@bufbuild/protobuf";
+import { create, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   AuditRecordedSchema,
@@ -105,6 +105,30 @@ export async function emitTokensRevoked(tx: OutboxTx, outbox: Outbox, revoked: R
 export { AuthenticationMethod, TokenRevocationReason };
 
 /**
+ * Writes one event to the outbox, stamped with a new event id and the time
+ * of the change, on `subject` with `ceSubject` (the customer's or client's
+ * id); returns the event id.
+ */
+async function emit<Desc extends DescMessage>(
+  tx: OutboxTx,
+  outbox: Outbox,
+  schema: Desc,
+  fields: Omit<MessageInitShape<Desc>, "eventId" | "occurTime" | "$typeName">,
+  where: { subject: string; ceSubject: string },
+  occurTime: Date,
+): Promise<string> {
+  const eventId = uuidv7();
+  const event = create(schema, {
+    ...fields,
+    eventId,
+    occurTime: timestampFromDate(occurTime),
+    // Every identity event has event_id and occur_time; the type system cannot know that of Desc.
+  } as unknown as MessageInitShape<Desc>);
+  await enqueueEvent(tx, outboxEvent(outbox, schema, event, { eventId, occurTime, ...where }), outbox);
+  return eventId;
+}
+
+/**
  * Writes identity.v1.CustomerEmailVerified to the outbox: `email` is now the
  * customer's verified login email, the identity's `version`th.
  */
@@ -114,23 +138,15 @@ export async function emitCustomerEmailVerified(
   verified: { customerId: string; email: string; version: number },
   occurTime: Date,
 ) {
-  const eventId = uuidv7();
-  const event = create(CustomerEmailVerifiedSchema, {
-    eventId,
-    occurTime: timestampFromDate(occurTime),
-    customerId: verified.customerId,
-    email: verified.email,
-    emailVersion: BigInt(verified.version),
-  });
-  await enqueueEvent(
+  const { customerId, email, version } = verified;
+  const subject = identitySubjects(outbox.subjectPrefix).customerEmailVerified(customerId);
+  await emit(
     tx,
-    outboxEvent(outbox, CustomerEmailVerifiedSchema, event, {
-      eventId,
-      occurTime,
-      subject: `${outbox.subjectPrefix}.customer.email_verified.${verified.customerId}`,
-      ceSubject: verified.customerId,
-    }),
     outbox,
+    CustomerEmailVerifiedSchema,
+    { customerId, email, emailVersion: BigInt(version) },
+    { subject, ceSubject: customerId },
+    occurTime,
   );
 }
 
@@ -145,23 +161,9 @@ export async function emitPasswordChanged(
   changed: { customerId: string; kind: PasswordChangeKind },
   occurTime: Date,
 ) {
-  const eventId = uuidv7();
-  const event = create(PasswordChangedSchema, {
-    eventId,
-    occurTime: timestampFromDate(occurTime),
-    customerId: changed.customerId,
-    kind: changed.kind,
-  });
-  await enqueueEvent(
-    tx,
-    outboxEvent(outbox, PasswordChangedSchema, event, {
-      eventId,
-      occurTime,
-      subject: identitySubjects(outbox.subjectPrefix).passwordChanged(changed.customerId),
-      ceSubject: changed.customerId,
-    }),
-    outbox,
-  );
+  const { customerId, kind } = changed;
+  const subject = identitySubjects(outbox.subjectPrefix).passwordChanged(customerId);
+  await emit(tx, outbox, PasswordChangedSchema, { customerId, kind }, { subject, ceSubject: customerId }, occurTime);
 }
 
 export { PasswordChangeKind };
@@ -176,51 +178,48 @@ export async function emitIdentityStatusChanged(
   change: { customerId: string; disabled: boolean },
   occurTime: Date,
 ) {
-  const eventId = uuidv7();
-  const fields = { eventId, occurTime: timestampFromDate(occurTime), customerId: change.customerId };
-  const meta = {
-    eventId,
-    occurTime,
-    subject: `${outbox.subjectPrefix}.customer.${change.disabled ? "disabled" : "enabled"}.${change.customerId}`,
-    ceSubject: change.customerId,
-  };
-  await enqueueEvent(
-    tx,
-    change.disabled
-      ? outboxEvent(outbox, IdentityDisabledSchema, create(IdentityDisabledSchema, fields), meta)
-      : outboxEvent(outbox, IdentityEnabledSchema, create(IdentityEnabledSchema, fields), meta),
-    outbox,
-  );
+  const { customerId } = change;
+  const subjects = identitySubjects(outbox.subjectPrefix);
+  const where = { ceSubject: customerId };
+  await (change.disabled
+    ? emit(
+        tx,
+        outbox,
+        IdentityDisabledSchema,
+        { customerId },
+        { ...where, subject: subjects.identityDisabled(customerId) },
+        occurTime,
+      )
+    : emit(
+        tx,
+        outbox,
+        IdentityEnabledSchema,
+        { customerId },
+        { ...where, subject: subjects.identityEnabled(customerId) },
+        occurTime,
+      ));
 }
 
 /**
  * Writes identity.v1.CustomerDeleted to the outbox (ids only) and returns its
  * event id: the stream purge of the customer's personal data waits for it.
  */
-export async function emitCustomerDeleted(
+export function emitCustomerDeleted(
   tx: OutboxTx,
   outbox: Outbox,
   deleted: { customerId: string; deletedBy: DeletedBy },
   occurTime: Date,
 ): Promise<string> {
-  const eventId = uuidv7();
-  const event = create(CustomerDeletedSchema, {
-    eventId,
-    occurTime: timestampFromDate(occurTime),
-    customerId: deleted.customerId,
-    deletedBy: deleted.deletedBy,
-  });
-  await enqueueEvent(
+  const { customerId, deletedBy } = deleted;
+  const subject = identitySubjects(outbox.subjectPrefix).customerDeleted(customerId);
+  return emit(
     tx,
-    outboxEvent(outbox, CustomerDeletedSchema, event, {
-      eventId,
-      occurTime,
-      subject: `${outbox.subjectPrefix}.customer.deleted.${deleted.customerId}`,
-      ceSubject: deleted.customerId,
-    }),
     outbox,
+    CustomerDeletedSchema,
+    { customerId, deletedBy },
+    { subject, ceSubject: customerId },
+    occurTime,
   );
-  return eventId;
 }
 
 export { DeletedBy };
@@ -253,24 +252,16 @@ export async function emitAuditRecorded(
   audit: { actor: AuditActor; action: AuditAction; target: { kind: "customer" | "client"; id: string } },
   occurTime: Date,
 ) {
-  const eventId = uuidv7();
-  const event = create(AuditRecordedSchema, {
-    eventId,
-    occurTime: timestampFromDate(occurTime),
-    actorKind: audit.actor.kind,
-    actorId: audit.actor.id,
-    action: audit.action,
-    targetKind: audit.target.kind,
-    targetId: audit.target.id,
-  });
-  await enqueueEvent(
+  const { actor, action, target } = audit;
+  const subject = identitySubjects(outbox.subjectPrefix).auditRecorded(
+    target.kind === "customer" ? { customerId: target.id } : { clientId: target.id },
+  );
+  await emit(
     tx,
-    outboxEvent(outbox, AuditRecordedSchema, event, {
-      eventId,
-      occurTime,
-      subject: `${outbox.subjectPrefix}.audit.${audit.target.kind}.${audit.target.id}`,
-      ceSubject: audit.target.id,
-    }),
     outbox,
+    AuditRecordedSchema,
+    { actorKind: actor.kind, actorId: actor.id, action, targetKind: target.kind, targetId: target.id },
+    { subject, ceSubject: target.id },
+    occurTime,
   );
 }

@@ -1,4 +1,4 @@
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { eq } from "drizzle-orm";
 import { identities } from "../db/schema.js";
@@ -6,8 +6,7 @@ import type { AuthServiceDeps } from "../deps.js";
 import { emitPasswordChanged, PasswordChangeKind, TokenRevocationReason } from "../events.js";
 import { checkNewPassword } from "../passwords.js";
 import { grantAudiences, issueCustomerTokens, revokeSessions, sessionClient, verifiedEmail } from "../sessions.js";
-import { loginThrottleKey } from "../throttle.js";
-import { invalidLogin, normalizeEmail } from "./credentials.js";
+import { reauthenticate } from "./credentials.js";
 
 /**
  * ChangePassword: the caller's token names the customer; the current password
@@ -18,23 +17,17 @@ import { invalidLogin, normalizeEmail } from "./credentials.js";
 export function changePassword(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "changePassword"> {
   return {
     async changePassword(req, ctx) {
-      const principal = await deps.auth.authenticate(ctx);
-      if (principal.kind !== "customer") {
-        throw new ConnectError("only a customer token can change a password", Code.PermissionDenied);
-      }
-      const audiences = grantAudiences(req.audience, deps.firstPartyAudiences);
-      const [identity] = await deps.db.select().from(identities).where(eq(identities.customerId, principal.subject));
-      if (identity?.status !== "active") throw invalidLogin();
-      // Sign-up's rules, checked before an attempt is spent on the current password.
-      checkNewPassword(req.newPassword, identity.email, "new_password");
-      // One counter with sign-in: a stolen token does not buy extra guesses at the password.
-      const throttleKey = loginThrottleKey(normalizeEmail(identity.email));
-      await deps.throttle.reserve(throttleKey);
+      let audiences: string[] = [];
+      const identity = await reauthenticate(deps, ctx, {
+        action: "change a password",
+        currentPassword: req.currentPassword,
+        // The request's own rules, checked before an attempt is spent on the current password.
+        beforeAttempt: (found) => {
+          audiences = grantAudiences(req.audience, deps.firstPartyAudiences);
+          checkNewPassword(req.newPassword, found.email, "new_password");
+        },
+      });
       const client = deps.clientAddress(ctx);
-      if (!(await deps.passwords.verify(identity.passwordHash, req.currentPassword, client))) {
-        throw new ConnectError("current password is wrong", Code.Unauthenticated);
-      }
-      await deps.throttle.succeed(throttleKey);
       const passwordHash = await deps.passwords.hash(req.newPassword, client);
       const now = deps.now();
       const tokens = await deps.db.transaction(async (tx) => {

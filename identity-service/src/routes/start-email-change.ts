@@ -1,14 +1,12 @@
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import type { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import { uuidv7 } from "@customer-platform/runtime/ids";
 import { MAIL_NOTIFY, mailInsertFrom } from "@customer-platform/runtime/mail";
-import { eq, sql } from "drizzle-orm";
+import { sql } from "drizzle-orm";
 import { newCode } from "../codes.js";
-import { identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { mailLocale } from "../mail/templates.js";
-import { loginThrottleKey } from "../throttle.js";
-import { invalidLogin, normalizeEmail } from "./credentials.js";
+import { normalizeEmail, reauthenticate } from "./credentials.js";
 
 /**
  * StartEmailChange: the caller's token names the customer, the current
@@ -23,20 +21,11 @@ import { invalidLogin, normalizeEmail } from "./credentials.js";
 export function startEmailChange(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "startEmailChange"> {
   return {
     async startEmailChange(req, ctx) {
-      const principal = await deps.auth.authenticate(ctx);
-      if (principal.kind !== "customer") {
-        throw new ConnectError("only a customer token can change an email", Code.PermissionDenied);
-      }
-      await deps.rateLimits.emailChange.consume(principal.subject);
-      const [identity] = await deps.db.select().from(identities).where(eq(identities.customerId, principal.subject));
-      if (identity?.status !== "active") throw invalidLogin();
-      const throttleKey = loginThrottleKey(normalizeEmail(identity.email));
-      await deps.throttle.reserve(throttleKey);
-      const client = deps.clientAddress(ctx);
-      if (!(await deps.passwords.verify(identity.passwordHash, req.currentPassword, client))) {
-        throw new ConnectError("current password is wrong", Code.Unauthenticated);
-      }
-      await deps.throttle.succeed(throttleKey);
+      const identity = await reauthenticate(deps, ctx, {
+        action: "change an email",
+        currentPassword: req.currentPassword,
+        beforeAttempt: (found) => deps.rateLimits.emailChange.consume(found.customerId),
+      });
       const newEmail = normalizeEmail(req.newEmail);
       const verifying = newEmail === normalizeEmail(identity.email);
       if (verifying && identity.emailVerifiedAt) return {};
