@@ -4,7 +4,7 @@
  * delete` (an operator) run this one function. In one transaction: every
  * session revoked (TokensRevoked, reason ACCOUNT_DELETED) and the refresh
  * tokens deleted; the identity's codes, the mail queued to its addresses,
- * its unpublished CustomerEmailVerified events (they carry the email) and
+ * its CustomerEmailVerified outbox rows (they carry the email) and
  * the login throttle of its email deleted; the identity row replaced by a
  * tombstone (deleted_identities, ids only); CustomerDeleted and
  * AuditRecorded written; and a purge of the customer's
@@ -71,16 +71,11 @@ export async function eraseIdentity(
           inArray(sql`lower(${mailOutbox.recipient})`, addresses),
         ),
       );
-    // Not yet in the stream, so the purge would not find them: they must never get there.
+    // They carry the email. Those not yet in the stream must never get there (the purge would not find
+    // them); those published are in the stream until the purge, and need not stay in the outbox meanwhile.
     await tx
       .delete(outbox)
-      .where(
-        and(
-          isNull(outbox.publishedAt),
-          eq(outbox.type, CustomerEmailVerifiedSchema.typeName),
-          eq(outbox.ceSubject, customerId),
-        ),
-      );
+      .where(and(eq(outbox.type, CustomerEmailVerifiedSchema.typeName), eq(outbox.ceSubject, customerId)));
     await unlockKey(tx, loginThrottleKey(email));
     await tx.delete(identities).where(eq(identities.customerId, customerId));
     await tx.insert(deletedIdentities).values({ customerId, deletedAt: now, deletedBy: eraser.by });

@@ -101,3 +101,9 @@ export async function writtenEvents(sql: postgres.Sql, ceSubject: string): Promi
     };
   });
 }
+
+/** The events of `after` that `before` did not have (an erasure deletes the customer's CustomerEmailVerified rows). */
+export function newEvents(before: readonly WrittenEvent[], after: readonly WrittenEvent[]): WrittenEvent[] {
+  const seen = new Set(before.map((e) => e.eventId));
+  return after.filter((e) => !seen.has(e.eventId));
+}
