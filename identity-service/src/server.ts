@@ -1,7 +1,8 @@
 /**
  * The identity service: AuthService over the user directory (and, on the
- * same port, AdminService for operators), the JWKS and
- * discovery documents, its events relayed from the outbox. The host (runtime
+ * same port, AdminService for operators), the OAuth 2.0 token, revocation
+ * and introspection endpoints, the JWKS and discovery documents, its events
+ * relayed from the outbox. The host (runtime
  * service-host) assembles and runs it; this file says only what is
  * particular to it.
  */
@@ -25,6 +26,7 @@ import * as schema from "./db/schema.js";
 import type { AuthServiceDeps } from "./deps.js";
 import { identityHousekeeping } from "./housekeeping.js";
 import { createIdentityMailRenderer } from "./mail/templates.js";
+import { oauthHandler } from "./oauth/handler.js";
 import { identityOutbox } from "./outbox.js";
 import { commonPasswordList, createPasswordHasher } from "./passwords.js";
 import { createRateLimiter } from "./rate-limit.js";
@@ -113,7 +115,8 @@ export async function createIdentityServer(
         impl,
         // On the same port, for service tokens with the scope identity:admin.
         also: [served(AdminService, createAdminService(deps))],
-        http: wellKnownHandler(keys, config, notFound),
+        // The OAuth 2.0 form endpoints (token, revocation, introspection) over the same code as the RPCs.
+        http: wellKnownHandler(keys, config, oauthHandler(deps, { logger }, notFound)),
       };
     },
     describe: (c) => ({ issuer: c.issuer, mail: describeMailTransport(c.mail.transport) }),

@@ -8,6 +8,7 @@
 
 import type { NodeHandlerFn } from "@customer-platform/runtime/health";
 import { SCOPE_OPENID, SCOPE_PROFILE, SCOPES } from "@customer-platform/sdk/scopes";
+import { AUTH_METHODS, GRANT_TYPES, OAUTH_PATHS } from "./oauth/handler.js";
 import type { KeyStore } from "./tokens.js";
 import { SIGNING_ALG } from "./tokens.js";
 
@@ -15,22 +16,28 @@ import { SIGNING_ALG } from "./tokens.js";
 export const DISCOVERY_PATHS = ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"];
 
 /**
- * The discovery document: only what is true. Tokens are issued by Connect
- * RPCs, not by OAuth endpoints, so no token, revocation, introspection or
- * authorization endpoint is named (an OAuth client would POST a form there and
- * get 415), the grant types are an empty list (RFC 8414's default when the
- * field is missing, authorization_code and implicit, would be false), and
- * there are no response types. No ID token is issued: no OpenID Connect
- * fields, and not the `openid` and `profile` scopes customer tokens carry for
- * compatibility, which grant nothing here.
+ * The discovery document: only what is true. The token, revocation and
+ * introspection endpoints are the OAuth form endpoints (oauth/), with the
+ * grants they serve (client credentials, refresh token) and how clients
+ * authenticate there (`none`: the first-party app, a public client, by its
+ * client_id). There is no authorization endpoint yet, so no response types,
+ * no authorization code, implicit or password grant, and no ID token: no
+ * OpenID Connect fields, and not the `openid` and `profile` scopes customer
+ * tokens carry for compatibility, which grant nothing here.
  */
 export function discoveryDocument(issuer: string): Record<string, unknown> {
   return {
     issuer,
     jwks_uri: `${issuer}/.well-known/jwks.json`,
+    token_endpoint: `${issuer}${OAUTH_PATHS.token}`,
+    revocation_endpoint: `${issuer}${OAUTH_PATHS.revocation}`,
+    introspection_endpoint: `${issuer}${OAUTH_PATHS.introspection}`,
     scopes_supported: SCOPES.filter((s) => s !== SCOPE_OPENID && s !== SCOPE_PROFILE),
     response_types_supported: [],
-    grant_types_supported: [],
+    grant_types_supported: [...GRANT_TYPES],
+    token_endpoint_auth_methods_supported: [...AUTH_METHODS.token],
+    revocation_endpoint_auth_methods_supported: [...AUTH_METHODS.revocation],
+    introspection_endpoint_auth_methods_supported: [...AUTH_METHODS.introspection],
     // Not RFC 8414 metadata, but true, and what a verifier of the access tokens needs to pin.
     access_token_signing_alg_values_supported: [SIGNING_ALG],
   };

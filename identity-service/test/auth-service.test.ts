@@ -368,7 +368,7 @@ describe("well-known documents", () => {
   });
 
   it.each(["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"])(
-    "%s advertises only what exists: no OAuth endpoint, grant, response type, ID token or OpenID scope",
+    "%s advertises only what exists: the token, revocation and introspection endpoints, their grants and client authentication; no authorization endpoint, response type, ID token or OpenID scope",
     async (path) => {
       const res = await fetch(`${svc.url}${path}`);
       expect(res.status).toBe(200);
@@ -377,11 +377,27 @@ describe("well-known documents", () => {
       expect(await res.json()).toEqual({
         issuer: "https://identity.test",
         jwks_uri: "https://identity.test/.well-known/jwks.json",
+        token_endpoint: "https://identity.test/oauth2/token",
+        revocation_endpoint: "https://identity.test/oauth2/revoke",
+        introspection_endpoint: "https://identity.test/oauth2/introspect",
         scopes_supported: ["customer:self", "customer:read", "customer:write", "identity:introspect"],
         response_types_supported: [],
-        grant_types_supported: [],
+        grant_types_supported: ["client_credentials", "refresh_token"],
+        token_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post", "none"],
+        revocation_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post", "none"],
+        introspection_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post"],
         access_token_signing_alg_values_supported: ["EdDSA"],
       });
+      // Each endpoint named is served (a form POST with no client is answered, not 404).
+      for (const endpoint of ["/oauth2/token", "/oauth2/revoke", "/oauth2/introspect"]) {
+        const answer = await fetch(`${svc.url}${endpoint}`, {
+          method: "POST",
+          headers: { "content-type": "application/x-www-form-urlencoded" },
+          body: "grant_type=client_credentials&token=x",
+        });
+        expect(answer.status, endpoint).toBe(401);
+        expect(await answer.json(), endpoint).toMatchObject({ error: "invalid_client" });
+      }
       // The Connect RPCs are not OAuth form endpoints: a form POST there is refused.
       const form = await fetch(`${svc.url}/identity.v1.AuthService/AuthenticateClient`, {
         method: "POST",

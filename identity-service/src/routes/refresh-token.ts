@@ -6,7 +6,7 @@ import { and, eq, exists, gt, isNull, or, sql } from "drizzle-orm";
 import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { TokenRevocationReason } from "../events.js";
-import { CUSTOMER_SCOPE, revokeSessions } from "../sessions.js";
+import { CUSTOMER_SCOPE, revokeSessions, type TokenSetInit } from "../sessions.js";
 import { hashToken, invalidRefreshToken, newRefreshToken, signAccessToken } from "../tokens.js";
 
 /**
@@ -26,47 +26,60 @@ import { hashToken, invalidRefreshToken, newRefreshToken, signAccessToken } from
  * (sign-in + the absolute session lifetime).
  */
 export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "refreshToken"> {
-  const rotate = prepareRotation(deps);
+  const grant = refreshTokenGrant(deps);
   return {
     async refreshToken(req) {
-      const hash = hashToken(req.refreshToken);
-      const now = deps.now();
-      const requested = [...new Set(req.audience)];
-      // The signing key before the rotation commits: with none live the token must stay unrotated.
-      deps.keys.current();
-      const successor = newRefreshToken();
-      const [token] = await rotate.execute({
-        hash,
-        now,
-        requested,
-        defaultAudiences: [...deps.firstPartyAudiences.default],
-        id: uuidv7(),
-        successorHash: successor.hash,
-        clientId: deps.firstPartyClientId,
-        scope: CUSTOMER_SCOPE,
-        refreshUntil: new Date(now.getTime() + deps.tokens.refreshTokenTtlSec * 1000),
-        sessionUntil: new Date(now.getTime() + deps.tokens.sessionMaxLifetimeSec * 1000),
-      });
-      if (!token) return notRotated(deps, hash, requested, now);
-      const access = await signAccessToken(deps.keys, deps.tokens, {
-        sub: token.customerId,
-        clientId: deps.firstPartyClientId,
-        scope: CUSTOMER_SCOPE,
-        audience: requested.length > 0 ? requested : token.audiences,
-        sid: token.familyId,
-        email: token.email,
-      });
-      return {
-        tokens: {
-          accessToken: access.token,
-          tokenType: "Bearer",
-          expiresIn: access.expiresIn,
-          refreshToken: successor.token,
-          scope: CUSTOMER_SCOPE,
-          audience: access.audience,
-        },
-      };
+      return { tokens: await grant(req.refreshToken, req.audience) };
     },
+  };
+}
+
+/**
+ * The rotation itself, shared by RefreshToken and the OAuth token endpoint's
+ * `refresh_token` grant (oauth/): the new token set, or UNAUTHENTICATED
+ * (`invalid refresh token`, OAuth `invalid_grant`) or PERMISSION_DENIED (an
+ * audience the session does not allow, OAuth `invalid_target`).
+ */
+export function refreshTokenGrant(
+  deps: AuthServiceDeps,
+): (refreshToken: string, audience: readonly string[]) => Promise<TokenSetInit> {
+  const rotate = prepareRotation(deps);
+  return async (refreshToken, audience) => {
+    const hash = hashToken(refreshToken);
+    const now = deps.now();
+    const requested = [...new Set(audience)];
+    // The signing key before the rotation commits: with none live the token must stay unrotated.
+    deps.keys.current();
+    const successor = newRefreshToken();
+    const [token] = await rotate.execute({
+      hash,
+      now,
+      requested,
+      defaultAudiences: [...deps.firstPartyAudiences.default],
+      id: uuidv7(),
+      successorHash: successor.hash,
+      clientId: deps.firstPartyClientId,
+      scope: CUSTOMER_SCOPE,
+      refreshUntil: new Date(now.getTime() + deps.tokens.refreshTokenTtlSec * 1000),
+      sessionUntil: new Date(now.getTime() + deps.tokens.sessionMaxLifetimeSec * 1000),
+    });
+    if (!token) return notRotated(deps, hash, requested, now);
+    const access = await signAccessToken(deps.keys, deps.tokens, {
+      sub: token.customerId,
+      clientId: deps.firstPartyClientId,
+      scope: CUSTOMER_SCOPE,
+      audience: requested.length > 0 ? requested : token.audiences,
+      sid: token.familyId,
+      email: token.email,
+    });
+    return {
+      accessToken: access.token,
+      tokenType: "Bearer",
+      expiresIn: access.expiresIn,
+      refreshToken: successor.token,
+      scope: CUSTOMER_SCOPE,
+      audience: access.audience,
+    };
   };
 }
 
