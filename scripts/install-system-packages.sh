@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the bench need beyond Node, PostgreSQL and NATS:
 # nghttp2-client (h2load, the C load generator the bench drives its throughput rows with, over
-# h2c and HTTP/1.1). Idempotent: returns at once when everything is installed; runs
+# h2c and HTTP/1.1) and chromium (the real browser the hosted sign-in page is tested in, driven
+# by playwright-core; never a downloaded browser). Idempotent: returns at once when everything is installed; runs
 # `apt-get update` only when the package lists are missing (or too old to install from).
 # Needs root (or sudo). `.ci/run` runs it before the tests.
 set -euo pipefail
 
-packages=(nghttp2-client)
+packages=(nghttp2-client chromium)
 
 missing=()
 for p in "${packages[@]}"; do
