@@ -170,7 +170,11 @@ describe("unknown email versus wrong password", () => {
           const from = proxy.statements.length;
           verify.mockClear();
           await rawSignIn(address(), password);
-          const statements = proxy.statements.slice(from).map((s) => s.text);
+          // Not the readiness probe's `select 1`, which runs now and then on the same pool.
+          const statements = proxy.statements
+            .slice(from)
+            .map((s) => s.text)
+            .filter((text) => text !== "select 1");
           const verified = verify.mock.calls.map(([hash]) => paramsOf(hash));
           if (!least || statements.length < least.statements.length) least = { statements, verified };
         }
