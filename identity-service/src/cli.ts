@@ -3,6 +3,11 @@
  *
  *   clients create <client-id> --scopes "customer:read customer:write" [--audiences "customer-service …"]
  *                  [--default-audiences "customer-service"] [--description "…"]
+ *                  [--redirect-uris "https://app.example.com/callback …"] [--post-logout-redirect-uris "…"]
+ *                  [--grant-types "authorization_code refresh_token"] [--public] [--first-party]
+ *                  (grant types default to client_credentials, or to authorization_code refresh_token
+ *                  with --redirect-uris; a --public client has no secret and uses PKCE;
+ *                  a --first-party client's customers are not asked to consent)
  *   clients set-audiences <client-id> --audiences "…" [--default-audiences "…"]
  *   clients list
  *   clients disable <client-id>        (its live tokens are revoked: TokensRevoked; audited)
@@ -38,7 +43,13 @@ import { describeStartFailure } from "@customer-platform/runtime/main";
 import { openServiceDatabase } from "@customer-platform/runtime/service-host";
 import { desc, eq } from "drizzle-orm";
 import { type AccountChange, disableIdentity, enableIdentity } from "./accounts.js";
-import { disableClient, enableClient, rotateClientSecret } from "./clients.js";
+import {
+  type ClientRegistration,
+  checkRegistration,
+  disableClient,
+  enableClient,
+  rotateClientSecret,
+} from "./clients.js";
 import { envToConfig, type IdentityConfig } from "./config.js";
 import { identityDatabase } from "./database.js";
 import { clients, signingKeys } from "./db/schema.js";
@@ -90,6 +101,11 @@ export async function runCli(
       description: { type: "string" },
       audiences: { type: "string" },
       "default-audiences": { type: "string" },
+      "redirect-uris": { type: "string" },
+      "post-logout-redirect-uris": { type: "string" },
+      "grant-types": { type: "string" },
+      public: { type: "boolean" },
+      "first-party": { type: "boolean" },
     },
   });
   const [group, command, arg] = positionals;
@@ -115,6 +131,8 @@ export async function runCli(
           throw new Error('--scopes is required, e.g. --scopes "customer:read"');
         }
         const { audiences, defaultAudiences } = audienceOptions(values, config);
+        const registration = registrationOptions(values);
+        // A public client's stored hash is of a secret nobody is shown: it authenticates by client_id alone.
         const secret = newSecret();
         await db.insert(clients).values({
           clientId: arg,
@@ -124,15 +142,29 @@ export async function runCli(
           defaultAudiences,
           description: values.description ?? "",
           createdAt: new Date(),
+          ...registration,
         });
         out(
           JSON.stringify(
-            { client_id: arg, client_secret: secret, scopes, audiences, default_audiences: defaultAudiences },
+            {
+              client_id: arg,
+              ...(!registration.isPublic && { client_secret: secret }),
+              scopes,
+              audiences,
+              default_audiences: defaultAudiences,
+              grant_types: registration.grantTypes,
+              ...(registration.redirectUris.length > 0 && { redirect_uris: registration.redirectUris }),
+              ...(registration.postLogoutRedirectUris.length > 0 && {
+                post_logout_redirect_uris: registration.postLogoutRedirectUris,
+              }),
+              token_endpoint_auth_method: registration.isPublic ? "none" : "client_secret_basic",
+              first_party: registration.firstParty,
+            },
             null,
             2,
           ),
         );
-        out("The secret is shown once; only its hash is stored.");
+        if (!registration.isPublic) out("The secret is shown once; only its hash is stored.");
         return 0;
       }
       case "clients list": {
@@ -140,7 +172,11 @@ export async function runCli(
         for (const { c } of rows) {
           out(
             `${c.clientId}\t${c.scopes.join(" ")}\t${c.disabledAt ? "disabled" : "active"}\t${c.description}\t` +
-              `audiences ${c.audiences.join(" ")} (default ${c.defaultAudiences.join(" ")})`,
+              `audiences ${c.audiences.join(" ")} (default ${c.defaultAudiences.join(" ")})\t` +
+              `grants ${c.grantTypes.join(" ")}\t${c.isPublic ? "public" : "confidential"}` +
+              `${c.firstParty ? " first-party" : ""}` +
+              (c.redirectUris.length > 0 ? `\tredirect ${c.redirectUris.join(" ")}` : "") +
+              (c.postLogoutRedirectUris.length > 0 ? `\tpost-logout ${c.postLogoutRedirectUris.join(" ")}` : ""),
           );
         }
         return 0;
@@ -198,6 +234,11 @@ export async function runCli(
         return 0;
       }
       case "clients rotate-secret": {
+        const [found] = await db
+          .select({ isPublic: clients.isPublic })
+          .from(clients)
+          .where(eq(clients.clientId, arg ?? ""));
+        if (found?.isPublic) throw new Error(`${arg} is a public client: it has no secret`);
         const secret = newSecret();
         const revocation = {
           db,
@@ -252,7 +293,9 @@ export async function runCli(
         return 0;
       }
       default:
-        out("usage: identity clients create <id> --scopes <scopes> [--audiences <a>] [--default-audiences <a>] |");
+        out("usage: identity clients create <id> --scopes <scopes> [--audiences <a>] [--default-audiences <a>]");
+        out("         [--redirect-uris <uris>] [--post-logout-redirect-uris <uris>] [--grant-types <g>]");
+        out("         [--public] [--first-party] |");
         out("       clients set-audiences <id> --audiences <a> [--default-audiences <a>] | keys revoke <kid> |");
         out("       clients list | clients disable <id> | clients enable <id> |");
         out("       clients rotate-secret <id> | keys list | keys rotate | unlock <email> |");
@@ -267,6 +310,26 @@ export async function runCli(
 }
 
 const AUDIENCE = /^[!-~]{1,256}$/;
+
+/** --redirect-uris, --post-logout-redirect-uris, --grant-types, --public, --first-party, checked (checkRegistration). */
+function registrationOptions(values: {
+  "redirect-uris"?: string | undefined;
+  "post-logout-redirect-uris"?: string | undefined;
+  "grant-types"?: string | undefined;
+  public?: boolean | undefined;
+  "first-party"?: boolean | undefined;
+}): ClientRegistration {
+  const list = (v: string | undefined) => [...new Set((v ?? "").split(/[\s,]+/).filter(Boolean))];
+  const redirectUris = list(values["redirect-uris"]);
+  const fallback = redirectUris.length > 0 ? ["authorization_code", "refresh_token"] : ["client_credentials"];
+  return checkRegistration({
+    redirectUris,
+    postLogoutRedirectUris: list(values["post-logout-redirect-uris"]),
+    grantTypes: values["grant-types"] === undefined ? fallback : list(values["grant-types"]),
+    isPublic: values.public ?? false,
+    firstParty: values["first-party"] ?? false,
+  });
+}
 
 /** --audiences (default IDENTITY_DEFAULT_AUDIENCES) and --default-audiences (default: --audiences), checked. */
 function audienceOptions(

@@ -136,3 +136,68 @@ function audit(
 ) {
   return emitAuditRecorded(tx, ctx.outbox, { actor, action, target: { kind: "client", id: clientId } }, ctx.now);
 }
+
+/** The grant types a client may be registered for. */
+export const CLIENT_GRANT_TYPES = ["client_credentials", "authorization_code", "refresh_token"] as const;
+
+/** Whether a host is a loopback address or name, where RFC 8252 §7.3 and §8.3 allow plain http. */
+function isLoopback(hostname: string): boolean {
+  return hostname === "localhost" || hostname === "[::1]" || /^127(\.\d{1,3}){3}$/.test(hostname);
+}
+
+/**
+ * A redirect URI a client may register: absolute, no fragment (RFC 6749
+ * §3.1.2), no user info, https unless the host is loopback (RFC 8252); the
+ * reason it may not, otherwise undefined. Matched exactly, character for
+ * character, at the authorization endpoint.
+ */
+export function redirectUriProblem(uri: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return "is not an absolute URI";
+  }
+  if (uri.includes("#")) return "has a fragment";
+  if (url.username || url.password) return "has user information";
+  if (uri.length > 2000) return "is longer than 2000 characters";
+  if (url.protocol === "https:") return undefined;
+  if (url.protocol === "http:" && isLoopback(url.hostname)) return undefined;
+  return "must be https (http only on a loopback host)";
+}
+
+/** What a client is registered for beyond its scopes and audiences: the authorization code flow's settings. */
+export interface ClientRegistration {
+  redirectUris: string[];
+  postLogoutRedirectUris: string[];
+  grantTypes: string[];
+  isPublic: boolean;
+  firstParty: boolean;
+}
+
+/**
+ * Checks a registration: each URI as redirectUriProblem says, known grant
+ * types, at least one redirect URI for authorization_code, and no
+ * client_credentials for a public client (it has no secret). Throws an Error
+ * naming the problem.
+ */
+export function checkRegistration(r: ClientRegistration): ClientRegistration {
+  for (const uri of [...r.redirectUris, ...r.postLogoutRedirectUris]) {
+    const problem = redirectUriProblem(uri);
+    if (problem) throw new Error(`redirect URI ${JSON.stringify(uri)} ${problem}`);
+  }
+  const unknown = r.grantTypes.filter((g) => !(CLIENT_GRANT_TYPES as readonly string[]).includes(g));
+  if (r.grantTypes.length === 0 || unknown.length > 0) {
+    throw new Error(`--grant-types must name some of: ${CLIENT_GRANT_TYPES.join(" ")}`);
+  }
+  if (r.grantTypes.includes("authorization_code") && r.redirectUris.length === 0) {
+    throw new Error("authorization_code needs --redirect-uris");
+  }
+  if (r.redirectUris.length > 0 && !r.grantTypes.includes("authorization_code")) {
+    throw new Error("--redirect-uris are for the authorization_code grant");
+  }
+  if (r.isPublic && r.grantTypes.includes("client_credentials")) {
+    throw new Error("a public client has no secret: client_credentials is for confidential clients");
+  }
+  return r;
+}

@@ -17,6 +17,8 @@ export interface AuthServiceDeps {
   /** Limits per client address (keyed by `addressLimitKey(clientAddress(ctx))`), and recovery's per email. */
   readonly rateLimits: {
     readonly signIn: RateLimiter;
+    /** GET /oauth2/authorize (each stores a request row), with the sign-in limit's settings. */
+    readonly authorize: RateLimiter;
     readonly signUp: RateLimiter;
     readonly recovery: RateLimiter;
     readonly recoveryEmail: RateLimiter;

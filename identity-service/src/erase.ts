@@ -15,7 +15,15 @@ import { CustomerEmailVerifiedSchema } from "@customer-platform/gen/identity/v1/
 import { requestStreamPurge } from "@customer-platform/runtime/stream-purge";
 import { and, eq, inArray, isNull, sql } from "drizzle-orm";
 import type { AccountChange, AccountChangeContext } from "./accounts.js";
-import { deletedIdentities, identities, mailOutbox, oneTimeCodes, outbox, refreshTokens } from "./db/schema.js";
+import {
+  authorizationRequests,
+  deletedIdentities,
+  identities,
+  mailOutbox,
+  oneTimeCodes,
+  outbox,
+  refreshTokens,
+} from "./db/schema.js";
 import { type AuditActor, DeletedBy, emitAuditRecorded, emitCustomerDeleted, TokenRevocationReason } from "./events.js";
 import { normalizeEmail } from "./routes/credentials.js";
 import { revokeSessions } from "./sessions.js";
@@ -55,6 +63,8 @@ export async function eraseIdentity(
     }
     await revokeSessions(tx, ctx, { customerId }, TokenRevocationReason.ACCOUNT_DELETED, now);
     await tx.delete(refreshTokens).where(eq(refreshTokens.customerId, customerId));
+    // Its sign-ins in progress or done at the authorization endpoint (their browser's address and User-Agent).
+    await tx.delete(authorizationRequests).where(eq(authorizationRequests.customerId, customerId));
     // Codes name the addresses mailed for this identity (an email change's new one); those mails go too.
     const codes = await tx
       .delete(oneTimeCodes)

@@ -18,6 +18,8 @@ export function identityHousekeeping(config: Pick<IdentityConfig, "throttle">): 
       // A locked login stays locked until unlocked (`identity unlock`) or signed in.
       sql: `delete from login_throttles where last_failure_at < now() - interval '${config.throttle.windowMs} milliseconds' and (blocked_until is null or blocked_until < now()) and locked_at is null`,
     },
+    // An authorization request (its sign-in page, its code) is worthless once expired.
+    { name: "authorization_requests", sql: "delete from authorization_requests where expires_at < now()" },
     // A passed theoretical arrival time is the same as no row.
     { name: "rate_limits", sql: "delete from rate_limits where tat < now()" },
     { name: "revoked_access_tokens", sql: "delete from revoked_access_tokens where expires_at < now()" },

@@ -1,7 +1,8 @@
 /**
  * The identity service: AuthService over the user directory (and, on the
- * same port, AdminService for operators), the OAuth 2.0 token, revocation
- * and introspection endpoints, the JWKS and discovery documents, its events
+ * same port, AdminService for operators), the OAuth 2.0 and OpenID Connect
+ * endpoints (authorization with its hosted sign-in page, token, revocation,
+ * introspection, userinfo, logout), the JWKS and discovery documents, its events
  * relayed from the outbox. The host (runtime
  * service-host) assembles and runs it; this file says only what is
  * particular to it.
@@ -26,6 +27,7 @@ import * as schema from "./db/schema.js";
 import type { AuthServiceDeps } from "./deps.js";
 import { identityHousekeeping } from "./housekeeping.js";
 import { createIdentityMailRenderer } from "./mail/templates.js";
+import { browserHandler } from "./oauth/browser.js";
 import { oauthHandler } from "./oauth/handler.js";
 import { identityOutbox } from "./outbox.js";
 import { commonPasswordList, createPasswordHasher } from "./passwords.js";
@@ -84,6 +86,7 @@ export async function createIdentityServer(
         throttle: createThrottle(database.db, config.throttle),
         rateLimits: {
           signIn: createRateLimiter(database.db, "sign-in", config.rateLimits.signIn),
+          authorize: createRateLimiter(database.db, "authorize", config.rateLimits.signIn),
           signUp: createRateLimiter(database.db, "sign-up", config.rateLimits.signUp),
           recovery: createRateLimiter(database.db, "recovery", config.recovery.perAddress),
           recoveryEmail: createRateLimiter(database.db, "recovery-email", config.recovery.perEmail),
@@ -116,7 +119,12 @@ export async function createIdentityServer(
         // On the same port, for service tokens with the scope identity:admin.
         also: [served(AdminService, createAdminService(deps))],
         // The OAuth 2.0 form endpoints (token, revocation, introspection) over the same code as the RPCs.
-        http: wellKnownHandler(keys, config, oauthHandler(deps, { logger }, notFound)),
+        // The authorization endpoint's hosted pages, userinfo and logout beside them.
+        http: wellKnownHandler(
+          keys,
+          config,
+          oauthHandler(deps, { logger }, browserHandler(deps, { logger }, notFound)),
+        ),
       };
     },
     describe: (c) => ({ issuer: c.issuer, mail: describeMailTransport(c.mail.transport) }),

@@ -70,6 +70,10 @@ export type SessionInit = (
   email?: string | null;
   /** A new session's sign-in (ignored for a rotation): stored on its first refresh-token row for ListSessions. */
   client?: SessionClient;
+  /** The OAuth client the session is for (the authorization code flow); default the first-party app. */
+  clientId?: string;
+  /** The session's scope (what the customer granted that client); default CUSTOMER_SCOPE. */
+  scope?: string;
 };
 
 /** Who signed in, as ListSessions shows it: the User-Agent header and the client address seen at sign-in. */
@@ -115,10 +119,12 @@ export async function newCustomerSession(
   const family = "familyId" in session ? session : undefined;
   const familyId = family?.familyId ?? id;
   const audience = family?.accessAudiences ?? session.audiences;
+  const clientId = session.clientId ?? deps.firstPartyClientId;
+  const scope = session.scope ?? CUSTOMER_SCOPE;
   const access = await signAccessToken(deps.keys, deps.tokens, {
     sub: customerId,
-    clientId: deps.firstPartyClientId,
-    scope: CUSTOMER_SCOPE,
+    clientId,
+    scope,
     audience,
     sid: familyId,
     email: session.email ?? null,
@@ -137,8 +143,8 @@ export async function newCustomerSession(
       familyId,
       parentId: family?.parentId ?? null,
       customerId,
-      clientId: deps.firstPartyClientId,
-      scope: CUSTOMER_SCOPE,
+      clientId,
+      scope,
       audiences: [...session.audiences],
       createdAt: now,
       expiresAt,
@@ -152,7 +158,7 @@ export async function newCustomerSession(
       tokenType: "Bearer",
       expiresIn: access.expiresIn,
       refreshToken: refresh.token,
-      scope: CUSTOMER_SCOPE,
+      scope,
       audience: access.audience,
     },
   };

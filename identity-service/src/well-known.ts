@@ -7,7 +7,9 @@
  */
 
 import type { NodeHandlerFn } from "@customer-platform/runtime/health";
-import { SCOPE_OPENID, SCOPE_PROFILE, SCOPES } from "@customer-platform/sdk/scopes";
+import { SCOPE_PROFILE, SCOPES } from "@customer-platform/sdk/scopes";
+import { SCOPE_EMAIL } from "./oauth/authorization.js";
+import { BROWSER_PATHS, CLAIMS } from "./oauth/browser.js";
 import { AUTH_METHODS, GRANT_TYPES, OAUTH_PATHS } from "./oauth/handler.js";
 import type { KeyStore } from "./tokens.js";
 import { SIGNING_ALG } from "./tokens.js";
@@ -16,25 +18,35 @@ import { SIGNING_ALG } from "./tokens.js";
 export const DISCOVERY_PATHS = ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"];
 
 /**
- * The discovery document: only what is true. The token, revocation and
- * introspection endpoints are the OAuth form endpoints (oauth/), with the
- * grants they serve (client credentials, refresh token) and how clients
- * authenticate there (`none`: the first-party app, a public client, by its
- * client_id). There is no authorization endpoint yet, so no response types,
- * no authorization code, implicit or password grant, and no ID token: no
- * OpenID Connect fields, and not the `openid` and `profile` scopes customer
- * tokens carry for compatibility, which grant nothing here.
+ * The discovery document: only what is true. The authorization endpoint
+ * (the hosted sign-in page: response type `code` with S256 PKCE, query
+ * response mode, `iss` in the response, RFC 9207), userinfo and
+ * RP-initiated logout (oauth/browser.ts); the token, revocation and
+ * introspection endpoints (oauth/handler.ts) with the grants they serve and
+ * how clients authenticate there (`none`: public clients, by their
+ * client_id). ID tokens are signed as access tokens are. No implicit or
+ * password grant, no request objects, no `profile` claims: `profile` is
+ * not listed among the scopes, since it grants nothing here.
  */
 export function discoveryDocument(issuer: string): Record<string, unknown> {
   return {
     issuer,
-    jwks_uri: `${issuer}/.well-known/jwks.json`,
+    authorization_endpoint: `${issuer}${BROWSER_PATHS.authorization}`,
     token_endpoint: `${issuer}${OAUTH_PATHS.token}`,
+    userinfo_endpoint: `${issuer}${BROWSER_PATHS.userinfo}`,
+    end_session_endpoint: `${issuer}${BROWSER_PATHS.endSession}`,
+    jwks_uri: `${issuer}/.well-known/jwks.json`,
     revocation_endpoint: `${issuer}${OAUTH_PATHS.revocation}`,
     introspection_endpoint: `${issuer}${OAUTH_PATHS.introspection}`,
-    scopes_supported: SCOPES.filter((s) => s !== SCOPE_OPENID && s !== SCOPE_PROFILE),
-    response_types_supported: [],
+    scopes_supported: [...SCOPES.filter((s) => s !== SCOPE_PROFILE), SCOPE_EMAIL],
+    response_types_supported: ["code"],
+    response_modes_supported: ["query"],
     grant_types_supported: [...GRANT_TYPES],
+    code_challenge_methods_supported: ["S256"],
+    authorization_response_iss_parameter_supported: true,
+    subject_types_supported: ["public"],
+    id_token_signing_alg_values_supported: [SIGNING_ALG],
+    claims_supported: [...CLAIMS],
     token_endpoint_auth_methods_supported: [...AUTH_METHODS.token],
     revocation_endpoint_auth_methods_supported: [...AUTH_METHODS.revocation],
     introspection_endpoint_auth_methods_supported: [...AUTH_METHODS.introspection],

@@ -368,7 +368,7 @@ describe("well-known documents", () => {
   });
 
   it.each(["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"])(
-    "%s advertises only what exists: the token, revocation and introspection endpoints, their grants and client authentication; no authorization endpoint, response type, ID token or OpenID scope",
+    "%s advertises only what exists: the authorization (code + S256 PKCE), token, userinfo, logout, revocation and introspection endpoints, their grants and client authentication, ID tokens; no implicit grant, request objects or profile claims",
     async (path) => {
       const res = await fetch(`${svc.url}${path}`);
       expect(res.status).toBe(200);
@@ -376,13 +376,29 @@ describe("well-known documents", () => {
       // The whole document: anything added must be true, and added here.
       expect(await res.json()).toEqual({
         issuer: "https://identity.test",
-        jwks_uri: "https://identity.test/.well-known/jwks.json",
+        authorization_endpoint: "https://identity.test/oauth2/authorize",
         token_endpoint: "https://identity.test/oauth2/token",
+        userinfo_endpoint: "https://identity.test/oauth2/userinfo",
+        end_session_endpoint: "https://identity.test/oauth2/logout",
+        jwks_uri: "https://identity.test/.well-known/jwks.json",
         revocation_endpoint: "https://identity.test/oauth2/revoke",
         introspection_endpoint: "https://identity.test/oauth2/introspect",
-        scopes_supported: ["customer:self", "customer:read", "customer:write", "identity:introspect"],
-        response_types_supported: [],
-        grant_types_supported: ["client_credentials", "refresh_token"],
+        scopes_supported: [
+          "openid",
+          "customer:self",
+          "customer:read",
+          "customer:write",
+          "identity:introspect",
+          "email",
+        ],
+        response_types_supported: ["code"],
+        response_modes_supported: ["query"],
+        grant_types_supported: ["authorization_code", "client_credentials", "refresh_token"],
+        code_challenge_methods_supported: ["S256"],
+        authorization_response_iss_parameter_supported: true,
+        subject_types_supported: ["public"],
+        id_token_signing_alg_values_supported: ["EdDSA"],
+        claims_supported: ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "email", "email_verified"],
         token_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post", "none"],
         revocation_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post", "none"],
         introspection_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post"],

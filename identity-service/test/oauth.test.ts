@@ -92,11 +92,11 @@ describe("discovery", () => {
       token_endpoint: `${platform.issuer}/oauth2/token`,
       revocation_endpoint: `${platform.issuer}/oauth2/revoke`,
       introspection_endpoint: `${platform.issuer}/oauth2/introspect`,
-      grant_types_supported: ["client_credentials", "refresh_token"],
+      authorization_endpoint: `${platform.issuer}/oauth2/authorize`,
+      grant_types_supported: ["authorization_code", "client_credentials", "refresh_token"],
       token_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post", "none"],
       introspection_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post"],
     });
-    expect(config.serverMetadata()).not.toHaveProperty("authorization_endpoint");
   });
 });
 

@@ -5,6 +5,7 @@
 import { sql } from "drizzle-orm";
 import {
   bigint,
+  boolean,
   customType,
   index,
   integer,
@@ -132,7 +133,11 @@ export const signingKeys = pgTable("signing_keys", {
   revokedAt: tstz("revoked_at"),
 });
 
-/** OAuth clients of services (client credentials). The secret is stored only as a SHA-256 hash. */
+/**
+ * OAuth clients: services (client credentials) and applications that sign
+ * customers in (authorization code + PKCE). The secret is stored only as a
+ * SHA-256 hash; a public client's is a random value nobody was shown.
+ */
 export const clients = pgTable("clients", {
   clientId: text("client_id").primaryKey(),
   secretHash: bytea("secret_hash").notNull(),
@@ -149,7 +154,53 @@ export const clients = pgTable("clients", {
    * rotate-secret); tokens issued after it carry an `iat` no earlier.
    */
   tokensValidAfter: tstz("tokens_valid_after"),
+  /** Where the authorization endpoint may send the browser back: exact absolute URIs (RFC 6749 §3.1.2, RFC 8252). */
+  redirectUris: text("redirect_uris").array().notNull().default(sql`'{}'::text[]`),
+  /** Where RP-initiated logout may send the browser back. */
+  postLogoutRedirectUris: text("post_logout_redirect_uris").array().notNull().default(sql`'{}'::text[]`),
+  /** The grant types the token endpoint serves the client: client_credentials, authorization_code, refresh_token. */
+  grantTypes: text("grant_types").array().notNull().default(sql`'{client_credentials}'::text[]`),
+  /** A public client (token_endpoint_auth_method `none`): no secret, PKCE only. */
+  isPublic: boolean("is_public").notNull().default(false),
+  /** A first-party client: customers are not asked to consent. */
+  firstParty: boolean("first_party").notNull().default(false),
 });
+
+/**
+ * Authorization requests of the hosted sign-in page (GET /oauth2/authorize),
+ * from the request to its one-time code. The CSRF token and the code are
+ * stored as SHA-256 hashes only. A request is `pending` (sign-in), then
+ * `consent` (a third-party client), then `code` (a code was issued, valid
+ * until `code_expires_at`), then `used` (exchanged, `family_id` the session
+ * it created) or `denied`.
+ */
+export const authorizationRequests = pgTable(
+  "authorization_requests",
+  {
+    id: uuid("id").primaryKey(),
+    csrfHash: bytea("csrf_hash").notNull(),
+    clientId: text("client_id").notNull(),
+    redirectUri: text("redirect_uri").notNull(),
+    state: text("state"),
+    nonce: text("nonce"),
+    scope: text("scope").notNull(),
+    audiences: text("audiences").array().notNull(),
+    codeChallenge: text("code_challenge").notNull(),
+    stage: text("stage").notNull(),
+    customerId: uuid("customer_id"),
+    authTime: tstz("auth_time"),
+    codeHash: bytea("code_hash").unique(),
+    codeExpiresAt: tstz("code_expires_at"),
+    familyId: uuid("family_id"),
+    /** The browser's User-Agent and address at the sign-in, for the session it creates (ListSessions). */
+    userAgent: text("user_agent"),
+    ipAddress: text("ip_address"),
+    createdAt: tstz("created_at").notNull(),
+    /** The request (and its sign-in page) works until then; rows past it may be deleted. */
+    expiresAt: tstz("expires_at").notNull(),
+  },
+  (t) => [index("authorization_requests_expires_idx").on(t.expiresAt)],
+);
 
 /**
  * One-time codes sent by mail (codes.ts): recovery, sign-up, email change.

@@ -2,10 +2,12 @@
  * The OAuth 2.0 form endpoints over the same code as the RPCs (routes/):
  *
  * - `POST /oauth2/token` (RFC 6749 §3.2): `client_credentials` for
- *   confidential clients (AuthenticateClient's checks and token) and
- *   `refresh_token` for the first-party public client (RefreshToken's
- *   rotation and reuse detection); `resource` (RFC 8707, repeatable) names
- *   the audiences;
+ *   confidential clients (AuthenticateClient's checks and token),
+ *   `authorization_code` with PKCE (oauth/authorization.ts: the customer
+ *   session of a sign-in, and an ID token for `openid`), and
+ *   `refresh_token` for the first-party public client and the clients
+ *   registered for it (RefreshToken's rotation and reuse detection);
+ *   `resource` (RFC 8707, repeatable) names the audiences;
  * - `POST /oauth2/revoke` (RFC 7009): RevokeToken's revocation, a refresh
  *   token only by the client it was issued to;
  * - `POST /oauth2/introspect` (RFC 7662): IntrospectToken's answer, for a
@@ -26,6 +28,8 @@ import {
 import type { NodeHandlerFn } from "@customer-platform/runtime/health";
 import type { Logger } from "@customer-platform/runtime/logger";
 import { SCOPE_IDENTITY_INTROSPECT } from "@customer-platform/sdk/scopes";
+import { eq } from "drizzle-orm";
+import { clients } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import {
   type ClientRow,
@@ -38,6 +42,7 @@ import { type Introspection, tokenIntrospector } from "../routes/introspect-toke
 import { refreshTokenGrant } from "../routes/refresh-token.js";
 import { tokenRevoker } from "../routes/revoke-token.js";
 import { CUSTOMER_SCOPE, type TokenSetInit } from "../sessions.js";
+import { exchangeAuthorizationCode, signIdToken } from "./authorization.js";
 import { invalidClient, invalidRequest, OAuthError } from "./errors.js";
 import { type ClientCredentials, clientCredentials, type FormParams, type NodeRequest, readForm } from "./form.js";
 
@@ -49,11 +54,11 @@ export const OAUTH_PATHS = {
 } as const;
 
 /** The grant types the token endpoint serves. */
-export const GRANT_TYPES = ["client_credentials", "refresh_token"] as const;
+export const GRANT_TYPES = ["authorization_code", "client_credentials", "refresh_token"] as const;
 
 /** How clients authenticate at each endpoint (RFC 8414 `*_auth_methods_supported`). */
 export const AUTH_METHODS = {
-  // `none`: the first-party app, a public client, refreshes and revokes by its client_id.
+  // `none`: public clients (the first-party app, a registered --public client) by their client_id.
   token: ["client_secret_basic", "client_secret_post", "none"],
   revocation: ["client_secret_basic", "client_secret_post", "none"],
   introspection: ["client_secret_basic", "client_secret_post"],
@@ -140,6 +145,26 @@ function createEndpoints(deps: AuthServiceDeps): Record<Endpoint, EndpointFn> {
   const validator = createValidator();
   const isPublicFirstParty = (c: ClientCredentials) => c.method === "none" && c.clientId === deps.firstPartyClientId;
 
+  /** A registered public client (no secret), by its client_id; invalid_client for anything else. */
+  const registeredPublic = async (clientId: string, facts: RequestFacts): Promise<ClientRow> => {
+    const [row] = await deps.db.select().from(clients).where(eq(clients.clientId, clientId));
+    if (!row?.isPublic) throw invalidClient("unknown public client", false);
+    if (row.disabledAt) throw invalidClient("client disabled", false);
+    facts.clientId = row.clientId;
+    return row;
+  };
+
+  /** The client of a request to the token endpoint: a public one by id, a confidential one by its secret. */
+  const anyClient = (client: ClientCredentials, facts: RequestFacts): Promise<ClientRow> =>
+    client.method === "none" ? registeredPublic(client.clientId, facts) : confidential(client, facts);
+
+  /** unauthorized_client unless the client is registered for the grant. */
+  const requireGrant = (row: ClientRow, grant: string) => {
+    if (!row.grantTypes.includes(grant)) {
+      throw new OAuthError("unauthorized_client", `the client is not registered for ${grant}`);
+    }
+  };
+
   /** A confidential client whose credentials hold; invalid_client otherwise. */
   const confidential = async (client: ClientCredentials, facts: RequestFacts): Promise<ClientRow> => {
     const triedBasic = client.method === "client_secret_basic";
@@ -189,6 +214,7 @@ function createEndpoints(deps: AuthServiceDeps): Record<Endpoint, EndpointFn> {
         throw new OAuthError("unsupported_grant_type", `supported: ${GRANT_TYPES.join(", ")}`);
       }
       facts.grantType = grantType;
+      if (grantType === "authorization_code") return { status: 200, body: await codeGrant(form, client, facts) };
       const tokens =
         grantType === "client_credentials"
           ? await clientCredentialsGrant(form, client, facts)
@@ -200,7 +226,7 @@ function createEndpoints(deps: AuthServiceDeps): Record<Endpoint, EndpointFn> {
       // The first-party app is public: its client_id is all it has (RFC 7009 §2.1).
       const publicClient = isPublicFirstParty(client);
       if (publicClient) facts.clientId = deps.firstPartyClientId;
-      const clientId = publicClient ? deps.firstPartyClientId : (await confidential(client, facts)).clientId;
+      const clientId = publicClient ? deps.firstPartyClientId : (await anyClient(client, facts)).clientId;
       const token = form.one("token");
       if (token === undefined) throw invalidRequest("token is required");
       // token_type_hint is only a hint (RFC 7009 §2.1): the token's form tells which it is.
@@ -239,6 +265,7 @@ function createEndpoints(deps: AuthServiceDeps): Record<Endpoint, EndpointFn> {
       throw new OAuthError("unauthorized_client", "client_credentials is for confidential clients");
     }
     const row = await confidential(client, facts);
+    requireGrant(row, "client_credentials");
     const scope = form.one("scope") ?? "";
     const audience = resources(form);
     // The client and its secret were checked above; the contract's rules are wanted for scope and audience.
@@ -255,21 +282,52 @@ function createEndpoints(deps: AuthServiceDeps): Record<Endpoint, EndpointFn> {
     return issueClientToken(deps, row, granted, audiences);
   }
 
+  /** RFC 6749 §4.1.3 with RFC 7636 §4.5: the code, the same redirect_uri, the PKCE verifier; an ID token for openid. */
+  async function codeGrant(form: FormParams, client: ClientCredentials, facts: RequestFacts) {
+    if (client.method === "anonymous") throw invalidClient("client_id is required", false);
+    const row = await anyClient(client, facts);
+    requireGrant(row, "authorization_code");
+    const code = form.one("code");
+    if (code === undefined) throw invalidRequest("code is required");
+    if (code.length > 256) throw new OAuthError("invalid_grant", "invalid authorization code");
+    const exchanged = await exchangeAuthorizationCode(deps, {
+      code,
+      clientId: row.clientId,
+      redirectUri: form.one("redirect_uri"),
+      verifier: form.one("code_verifier"),
+    });
+    if (typeof exchanged === "string") {
+      throw new OAuthError("invalid_grant", CODE_REFUSALS[exchanged]);
+    }
+    const body = tokenResponse(exchanged.tokens);
+    if (!row.grantTypes.includes("refresh_token")) delete body.refresh_token;
+    if (exchanged.scope.split(" ").includes("openid")) {
+      body.id_token = await signIdToken(deps, { ...exchanged, clientId: row.clientId });
+    }
+    return body;
+  }
+
   async function refreshGrant(form: FormParams, client: ClientCredentials, facts: RequestFacts): Promise<TokenSetInit> {
     if (client.method === "anonymous") throw invalidClient("client_id is required", false);
-    // Refresh tokens are issued to the first-party app only (RFC 6749 §6: to the client they were issued to).
+    // Refresh tokens are refreshed by the client they were issued to (RFC 6749 §6): the first-party app,
+    // or a client registered for refresh_token (its sessions come from the authorization code grant).
+    let clientId = deps.firstPartyClientId;
+    let sessionScope = CUSTOMER_SCOPE.split(" ");
     if (!isPublicFirstParty(client)) {
-      if (client.method === "none") throw invalidClient("unknown public client", false);
-      await confidential(client, facts);
-      throw new OAuthError("unauthorized_client", "refresh_token is for the first-party client");
+      const row = await anyClient(client, facts);
+      if (!row.grantTypes.includes("refresh_token")) {
+        throw new OAuthError("unauthorized_client", "the client is not registered for refresh_token");
+      }
+      clientId = row.clientId;
+      sessionScope = row.scopes;
     }
-    facts.clientId = deps.firstPartyClientId;
+    facts.clientId = clientId;
     const refreshToken = form.one("refresh_token");
     if (refreshToken === undefined) throw invalidRequest("refresh_token is required");
     // The session's scope is kept (RFC 6749 §6): a scope not in it is refused; a narrower one is not supported.
     const scope = form.one("scope");
     if (scope !== undefined) {
-      const session = CUSTOMER_SCOPE.split(" ");
+      const session = sessionScope;
       const outside = scope.split(" ").filter((s) => s && !session.includes(s));
       if (outside.length > 0) throw new OAuthError("invalid_scope", "a refresh keeps the session's scope");
     }
@@ -283,7 +341,7 @@ function createEndpoints(deps: AuthServiceDeps): Record<Endpoint, EndpointFn> {
       },
     );
     try {
-      return await refresh(refreshToken, audience);
+      return await refresh(refreshToken, audience, clientId);
     } catch (err) {
       if (err instanceof ConnectError && err.code === Code.Unauthenticated) {
         throw new OAuthError("invalid_grant", err.rawMessage);
@@ -293,6 +351,17 @@ function createEndpoints(deps: AuthServiceDeps): Record<Endpoint, EndpointFn> {
     }
   }
 }
+
+/** What invalid_grant says for each reason a code is refused. */
+const CODE_REFUSALS = {
+  unknown: "invalid authorization code",
+  "other-client": "invalid authorization code",
+  reused: "the authorization code was used before; the session it issued is revoked",
+  expired: "the authorization code has expired",
+  "redirect-uri": "redirect_uri is not the one of the authorization request",
+  pkce: "code_verifier does not match the code_challenge",
+  identity: "the account cannot sign in",
+} as const;
 
 /** A PERMISSION_DENIED of the shared code as the OAuth error that means it here; anything else unchanged. */
 function mapDenied<T>(fn: () => T, error: "invalid_scope" | "invalid_target"): T {

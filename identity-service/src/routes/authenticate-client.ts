@@ -90,6 +90,10 @@ export function authenticateClient(deps: AuthServiceDeps): Pick<ServiceImpl<type
   return {
     async authenticateClient(req) {
       const client = await authenticate(req.clientId, req.clientSecret);
+      // A client registered for the authorization code grant only signs customers in, never itself.
+      if (!client.grantTypes.includes("client_credentials")) {
+        throw new ConnectError("client not registered for client credentials", Code.PermissionDenied);
+      }
       const scope = clientScope(client, req.scope);
       const audience = clientAudiences(client, req.audience);
       return { tokens: await issueClientToken(deps, client, scope, audience) };

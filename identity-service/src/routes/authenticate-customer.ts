@@ -22,36 +22,13 @@ import { accountDisabled, invalidLogin, normalizeEmail } from "./credentials.js"
 export function authenticateCustomer(
   deps: AuthServiceDeps,
 ): Pick<ServiceImpl<typeof AuthService>, "authenticateCustomer"> {
-  // Built once: the SQL text is not rebuilt per call, and PostgreSQL parses and plans it once per connection.
-  const byEmail = deps.db
-    .select()
-    .from(identities)
-    .where(sql`lower(${identities.email}) = ${sql.placeholder("email")}`)
-    .prepare("authenticate_customer_identity");
+  const check = passwordSignIn(deps);
   const record = prepareSignIn(deps);
   return {
     async authenticateCustomer(req, ctx) {
       // Before the password is looked at: the answer depends on the request alone.
       const audiences = grantAudiences(req.audience, deps.firstPartyAudiences);
-      const email = normalizeEmail(req.email);
-      // Spraying (one guess at many logins) meets the limit per address; guessing at one login, its throttle.
-      const client = deps.clientAddress(ctx);
-      await deps.rateLimits.signIn.consume(addressLimitKey(client));
-      const throttleKey = loginThrottleKey(email);
-      await deps.throttle.reserve(throttleKey);
-      const [identity] = await byEmail.execute({ email });
-      if (!identity) {
-        await deps.passwords.verifyDummy(req.password, client);
-        throw invalidLogin();
-      }
-      if (!(await deps.passwords.verify(identity.passwordHash, req.password, client))) throw invalidLogin();
-      await deps.throttle.succeed(throttleKey);
-      // Told only to whoever knows the password: to anyone else a suspended account answers as above.
-      if (identity.status !== "active") throw accountDisabled();
-      // Parameters got stronger since this hash was made: upgrade it now that we know the password.
-      const rehash = deps.passwords.needsRehash(identity.passwordHash)
-        ? await deps.passwords.hash(req.password, client)
-        : undefined;
+      const { identity, rehash } = await check(req.email, req.password, deps.clientAddress(ctx));
       const now = deps.now();
       const session = await newCustomerSession(deps, identity.customerId, {
         audiences,
@@ -70,6 +47,54 @@ export function authenticateCustomer(
       if (written.length === 0) throw invalidLogin();
       return { customerId: identity.customerId, tokens: session.tokens };
     },
+  };
+}
+
+/** An identity whose password was right, and its password's new hash when the parameters got stronger. */
+export interface CheckedSignIn {
+  identity: typeof identities.$inferSelect;
+  rehash: string | undefined;
+}
+
+/**
+ * The password check of a sign-in, shared by AuthenticateCustomer and the
+ * hosted sign-in page (oauth/authorize.ts): the per-address limit
+ * (RESOURCE_EXHAUSTED), the per-login throttle (RESOURCE_EXHAUSTED,
+ * FAILED_PRECONDITION while locked), one lookup and one argon2id
+ * verification (a dummy hash for an unknown email), UNAUTHENTICATED
+ * (`invalid email or password`) for either, and FAILED_PRECONDITION
+ * (`account disabled`) only after the right password. Nothing is written
+ * but the throttle: the caller records the sign-in.
+ */
+export function passwordSignIn(
+  deps: Pick<AuthServiceDeps, "db" | "rateLimits" | "throttle" | "passwords">,
+): (email: string, password: string, clientAddress: string) => Promise<CheckedSignIn> {
+  // Built once: the SQL text is not rebuilt per call, and PostgreSQL parses and plans it once per connection.
+  const byEmail = deps.db
+    .select()
+    .from(identities)
+    .where(sql`lower(${identities.email}) = ${sql.placeholder("email")}`)
+    .prepare("authenticate_customer_identity");
+  return async (rawEmail, password, client) => {
+    const email = normalizeEmail(rawEmail);
+    // Spraying (one guess at many logins) meets the limit per address; guessing at one login, its throttle.
+    await deps.rateLimits.signIn.consume(addressLimitKey(client));
+    const throttleKey = loginThrottleKey(email);
+    await deps.throttle.reserve(throttleKey);
+    const [identity] = await byEmail.execute({ email });
+    if (!identity) {
+      await deps.passwords.verifyDummy(password, client);
+      throw invalidLogin();
+    }
+    if (!(await deps.passwords.verify(identity.passwordHash, password, client))) throw invalidLogin();
+    await deps.throttle.succeed(throttleKey);
+    // Told only to whoever knows the password: to anyone else a suspended account answers as above.
+    if (identity.status !== "active") throw accountDisabled();
+    // Parameters got stronger since this hash was made: upgrade it now that we know the password.
+    const rehash = deps.passwords.needsRehash(identity.passwordHash)
+      ? await deps.passwords.hash(password, client)
+      : undefined;
+    return { identity, rehash };
   };
 }
 

@@ -6,7 +6,7 @@ import { and, eq, exists, gt, isNull, or, sql } from "drizzle-orm";
 import { identities, refreshTokens } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { TokenRevocationReason } from "../events.js";
-import { CUSTOMER_SCOPE, revokeSessions, type TokenSetInit } from "../sessions.js";
+import { revokeSessions, type TokenSetInit } from "../sessions.js";
 import { hashToken, invalidRefreshToken, newRefreshToken, signAccessToken } from "../tokens.js";
 
 /**
@@ -42,9 +42,10 @@ export function refreshToken(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Aut
  */
 export function refreshTokenGrant(
   deps: AuthServiceDeps,
-): (refreshToken: string, audience: readonly string[]) => Promise<TokenSetInit> {
+): (refreshToken: string, audience: readonly string[], clientId?: string) => Promise<TokenSetInit> {
   const rotate = prepareRotation(deps);
-  return async (refreshToken, audience) => {
+  // A session is refreshed by the client it was issued to (RFC 6749 §6): the first-party app's by the RPC.
+  return async (refreshToken, audience, clientId = deps.firstPartyClientId) => {
     const hash = hashToken(refreshToken);
     const now = deps.now();
     const requested = [...new Set(audience)];
@@ -58,16 +59,15 @@ export function refreshTokenGrant(
       defaultAudiences: [...deps.firstPartyAudiences.default],
       id: uuidv7(),
       successorHash: successor.hash,
-      clientId: deps.firstPartyClientId,
-      scope: CUSTOMER_SCOPE,
+      clientId,
       refreshUntil: new Date(now.getTime() + deps.tokens.refreshTokenTtlSec * 1000),
       sessionUntil: new Date(now.getTime() + deps.tokens.sessionMaxLifetimeSec * 1000),
     });
-    if (!token) return notRotated(deps, hash, requested, now);
+    if (!token) return notRotated(deps, hash, requested, now, clientId);
     const access = await signAccessToken(deps.keys, deps.tokens, {
       sub: token.customerId,
-      clientId: deps.firstPartyClientId,
-      scope: CUSTOMER_SCOPE,
+      clientId,
+      scope: token.scope,
       audience: requested.length > 0 ? requested : token.audiences,
       sid: token.familyId,
       email: token.email,
@@ -77,7 +77,7 @@ export function refreshTokenGrant(
       tokenType: "Bearer",
       expiresIn: access.expiresIn,
       refreshToken: successor.token,
-      scope: CUSTOMER_SCOPE,
+      scope: token.scope,
       audience: access.audience,
     };
   };
@@ -103,6 +103,7 @@ function prepareRotation(deps: AuthServiceDeps) {
       .where(
         and(
           eq(refreshTokens.tokenHash, placeholder("hash", refreshTokens.tokenHash)),
+          eq(refreshTokens.clientId, placeholder("clientId", refreshTokens.clientId)),
           isNull(refreshTokens.rotatedAt),
           isNull(refreshTokens.revokedAt),
           gt(refreshTokens.expiresAt, now),
@@ -121,6 +122,7 @@ function prepareRotation(deps: AuthServiceDeps) {
         id: sql<string>`${refreshTokens.id}`.as("id"),
         familyId: sql<string>`${refreshTokens.familyId}`.as("family_id"),
         customerId: sql<string>`${refreshTokens.customerId}`.as("customer_id"),
+        scope: sql<string>`${refreshTokens.scope}`.as("scope"),
         audiences: sql<string[]>`${sessionAudiences}`.as("audiences"),
         sessionExpiresAt: sql<Date | null>`${refreshTokens.sessionExpiresAt}`.as("session_expires_at"),
         // The access token's `email` claim: the identity's, if verified (a primary-key lookup). Qualified
@@ -136,7 +138,7 @@ function prepareRotation(deps: AuthServiceDeps) {
       created_at, expires_at, session_expires_at)
       select ${placeholder("id", refreshTokens.id)}, ${placeholder("successorHash", refreshTokens.tokenHash)},
         ${rotated}."family_id", ${rotated}."id", ${rotated}."customer_id", ${placeholder("clientId", refreshTokens.clientId)},
-        ${placeholder("scope", refreshTokens.scope)}, ${rotated}."audiences", ${now},
+        ${rotated}."scope", ${rotated}."audiences", ${now},
         least(${placeholder("refreshUntil", refreshTokens.expiresAt)}, ${sessionEnd}), ${sessionEnd}
       from ${rotated}`,
   );
@@ -145,6 +147,7 @@ function prepareRotation(deps: AuthServiceDeps) {
     .select({
       customerId: sql<string>`${rotated}."customer_id"`,
       familyId: sql<string>`${rotated}."family_id"`,
+      scope: sql<string>`${rotated}."scope"`,
       audiences: sql<string[]>`${rotated}."audiences"`,
       email: sql<string | null>`${rotated}."email"`,
     })
@@ -159,12 +162,19 @@ function prepareRotation(deps: AuthServiceDeps) {
  * session does not allow (PERMISSION_DENIED, the token stays usable);
  * anything else is an invalid refresh token.
  */
-async function notRotated(deps: AuthServiceDeps, hash: Buffer, requested: string[], now: Date): Promise<never> {
+async function notRotated(
+  deps: AuthServiceDeps,
+  hash: Buffer,
+  requested: string[],
+  now: Date,
+  clientId: string,
+): Promise<never> {
   const outcome = await deps.db.transaction(async (tx): Promise<"invalid" | "reused" | string[]> => {
     const [presented] = await tx
       .select({
         customerId: refreshTokens.customerId,
         familyId: refreshTokens.familyId,
+        clientId: refreshTokens.clientId,
         rotatedAt: refreshTokens.rotatedAt,
         revokedAt: refreshTokens.revokedAt,
         expiresAt: refreshTokens.expiresAt,
@@ -180,7 +190,8 @@ async function notRotated(deps: AuthServiceDeps, hash: Buffer, requested: string
       .from(refreshTokens)
       .where(eq(refreshTokens.tokenHash, hash))
       .for("update");
-    if (!presented || presented.revokedAt) return "invalid";
+    // Another client's token is not this client's to use, nor to revoke by replaying it.
+    if (!presented || presented.revokedAt || presented.clientId !== clientId) return "invalid";
     if (presented.rotatedAt) {
       await revokeSessions(tx, deps, presented, TokenRevocationReason.REFRESH_TOKEN_REUSED, now);
       return "reused";
