@@ -420,6 +420,8 @@ describe("mail deliverer leadership", () => {
 
     for (let i = 0; i < 20; i++) await enqueue(database, newMail());
     await server.waitForMessages(20);
+    // A mail is counted once marked sent, just after the server accepted it.
+    await until("a counted its 20 mails", () => a.status.sent === 20);
     expect([a.status.sent, b.status.sent]).toEqual([20, 0]);
 
     await a.stop();
