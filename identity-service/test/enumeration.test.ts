@@ -170,11 +170,12 @@ describe("unknown email versus wrong password", () => {
           const from = proxy.statements.length;
           verify.mockClear();
           await rawSignIn(address(), password);
-          // Not the readiness probe's `select 1`, which runs now and then on the same pool.
+          // Not the background work on the same pool: the readiness probe's `select 1`, and the stream
+          // purger, which looks for purges when the relay has published (a sign-in's event).
           const statements = proxy.statements
             .slice(from)
             .map((s) => s.text)
-            .filter((text) => text !== "select 1");
+            .filter((text) => text !== "select 1" && !text.includes("stream_purges"));
           const verified = verify.mock.calls.map(([hash]) => paramsOf(hash));
           if (!least || statements.length < least.statements.length) least = { statements, verified };
         }
