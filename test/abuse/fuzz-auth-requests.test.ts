@@ -25,7 +25,7 @@ import { ErrorInfoSchema } from "@customer-platform/gen/google/rpc/error_details
 import { AuthService } from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import fc from "fast-check";
 import type postgres from "postgres";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
 import {
   evil,
@@ -68,7 +68,10 @@ describe("AuthService", () => {
   let keeper: { customerId: string; email: string; password: string; refreshToken: string; accessToken: string };
   let snapshot: unknown;
   let tables: unknown;
+  /** Identities this test created (per test: one failing test, and its shrinking replays, fail only itself). */
   let createdIdentities = 0;
+  let identitiesAtStart = 0;
+  const identityCount = async () => (await sql<{ n: number }[]>`select count(*)::int as n from identities`)[0]?.n;
 
   const identityState = async () => ({
     keeper: await sql`select * from identities where customer_id = ${keeper.customerId}`,
@@ -118,13 +121,17 @@ describe("AuthService", () => {
     await svc?.close();
   });
 
+  beforeEach(async () => {
+    createdIdentities = 0;
+    identitiesAtStart = (await identityCount()) ?? -1;
+  });
+
   // After every test, whatever ran before it: the same tables, one identity per accepted sign-up.
   afterEach(async () => {
     expect(
       await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`,
     ).toEqual(tables);
-    const [row] = await sql<{ n: number }[]>`select count(*)::int as n from identities`;
-    expect(row?.n).toBe(1 + createdIdentities);
+    expect(await identityCount()).toBe(identitiesAtStart + createdIdentities);
   });
 
   /**

@@ -24,7 +24,7 @@ import {
 } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import fc from "fast-check";
 import type postgres from "postgres";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { bearer } from "../support/clients.js";
 import {
   blankish,
@@ -105,9 +105,13 @@ describe("CustomerService", () => {
   let target: { id: string; token: string; now: Customer; row: unknown };
   let reader: string;
   let tables: unknown;
-  /** Rows the properties created or changed, to check the table counts at the end. */
-  const created: string[] = [];
+  /**
+   * Rows this test created or changed, to check the table counts after it against the counts before it
+   * (per test, so one test's failure, and fast-check's replays while shrinking it, fail only that test).
+   */
+  let created: string[] = [];
   let realUpdates = 0;
+  let countsAtStart = { customers: 0, outbox: 0 };
 
   const rowOf = async (id: string) => (await sql`select * from customers where customer_id = ${id}`)[0];
 
@@ -152,6 +156,12 @@ describe("CustomerService", () => {
   });
 
   const secrets = createSecretScanner();
+  beforeEach(async () => {
+    created = [];
+    realUpdates = 0;
+    countsAtStart = await counts();
+  });
+
   // After every test, whatever ran before it: no bearer token in logs or errors; the same tables, one
   // row per accepted registration, one event per real change (sent outbox rows are kept 7 days).
   afterEach(async () => {
@@ -159,8 +169,10 @@ describe("CustomerService", () => {
     expect(
       await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`,
     ).toEqual(tables);
-    const all = 2 + created.length;
-    expect(await counts()).toEqual({ customers: all, outbox: all + realUpdates });
+    expect(await counts()).toEqual({
+      customers: countsAtStart.customers + created.length,
+      outbox: countsAtStart.outbox + created.length + realUpdates,
+    });
   });
 
   /** The server still answers on every protocol, and the seeded customer is as it was. */
