@@ -13,6 +13,15 @@ import { TokenRevocationReason } from "@customer-platform/gen/identity/v1/events
 import { decodeJwt, decodeProtectedHeader } from "jose";
 import * as oidc from "openid-client";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import {
+  authorizationUrl as authorizationUrlFor,
+  openPage,
+  type Page,
+  type Pending,
+  postPage,
+  type RegisteredClient,
+  registerClient,
+} from "../../test/support/hosted-pages.js";
 import { identityCli, writtenEvents } from "../../test/support/identity-admin.js";
 import { type Platform, type SignedUp, startPlatform } from "../../test/support/platform.js";
 import { createSecretScanner } from "../../test/support/secrets.js";
@@ -40,23 +49,10 @@ afterEach(async () => {
   secrets.expectClean({ identity: platform.identity.logs.lines });
 });
 
-interface RegisteredClient {
-  clientId: string;
-  secret?: string;
-  config: oidc.Configuration;
-}
-
-/** A client registered with the CLI, and openid-client configured for it from discovery. */
+/** A client registered with the CLI (and its secret watched in the logs), openid-client from discovery. */
 async function register(...flags: string[]): Promise<RegisteredClient> {
-  const clientId = `app-${randomUUID().slice(0, 8)}`;
-  const { code, out } = await identityCli(
-    platform.identity.env,
-    "clients",
-    "create",
-    clientId,
-    "--scopes",
-    "openid email customer:self",
-    "--redirect-uris",
+  const client = await registerClient(
+    { issuer: platform.issuer, env: platform.identity.env },
     CALLBACK,
     "--post-logout-redirect-uris",
     SIGNED_OUT,
@@ -64,81 +60,13 @@ async function register(...flags: string[]): Promise<RegisteredClient> {
     "An app of a partner",
     ...flags,
   );
-  expect(code).toBe(0);
-  const printed = JSON.parse(out[0] ?? "{}") as { client_secret?: string };
-  const secret = printed.client_secret;
-  if (secret) secrets.add("client secret", secret);
-  const auth = secret ? oidc.ClientSecretBasic(secret) : oidc.None();
-  const config = await oidc.discovery(new URL(platform.issuer), clientId, undefined, auth, {
-    execute: [oidc.allowInsecureRequests],
-  });
-  return { clientId, ...(secret && { secret }), config };
+  if (client.secret) secrets.add("client secret", client.secret);
+  return client;
 }
 
-/** What the relying party keeps between the redirect and the callback. */
-interface Pending {
-  url: URL;
-  verifier: string;
-  state: string;
-  nonce: string;
-}
-
-async function authorizationUrl(client: RegisteredClient, scope = "openid email"): Promise<Pending> {
-  const verifier = oidc.randomPKCECodeVerifier();
-  const state = oidc.randomState();
-  const nonce = oidc.randomNonce();
-  const url = oidc.buildAuthorizationUrl(client.config, {
-    redirect_uri: CALLBACK,
-    scope,
-    code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
-    code_challenge_method: "S256",
-    state,
-    nonce,
-  });
-  return { url, verifier, state, nonce };
-}
-
-/** A page of the sign-in flow: its status, HTML, the hidden fields of its form, and where it redirects. */
-interface Page {
-  status: number;
-  html: string;
-  fields: Record<string, string>;
-  location: string | null;
-  cookie: string;
-}
-
-function hiddenFields(html: string): Record<string, string> {
-  const fields: Record<string, string> = {};
-  for (const m of html.matchAll(/<input type="hidden" name="([^"]+)" id="[^"]+" value="([^"]*)">/g)) {
-    fields[m[1] ?? ""] = m[2] ?? "";
-  }
-  return fields;
-}
-
-async function read(res: Response, cookie: string): Promise<Page> {
-  const html = await res.text();
-  const set = res.headers.get("set-cookie");
-  return {
-    status: res.status,
-    html,
-    fields: hiddenFields(html),
-    location: res.headers.get("location"),
-    cookie: set ? (set.split(";")[0] ?? "") : cookie,
-  };
-}
-
-const openPage = async (url: URL | string) => read(await fetch(url, { redirect: "manual" }), "");
-
-/** Posts a page's form back (its hidden fields, with the cookie it set) with more fields. */
-async function post(page: Page, fields: Record<string, string>, cookie = page.cookie): Promise<Page> {
-  const res = await fetch(`${platform.issuer}/oauth2/authorize`, {
-    method: "POST",
-    redirect: "manual",
-    headers: { "content-type": "application/x-www-form-urlencoded", ...(cookie && { cookie }) },
-    body: new URLSearchParams({ ...page.fields, ...fields }),
-  });
-  return read(res, page.cookie);
-}
+const authorizationUrl = (client: RegisteredClient, scope?: string) => authorizationUrlFor(client, CALLBACK, scope);
+const post = (page: Page, fields: Record<string, string>, cookie?: string) =>
+  postPage(platform.issuer, page, fields, cookie);
 
 const signIn = (page: Page, password = PASSWORD) => post(page, { email: customer.email, password, action: "sign_in" });
 

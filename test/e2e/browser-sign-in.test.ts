@@ -5,7 +5,8 @@
  * discovery document; it sends the browser to the authorization endpoint
  * (code flow with PKCE, state and nonce), the customer signs in on the
  * server-rendered page and consents, the app exchanges the code and calls
- * userinfo. And the failure paths: a wrong password, a tampered `state`, a
+ * userinfo. A new customer signs up from the same page (the mailed code from
+ * the dev mailbox) and lands signed in at the app. And the failure paths: a wrong password, a tampered `state`, a
  * redirect URI that was never registered, and a code used twice.
  */
 import { createServer, type Server } from "node:http";
@@ -15,7 +16,8 @@ import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../identity-service/src/cli.js";
 import { launchBrowser, newContext } from "../support/browser.js";
-import { type Platform, type SignedUp, startPlatform } from "../support/platform.js";
+import { mailedCode } from "../support/mailbox.js";
+import { type Platform, type SignedUp, startPlatform, uniqueEmail } from "../support/platform.js";
 
 const PASSWORD = "correct horse battery staple";
 
@@ -156,6 +158,23 @@ describe("the hosted sign-in page in a real browser", () => {
       await context.close();
     },
   );
+
+  it("signs a new customer up from the sign-in page, without JavaScript, and lands signed in at the app", async () => {
+    const context = await newContext(browser, { javaScript: false });
+    const page = await context.newPage();
+    const email = uniqueEmail("browser-sign-up");
+    await page.goto(`${app.url}/login`);
+    await page.getByRole("link", { name: "Create an account" }).click();
+    await page.getByLabel("Email").fill(email);
+    await page.getByRole("button", { name: /send code/i }).click();
+    const code = await mailedCode(platform.identity.env.IDENTITY_MAILBOX_DIR ?? "", email);
+    await page.getByLabel("Code from the mail").fill(code);
+    await page.getByLabel("Choose a password").fill(PASSWORD);
+    await page.getByRole("button", { name: /create account/i }).click();
+    await page.getByRole("button", { name: /allow/i }).click();
+    await expect.poll(() => page.locator("#result").textContent()).toBe(`Signed in as ${email}`);
+    await context.close();
+  });
 
   it("keeps a wrong password on the sign-in page, with no code issued", async () => {
     const context = await newContext(browser);

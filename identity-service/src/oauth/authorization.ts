@@ -97,32 +97,50 @@ export async function findAuthorizationRequest(
 export function recordPageSignIn(
   deps: Pick<AuthServiceDeps, "db" | "events" | "now">,
   requestId: string,
-  signIn: { customerId: string; rehash: string | undefined; client: SessionClient },
+  signIn: PageSignIn,
+  next: "consent" | "signed-in",
+): Promise<boolean> {
+  return deps.db.transaction((tx) => recordPageSignInTx(tx, deps, requestId, signIn, next));
+}
+
+/** A sign-in on the hosted pages: who, an upgraded password hash, and the browser's session details. */
+export interface PageSignIn {
+  customerId: string;
+  rehash: string | undefined;
+  client: SessionClient;
+}
+
+type Tx = Parameters<Parameters<AuthServiceDeps["db"]["transaction"]>[0]>[0];
+
+/** recordPageSignIn within the caller's transaction (a sign-up on the page creates the identity in it). */
+export async function recordPageSignInTx(
+  tx: Tx,
+  deps: Pick<AuthServiceDeps, "events" | "now">,
+  requestId: string,
+  signIn: PageSignIn,
   next: "consent" | "signed-in",
 ): Promise<boolean> {
   const { customerId, rehash, client } = signIn;
   const now = deps.now();
-  return deps.db.transaction(async (tx) => {
-    const moved = await tx
-      .update(authorizationRequests)
-      .set({ stage: next, customerId, authTime: now, userAgent: client.userAgent, ipAddress: client.ipAddress })
-      .where(and(eq(authorizationRequests.id, requestId), eq(authorizationRequests.stage, "pending")))
-      .returning({ id: authorizationRequests.id });
-    if (moved.length === 0) return false;
-    await tx
-      .update(identities)
-      .set({
-        lastSignInAt: now,
-        ...(rehash && { passwordHash: rehash, updatedAt: now }),
-      })
-      .where(eq(identities.customerId, customerId));
-    await enqueueEvent(
-      tx,
-      customerAuthenticatedEvent(deps.events, customerId, AuthenticationMethod.PASSWORD, now),
-      deps.events,
-    );
-    return true;
-  });
+  const moved = await tx
+    .update(authorizationRequests)
+    .set({ stage: next, customerId, authTime: now, userAgent: client.userAgent, ipAddress: client.ipAddress })
+    .where(and(eq(authorizationRequests.id, requestId), eq(authorizationRequests.stage, "pending")))
+    .returning({ id: authorizationRequests.id });
+  if (moved.length === 0) return false;
+  await tx
+    .update(identities)
+    .set({
+      lastSignInAt: now,
+      ...(rehash && { passwordHash: rehash, updatedAt: now }),
+    })
+    .where(eq(identities.customerId, customerId));
+  await enqueueEvent(
+    tx,
+    customerAuthenticatedEvent(deps.events, customerId, AuthenticationMethod.PASSWORD, now),
+    deps.events,
+  );
+  return true;
 }
 
 /**

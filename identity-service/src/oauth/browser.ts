@@ -13,6 +13,12 @@
  *   the password is checked by AuthenticateCustomer's own code
  *   (passwordSignIn: the same limits, throttle and answers); then the code
  *   and `state` go back to the client (303);
+ * - the sign-up and recovery pages of a pending request (`GET
+ *   /oauth2/authorize/{sign-in,sign-up,recovery}?request_id=…`, the same
+ *   cookie, their forms posted to `POST /oauth2/authorize`): StartSignUp,
+ *   CompleteSignUp, StartRecovery and CompleteRecovery's own cores (the same
+ *   limits, rules and answers); a sign-up signs the new customer in for the
+ *   request as a password sign-in does, a recovery goes back to sign-in;
  * - `GET`/`POST /oauth2/userinfo` (Core §5.3): the customer of a Bearer
  *   access token with `openid`;
  * - `GET /oauth2/logout` (RP-Initiated Logout 1.0): ends the session of the
@@ -22,7 +28,15 @@
  */
 import type { ServerResponse } from "node:http";
 import type { Http2ServerResponse } from "node:http2";
+import { create, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
+import { createValidator } from "@bufbuild/protovalidate";
 import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  CompleteRecoveryRequestSchema,
+  CompleteSignUpRequestSchema,
+  StartRecoveryRequestSchema,
+  StartSignUpRequestSchema,
+} from "@customer-platform/gen/identity/v1/auth_service_pb.js";
 import type { NodeHandlerFn } from "@customer-platform/runtime/health";
 import { addressLimitKey, peerContextValues } from "@customer-platform/runtime/interceptors";
 import type { Logger } from "@customer-platform/runtime/logger";
@@ -32,6 +46,10 @@ import { clients, identities } from "../db/schema.js";
 import type { AuthServiceDeps } from "../deps.js";
 import { type ClientRow, clientAudiences } from "../routes/authenticate-client.js";
 import { passwordSignIn } from "../routes/authenticate-customer.js";
+import { recoveryCompleter } from "../routes/complete-recovery.js";
+import { signUpCompleter } from "../routes/complete-sign-up.js";
+import { recoveryStarter } from "../routes/start-recovery.js";
+import { signUpStarter } from "../routes/start-sign-up.js";
 import { isAccessTokenRevoked, revokeSession, USER_AGENT_MAX_LENGTH } from "../sessions.js";
 import { verifyIssuedAccessToken } from "../tokens.js";
 import {
@@ -43,11 +61,21 @@ import {
   findAuthorizationRequest,
   issueAuthorizationCode,
   recordPageSignIn,
+  recordPageSignInTx,
   SCOPE_EMAIL,
 } from "./authorization.js";
 import { OAuthError } from "./errors.js";
 import { type NodeRequest, readForm } from "./form.js";
-import { consentPage, errorPage, signedOutPage, signInPage } from "./pages.js";
+import {
+  type CodeFlow,
+  codePage,
+  consentPage,
+  emailPage,
+  errorPage,
+  PAGE_PATHS,
+  signedOutPage,
+  signInPage,
+} from "./pages.js";
 
 /** Where the browser endpoints are served, relative to the issuer (discovery names them: well-known.ts). */
 export const BROWSER_PATHS = {
@@ -88,10 +116,18 @@ class PageError extends Error {
   }
 }
 
+/** The request moved on while a sign-up was completing (another tab): the sign-up is rolled back. */
+class RequestMoved extends Error {}
+
 /** Serves the browser endpoints; anything else goes to next. */
 export function browserHandler(deps: AuthServiceDeps, opts: { logger: Logger }, next: NodeHandlerFn): NodeHandlerFn {
   const log = opts.logger.child({}, { redact: [] });
   const checkPassword = passwordSignIn(deps);
+  const startSignUp = signUpStarter(deps);
+  const completeSignUp = signUpCompleter(deps);
+  const startRecovery = recoveryStarter(deps);
+  const completeRecovery = recoveryCompleter(deps);
+  const validator = createValidator();
   const issuer = deps.tokens.issuer;
   const secureCookies = issuer.startsWith("https://");
   const cookieName = (requestId: string) => `${secureCookies ? "__Host-" : ""}authz-${requestId}`;
@@ -110,7 +146,9 @@ export function browserHandler(deps: AuthServiceDeps, opts: { logger: Logger }, 
 
   return (req, res) => {
     const [path = "", query = ""] = (req.url ?? "").split("?", 2);
-    const endpoint = Object.entries(BROWSER_PATHS).find(([, p]) => p === path)?.[0];
+    const endpoint =
+      Object.entries(BROWSER_PATHS).find(([, p]) => p === path)?.[0] ??
+      (Object.values(PAGE_PATHS) as string[]).find((p) => p === path);
     if (!endpoint) return next(req, res);
     const start = performance.now();
     const facts: { clientId?: string; outcome?: string } = {};
@@ -120,6 +158,11 @@ export function browserHandler(deps: AuthServiceDeps, opts: { logger: Logger }, 
       const r = req as NodeRequest;
       const w = res as NodeResponse;
       if (endpoint === "userinfo") return userinfo(r, w);
+      const pageName = (Object.keys(PAGE_PATHS) as (keyof typeof PAGE_PATHS)[]).find((k) => PAGE_PATHS[k] === path);
+      if (pageName) {
+        if (req.method !== "GET") throw new PageError(405, "Method not allowed", "Use GET.");
+        return requestPage(pageName, new URLSearchParams(query), r, w, facts);
+      }
       if (endpoint === "endSession") {
         if (req.method !== "GET") throw new PageError(405, "Method not allowed", "Use GET.");
         return logout(new URLSearchParams(query), w, facts);
@@ -263,26 +306,91 @@ export function browserHandler(deps: AuthServiceDeps, opts: { logger: Logger }, 
     });
     const requestId = form.one("request_id") ?? "";
     const csrfToken = form.one("csrf_token") ?? "";
-    const expired = new PageError(
-      400,
-      "Sign-in expired",
-      "This sign-in page has expired. Go back to the application and start again.",
-    );
-    if (!UUID.test(requestId)) throw expired;
-    // Double submit, bound to the request: the hidden field, the cookie and the stored hash must all agree.
-    const cookieValue = cookies(req)[cookieName(requestId)];
-    const forbidden = new PageError(403, "Invalid request", "The form could not be verified. Go back and start again.");
-    if (!csrfToken || cookieValue !== csrfToken) throw forbidden;
-    const request = await findAuthorizationRequest(deps, requestId, csrfToken);
-    if (request === "csrf") throw forbidden;
-    if (!request) throw expired;
-    facts.clientId = request.clientId;
-    const client = await findClient(request.clientId);
-    if (!client || client.disabledAt) {
-      throw new PageError(400, "Unknown application", "This application is not registered with us.");
-    }
+    const { request, client } = await loadRequest(req, requestId, csrfToken, facts);
     const action = form.one("action") ?? "sign_in";
     const page = { requestId, csrfToken };
+    const expired = expiredPage();
+    const signInFor = (customerId: string, rehash: string | undefined) => ({
+      customerId,
+      rehash,
+      client: { userAgent: userAgent(req), ipAddress: clientAddress(req) },
+    });
+    /** After a sign-in (a password, or a sign-up just completed): consent for a third-party client, else the code. */
+    const signedIn = () => {
+      if (!client.firstParty) {
+        return html(
+          res,
+          200,
+          consentPage({
+            ...page,
+            clientId: client.clientId,
+            clientDescription: client.description,
+            scopes: request.scope.split(" "),
+          }),
+        );
+      }
+      return codeBack(res, request, facts);
+    };
+    if (request.stage === "pending" && (action === "sign_up_start" || action === "recover_start")) {
+      const flow: CodeFlow = action === "sign_up_start" ? "sign-up" : "recovery";
+      const email = (form.one("email") ?? "").trim();
+      const again = (status: number, error: string) => {
+        facts.outcome = `${flow} refused`;
+        return html(res, status, emailPage({ ...page, flow, email, error }));
+      };
+      const schema = flow === "sign-up" ? StartSignUpRequestSchema : StartRecoveryRequestSchema;
+      const invalid = contractError(schema, { email });
+      if (invalid) return again(400, invalid);
+      try {
+        await (flow === "sign-up" ? startSignUp : startRecovery)({ email, locale: "" }, clientAddress(req));
+      } catch (err) {
+        const refused = refusal(err);
+        return again(refused.status, refused.error);
+      }
+      facts.outcome = `${flow} code`;
+      return html(res, 200, codePage({ ...page, flow, email }));
+    }
+    if (request.stage === "pending" && (action === "sign_up_complete" || action === "recover_complete")) {
+      const flow: CodeFlow = action === "sign_up_complete" ? "sign-up" : "recovery";
+      const email = (form.one("email") ?? "").trim();
+      const code = (form.one("code") ?? "").trim();
+      const password = form.one("password") ?? "";
+      const again = (status: number, error: string) => {
+        facts.outcome = `${flow} refused`;
+        return html(res, status, codePage({ ...page, flow, email, error }));
+      };
+      if (flow === "recovery") {
+        const invalid = contractError(CompleteRecoveryRequestSchema, { email, code, newPassword: password });
+        if (invalid) return again(400, invalid);
+        try {
+          // The pages are in English, and so are their mails (locale "": mail/templates.ts mailLocale).
+          await completeRecovery({ email, code, newPassword: password, locale: "" }, clientAddress(req));
+        } catch (err) {
+          const refused = refusal(err);
+          return again(refused.status, refused.error);
+        }
+        facts.outcome = "password reset";
+        const clientName = client.description || client.clientId;
+        return html(res, 200, signInPage({ ...page, clientName, email, notice: "Password changed, sign in." }));
+      }
+      const invalid = contractError(CompleteSignUpRequestSchema, { email, code, password });
+      if (invalid) return again(400, invalid);
+      const next = client.firstParty ? "signed-in" : "consent";
+      try {
+        await completeSignUp({ email, code, password }, clientAddress(req), async (tx, customerId) => {
+          // In the sign-up's transaction: a request that moved on meanwhile leaves no account behind.
+          if (!(await recordPageSignInTx(tx, deps, requestId, signInFor(customerId, undefined), next))) {
+            throw new RequestMoved();
+          }
+        });
+      } catch (err) {
+        if (err instanceof RequestMoved) throw expired;
+        const refused = refusal(err);
+        return again(refused.status, refused.error);
+      }
+      facts.outcome = "signed up";
+      return signedIn();
+    }
     if (request.stage === "pending" && action === "sign_in") {
       const email = form.one("email") ?? "";
       const password = form.one("password") ?? "";
@@ -311,25 +419,9 @@ export function browserHandler(deps: AuthServiceDeps, opts: { logger: Logger }, 
         throw err;
       }
       const next = client.firstParty ? "signed-in" : "consent";
-      const signIn = {
-        customerId: checked.identity.customerId,
-        rehash: checked.rehash,
-        client: { userAgent: userAgent(req), ipAddress: clientAddress(req) },
-      };
+      const signIn = signInFor(checked.identity.customerId, checked.rehash);
       if (!(await recordPageSignIn(deps, requestId, signIn, next))) throw expired;
-      if (next === "consent") {
-        return html(
-          res,
-          200,
-          consentPage({
-            ...page,
-            clientId: client.clientId,
-            clientDescription: client.description,
-            scopes: request.scope.split(" "),
-          }),
-        );
-      }
-      return codeBack(res, request, facts);
+      return signedIn();
     }
     if (request.stage === "consent" && action === "allow") return codeBack(res, request, facts);
     if (request.stage === "consent" && action === "deny") {
@@ -342,6 +434,68 @@ export function browserHandler(deps: AuthServiceDeps, opts: { logger: Logger }, 
       });
     }
     throw expired;
+  }
+
+  /**
+   * The live request a form or page belongs to, checked as a double submit
+   * bound to the request: the token (the form's hidden field, or on a GET
+   * the cookie itself), the cookie and the stored hash must all agree; and
+   * its client, still enabled.
+   */
+  async function loadRequest(
+    req: NodeRequest,
+    requestId: string,
+    csrfToken: string,
+    facts: { clientId?: string },
+  ): Promise<{ request: AuthorizationRequest; client: ClientRow }> {
+    const expired = expiredPage();
+    if (!UUID.test(requestId)) throw expired;
+    const cookieValue = cookies(req)[cookieName(requestId)];
+    const forbidden = new PageError(403, "Invalid request", "The form could not be verified. Go back and start again.");
+    if (!csrfToken || cookieValue !== csrfToken) throw forbidden;
+    const request = await findAuthorizationRequest(deps, requestId, csrfToken);
+    if (request === "csrf") throw forbidden;
+    if (!request) throw expired;
+    facts.clientId = request.clientId;
+    const client = await findClient(request.clientId);
+    if (!client || client.disabledAt) {
+      throw new PageError(400, "Unknown application", "This application is not registered with us.");
+    }
+    return { request, client };
+  }
+
+  /** GET /oauth2/authorize/{sign-in,sign-up,recovery}: a page of a request still waiting for its sign-in. */
+  async function requestPage(
+    name: keyof typeof PAGE_PATHS,
+    params: URLSearchParams,
+    req: NodeRequest,
+    res: NodeResponse,
+    facts: { clientId?: string },
+  ): Promise<number> {
+    const requestId = params.get("request_id") ?? "";
+    // A link carries no token: the cookie is the token, as SameSite=Strict sends it only from our own pages.
+    const csrfToken = UUID.test(requestId) ? (cookies(req)[cookieName(requestId)] ?? "") : "";
+    const { request, client } = await loadRequest(req, requestId, csrfToken, facts);
+    if (request.stage !== "pending") throw expiredPage();
+    const page = { requestId, csrfToken };
+    if (name === "sign-in") {
+      return html(res, 200, signInPage({ ...page, clientName: client.description || client.clientId }));
+    }
+    return html(res, 200, emailPage({ ...page, flow: name }));
+  }
+
+  /** The contract's rules (the RPC request's protovalidate constraints) on a form: the first broken one, in words. */
+  function contractError<S extends DescMessage>(schema: S, init: MessageInitShape<S>): string | undefined {
+    const result = validator.validate(schema, create(schema, init));
+    if (result.kind === "valid") return undefined;
+    if (result.kind === "error") throw result.error;
+    const [violation] = result.violations;
+    const field = violation?.field[0];
+    const name = field && "name" in field ? field.name : "";
+    if (name === "email") return "Enter a valid email address.";
+    if (name === "code") return "Enter the 8-digit code from the mail.";
+    const words = `${name ? "Password " : ""}${violation?.message ?? "is not valid"}`;
+    return `${words.charAt(0).toUpperCase()}${words.slice(1)}.`;
   }
 
   async function codeBack(res: NodeResponse, request: AuthorizationRequest, facts: { outcome?: string }) {
@@ -421,6 +575,29 @@ export function browserHandler(deps: AuthServiceDeps, opts: { logger: Logger }, 
     if (after === undefined) return html(res, 200, signedOutPage());
     return redirect(res, after, { state: one("state") });
   }
+}
+
+/** This page's request is gone (expired, completed, or never existed). */
+const expiredPage = () =>
+  new PageError(400, "Sign-in expired", "This sign-in page has expired. Go back to the application and start again.");
+
+/**
+ * A sign-up or recovery core's expected refusal as the form shows it: a
+ * broken rule or a wrong code (INVALID_ARGUMENT, `field: message [rule]`,
+ * passwords.ts fieldError) re-renders the form with its message, a limit is
+ * 429; anything else is unexpected.
+ */
+function refusal(err: unknown): { status: number; error: string } {
+  if (!(err instanceof ConnectError)) throw err;
+  if (err.code === Code.ResourceExhausted) {
+    return { status: 429, error: "Too many attempts. Wait a moment and try again." };
+  }
+  if (err.code === Code.InvalidArgument) {
+    const m = /^(\w+): (.*) \[[^\]]+\]$/.exec(err.rawMessage);
+    if (m?.[1] === "code") return { status: 400, error: "Invalid or expired code." };
+    if (m) return { status: 400, error: `Password ${m[2]}.` };
+  }
+  throw err;
 }
 
 /** 303 to `to` with `params` added to its query (RFC 6749 §4.1.2: the registered URI's own query kept). */

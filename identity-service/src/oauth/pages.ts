@@ -1,6 +1,7 @@
 /**
- * The hosted pages of the authorization endpoint: sign-in, consent, signed
- * out and errors. Server-rendered HTML that works without JavaScript: one
+ * The hosted pages of the authorization endpoint: sign-in, sign-up and
+ * password recovery (an email page, then a code and new password page),
+ * consent, signed out and errors. Server-rendered HTML that works without JavaScript: one
  * form per page, every field labelled, `lang`, stable `name`/`id`s, the CSRF
  * token in a hidden input. Every value is escaped.
  */
@@ -13,6 +14,8 @@ export function escapeHtml(s: string): string {
 const STYLE = `body{font-family:system-ui,sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem;line-height:1.5}
 label{display:block;margin-top:1rem;font-weight:600}input[type=email],input[type=password]{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}
 button{margin-top:1.5rem;padding:.6rem 1.2rem;font-size:1rem}.error{color:#a00;border:1px solid #a00;padding:.5rem}
+.notice{color:#060;border:1px solid #060;padding:.5rem}nav{margin-top:1.5rem}nav a{display:block;margin-top:.3rem}
+input[type=text]{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}
 ul{padding-left:1.2rem}`;
 
 function layout(title: string, body: string): string {
@@ -50,22 +53,131 @@ export interface SignInPage {
   email?: string;
   /** Why the last attempt failed: generic, never whether the email exists. */
   error?: string;
+  /** What just happened (a password changed by recovery). */
+  notice?: string;
 }
 
-/** The sign-in form: `email`, `password`, a submit button named `action` with value `sign_in`. */
+/** Where the pages of a pending request are (GET, with `request_id`; the request's cookie is sent there). */
+export const PAGE_PATHS = {
+  "sign-in": "/oauth2/authorize/sign-in",
+  "sign-up": "/oauth2/authorize/sign-up",
+  recovery: "/oauth2/authorize/recovery",
+} as const;
+
+const pageUrl = (page: keyof typeof PAGE_PATHS, requestId: string) =>
+  `${PAGE_PATHS[page]}?request_id=${encodeURIComponent(requestId)}`;
+
+const errorLine = (error: string | undefined) =>
+  error ? `<p class="error" id="error" role="alert">${escapeHtml(error)}</p>\n` : "";
+
+/**
+ * The sign-in form: `email`, `password`, a submit button named `action` with
+ * value `sign_in`; links to sign-up (`#sign-up-link`) and recovery
+ * (`#recovery-link`) for the same request.
+ */
 export function signInPage(p: SignInPage): string {
-  const error = p.error ? `<p class="error" id="error" role="alert">${escapeHtml(p.error)}</p>\n` : "";
+  const notice = p.notice ? `<p class="notice" id="notice" role="status">${escapeHtml(p.notice)}</p>\n` : "";
   return layout(
     "Sign in",
     `<p>to continue to <strong>${escapeHtml(p.clientName)}</strong></p>
-${error}<form method="post" action="/oauth2/authorize" id="sign-in">
+${notice}${errorLine(p.error)}<form method="post" action="/oauth2/authorize" id="sign-in">
 ${requestFields(p.requestId, p.csrfToken)}
 <label for="email">Email</label>
 <input type="email" name="email" id="email" autocomplete="username" required value="${escapeHtml(p.email ?? "")}"${p.email ? "" : " autofocus"}>
 <label for="password">Password</label>
 <input type="password" name="password" id="password" autocomplete="current-password" required${p.email ? " autofocus" : ""}>
 <button type="submit" name="action" value="sign_in" id="sign-in-button">Sign in</button>
-</form>`,
+</form>
+<nav>
+<a href="${escapeHtml(pageUrl("sign-up", p.requestId))}" id="sign-up-link">Create an account</a>
+<a href="${escapeHtml(pageUrl("recovery", p.requestId))}" id="recovery-link">Forgot your password?</a>
+</nav>`,
+  );
+}
+
+/** Sign-up or recovery: which flow an email or code page belongs to. */
+export type CodeFlow = "sign-up" | "recovery";
+
+const FLOW_TEXT = {
+  "sign-up": {
+    title: "Create an account",
+    intro: "Enter your email address. We will mail you a code to confirm it.",
+    start: "sign_up_start",
+    complete: "sign_up_complete",
+    codeTitle: "Confirm your email",
+    // The same words whether or not the address has an account (StartSignUp answers the same).
+    sent: "We sent a code to %s, unless it already has an account: then we mailed its owner instead.",
+    password: "Choose a password",
+    button: "Create account",
+  },
+  recovery: {
+    title: "Reset your password",
+    intro: "Enter the email address of your account. We will mail you a code.",
+    start: "recover_start",
+    complete: "recover_complete",
+    codeTitle: "Choose a new password",
+    sent: "If %s has an account, we sent a code to it.",
+    password: "New password",
+    button: "Change password",
+  },
+} as const;
+
+/** What the first page of sign-up or recovery shows. */
+export interface EmailPage {
+  flow: CodeFlow;
+  requestId: string;
+  csrfToken: string;
+  email?: string;
+  error?: string;
+}
+
+/** The email form of sign-up or recovery: `email`, a submit button `action` = `sign_up_start` / `recover_start`. */
+export function emailPage(p: EmailPage): string {
+  const t = FLOW_TEXT[p.flow];
+  return layout(
+    t.title,
+    `<p>${escapeHtml(t.intro)}</p>
+${errorLine(p.error)}<form method="post" action="/oauth2/authorize" id="${p.flow}-email">
+${requestFields(p.requestId, p.csrfToken)}
+<label for="email">Email</label>
+<input type="email" name="email" id="email" autocomplete="email" required autofocus value="${escapeHtml(p.email ?? "")}">
+<button type="submit" name="action" value="${t.start}" id="send-code">Send code</button>
+</form>
+<nav><a href="${escapeHtml(pageUrl("sign-in", p.requestId))}" id="sign-in-link">Back to sign in</a></nav>`,
+  );
+}
+
+/** What the second page of sign-up or recovery shows. */
+export interface CodePage {
+  flow: CodeFlow;
+  requestId: string;
+  csrfToken: string;
+  email: string;
+  error?: string;
+}
+
+/**
+ * The code form of sign-up or recovery: `code`, `password` (the new one),
+ * the `email` hidden, a submit button `action` = `sign_up_complete` /
+ * `recover_complete`.
+ */
+export function codePage(p: CodePage): string {
+  const t = FLOW_TEXT[p.flow];
+  const [before, after] = t.sent.split("%s");
+  return layout(
+    t.codeTitle,
+    `<p id="code-sent">${escapeHtml(before ?? "")}<strong>${escapeHtml(p.email)}</strong>${escapeHtml(after ?? "")}</p>
+${errorLine(p.error)}<form method="post" action="/oauth2/authorize" id="${p.flow}-code">
+${requestFields(p.requestId, p.csrfToken)}
+<input type="hidden" name="email" id="email" value="${escapeHtml(p.email)}">
+<label for="code">Code from the mail</label>
+<input type="text" name="code" id="code" inputmode="numeric" pattern="[0-9]{8}" maxlength="8" autocomplete="one-time-code" required autofocus>
+<label for="password">${escapeHtml(t.password)}</label>
+<input type="password" name="password" id="password" autocomplete="new-password" minlength="8" required>
+<button type="submit" name="action" value="${t.complete}" id="complete">${escapeHtml(t.button)}</button>
+</form>
+<nav><a href="${escapeHtml(pageUrl(p.flow, p.requestId))}" id="start-again-link">Send a new code</a>
+<a href="${escapeHtml(pageUrl("sign-in", p.requestId))}" id="sign-in-link">Back to sign in</a></nav>`,
   );
 }
 

@@ -18,20 +18,35 @@ import { normalizeEmail } from "./credentials.js";
  * before anything is looked up.
  */
 export function startRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "startRecovery"> {
+  const start = recoveryStarter(deps);
   return {
     async startRecovery(req, ctx) {
-      const email = normalizeEmail(req.email);
-      await deps.rateLimits.recovery.consume(addressLimitKey(deps.clientAddress(ctx)));
-      await deps.rateLimits.recoveryEmail.consume(email);
-      const { code, salt, hash } = newCode();
-      const now = deps.now();
-      const expiresAt = new Date(now.getTime() + deps.codeTtlSec.recovery * 1000);
-      const mail = mailInsertFrom(sql`select email from target`, {
-        template: "recovery-code",
-        locale: mailLocale(req.locale),
-        data: { code, expiresInMinutes: Math.round(deps.codeTtlSec.recovery / 60) },
-      });
-      await deps.db.execute(sql`
+      await start(req, deps.clientAddress(ctx));
+      return {};
+    },
+  };
+}
+
+/**
+ * StartRecovery's core, for the RPC and the hosted recovery page: `address`
+ * is the caller's (deps.clientAddress), for the per-address limit.
+ */
+export function recoveryStarter(
+  deps: AuthServiceDeps,
+): (req: { email: string; locale: string }, address: string) => Promise<void> {
+  return async (req, address) => {
+    const email = normalizeEmail(req.email);
+    await deps.rateLimits.recovery.consume(addressLimitKey(address));
+    await deps.rateLimits.recoveryEmail.consume(email);
+    const { code, salt, hash } = newCode();
+    const now = deps.now();
+    const expiresAt = new Date(now.getTime() + deps.codeTtlSec.recovery * 1000);
+    const mail = mailInsertFrom(sql`select email from target`, {
+      template: "recovery-code",
+      locale: mailLocale(req.locale),
+      data: { code, expiresInMinutes: Math.round(deps.codeTtlSec.recovery / 60) },
+    });
+    await deps.db.execute(sql`
         with target as (
           select customer_id, email from identities where lower(email) = ${email}::text and status = 'active'
         ), replaced as (
@@ -43,7 +58,5 @@ export function startRecovery(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Au
             ${now.toISOString()}::timestamptz, ${expiresAt.toISOString()}::timestamptz from target
         ), queued as (${mail})
         select ${MAIL_NOTIFY} from target`);
-      return {};
-    },
   };
 }

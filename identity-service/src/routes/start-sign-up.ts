@@ -19,26 +19,41 @@ import { normalizeEmail } from "./credentials.js";
  * started with your address cannot leave you with their password.
  */
 export function startSignUp(deps: AuthServiceDeps): Pick<ServiceImpl<typeof AuthService>, "startSignUp"> {
+  const start = signUpStarter(deps);
   return {
     async startSignUp(req, ctx) {
-      const email = normalizeEmail(req.email);
-      await deps.rateLimits.signUp.consume(addressLimitKey(deps.clientAddress(ctx)));
-      await deps.rateLimits.signUpEmail.consume(email);
-      const { code, salt, hash } = newCode();
-      const now = deps.now();
-      const expiresAt = new Date(now.getTime() + deps.codeTtlSec.signUp * 1000);
-      const locale = mailLocale(req.locale);
-      const codeMail = mailInsertFrom(sql`select ${email}::text where not exists (select 1 from existing)`, {
-        template: "verification-code",
-        locale,
-        data: { code, expiresInMinutes: Math.round(deps.codeTtlSec.signUp / 60) },
-      });
-      const attemptMail = mailInsertFrom(sql`select email from existing`, {
-        template: "sign-up-attempt",
-        locale,
-        data: {},
-      });
-      await deps.db.execute(sql`
+      await start(req, deps.clientAddress(ctx));
+      return {};
+    },
+  };
+}
+
+/**
+ * StartSignUp's core, for the RPC and the hosted sign-up page: `address` is
+ * the caller's (deps.clientAddress), for the per-address limit.
+ */
+export function signUpStarter(
+  deps: AuthServiceDeps,
+): (req: { email: string; locale: string }, address: string) => Promise<void> {
+  return async (req, address) => {
+    const email = normalizeEmail(req.email);
+    await deps.rateLimits.signUp.consume(addressLimitKey(address));
+    await deps.rateLimits.signUpEmail.consume(email);
+    const { code, salt, hash } = newCode();
+    const now = deps.now();
+    const expiresAt = new Date(now.getTime() + deps.codeTtlSec.signUp * 1000);
+    const locale = mailLocale(req.locale);
+    const codeMail = mailInsertFrom(sql`select ${email}::text where not exists (select 1 from existing)`, {
+      template: "verification-code",
+      locale,
+      data: { code, expiresInMinutes: Math.round(deps.codeTtlSec.signUp / 60) },
+    });
+    const attemptMail = mailInsertFrom(sql`select email from existing`, {
+      template: "sign-up-attempt",
+      locale,
+      data: {},
+    });
+    await deps.db.execute(sql`
         with existing as (
           select email from identities where lower(email) = ${email}::text
         ), replaced as (
@@ -52,7 +67,5 @@ export function startSignUp(deps: AuthServiceDeps): Pick<ServiceImpl<typeof Auth
           where not exists (select 1 from existing)
         ), code_mail as (${codeMail}), attempt_mail as (${attemptMail})
         select ${MAIL_NOTIFY}`);
-      return {};
-    },
   };
 }
