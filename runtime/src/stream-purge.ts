@@ -8,6 +8,14 @@
  * on the subject was published before it (the relay keeps outbox order), so
  * none lands in the stream after the purge.
  *
+ * A purge deletes the subject's messages one by one, each overwritten
+ * (`STREAM.MSG.DELETE` with erase), never with a filtered `STREAM.PURGE`:
+ * NATS 2.9 moves every consumer of the stream past its last message after a
+ * filtered purge (its first-sequence bookkeeping reads 0 for an emptied
+ * subject), so events not yet delivered to any consumer, the tombstone
+ * among them, would be skipped silently. Deleting a message leaves the
+ * consumers where they are.
+ *
  * The purger is a supervised loop: it polls, is woken by a NOTIFY when a
  * purge is requested (to learn which event it waits for), when the relay of
  * this instance publishes that event, and when NATS comes back; it
@@ -20,7 +28,13 @@
  */
 import { EventEmitter } from "node:events";
 import { createSupervisedLoop, type StepResult, settlesWithin } from "@customer-platform/sdk/background";
-import { JetStreamApiCodes, JetStreamApiError, type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import {
+  JetStreamApiCodes,
+  JetStreamApiError,
+  type JetStreamManager,
+  jetstreamManager,
+  type MsgRequest,
+} from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { sql } from "drizzle-orm";
 import type { Db } from "./db.js";
@@ -221,7 +235,7 @@ export function createStreamPurger(opts: StreamPurgerOptions): StreamPurger {
       }
       let purged: number;
       try {
-        purged = (await jsm.streams.purge(row.stream, { filter: row.subject })).purged;
+        purged = await eraseMessages(jsm, row.stream, row.subject);
       } catch (err) {
         if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) {
           // No stream, nothing to remove.
@@ -279,4 +293,28 @@ export function createStreamPurger(opts: StreamPurgerOptions): StreamPurger {
       listening = { kind: "off", retryAt: Number.POSITIVE_INFINITY };
     },
   };
+}
+
+/**
+ * Deletes, overwriting each, every message of `stream` on `subject` (which may
+ * hold wildcards), in stream order; the count deleted. A message deleted
+ * meanwhile (another instance) is not counted; nothing new is published on an
+ * erased customer's subjects, so this ends.
+ */
+export async function eraseMessages(jsm: JetStreamManager, stream: string, subject: string): Promise<number> {
+  let erased = 0;
+  let seq = 1;
+  for (;;) {
+    // STREAM.MSG.GET takes next_by_subj (NATS 2.9); nats.js types it only for direct get, and sends the query as is.
+    const m = await jsm.streams.getMessage(stream, { next_by_subj: subject, seq } as unknown as MsgRequest);
+    if (!m) return erased;
+    const deleted = await jsm.streams.deleteMessage(stream, m.seq, true).catch((err: unknown) => {
+      // Deleted by another instance between the read and the delete.
+      // (NATS answers 10057, "message delete failed", with this description.)
+      if (err instanceof JetStreamApiError && err.message === "no message found") return false;
+      throw err;
+    });
+    if (deleted) erased++;
+    seq = m.seq + 1;
+  }
 }

@@ -1,13 +1,13 @@
 /**
  * Stream purges (stream-purge.ts) against a real database and JetStream: a
  * purge waits until the event it names is published, then removes exactly its
- * subject's messages; it waits out a NATS outage and runs once afterwards; it
+ * subject's messages and moves no consumer of the stream; it waits out a NATS outage and runs once afterwards; it
  * works on the embedded PGlite database too.
  */
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { generateDrizzleJson, generateMigration } from "drizzle-kit/api";
 import { describe, expect, it, vi } from "vitest";
@@ -117,6 +117,13 @@ describe("stream purges", () => {
     await first.stop();
     expect(await countsBySubject(sharedNatsUrl, outbox.stream)).toEqual({ [purged]: 2, [kept]: 1 });
 
+    // A consumer that has read nothing yet: the purge must not move it (NATS 2.9's filtered purge
+    // moved every consumer past the stream's end, so it would never see the kept event or the tombstone).
+    const nc = await connect({ servers: sharedNatsUrl });
+    afterThisTest(() => nc.close());
+    const jsm = await jetstreamManager(nc);
+    await jsm.consumers.add(outbox.stream, { durable_name: "bystander", ack_policy: AckPolicy.Explicit });
+
     const { purger, purged: done } = newPurger(database, nats);
     purger.start();
     await writeTombstone();
@@ -133,6 +140,15 @@ describe("stream purges", () => {
     expect(await countsBySubject(sharedNatsUrl, outbox.stream)).toEqual({ [kept]: 1, [tombstoneSubject]: 1 });
     await sleep(600);
     expect(done).toEqual([purged]);
+    // The bystander still gets what was not purged, the tombstone last.
+    expect((await jsm.consumers.info(outbox.stream, "bystander")).num_pending).toBe(2);
+    const batch = await (await jetstream(nc).consumers.get(outbox.stream, "bystander")).fetch({
+      max_messages: 3,
+      expires: 1_000,
+    });
+    const delivered: string[] = [];
+    for await (const m of batch) delivered.push(m.subject);
+    expect(delivered).toEqual([kept, tombstoneSubject]);
   });
 
   it("wait out a NATS outage and run once when it is back", async () => {

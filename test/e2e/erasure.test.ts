@@ -175,9 +175,11 @@ describe("erasure across both services and the streams", () => {
     } finally {
       proxy.restore();
     }
-    // An event handed to a pull request the outage cut off comes again after the consumer's ack wait (30 s).
-    await expectErased(c, DeletedBy.CUSTOMER, 75_000);
-  }, 180_000);
+    // The identity service publishes the tombstone and then erases the customer's email events while
+    // the customer service may not have pulled it yet: the erasure must not move its consumer past it
+    // (NATS 2.9's filtered purge did, and the profile was never erased).
+    await expectErased(c, DeletedBy.CUSTOMER);
+  }, 60_000);
 
   it("an operator deletes an account, twice: one tombstone each, nothing more", async () => {
     const c = await profiledCustomer("admin");
