@@ -8,11 +8,12 @@
  *                  (grant types default to client_credentials, or to authorization_code refresh_token
  *                  with --redirect-uris; a --public client has no secret and uses PKCE;
  *                  a --first-party client's customers are not asked to consent)
- *   clients set-audiences <client-id> --audiences "…" [--default-audiences "…"]
+ *   clients update <client-id> [any option of create but --public]  (only what is given changes; audited)
+ *   clients set-audiences <client-id> --audiences "…" [--default-audiences "…"]  (the same as update)
  *   clients list
  *   clients disable <client-id>        (its live tokens are revoked: TokensRevoked; audited)
  *   clients enable <client-id>         (its revoked tokens stay revoked; audited)
- *   clients rotate-secret <client-id>  (tokens issued with the old secret are revoked: TokensRevoked)
+ *   clients rotate-secret <client-id>  (tokens issued with the old secret are revoked: TokensRevoked; audited)
  *   keys list     (each key: when it signs, or until when it stays in the JWKS)
  *   keys rotate   (published now, signing once every cached JWKS copy has expired)
  *   keys revoke <kid>  (out of the JWKS and refused at once, TokensRevoked for verifiers;
@@ -22,7 +23,7 @@
  *   identities enable <customer-id>   (sign-in works again: IdentityEnabled)
  *   identities delete <customer-id>   (the account erased, as AdminService.DeleteIdentity: CustomerDeleted)
  *
- * What changes an account or a client's status is audited (AuditRecorded,
+ * What changes an account or a client is audited (AuditRecorded,
  * actor_kind "cli", actor_id the operating-system user who ran it), as
  * AdminService's calls are.
  *
@@ -34,32 +35,35 @@
  * Uses the same configuration as the server (IDENTITY_DATABASE_URL) and
  * opens the database as the service host does, migrating it first.
  */
-import { randomBytes } from "node:crypto";
 import { userInfo } from "node:os";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { errMessage } from "@customer-platform/runtime/errors";
 import { describeStartFailure } from "@customer-platform/runtime/main";
 import { openServiceDatabase } from "@customer-platform/runtime/service-host";
-import { desc, eq } from "drizzle-orm";
+import { desc } from "drizzle-orm";
 import { type AccountChange, disableIdentity, enableIdentity } from "./accounts.js";
 import {
-  type ClientRegistration,
-  checkRegistration,
+  CLIENT_ID,
+  type ClientRecord,
+  ClientRegistrationError,
+  createClient,
   disableClient,
   enableClient,
+  listClients,
+  newClientSettings,
   rotateClientSecret,
+  updateClient,
 } from "./clients.js";
-import { envToConfig, type IdentityConfig } from "./config.js";
+import { envToConfig } from "./config.js";
 import { identityDatabase } from "./database.js";
-import { clients, signingKeys } from "./db/schema.js";
+import { signingKeys } from "./db/schema.js";
 import { eraseIdentity } from "./erase.js";
 import type { AuditActor } from "./events.js";
 import { identityOutbox } from "./outbox.js";
 import { normalizeEmail } from "./routes/credentials.js";
 import { loginThrottleKey, unlockKey } from "./throttle.js";
 import {
-  hashToken,
   KEY_ACTIVATION_MARGIN_MS,
   KEY_RELOAD_MS,
   type KeyPolicy,
@@ -70,7 +74,6 @@ import {
   signingSchedule,
 } from "./tokens.js";
 
-const CLIENT_ID = /^[a-z][a-z0-9._-]{2,63}$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The CLI as an audit names it: the operating-system user who ran it. */
@@ -84,7 +87,6 @@ function cliActor(): AuditActor {
   }
   return { kind: "cli", id: user };
 }
-const SCOPE = /^[!#-[\]-~]+$/;
 
 /** Runs one CLI command; returns the process exit code. `now` is the clock keys are stamped and scheduled with. */
 export async function runCli(
@@ -113,7 +115,7 @@ export async function runCli(
   const database = await openServiceDatabase(config, identityDatabase, { name: "identity-cli", max: 2 });
   try {
     const db = database.db;
-    const newSecret = () => randomBytes(32).toString("base64url");
+    const changeContext = () => ({ db, outbox: identityOutbox(config), now: now() });
     if (group === "unlock" && command) {
       // Known or not: unknown logins lock too, and the answer must not tell which.
       const email = normalizeEmail(command);
@@ -126,73 +128,79 @@ export async function runCli(
         if (!arg || !CLIENT_ID.test(arg) || arg === config.firstPartyClientId) {
           throw new Error(`client id must match ${CLIENT_ID} and not be "${config.firstPartyClientId}"`);
         }
-        const scopes = (values.scopes ?? "").split(/[\s,]+/).filter(Boolean);
-        if (scopes.length === 0 || !scopes.every((s) => SCOPE.test(s))) {
-          throw new Error('--scopes is required, e.g. --scopes "customer:read"');
-        }
-        const { audiences, defaultAudiences } = audienceOptions(values, config);
-        const registration = registrationOptions(values);
-        // A public client's stored hash is of a secret nobody is shown: it authenticates by client_id alone.
-        const secret = newSecret();
-        await db.insert(clients).values({
-          clientId: arg,
-          secretHash: hashToken(secret),
-          scopes,
-          audiences,
-          defaultAudiences,
-          description: values.description ?? "",
-          createdAt: new Date(),
-          ...registration,
-        });
+        const settings = cliSettings(() =>
+          newClientSettings(
+            {
+              scopes: list(values.scopes),
+              ...(values.audiences !== undefined && { audiences: list(values.audiences) }),
+              ...(values["default-audiences"] !== undefined && { defaultAudiences: list(values["default-audiences"]) }),
+              ...(values["grant-types"] !== undefined && { grantTypes: list(values["grant-types"]) }),
+              redirectUris: list(values["redirect-uris"]),
+              postLogoutRedirectUris: list(values["post-logout-redirect-uris"]),
+              description: values.description ?? "",
+              isPublic: values.public ?? false,
+              firstParty: values["first-party"] ?? false,
+            },
+            { audiences: config.defaultAudiences },
+          ),
+        );
+        const created = await createClient(changeContext(), arg, settings, cliActor());
+        if (created === "exists") throw new Error(`client "${arg}" exists already`);
+        const c = created.client;
         out(
           JSON.stringify(
             {
               client_id: arg,
-              ...(!registration.isPublic && { client_secret: secret }),
-              scopes,
-              audiences,
-              default_audiences: defaultAudiences,
-              grant_types: registration.grantTypes,
-              ...(registration.redirectUris.length > 0 && { redirect_uris: registration.redirectUris }),
-              ...(registration.postLogoutRedirectUris.length > 0 && {
-                post_logout_redirect_uris: registration.postLogoutRedirectUris,
-              }),
-              token_endpoint_auth_method: registration.isPublic ? "none" : "client_secret_basic",
-              first_party: registration.firstParty,
+              ...(!c.isPublic && { client_secret: created.secret }),
+              scopes: c.scopes,
+              audiences: c.audiences,
+              default_audiences: c.defaultAudiences,
+              grant_types: c.grantTypes,
+              ...(c.redirectUris.length > 0 && { redirect_uris: c.redirectUris }),
+              ...(c.postLogoutRedirectUris.length > 0 && { post_logout_redirect_uris: c.postLogoutRedirectUris }),
+              token_endpoint_auth_method: c.isPublic ? "none" : "client_secret_basic",
+              first_party: c.firstParty,
             },
             null,
             2,
           ),
         );
-        if (!registration.isPublic) out("The secret is shown once; only its hash is stored.");
+        if (!c.isPublic) out("The secret is shown once; only its hash is stored.");
+        return 0;
+      }
+      case "clients update":
+      case "clients set-audiences": {
+        // Only what is given changes; --default-audiences follows --audiences unless given.
+        const change = {
+          ...(values.scopes !== undefined && { scopes: list(values.scopes) }),
+          ...(values.description !== undefined && { description: values.description }),
+          ...(values.audiences !== undefined && { audiences: list(values.audiences) }),
+          ...((values["default-audiences"] ?? values.audiences) !== undefined && {
+            defaultAudiences: list(values["default-audiences"] ?? values.audiences),
+          }),
+          ...(values["grant-types"] !== undefined && { grantTypes: list(values["grant-types"]) }),
+          ...(values["redirect-uris"] !== undefined && { redirectUris: list(values["redirect-uris"]) }),
+          ...(values["post-logout-redirect-uris"] !== undefined && {
+            postLogoutRedirectUris: list(values["post-logout-redirect-uris"]),
+          }),
+          ...(values["first-party"] !== undefined && { firstParty: values["first-party"] }),
+        };
+        if (Object.keys(change).length === 0) throw new Error("nothing to change: give the options to set");
+        const updated = await cliSettings(() => updateClient(changeContext(), arg ?? "", change, cliActor()));
+        if (updated === "not_found") throw new Error(`no client "${arg}"`);
+        out(`${arg}: ${describeClient(updated)}`);
+        out("Tokens and sessions issued before keep their scopes and audiences.");
         return 0;
       }
       case "clients list": {
-        const rows = await db.select({ c: clients }).from(clients);
-        for (const { c } of rows) {
-          out(
-            `${c.clientId}\t${c.scopes.join(" ")}\t${c.disabledAt ? "disabled" : "active"}\t${c.description}\t` +
-              `audiences ${c.audiences.join(" ")} (default ${c.defaultAudiences.join(" ")})\t` +
-              `grants ${c.grantTypes.join(" ")}\t${c.isPublic ? "public" : "confidential"}` +
-              `${c.firstParty ? " first-party" : ""}` +
-              (c.redirectUris.length > 0 ? `\tredirect ${c.redirectUris.join(" ")}` : "") +
-              (c.postLogoutRedirectUris.length > 0 ? `\tpost-logout ${c.postLogoutRedirectUris.join(" ")}` : ""),
-          );
+        let after = "";
+        for (;;) {
+          const page = await listClients(db, 500, after);
+          for (const c of page) out(`${c.clientId}\t${describeClient(c)}`);
+          const last = page.at(-1);
+          if (page.length < 500 || !last) return 0;
+          after = last.clientId;
         }
-        return 0;
-      }
-      case "clients set-audiences": {
-        const { audiences, defaultAudiences } = audienceOptions(values, config);
-        const r = await db
-          .update(clients)
-          .set({ audiences, defaultAudiences })
-          .where(eq(clients.clientId, arg ?? ""))
-          .returning();
-        if (r.length === 0) throw new Error(`no client "${arg}"`);
-        out(
-          `${arg}: audiences ${audiences.join(" ")} (default ${defaultAudiences.join(" ")}); issued tokens keep theirs`,
-        );
-        return 0;
       }
       case "clients disable":
       case "clients enable": {
@@ -234,21 +242,14 @@ export async function runCli(
         return 0;
       }
       case "clients rotate-secret": {
-        const [found] = await db
-          .select({ isPublic: clients.isPublic })
-          .from(clients)
-          .where(eq(clients.clientId, arg ?? ""));
-        if (found?.isPublic) throw new Error(`${arg} is a public client: it has no secret`);
-        const secret = newSecret();
-        const revocation = {
-          db,
-          outbox: identityOutbox(config),
-          accessTokenTtlSec: config.accessTokenTtlSec,
-          now: now(),
-        };
-        if (!(await rotateClientSecret(revocation, arg ?? "", hashToken(secret))))
-          throw new Error(`no client "${arg}"`);
-        out(JSON.stringify({ client_id: arg, client_secret: secret }, null, 2));
+        const rotated = await rotateClientSecret(
+          { ...changeContext(), accessTokenTtlSec: config.accessTokenTtlSec },
+          arg ?? "",
+          cliActor(),
+        );
+        if (rotated === "not_found") throw new Error(`no client "${arg}"`);
+        if (rotated === "public") throw new Error(`${arg} is a public client: it has no secret`);
+        out(JSON.stringify({ client_id: arg, client_secret: rotated.secret }, null, 2));
         out("Tokens issued with the old secret are revoked.");
         return 0;
       }
@@ -296,7 +297,8 @@ export async function runCli(
         out("usage: identity clients create <id> --scopes <scopes> [--audiences <a>] [--default-audiences <a>]");
         out("         [--redirect-uris <uris>] [--post-logout-redirect-uris <uris>] [--grant-types <g>]");
         out("         [--public] [--first-party] |");
-        out("       clients set-audiences <id> --audiences <a> [--default-audiences <a>] | keys revoke <kid> |");
+        out("       clients update <id> [options of create but --public] | keys revoke <kid> |");
+        out("       clients set-audiences <id> --audiences <a> [--default-audiences <a>] |");
         out("       clients list | clients disable <id> | clients enable <id> |");
         out("       clients rotate-secret <id> | keys list | keys rotate | unlock <email> |");
         out(
@@ -309,43 +311,38 @@ export async function runCli(
   }
 }
 
-const AUDIENCE = /^[!-~]{1,256}$/;
+/** A space- or comma-separated option as a list, each entry once. */
+const list = (v: string | undefined) => [...new Set((v ?? "").split(/[\s,]+/).filter(Boolean))];
 
-/** --redirect-uris, --post-logout-redirect-uris, --grant-types, --public, --first-party, checked (checkRegistration). */
-function registrationOptions(values: {
-  "redirect-uris"?: string | undefined;
-  "post-logout-redirect-uris"?: string | undefined;
-  "grant-types"?: string | undefined;
-  public?: boolean | undefined;
-  "first-party"?: boolean | undefined;
-}): ClientRegistration {
-  const list = (v: string | undefined) => [...new Set((v ?? "").split(/[\s,]+/).filter(Boolean))];
-  const redirectUris = list(values["redirect-uris"]);
-  const fallback = redirectUris.length > 0 ? ["authorization_code", "refresh_token"] : ["client_credentials"];
-  return checkRegistration({
-    redirectUris,
-    postLogoutRedirectUris: list(values["post-logout-redirect-uris"]),
-    grantTypes: values["grant-types"] === undefined ? fallback : list(values["grant-types"]),
-    isPublic: values.public ?? false,
-    firstParty: values["first-party"] ?? false,
-  });
+/** The CLI's flag for a registration field. */
+const flag = (field: string) => `--${field.replaceAll("_", "-")}`;
+
+/** Runs `f`; a registration it refuses is an error naming the CLI's flag. */
+function cliSettings<T>(f: () => T): T;
+function cliSettings<T>(f: () => Promise<T>): Promise<T>;
+function cliSettings<T>(f: () => T | Promise<T>): T | Promise<T> {
+  const rename = (err: unknown): never => {
+    if (err instanceof ClientRegistrationError) throw new Error(`${flag(err.field)}: ${err.reason}`);
+    throw err;
+  };
+  try {
+    const r = f();
+    return r instanceof Promise ? r.catch(rename) : r;
+  } catch (err) {
+    return rename(err);
+  }
 }
 
-/** --audiences (default IDENTITY_DEFAULT_AUDIENCES) and --default-audiences (default: --audiences), checked. */
-function audienceOptions(
-  values: { audiences?: string | undefined; "default-audiences"?: string | undefined },
-  config: Pick<IdentityConfig, "defaultAudiences">,
-): { audiences: string[]; defaultAudiences: string[] } {
-  const list = (v: string | undefined) => [...new Set((v ?? "").split(/[\s,]+/).filter(Boolean))];
-  const audiences = values.audiences === undefined ? config.defaultAudiences : list(values.audiences);
-  const defaultAudiences = values["default-audiences"] === undefined ? audiences : list(values["default-audiences"]);
-  if (audiences.length === 0 || !audiences.every((a) => AUDIENCE.test(a))) {
-    throw new Error('--audiences must name one or more audiences, e.g. --audiences "customer-service"');
-  }
-  if (defaultAudiences.length === 0 || !defaultAudiences.every((a) => audiences.includes(a))) {
-    throw new Error("--default-audiences must name one or more of --audiences");
-  }
-  return { audiences, defaultAudiences };
+/** A client's registration on one line (never its secret). */
+function describeClient(c: ClientRecord): string {
+  return (
+    `${c.scopes.join(" ")}\t${c.disabledAt ? "disabled" : "active"}\t${c.description}\t` +
+    `audiences ${c.audiences.join(" ")} (default ${c.defaultAudiences.join(" ")})\t` +
+    `grants ${c.grantTypes.join(" ")}\t${c.isPublic ? "public" : "confidential"}` +
+    `${c.firstParty ? " first-party" : ""}` +
+    (c.redirectUris.length > 0 ? `\tredirect ${c.redirectUris.join(" ")}` : "") +
+    (c.postLogoutRedirectUris.length > 0 ? `\tpost-logout ${c.postLogoutRedirectUris.join(" ")}` : "")
+  );
 }
 
 /**

@@ -1,20 +1,24 @@
 /**
- * Changes to a service's client: disabling it, enabling it again, and
- * rotating its secret. Disabling and rotating end its live tokens: they set
+ * Clients and changes to them: registering one (checked: checkClientSettings),
+ * changing its registration, disabling it, enabling it again, and rotating
+ * its secret. Disabling and rotating end its live tokens: they set
  * the client's cut-off (tokens issued before it are refused by the identity
  * service at once) and write TokensRevoked with `client_id` and
  * `issued_before` to the outbox in the same transaction, so offline
- * verifiers refuse them too. Disabling and enabling are audited
- * (AuditRecorded in the same transaction). AdminService, the CLI and tests
+ * verifiers refuse them too. Every change is audited (AuditRecorded in the
+ * same transaction). AdminService, the CLI and tests
  * go through here.
  */
+
+import { randomBytes } from "node:crypto";
 import type { Db } from "@customer-platform/runtime/db";
 import type { Outbox } from "@customer-platform/runtime/outbox";
-import { and, eq, isNotNull, isNull } from "drizzle-orm";
+import { and, asc, eq, gt, isNotNull, isNull } from "drizzle-orm";
 import type { AccountChange } from "./accounts.js";
 import type * as schema from "./db/schema.js";
 import { clients } from "./db/schema.js";
 import { type AuditActor, emitAuditRecorded, emitTokensRevoked, TokenRevocationReason } from "./events.js";
+import { hashToken } from "./tokens.js";
 
 /** What revoking a client's tokens needs to know. */
 export interface ClientRevocationContext {
@@ -116,22 +120,42 @@ export function enableClient(
   });
 }
 
-/** Replaces a client's secret (its hash) and revokes the tokens issued so far; false if there is no such client. */
+/**
+ * Gives a confidential client a new secret (only its hash is stored) and
+ * revokes the tokens issued so far, audited as `actor`'s
+ * ("client.rotate_secret"); `public` for a client without a secret.
+ */
 export function rotateClientSecret(
   ctx: ClientRevocationContext,
   clientId: string,
-  secretHash: Buffer,
-): Promise<boolean> {
-  return ctx.db.transaction((tx) =>
-    revokeClientTokens(tx, ctx, clientId, { secretHash }, TokenRevocationReason.CLIENT_SECRET_ROTATED),
-  );
+  actor: AuditActor,
+): Promise<{ secret: string } | "not_found" | "public"> {
+  const secret = randomBytes(32).toString("base64url");
+  return ctx.db.transaction(async (tx) => {
+    const [found] = await tx
+      .select({ isPublic: clients.isPublic })
+      .from(clients)
+      .where(eq(clients.clientId, clientId))
+      .for("update");
+    if (!found) return "not_found";
+    if (found.isPublic) return "public";
+    await revokeClientTokens(
+      tx,
+      ctx,
+      clientId,
+      { secretHash: hashToken(secret) },
+      TokenRevocationReason.CLIENT_SECRET_ROTATED,
+    );
+    await audit(tx, ctx, actor, "client.rotate_secret", clientId);
+    return { secret };
+  });
 }
 
 function audit(
   tx: Tx,
   ctx: ClientRevocationContext,
   actor: AuditActor,
-  action: "client.disable" | "client.enable",
+  action: "client.disable" | "client.enable" | "client.rotate_secret",
   clientId: string,
 ) {
   return emitAuditRecorded(tx, ctx.outbox, { actor, action, target: { kind: "client", id: clientId } }, ctx.now);
@@ -166,38 +190,211 @@ export function redirectUriProblem(uri: string): string | undefined {
   return "must be https (http only on a loopback host)";
 }
 
-/** What a client is registered for beyond its scopes and audiences: the authorization code flow's settings. */
-export interface ClientRegistration {
+/** A registration that cannot work, naming the field (as the proto names it) and the rule. */
+export class ClientRegistrationError extends Error {
+  constructor(
+    readonly field: string,
+    readonly ruleId: string,
+    readonly reason: string,
+  ) {
+    super(`${field}: ${reason}`);
+    this.name = "ClientRegistrationError";
+  }
+}
+
+/** What a client is registered for: everything but its id, secret and status. */
+export interface ClientSettings {
+  description: string;
+  scopes: string[];
+  /** Resource servers it may ask tokens for (RFC 8707). */
+  audiences: string[];
+  /** Its tokens' audiences when it asks for none; each one of `audiences`. */
+  defaultAudiences: string[];
+  grantTypes: string[];
   redirectUris: string[];
   postLogoutRedirectUris: string[];
-  grantTypes: string[];
   isPublic: boolean;
   firstParty: boolean;
 }
 
+/** A client id: lower-case letters, digits, ".", "_", "-", starting with a letter, 3 to 64 characters. */
+export const CLIENT_ID = /^[a-z][a-z0-9._-]{2,63}$/;
+/** A scope token (RFC 6749 §3.3). */
+const SCOPE = /^[!#-[\]-~]{1,128}$/;
+/** An audience: printable ASCII without spaces. */
+const AUDIENCE = /^[!-~]{1,256}$/;
+
 /**
- * Checks a registration: each URI as redirectUriProblem says, known grant
- * types, at least one redirect URI for authorization_code, and no
- * client_credentials for a public client (it has no secret). Throws an Error
- * naming the problem.
+ * A new client's settings with the defaults filled in: audiences from
+ * `defaultAudiences` (IDENTITY_DEFAULT_AUDIENCES), default audiences all of
+ * them, grant types `authorization_code refresh_token` with redirect URIs and
+ * `client_credentials` without; then checked (checkClientSettings).
  */
-export function checkRegistration(r: ClientRegistration): ClientRegistration {
-  for (const uri of [...r.redirectUris, ...r.postLogoutRedirectUris]) {
-    const problem = redirectUriProblem(uri);
-    if (problem) throw new Error(`redirect URI ${JSON.stringify(uri)} ${problem}`);
+export function newClientSettings(
+  input: Partial<ClientSettings>,
+  defaults: { audiences: readonly string[] },
+): ClientSettings {
+  const redirectUris = unique(input.redirectUris ?? []);
+  const audiences = input.audiences?.length ? unique(input.audiences) : [...defaults.audiences];
+  return checkClientSettings({
+    description: input.description ?? "",
+    scopes: unique(input.scopes ?? []),
+    audiences,
+    defaultAudiences: input.defaultAudiences?.length ? unique(input.defaultAudiences) : audiences,
+    grantTypes: input.grantTypes?.length
+      ? unique(input.grantTypes)
+      : redirectUris.length > 0
+        ? ["authorization_code", "refresh_token"]
+        : ["client_credentials"],
+    redirectUris,
+    postLogoutRedirectUris: unique(input.postLogoutRedirectUris ?? []),
+    isPublic: input.isPublic ?? false,
+    firstParty: input.firstParty ?? false,
+  });
+}
+
+const unique = (xs: readonly string[]) => [...new Set(xs)];
+
+/**
+ * Checks a registration: scopes and audiences present and well formed,
+ * default audiences among the audiences, each URI as redirectUriProblem says,
+ * known grant types, at least one redirect URI for authorization_code and
+ * none without it, and no client_credentials for a public client (it has no
+ * secret). Throws a ClientRegistrationError naming the field.
+ */
+export function checkClientSettings(s: ClientSettings): ClientSettings {
+  const fail = (field: string, ruleId: string, reason: string): never => {
+    throw new ClientRegistrationError(field, ruleId, reason);
+  };
+  if (s.description.length > 500) fail("description", "client.description", "must be at most 500 characters");
+  if (s.scopes.length === 0) fail("scopes", "client.scopes", 'must name at least one scope, e.g. "customer:read"');
+  for (const scope of s.scopes)
+    if (!SCOPE.test(scope)) fail("scopes", "client.scopes", `${JSON.stringify(scope)} is not a scope`);
+  if (s.audiences.length === 0) fail("audiences", "client.audiences", "must name at least one audience");
+  for (const a of s.audiences)
+    if (!AUDIENCE.test(a)) fail("audiences", "client.audiences", `${JSON.stringify(a)} is not an audience`);
+  if (s.defaultAudiences.length === 0 || !s.defaultAudiences.every((a) => s.audiences.includes(a))) {
+    fail("default_audiences", "client.default_audiences", "must name one or more of audiences");
   }
-  const unknown = r.grantTypes.filter((g) => !(CLIENT_GRANT_TYPES as readonly string[]).includes(g));
-  if (r.grantTypes.length === 0 || unknown.length > 0) {
-    throw new Error(`--grant-types must name some of: ${CLIENT_GRANT_TYPES.join(" ")}`);
+  for (const [field, uris] of [
+    ["redirect_uris", s.redirectUris],
+    ["post_logout_redirect_uris", s.postLogoutRedirectUris],
+  ] as const) {
+    for (const uri of uris) {
+      const problem = redirectUriProblem(uri);
+      if (problem) fail(field, "client.redirect_uri", `${JSON.stringify(uri)} ${problem}`);
+    }
   }
-  if (r.grantTypes.includes("authorization_code") && r.redirectUris.length === 0) {
-    throw new Error("authorization_code needs --redirect-uris");
+  const unknown = s.grantTypes.filter((g) => !(CLIENT_GRANT_TYPES as readonly string[]).includes(g));
+  if (s.grantTypes.length === 0 || unknown.length > 0) {
+    fail("grant_types", "client.grant_types", `must name some of: ${CLIENT_GRANT_TYPES.join(" ")}`);
   }
-  if (r.redirectUris.length > 0 && !r.grantTypes.includes("authorization_code")) {
-    throw new Error("--redirect-uris are for the authorization_code grant");
+  if (s.grantTypes.includes("authorization_code") && s.redirectUris.length === 0) {
+    fail("redirect_uris", "client.redirect_uris_required", "authorization_code needs at least one redirect URI");
   }
-  if (r.isPublic && r.grantTypes.includes("client_credentials")) {
-    throw new Error("a public client has no secret: client_credentials is for confidential clients");
+  if (s.redirectUris.length > 0 && !s.grantTypes.includes("authorization_code")) {
+    fail(
+      "redirect_uris",
+      "client.redirect_uris_unused",
+      "are for the authorization_code grant, which grant_types lacks",
+    );
   }
-  return r;
+  if (s.isPublic && s.grantTypes.includes("client_credentials")) {
+    fail(
+      "grant_types",
+      "client.public_credentials",
+      "a public client has no secret: client_credentials is for confidential clients",
+    );
+  }
+  return s;
+}
+
+/** A client's row as stored. */
+export type ClientRecord = typeof clients.$inferSelect;
+
+/** What registering or changing a client needs. */
+export interface ClientChangeContext {
+  db: Db<typeof schema>;
+  outbox: Outbox;
+  now: Date;
+}
+
+/**
+ * Registers a client with a new secret (only its hash is stored; a public
+ * client's is of a secret nobody is shown), audited as `actor`'s
+ * ("client.create"); `exists` if the id is taken.
+ */
+export async function createClient(
+  ctx: ClientChangeContext,
+  clientId: string,
+  settings: ClientSettings,
+  actor: AuditActor,
+): Promise<{ client: ClientRecord; secret: string } | "exists"> {
+  const secret = randomBytes(32).toString("base64url");
+  return ctx.db.transaction(async (tx) => {
+    const [client] = await tx
+      .insert(clients)
+      .values({ clientId, secretHash: hashToken(secret), createdAt: ctx.now, ...settings })
+      .onConflictDoNothing({ target: clients.clientId })
+      .returning();
+    if (!client) return "exists";
+    await emitAuditRecorded(
+      tx,
+      ctx.outbox,
+      { actor, action: "client.create", target: { kind: "client", id: clientId } },
+      ctx.now,
+    );
+    return { client, secret };
+  });
+}
+
+/**
+ * Changes the settings `change` names, checked as a whole (checkClientSettings)
+ * against the stored row under a row lock; audited ("client.update") when
+ * something changed. Whether a client is public does not change here.
+ */
+export async function updateClient(
+  ctx: ClientChangeContext,
+  clientId: string,
+  change: Partial<Omit<ClientSettings, "isPublic">>,
+  actor: AuditActor,
+): Promise<ClientRecord | "not_found"> {
+  return ctx.db.transaction(async (tx) => {
+    const [current] = await tx.select().from(clients).where(eq(clients.clientId, clientId)).for("update");
+    if (!current) return "not_found";
+    const next = checkClientSettings({
+      description: change.description ?? current.description,
+      scopes: unique(change.scopes ?? current.scopes),
+      audiences: unique(change.audiences ?? current.audiences),
+      defaultAudiences: unique(change.defaultAudiences ?? current.defaultAudiences),
+      grantTypes: unique(change.grantTypes ?? current.grantTypes),
+      redirectUris: unique(change.redirectUris ?? current.redirectUris),
+      postLogoutRedirectUris: unique(change.postLogoutRedirectUris ?? current.postLogoutRedirectUris),
+      isPublic: current.isPublic,
+      firstParty: change.firstParty ?? current.firstParty,
+    });
+    const same = (Object.keys(next) as (keyof ClientSettings)[]).every(
+      (k) => JSON.stringify(next[k]) === JSON.stringify(current[k]),
+    );
+    if (same) return current;
+    const [updated] = await tx.update(clients).set(next).where(eq(clients.clientId, clientId)).returning();
+    await emitAuditRecorded(
+      tx,
+      ctx.outbox,
+      { actor, action: "client.update", target: { kind: "client", id: clientId } },
+      ctx.now,
+    );
+    return updated ?? current;
+  });
+}
+
+/** One client's row. */
+export async function getClient(db: Db<typeof schema>, clientId: string): Promise<ClientRecord | undefined> {
+  const [row] = await db.select().from(clients).where(eq(clients.clientId, clientId));
+  return row;
+}
+
+/** Up to `limit` clients after `after` (a client id), in client id order. */
+export function listClients(db: Db<typeof schema>, limit: number, after = ""): Promise<ClientRecord[]> {
+  return db.select().from(clients).where(gt(clients.clientId, after)).orderBy(asc(clients.clientId)).limit(limit);
 }

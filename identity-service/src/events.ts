@@ -239,7 +239,10 @@ export type AuditAction =
   | "identity.enable"
   | "identity.delete"
   | "client.disable"
-  | "client.enable";
+  | "client.enable"
+  | "client.create"
+  | "client.update"
+  | "client.rotate_secret";
 
 /**
  * Writes identity.v1.AuditRecorded to the outbox, on

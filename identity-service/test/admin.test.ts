@@ -91,6 +91,16 @@ describe.each(CORE_PROTOCOLS)("who may call AdminService over %s", (protocol) =>
     DeleteIdentity: (o: object) => adminClient(protocol).deleteIdentity({ customerId: id }, o),
     DisableClient: (o: object) => adminClient(protocol).disableClient({ clientId: introspector.clientId }, o),
     EnableClient: (o: object) => adminClient(protocol).enableClient({ clientId: introspector.clientId }, o),
+    CreateClient: (o: object) =>
+      adminClient(protocol).createClient({ client: { clientId: "never-made", scopes: ["customer:read"] } }, o),
+    GetClient: (o: object) => adminClient(protocol).getClient({ clientId: introspector.clientId }, o),
+    ListClients: (o: object) => adminClient(protocol).listClients({}, o),
+    UpdateClient: (o: object) =>
+      adminClient(protocol).updateClient(
+        { client: { clientId: introspector.clientId, description: "changed" }, updateMask: { paths: ["description"] } },
+        o,
+      ),
+    RotateClientSecret: (o: object) => adminClient(protocol).rotateClientSecret({ clientId: introspector.clientId }, o),
   });
 
   it("covers every method, and is served beside AuthService with its own health", async () => {
@@ -290,6 +300,10 @@ describe("suspending a client", () => {
       auth().authenticateClient({ clientId: svcClient.clientId, clientSecret: secret, scope: "" });
     await expect(introspect(svcClient.token)).resolves.toMatchObject({ active: true });
 
+    // Its registration by the CLI is audited; what follows comes after it.
+    const registered = await writtenEvents(sql, svcClient.clientId);
+    expect(registered.map((e) => e.message.action)).toEqual(["client.create"]);
+    const since = async () => newEvents(registered, await writtenEvents(sql, svcClient.clientId));
     await adminClient().disableClient({ clientId: svcClient.clientId }, asAdmin());
 
     await expect(signIn()).rejects.toMatchObject(rpcError("client disabled", Code.FailedPrecondition));
@@ -297,7 +311,7 @@ describe("suspending a client", () => {
       rpcError("invalid client credentials", Code.Unauthenticated),
     );
     await expect(introspect(svcClient.token)).resolves.toMatchObject({ active: false });
-    const disabled = await writtenEvents(sql, svcClient.clientId);
+    const disabled = await since();
     expect(types(disabled)).toEqual(["identity.v1.TokensRevoked", "identity.v1.AuditRecorded"]);
     expect(disabled[0]?.message).toMatchObject({
       clientId: svcClient.clientId,
@@ -309,18 +323,18 @@ describe("suspending a client", () => {
     });
     // Again: nothing changes.
     await adminClient().disableClient({ clientId: svcClient.clientId }, asAdmin());
-    expect(await writtenEvents(sql, svcClient.clientId)).toHaveLength(2);
+    expect(await since()).toHaveLength(2);
 
     await adminClient("grpc").enableClient({ clientId: svcClient.clientId }, asAdmin());
     const fresh = await signIn();
     await expect(introspect(fresh.tokens?.accessToken ?? "")).resolves.toMatchObject({ active: true });
     // Tokens revoked while it was disabled stay revoked.
     await expect(introspect(svcClient.token)).resolves.toMatchObject({ active: false });
-    const enabled = (await writtenEvents(sql, svcClient.clientId)).slice(2);
+    const enabled = (await since()).slice(2);
     expect(types(enabled)).toEqual(["identity.v1.AuditRecorded"]);
     expect(enabled[0]?.message).toMatchObject({ actorId: admin.clientId, action: "client.enable" });
     await adminClient().enableClient({ clientId: svcClient.clientId }, asAdmin());
-    expect(await writtenEvents(sql, svcClient.clientId)).toHaveLength(3);
+    expect(await since()).toHaveLength(3);
   });
 
   it("refuses to disable the caller's own client", async () => {
@@ -332,7 +346,8 @@ describe("suspending a client", () => {
     expect(await sql`select disabled_at from clients where client_id = ${own.clientId}`).toEqual([
       { disabled_at: null },
     ]);
-    expect(await writtenEvents(sql, own.clientId)).toEqual([]);
+    // Only its registration.
+    expect((await writtenEvents(sql, own.clientId)).map((e) => e.message.action)).toEqual(["client.create"]);
   });
 });
 
@@ -388,7 +403,7 @@ describe("the CLI", () => {
     );
   });
 
-  it("clients disable and enable are audited as the operating-system user", async () => {
+  it("clients create, disable and enable are audited as the operating-system user", async () => {
     const svcClient = await serviceSignIn(auth(), svc.env, "customer:read", "customer-service");
     secrets.add("a client secret", svcClient.secret);
     expect((await identityCli(svc.env, "clients", "disable", svcClient.clientId)).code).toBe(0);
@@ -406,6 +421,7 @@ describe("the CLI", () => {
       .filter((e) => e.type === "identity.v1.AuditRecorded")
       .map((e) => e.message);
     expect(audits).toMatchObject([
+      { actorKind: "cli", actorId: operator(), action: "client.create", targetId: svcClient.clientId },
       {
         actorKind: "cli",
         actorId: operator(),

@@ -62,9 +62,18 @@ describe("buf curl via server reflection", () => {
     );
     // The operators' service, on the same port.
     expect(res.stdout.split("\n").filter((l) => l.startsWith("identity.v1.AdminService/"))).toEqual(
-      ["DeleteIdentity", "DisableClient", "DisableIdentity", "EnableClient", "EnableIdentity"].map(
-        (m) => `identity.v1.AdminService/${m}`,
-      ),
+      [
+        "CreateClient",
+        "DeleteIdentity",
+        "DisableClient",
+        "DisableIdentity",
+        "EnableClient",
+        "EnableIdentity",
+        "GetClient",
+        "ListClients",
+        "RotateClientSecret",
+        "UpdateClient",
+      ].map((m) => `identity.v1.AdminService/${m}`),
     );
     expect(res.stdout).toContain("grpc.health.v1.Health/Check");
   });

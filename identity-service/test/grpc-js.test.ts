@@ -311,9 +311,18 @@ describe("AdminService over @grpc/grpc-js with proto-loader", () => {
     try {
       const service = adminGrpc.definition["identity.v1.AdminService"] as protoLoader.ServiceDefinition;
       expect(Object.values(service).map((m) => m.path)).toEqual(
-        ["DisableIdentity", "EnableIdentity", "DeleteIdentity", "DisableClient", "EnableClient"].map(
-          (m) => `/identity.v1.AdminService/${m}`,
-        ),
+        [
+          "DisableIdentity",
+          "EnableIdentity",
+          "DeleteIdentity",
+          "DisableClient",
+          "EnableClient",
+          "CreateClient",
+          "GetClient",
+          "ListClients",
+          "UpdateClient",
+          "RotateClientSecret",
+        ].map((m) => `/identity.v1.AdminService/${m}`),
       );
       const disable: Unary<{ customer_id: string }, Record<string, never>> = adminGrpc.unary("DisableIdentity");
       const enable: Unary<{ customer_id: string }, Record<string, never>> = adminGrpc.unary("EnableIdentity");

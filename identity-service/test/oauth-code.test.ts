@@ -112,8 +112,12 @@ describe("client registration (CLI)", () => {
     ["plain http off loopback", ["--redirect-uris", "http://app.example.com/cb"], "must be https"],
     ["a custom scheme", ["--redirect-uris", "com.example.app:/cb"], "must be https"],
     ["a public client with client_credentials", ["--public"], "client_credentials is for confidential clients"],
-    ["authorization_code without redirect URIs", ["--grant-types", "authorization_code"], "needs --redirect-uris"],
-    ["an unknown grant", ["--grant-types", "password"], "--grant-types must name some of"],
+    [
+      "authorization_code without redirect URIs",
+      ["--grant-types", "authorization_code"],
+      "--redirect-uris: authorization_code needs at least one redirect URI",
+    ],
+    ["an unknown grant", ["--grant-types", "password"], "--grant-types: must name some of"],
   ])("refuses %s", async (_what, flags, message) => {
     const id = `bad-${randomUUID().slice(0, 8)}`;
     const args = ["clients", "create", id, "--scopes", "openid", ...flags];

@@ -8,6 +8,7 @@
  * is for both the customer service and the identity service (its issuer), so
  * the matrix is about who calls (audiences: test/security/audience.test.ts).
  */
+import { randomUUID } from "node:crypto";
 import { Code } from "@connectrpc/connect";
 import { CustomerService } from "@customer-platform/gen/customer/v1/customer_service_pb.js";
 import { AdminService } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
@@ -63,6 +64,11 @@ const RPCS = [
   "DeleteIdentity",
   "DisableClient",
   "EnableClient",
+  "CreateClient",
+  "GetClient",
+  "ListClients",
+  "UpdateClient",
+  "RotateClientSecret",
 ] as const;
 type Rpc = (typeof RPCS)[number];
 
@@ -120,6 +126,11 @@ const SERVICE_SCOPES: Record<Rpc, { with: keyof typeof services; without: keyof 
   DeleteIdentity: { with: "admin", without: "introspect" },
   DisableClient: { with: "admin", without: "introspect" },
   EnableClient: { with: "admin", without: "introspect" },
+  CreateClient: { with: "admin", without: "introspect" },
+  GetClient: { with: "admin", without: "introspect" },
+  ListClients: { with: "admin", without: "introspect" },
+  UpdateClient: { with: "admin", without: "introspect" },
+  RotateClientSecret: { with: "admin", without: "introspect" },
 };
 
 function callerOptions(rpc: Rpc, caller: Caller): CallOptions {
@@ -272,6 +283,11 @@ const MATRIX: Record<Rpc, Record<Caller, Expected>> = {
   DeleteIdentity: ADMIN_ROW,
   DisableClient: ADMIN_ROW,
   EnableClient: ADMIN_ROW,
+  CreateClient: ADMIN_ROW,
+  GetClient: ADMIN_ROW,
+  ListClients: ADMIN_ROW,
+  UpdateClient: ADMIN_ROW,
+  RotateClientSecret: ADMIN_ROW,
 };
 
 /** Stored state a denied call must leave as it was. */
@@ -293,7 +309,8 @@ async function state(rpc: Rpc): Promise<unknown> {
       where customer_id in (${s.customerId}, ${other.customerId}) order by id`,
     statuses: await identitySql`select customer_id, status from identities
       where customer_id in (${s.customerId}, ${other.customerId}) order by customer_id`,
-    clients: await identitySql`select client_id, disabled_at, tokens_valid_after from clients order by client_id`,
+    clients: await identitySql`select client_id, disabled_at, tokens_valid_after, secret_hash, description, scopes
+      from clients order by client_id`,
     identityOutbox: (
       await identitySql`select count(*)::int as n from outbox
       where ce_subject in (${s.customerId}, ${other.customerId}, ${String(decodeJwt(services.read).client_id)})`
@@ -464,6 +481,36 @@ async function call(rpc: Rpc, caller: Caller, protocol: (typeof CORE_PROTOCOLS)[
       }
       const [row] = await identitySql`select disabled_at from clients where client_id = ${target}`;
       expect(row?.disabled_at === null).toBe(rpc === "EnableClient");
+      return;
+    }
+    case "CreateClient":
+    case "GetClient":
+    case "ListClients":
+    case "UpdateClient":
+    case "RotateClientSecret": {
+      const admin = platform.identity.clients.client(AdminService, protocol);
+      // The allowed call changes a client of its own; the others aim at the read service's client.
+      const target =
+        caller === "service with scope"
+          ? String(decodeJwt(await platform.serviceToken("customer:read")).client_id)
+          : String(decodeJwt(services.read).client_id);
+      if (rpc === "CreateClient") {
+        const clientId = `matrix-${randomUUID().slice(0, 8)}`;
+        const res = await admin.createClient({ client: { clientId, scopes: ["customer:read"] } }, opts);
+        expect(res.client?.clientId).toBe(clientId);
+      } else if (rpc === "GetClient") {
+        expect((await admin.getClient({ clientId: target }, opts)).client?.clientId).toBe(target);
+      } else if (rpc === "ListClients") {
+        expect((await admin.listClients({ pageSize: 500 }, opts)).clients.map((c) => c.clientId)).toContain(target);
+      } else if (rpc === "UpdateClient") {
+        const res = await admin.updateClient(
+          { client: { clientId: target, description: "renamed" }, updateMask: { paths: ["description"] } },
+          opts,
+        );
+        expect(res.client?.description).toBe("renamed");
+      } else {
+        expect((await admin.rotateClientSecret({ clientId: target }, opts)).clientSecret).not.toBe("");
+      }
       return;
     }
   }

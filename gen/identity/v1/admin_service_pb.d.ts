@@ -4,11 +4,358 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file identity/v1/admin_service.proto.
  */
 export declare const file_identity_v1_admin_service: GenFile;
+
+/**
+ * Client is a client's registration.
+ *
+ * @generated from message identity.v1.Client
+ */
+export declare type Client = Message<"identity.v1.Client"> & {
+  /**
+   * client_id names the client: lower-case letters, digits, ".", "_" and
+   * "-", starting with a letter, 3 to 64 characters.
+   *
+   * @generated from field: string client_id = 1;
+   */
+  clientId: string;
+
+  /**
+   * description is free text for operators.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * scopes are what the client's tokens may carry, e.g. "customer:read".
+   *
+   * @generated from field: repeated string scopes = 3;
+   */
+  scopes: string[];
+
+  /**
+   * audiences are the resource servers the client may ask tokens for
+   * (RFC 8707), e.g. "customer-service", or the issuer URL for the identity
+   * service's own RPCs. Empty in CreateClient: the service's
+   * IDENTITY_DEFAULT_AUDIENCES.
+   *
+   * @generated from field: repeated string audiences = 4;
+   */
+  audiences: string[];
+
+  /**
+   * default_audiences are the audiences of a token asked for without any;
+   * each is one of audiences. Empty in CreateClient: all of audiences.
+   *
+   * @generated from field: repeated string default_audiences = 5;
+   */
+  defaultAudiences: string[];
+
+  /**
+   * grant_types are the OAuth grants the token endpoint serves the client:
+   * "client_credentials", "authorization_code", "refresh_token". Empty in
+   * CreateClient: "authorization_code refresh_token" with redirect URIs,
+   * "client_credentials" without.
+   *
+   * @generated from field: repeated string grant_types = 6;
+   */
+  grantTypes: string[];
+
+  /**
+   * redirect_uris are where the authorization endpoint may send the browser
+   * back, matched exactly: absolute, no fragment, https unless the host is
+   * loopback (RFC 8252).
+   *
+   * @generated from field: repeated string redirect_uris = 7;
+   */
+  redirectUris: string[];
+
+  /**
+   * post_logout_redirect_uris are where RP-initiated logout may send the
+   * browser back, under the same rules.
+   *
+   * @generated from field: repeated string post_logout_redirect_uris = 8;
+   */
+  postLogoutRedirectUris: string[];
+
+  /**
+   * public is true for a client without a secret (a browser or native app:
+   * token_endpoint_auth_method "none", PKCE only).
+   *
+   * @generated from field: bool public = 9;
+   */
+  public: boolean;
+
+  /**
+   * first_party is true for a client whose customers are not asked to
+   * consent.
+   *
+   * @generated from field: bool first_party = 10;
+   */
+  firstParty: boolean;
+
+  /**
+   * create_time is when the client was registered (output only).
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 11;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * disable_time is when the client was disabled; unset while it is enabled
+   * (output only).
+   *
+   * @generated from field: google.protobuf.Timestamp disable_time = 12;
+   */
+  disableTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message identity.v1.Client.
+ * Use `create(ClientSchema)` to create a new message.
+ */
+export declare const ClientSchema: GenMessage<Client>;
+
+/**
+ * CreateClientRequest is the registration; create_time and disable_time are
+ * ignored.
+ *
+ * @generated from message identity.v1.CreateClientRequest
+ */
+export declare type CreateClientRequest = Message<"identity.v1.CreateClientRequest"> & {
+  /**
+   * client is the registration.
+   *
+   * @generated from field: identity.v1.Client client = 1;
+   */
+  client?: Client | undefined;
+};
+
+/**
+ * Describes the message identity.v1.CreateClientRequest.
+ * Use `create(CreateClientRequestSchema)` to create a new message.
+ */
+export declare const CreateClientRequestSchema: GenMessage<CreateClientRequest>;
+
+/**
+ * CreateClientResponse is the client as registered, and its secret.
+ *
+ * @generated from message identity.v1.CreateClientResponse
+ */
+export declare type CreateClientResponse = Message<"identity.v1.CreateClientResponse"> & {
+  /**
+   * client is the registration as stored, defaults filled in.
+   *
+   * @generated from field: identity.v1.Client client = 1;
+   */
+  client?: Client | undefined;
+
+  /**
+   * client_secret is the confidential client's secret, shown once; empty
+   * for a public client.
+   *
+   * @generated from field: string client_secret = 2;
+   */
+  clientSecret: string;
+};
+
+/**
+ * Describes the message identity.v1.CreateClientResponse.
+ * Use `create(CreateClientResponseSchema)` to create a new message.
+ */
+export declare const CreateClientResponseSchema: GenMessage<CreateClientResponse>;
+
+/**
+ * GetClientRequest names the client.
+ *
+ * @generated from message identity.v1.GetClientRequest
+ */
+export declare type GetClientRequest = Message<"identity.v1.GetClientRequest"> & {
+  /**
+   * client_id is the client's id.
+   *
+   * @generated from field: string client_id = 1;
+   */
+  clientId: string;
+};
+
+/**
+ * Describes the message identity.v1.GetClientRequest.
+ * Use `create(GetClientRequestSchema)` to create a new message.
+ */
+export declare const GetClientRequestSchema: GenMessage<GetClientRequest>;
+
+/**
+ * GetClientResponse is the client's registration.
+ *
+ * @generated from message identity.v1.GetClientResponse
+ */
+export declare type GetClientResponse = Message<"identity.v1.GetClientResponse"> & {
+  /**
+   * client is the registration.
+   *
+   * @generated from field: identity.v1.Client client = 1;
+   */
+  client?: Client | undefined;
+};
+
+/**
+ * Describes the message identity.v1.GetClientResponse.
+ * Use `create(GetClientResponseSchema)` to create a new message.
+ */
+export declare const GetClientResponseSchema: GenMessage<GetClientResponse>;
+
+/**
+ * ListClientsRequest asks for a page of clients.
+ *
+ * @generated from message identity.v1.ListClientsRequest
+ */
+export declare type ListClientsRequest = Message<"identity.v1.ListClientsRequest"> & {
+  /**
+   * page_size is the most clients to return: 1 to 500; 0 means 100.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * page_token is the next_page_token of the previous page; empty for the
+   * first.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message identity.v1.ListClientsRequest.
+ * Use `create(ListClientsRequestSchema)` to create a new message.
+ */
+export declare const ListClientsRequestSchema: GenMessage<ListClientsRequest>;
+
+/**
+ * ListClientsResponse is a page of clients.
+ *
+ * @generated from message identity.v1.ListClientsResponse
+ */
+export declare type ListClientsResponse = Message<"identity.v1.ListClientsResponse"> & {
+  /**
+   * clients are in client id order.
+   *
+   * @generated from field: repeated identity.v1.Client clients = 1;
+   */
+  clients: Client[];
+
+  /**
+   * next_page_token asks for the page after this one; empty on the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message identity.v1.ListClientsResponse.
+ * Use `create(ListClientsResponseSchema)` to create a new message.
+ */
+export declare const ListClientsResponseSchema: GenMessage<ListClientsResponse>;
+
+/**
+ * UpdateClientRequest names the client (client.client_id), the new values
+ * and the fields to change.
+ *
+ * @generated from message identity.v1.UpdateClientRequest
+ */
+export declare type UpdateClientRequest = Message<"identity.v1.UpdateClientRequest"> & {
+  /**
+   * client carries the client's id and the new values of the fields named
+   * in update_mask.
+   *
+   * @generated from field: identity.v1.Client client = 1;
+   */
+  client?: Client | undefined;
+
+  /**
+   * update_mask names the fields to change: "description", "scopes",
+   * "audiences", "default_audiences", "grant_types", "redirect_uris",
+   * "post_logout_redirect_uris", "first_party".
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message identity.v1.UpdateClientRequest.
+ * Use `create(UpdateClientRequestSchema)` to create a new message.
+ */
+export declare const UpdateClientRequestSchema: GenMessage<UpdateClientRequest>;
+
+/**
+ * UpdateClientResponse is the client as changed.
+ *
+ * @generated from message identity.v1.UpdateClientResponse
+ */
+export declare type UpdateClientResponse = Message<"identity.v1.UpdateClientResponse"> & {
+  /**
+   * client is the registration as stored now.
+   *
+   * @generated from field: identity.v1.Client client = 1;
+   */
+  client?: Client | undefined;
+};
+
+/**
+ * Describes the message identity.v1.UpdateClientResponse.
+ * Use `create(UpdateClientResponseSchema)` to create a new message.
+ */
+export declare const UpdateClientResponseSchema: GenMessage<UpdateClientResponse>;
+
+/**
+ * RotateClientSecretRequest names the client.
+ *
+ * @generated from message identity.v1.RotateClientSecretRequest
+ */
+export declare type RotateClientSecretRequest = Message<"identity.v1.RotateClientSecretRequest"> & {
+  /**
+   * client_id is the client's id.
+   *
+   * @generated from field: string client_id = 1;
+   */
+  clientId: string;
+};
+
+/**
+ * Describes the message identity.v1.RotateClientSecretRequest.
+ * Use `create(RotateClientSecretRequestSchema)` to create a new message.
+ */
+export declare const RotateClientSecretRequestSchema: GenMessage<RotateClientSecretRequest>;
+
+/**
+ * RotateClientSecretResponse carries the new secret.
+ *
+ * @generated from message identity.v1.RotateClientSecretResponse
+ */
+export declare type RotateClientSecretResponse = Message<"identity.v1.RotateClientSecretResponse"> & {
+  /**
+   * client_secret is the new secret, shown once.
+   *
+   * @generated from field: string client_secret = 1;
+   */
+  clientSecret: string;
+};
+
+/**
+ * Describes the message identity.v1.RotateClientSecretResponse.
+ * Use `create(RotateClientSecretResponseSchema)` to create a new message.
+ */
+export declare const RotateClientSecretResponseSchema: GenMessage<RotateClientSecretResponse>;
 
 /**
  * DisableIdentityRequest names the identity to suspend.
@@ -278,6 +625,93 @@ export declare const AdminService: GenService<{
     methodKind: "unary";
     input: typeof EnableClientRequestSchema;
     output: typeof EnableClientResponseSchema;
+  },
+  /**
+   * CreateClient registers a client: a service that takes tokens with client
+   * credentials, or an app that signs customers in through the authorization
+   * endpoint (authorization_code, with PKCE). A confidential client's secret
+   * is in the response only: the identity service keeps its hash. Audited
+   * ("client.create").
+   *
+   * Returns ALREADY_EXISTS for a client id in use (or reserved: the first
+   * party's), INVALID_ARGUMENT with field violations for a registration that
+   * cannot work (an http redirect URI off loopback, a fragment, grants that
+   * do not fit, default audiences that are not audiences, a public client
+   * with client_credentials), UNAUTHENTICATED without a valid service token
+   * for the identity service, PERMISSION_DENIED without the scope
+   * "identity:admin".
+   *
+   * @generated from rpc identity.v1.AdminService.CreateClient
+   */
+  createClient: {
+    methodKind: "unary";
+    input: typeof CreateClientRequestSchema;
+    output: typeof CreateClientResponseSchema;
+  },
+  /**
+   * GetClient returns a client's registration (never its secret).
+   *
+   * Returns NOT_FOUND for an unknown client, UNAUTHENTICATED and
+   * PERMISSION_DENIED as the other RPCs, INVALID_ARGUMENT for a malformed
+   * request.
+   *
+   * @generated from rpc identity.v1.AdminService.GetClient
+   */
+  getClient: {
+    methodKind: "unary";
+    input: typeof GetClientRequestSchema;
+    output: typeof GetClientResponseSchema;
+  },
+  /**
+   * ListClients returns the clients in client id order, a page at a time.
+   *
+   * Returns INVALID_ARGUMENT for a page token this RPC did not issue,
+   * UNAUTHENTICATED and PERMISSION_DENIED as the other RPCs.
+   *
+   * @generated from rpc identity.v1.AdminService.ListClients
+   */
+  listClients: {
+    methodKind: "unary";
+    input: typeof ListClientsRequestSchema;
+    output: typeof ListClientsResponseSchema;
+  },
+  /**
+   * UpdateClient changes the fields of a client's registration that
+   * update_mask names; the result must be a registration CreateClient would
+   * accept. Tokens and sessions issued before keep the scopes and audiences
+   * they were granted (rotate the secret or disable the client to end
+   * them); redirect URIs apply to the next authorization request. Whether a
+   * client is public cannot change (register another client). Audited
+   * ("client.update").
+   *
+   * Returns NOT_FOUND for an unknown client, INVALID_ARGUMENT with field
+   * violations as CreateClient (and for a path that cannot be updated),
+   * UNAUTHENTICATED and PERMISSION_DENIED as the other RPCs.
+   *
+   * @generated from rpc identity.v1.AdminService.UpdateClient
+   */
+  updateClient: {
+    methodKind: "unary";
+    input: typeof UpdateClientRequestSchema;
+    output: typeof UpdateClientResponseSchema;
+  },
+  /**
+   * RotateClientSecret gives a confidential client a new secret (in the
+   * response only) and revokes every token issued with the old one
+   * (TokensRevoked, reason CLIENT_SECRET_ROTATED). Audited
+   * ("client.rotate_secret").
+   *
+   * Returns NOT_FOUND for an unknown client, FAILED_PRECONDITION for a public
+   * client (it has no secret), PERMISSION_DENIED for the caller's own client
+   * (it would lock itself out) and as the other RPCs, UNAUTHENTICATED as the
+   * other RPCs, INVALID_ARGUMENT for a malformed request.
+   *
+   * @generated from rpc identity.v1.AdminService.RotateClientSecret
+   */
+  rotateClientSecret: {
+    methodKind: "unary";
+    input: typeof RotateClientSecretRequestSchema;
+    output: typeof RotateClientSecretResponseSchema;
   },
 }>;
 

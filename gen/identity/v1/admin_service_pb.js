@@ -4,82 +4,160 @@
 
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
+import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file identity/v1/admin_service.proto.
  */
 export const file_identity_v1_admin_service = /*@__PURE__*/
-  fileDesc("Ch9pZGVudGl0eS92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEgtpZGVudGl0eS52MSI3ChZEaXNhYmxlSWRlbnRpdHlSZXF1ZXN0Eh0KC2N1c3RvbWVyX2lkGAEgASgJQgi6SAVyA7ABASIZChdEaXNhYmxlSWRlbnRpdHlSZXNwb25zZSI2ChVFbmFibGVJZGVudGl0eVJlcXVlc3QSHQoLY3VzdG9tZXJfaWQYASABKAlCCLpIBXIDsAEBIhgKFkVuYWJsZUlkZW50aXR5UmVzcG9uc2UiNgoVRGVsZXRlSWRlbnRpdHlSZXF1ZXN0Eh0KC2N1c3RvbWVyX2lkGAEgASgJQgi6SAVyA7ABASIYChZEZWxldGVJZGVudGl0eVJlc3BvbnNlIjYKFERpc2FibGVDbGllbnRSZXF1ZXN0Eh4KCWNsaWVudF9pZBgBIAEoCUILukgIyAEBcgMYgAEiFwoVRGlzYWJsZUNsaWVudFJlc3BvbnNlIjUKE0VuYWJsZUNsaWVudFJlcXVlc3QSHgoJY2xpZW50X2lkGAEgASgJQgu6SAjIAQFyAxiAASIWChRFbmFibGVDbGllbnRSZXNwb25zZTLPAwoMQWRtaW5TZXJ2aWNlElwKD0Rpc2FibGVJZGVudGl0eRIjLmlkZW50aXR5LnYxLkRpc2FibGVJZGVudGl0eVJlcXVlc3QaJC5pZGVudGl0eS52MS5EaXNhYmxlSWRlbnRpdHlSZXNwb25zZRJZCg5FbmFibGVJZGVudGl0eRIiLmlkZW50aXR5LnYxLkVuYWJsZUlkZW50aXR5UmVxdWVzdBojLmlkZW50aXR5LnYxLkVuYWJsZUlkZW50aXR5UmVzcG9uc2USWQoORGVsZXRlSWRlbnRpdHkSIi5pZGVudGl0eS52MS5EZWxldGVJZGVudGl0eVJlcXVlc3QaIy5pZGVudGl0eS52MS5EZWxldGVJZGVudGl0eVJlc3BvbnNlElYKDURpc2FibGVDbGllbnQSIS5pZGVudGl0eS52MS5EaXNhYmxlQ2xpZW50UmVxdWVzdBoiLmlkZW50aXR5LnYxLkRpc2FibGVDbGllbnRSZXNwb25zZRJTCgxFbmFibGVDbGllbnQSIC5pZGVudGl0eS52MS5FbmFibGVDbGllbnRSZXF1ZXN0GiEuaWRlbnRpdHkudjEuRW5hYmxlQ2xpZW50UmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate]);
+  fileDesc("Ch9pZGVudGl0eS92MS9hZG1pbl9zZXJ2aWNlLnByb3RvEgtpZGVudGl0eS52MSLDBAoGQ2xpZW50EjIKCWNsaWVudF9pZBgBIAEoCUIfukgcchoyGF5bYS16XVthLXowLTkuXy1dezIsNjN9JBIdCgtkZXNjcmlwdGlvbhgCIAEoCUIIukgFcgMY9AMSNAoGc2NvcGVzGAMgAygJQiS6SCGSAR4QMhgBIhhyFjIUXlshIy1cW1xdLX5dezEsMTI4fSQSMQoJYXVkaWVuY2VzGAQgAygJQh66SBuSARgQMhgBIhJyEDIOXlshLX5dezEsMjU2fSQSOQoRZGVmYXVsdF9hdWRpZW5jZXMYBSADKAlCHrpIG5IBGBAyGAEiEnIQMg5eWyEtfl17MSwyNTZ9JBJaCgtncmFudF90eXBlcxgGIAMoCUJFukhCkgE/EAMYASI5cjdSEmNsaWVudF9jcmVkZW50aWFsc1ISYXV0aG9yaXphdGlvbl9jb2RlUg1yZWZyZXNoX3Rva2VuEigKDXJlZGlyZWN0X3VyaXMYByADKAlCEbpIDpIBCxAUGAEiBXIDGNAPEjQKGXBvc3RfbG9nb3V0X3JlZGlyZWN0X3VyaXMYCCADKAlCEbpIDpIBCxAUGAEiBXIDGNAPEg4KBnB1YmxpYxgJIAEoCBITCgtmaXJzdF9wYXJ0eRgKIAEoCBIvCgtjcmVhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMZGlzYWJsZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJCChNDcmVhdGVDbGllbnRSZXF1ZXN0EisKBmNsaWVudBgBIAEoCzITLmlkZW50aXR5LnYxLkNsaWVudEIGukgDyAEBIlIKFENyZWF0ZUNsaWVudFJlc3BvbnNlEiMKBmNsaWVudBgBIAEoCzITLmlkZW50aXR5LnYxLkNsaWVudBIVCg1jbGllbnRfc2VjcmV0GAIgASgJIjIKEEdldENsaWVudFJlcXVlc3QSHgoJY2xpZW50X2lkGAEgASgJQgu6SAjIAQFyAxiAASI4ChFHZXRDbGllbnRSZXNwb25zZRIjCgZjbGllbnQYASABKAsyEy5pZGVudGl0eS52MS5DbGllbnQiUQoSTGlzdENsaWVudHNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUY9AMoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJUChNMaXN0Q2xpZW50c1Jlc3BvbnNlEiQKB2NsaWVudHMYASADKAsyEy5pZGVudGl0eS52MS5DbGllbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqcDChNVcGRhdGVDbGllbnRSZXF1ZXN0EisKBmNsaWVudBgBIAEoCzITLmlkZW50aXR5LnYxLkNsaWVudEIGukgDyAEBEuICCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCsAK6SKwCugFWChRmaWVsZF9tYXNrLm5vdF9lbXB0eRIodXBkYXRlX21hc2sgbXVzdCBuYW1lIGF0IGxlYXN0IG9uZSBmaWVsZBoUc2l6ZSh0aGlzLnBhdGhzKSA+IDC6AVMKEWZpZWxkX21hc2sudW5pcXVlEil1cGRhdGVfbWFzayBwYXRocyBtdXN0IGVhY2ggYmUgbmFtZWQgb25jZRoTdGhpcy5wYXRocy51bmlxdWUoKcgBAeIBdxILZGVzY3JpcHRpb24SBnNjb3BlcxIJYXVkaWVuY2VzEhFkZWZhdWx0X2F1ZGllbmNlcxILZ3JhbnRfdHlwZXMSDXJlZGlyZWN0X3VyaXMSGXBvc3RfbG9nb3V0X3JlZGlyZWN0X3VyaXMSC2ZpcnN0X3BhcnR5IjsKFFVwZGF0ZUNsaWVudFJlc3BvbnNlEiMKBmNsaWVudBgBIAEoCzITLmlkZW50aXR5LnYxLkNsaWVudCI7ChlSb3RhdGVDbGllbnRTZWNyZXRSZXF1ZXN0Eh4KCWNsaWVudF9pZBgBIAEoCUILukgIyAEBcgMYgAEiMwoaUm90YXRlQ2xpZW50U2VjcmV0UmVzcG9uc2USFQoNY2xpZW50X3NlY3JldBgBIAEoCSI3ChZEaXNhYmxlSWRlbnRpdHlSZXF1ZXN0Eh0KC2N1c3RvbWVyX2lkGAEgASgJQgi6SAVyA7ABASIZChdEaXNhYmxlSWRlbnRpdHlSZXNwb25zZSI2ChVFbmFibGVJZGVudGl0eVJlcXVlc3QSHQoLY3VzdG9tZXJfaWQYASABKAlCCLpIBXIDsAEBIhgKFkVuYWJsZUlkZW50aXR5UmVzcG9uc2UiNgoVRGVsZXRlSWRlbnRpdHlSZXF1ZXN0Eh0KC2N1c3RvbWVyX2lkGAEgASgJQgi6SAVyA7ABASIYChZEZWxldGVJZGVudGl0eVJlc3BvbnNlIjYKFERpc2FibGVDbGllbnRSZXF1ZXN0Eh4KCWNsaWVudF9pZBgBIAEoCUILukgIyAEBcgMYgAEiFwoVRGlzYWJsZUNsaWVudFJlc3BvbnNlIjUKE0VuYWJsZUNsaWVudFJlcXVlc3QSHgoJY2xpZW50X2lkGAEgASgJQgu6SAjIAQFyAxiAASIWChRFbmFibGVDbGllbnRSZXNwb25zZTL+BgoMQWRtaW5TZXJ2aWNlElwKD0Rpc2FibGVJZGVudGl0eRIjLmlkZW50aXR5LnYxLkRpc2FibGVJZGVudGl0eVJlcXVlc3QaJC5pZGVudGl0eS52MS5EaXNhYmxlSWRlbnRpdHlSZXNwb25zZRJZCg5FbmFibGVJZGVudGl0eRIiLmlkZW50aXR5LnYxLkVuYWJsZUlkZW50aXR5UmVxdWVzdBojLmlkZW50aXR5LnYxLkVuYWJsZUlkZW50aXR5UmVzcG9uc2USWQoORGVsZXRlSWRlbnRpdHkSIi5pZGVudGl0eS52MS5EZWxldGVJZGVudGl0eVJlcXVlc3QaIy5pZGVudGl0eS52MS5EZWxldGVJZGVudGl0eVJlc3BvbnNlElYKDURpc2FibGVDbGllbnQSIS5pZGVudGl0eS52MS5EaXNhYmxlQ2xpZW50UmVxdWVzdBoiLmlkZW50aXR5LnYxLkRpc2FibGVDbGllbnRSZXNwb25zZRJTCgxFbmFibGVDbGllbnQSIC5pZGVudGl0eS52MS5FbmFibGVDbGllbnRSZXF1ZXN0GiEuaWRlbnRpdHkudjEuRW5hYmxlQ2xpZW50UmVzcG9uc2USUwoMQ3JlYXRlQ2xpZW50EiAuaWRlbnRpdHkudjEuQ3JlYXRlQ2xpZW50UmVxdWVzdBohLmlkZW50aXR5LnYxLkNyZWF0ZUNsaWVudFJlc3BvbnNlEkoKCUdldENsaWVudBIdLmlkZW50aXR5LnYxLkdldENsaWVudFJlcXVlc3QaHi5pZGVudGl0eS52MS5HZXRDbGllbnRSZXNwb25zZRJQCgtMaXN0Q2xpZW50cxIfLmlkZW50aXR5LnYxLkxpc3RDbGllbnRzUmVxdWVzdBogLmlkZW50aXR5LnYxLkxpc3RDbGllbnRzUmVzcG9uc2USUwoMVXBkYXRlQ2xpZW50EiAuaWRlbnRpdHkudjEuVXBkYXRlQ2xpZW50UmVxdWVzdBohLmlkZW50aXR5LnYxLlVwZGF0ZUNsaWVudFJlc3BvbnNlEmUKElJvdGF0ZUNsaWVudFNlY3JldBImLmlkZW50aXR5LnYxLlJvdGF0ZUNsaWVudFNlY3JldFJlcXVlc3QaJy5pZGVudGl0eS52MS5Sb3RhdGVDbGllbnRTZWNyZXRSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+
+/**
+ * Describes the message identity.v1.Client.
+ * Use `create(ClientSchema)` to create a new message.
+ */
+export const ClientSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 0);
+
+/**
+ * Describes the message identity.v1.CreateClientRequest.
+ * Use `create(CreateClientRequestSchema)` to create a new message.
+ */
+export const CreateClientRequestSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 1);
+
+/**
+ * Describes the message identity.v1.CreateClientResponse.
+ * Use `create(CreateClientResponseSchema)` to create a new message.
+ */
+export const CreateClientResponseSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 2);
+
+/**
+ * Describes the message identity.v1.GetClientRequest.
+ * Use `create(GetClientRequestSchema)` to create a new message.
+ */
+export const GetClientRequestSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 3);
+
+/**
+ * Describes the message identity.v1.GetClientResponse.
+ * Use `create(GetClientResponseSchema)` to create a new message.
+ */
+export const GetClientResponseSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 4);
+
+/**
+ * Describes the message identity.v1.ListClientsRequest.
+ * Use `create(ListClientsRequestSchema)` to create a new message.
+ */
+export const ListClientsRequestSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 5);
+
+/**
+ * Describes the message identity.v1.ListClientsResponse.
+ * Use `create(ListClientsResponseSchema)` to create a new message.
+ */
+export const ListClientsResponseSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 6);
+
+/**
+ * Describes the message identity.v1.UpdateClientRequest.
+ * Use `create(UpdateClientRequestSchema)` to create a new message.
+ */
+export const UpdateClientRequestSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 7);
+
+/**
+ * Describes the message identity.v1.UpdateClientResponse.
+ * Use `create(UpdateClientResponseSchema)` to create a new message.
+ */
+export const UpdateClientResponseSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 8);
+
+/**
+ * Describes the message identity.v1.RotateClientSecretRequest.
+ * Use `create(RotateClientSecretRequestSchema)` to create a new message.
+ */
+export const RotateClientSecretRequestSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 9);
+
+/**
+ * Describes the message identity.v1.RotateClientSecretResponse.
+ * Use `create(RotateClientSecretResponseSchema)` to create a new message.
+ */
+export const RotateClientSecretResponseSchema = /*@__PURE__*/
+  messageDesc(file_identity_v1_admin_service, 10);
 
 /**
  * Describes the message identity.v1.DisableIdentityRequest.
  * Use `create(DisableIdentityRequestSchema)` to create a new message.
  */
 export const DisableIdentityRequestSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 0);
+  messageDesc(file_identity_v1_admin_service, 11);
 
 /**
  * Describes the message identity.v1.DisableIdentityResponse.
  * Use `create(DisableIdentityResponseSchema)` to create a new message.
  */
 export const DisableIdentityResponseSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 1);
+  messageDesc(file_identity_v1_admin_service, 12);
 
 /**
  * Describes the message identity.v1.EnableIdentityRequest.
  * Use `create(EnableIdentityRequestSchema)` to create a new message.
  */
 export const EnableIdentityRequestSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 2);
+  messageDesc(file_identity_v1_admin_service, 13);
 
 /**
  * Describes the message identity.v1.EnableIdentityResponse.
  * Use `create(EnableIdentityResponseSchema)` to create a new message.
  */
 export const EnableIdentityResponseSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 3);
+  messageDesc(file_identity_v1_admin_service, 14);
 
 /**
  * Describes the message identity.v1.DeleteIdentityRequest.
  * Use `create(DeleteIdentityRequestSchema)` to create a new message.
  */
 export const DeleteIdentityRequestSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 4);
+  messageDesc(file_identity_v1_admin_service, 15);
 
 /**
  * Describes the message identity.v1.DeleteIdentityResponse.
  * Use `create(DeleteIdentityResponseSchema)` to create a new message.
  */
 export const DeleteIdentityResponseSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 5);
+  messageDesc(file_identity_v1_admin_service, 16);
 
 /**
  * Describes the message identity.v1.DisableClientRequest.
  * Use `create(DisableClientRequestSchema)` to create a new message.
  */
 export const DisableClientRequestSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 6);
+  messageDesc(file_identity_v1_admin_service, 17);
 
 /**
  * Describes the message identity.v1.DisableClientResponse.
  * Use `create(DisableClientResponseSchema)` to create a new message.
  */
 export const DisableClientResponseSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 7);
+  messageDesc(file_identity_v1_admin_service, 18);
 
 /**
  * Describes the message identity.v1.EnableClientRequest.
  * Use `create(EnableClientRequestSchema)` to create a new message.
  */
 export const EnableClientRequestSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 8);
+  messageDesc(file_identity_v1_admin_service, 19);
 
 /**
  * Describes the message identity.v1.EnableClientResponse.
  * Use `create(EnableClientResponseSchema)` to create a new message.
  */
 export const EnableClientResponseSchema = /*@__PURE__*/
-  messageDesc(file_identity_v1_admin_service, 9);
+  messageDesc(file_identity_v1_admin_service, 20);
 
 /**
  * AdminService is what an operator does to accounts and clients, on the

@@ -420,7 +420,8 @@ export declare type AuditRecorded = Message<"identity.v1.AuditRecorded"> & {
 
   /**
    * action is what was done: "identity.disable", "identity.enable",
-   * "identity.delete", "client.disable", "client.enable".
+   * "identity.delete", "client.disable", "client.enable", "client.create",
+   * "client.update", "client.rotate_secret".
    *
    * @generated from field: string action = 5;
    */

@@ -1,6 +1,6 @@
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import type { AccountChangeContext } from "../../accounts.js";
-import type { ClientRevocationContext } from "../../clients.js";
+import type { ClientChangeContext, ClientRevocationContext } from "../../clients.js";
 import type { AuthServiceDeps } from "../../deps.js";
 import type { AuditActor } from "../../events.js";
 
@@ -8,7 +8,10 @@ import type { AuditActor } from "../../events.js";
 export const SCOPE_IDENTITY_ADMIN = "identity:admin";
 
 /** What the AdminService handlers need: the AuthService's deps, in part. */
-export type AdminServiceDeps = Pick<AuthServiceDeps, "db" | "auth" | "events" | "tokens" | "now">;
+export type AdminServiceDeps = Pick<
+  AuthServiceDeps,
+  "db" | "auth" | "events" | "tokens" | "now" | "firstPartyClientId" | "firstPartyAudiences"
+>;
 
 /**
  * The caller of an AdminService RPC, as the audit names it: a service token
@@ -43,6 +46,13 @@ export const clientContext = (deps: AdminServiceDeps): ClientRevocationContext =
   db: deps.db,
   outbox: deps.events,
   accessTokenTtlSec: deps.tokens.accessTokenTtlSec,
+  now: deps.now(),
+});
+
+/** A client registration change's context, at this moment. */
+export const changeContext = (deps: AdminServiceDeps): ClientChangeContext => ({
+  db: deps.db,
+  outbox: deps.events,
   now: deps.now(),
 });
 

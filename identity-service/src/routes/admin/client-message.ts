@@ -1,0 +1,27 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Client, ClientSchema } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
+import { fieldViolation } from "@customer-platform/runtime/errors";
+import type { ClientRecord, ClientRegistrationError } from "../../clients.js";
+
+/** A client's row as the AdminService returns it (never its secret hash). */
+export function clientMessage(c: ClientRecord): Client {
+  return create(ClientSchema, {
+    clientId: c.clientId,
+    description: c.description,
+    scopes: c.scopes,
+    audiences: c.audiences,
+    defaultAudiences: c.defaultAudiences,
+    grantTypes: c.grantTypes,
+    redirectUris: c.redirectUris,
+    postLogoutRedirectUris: c.postLogoutRedirectUris,
+    public: c.isPublic,
+    firstParty: c.firstParty,
+    createTime: timestampFromDate(c.createdAt),
+    ...(c.disabledAt && { disableTime: timestampFromDate(c.disabledAt) }),
+  });
+}
+
+/** INVALID_ARGUMENT naming the field of `client` a registration check refused. */
+export const registrationViolation = (err: ClientRegistrationError) =>
+  fieldViolation(`client.${err.field}`, err.ruleId, err.reason);

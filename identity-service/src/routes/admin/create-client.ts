@@ -1,0 +1,44 @@
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { AdminService } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
+import { ClientRegistrationError, createClient as create, newClientSettings } from "../../clients.js";
+import { type AdminServiceDeps, authorizeAdmin, changeContext } from "./authorize.js";
+import { clientMessage, registrationViolation } from "./client-message.js";
+
+/** CreateClient: registers a client (defaults filled in, checked), audited; its secret in the answer only. */
+export function createClient(deps: AdminServiceDeps): Pick<ServiceImpl<typeof AdminService>, "createClient"> {
+  return {
+    async createClient(req, ctx) {
+      const actor = await authorizeAdmin(deps, ctx);
+      // Required by the contract; the validator has refused a request without it.
+      const c = req.client;
+      if (!c) throw new ConnectError("client is required", Code.InvalidArgument);
+      let settings: ReturnType<typeof newClientSettings>;
+      try {
+        settings = newClientSettings(
+          {
+            description: c.description,
+            scopes: c.scopes,
+            audiences: c.audiences,
+            defaultAudiences: c.defaultAudiences,
+            grantTypes: c.grantTypes,
+            redirectUris: c.redirectUris,
+            postLogoutRedirectUris: c.postLogoutRedirectUris,
+            isPublic: c.public,
+            firstParty: c.firstParty,
+          },
+          { audiences: deps.firstPartyAudiences.default },
+        );
+      } catch (err) {
+        if (err instanceof ClientRegistrationError) throw registrationViolation(err);
+        throw err;
+      }
+      // The first party's id names the identity service's own sign-in: never a registered client.
+      const created =
+        c.clientId === deps.firstPartyClientId
+          ? "exists"
+          : await create(changeContext(deps), c.clientId, settings, actor);
+      if (created === "exists") throw new ConnectError("client exists", Code.AlreadyExists);
+      return { client: clientMessage(created.client), clientSecret: created.client.isPublic ? "" : created.secret };
+    },
+  };
+}
