@@ -18,6 +18,12 @@ export const SCOPE_CUSTOMER_WRITE = "customer:write";
  * (its token must also be for the identity service's audience, the issuer).
  */
 export const SCOPE_IDENTITY_INTROSPECT = "identity:introspect";
+/**
+ * A service may call the identity service's AdminService (suspend and erase
+ * accounts, register and change clients; its token must also be for the
+ * identity service's audience, the issuer).
+ */
+export const SCOPE_IDENTITY_ADMIN = "identity:admin";
 
 /** Every scope the identity service issues (its discovery document's `scopes_supported`). */
 export const SCOPES = [
@@ -27,6 +33,7 @@ export const SCOPES = [
   SCOPE_CUSTOMER_READ,
   SCOPE_CUSTOMER_WRITE,
   SCOPE_IDENTITY_INTROSPECT,
+  SCOPE_IDENTITY_ADMIN,
 ] as const;
 
 /** A scope the platform knows. */
@@ -36,4 +43,9 @@ export type Scope = (typeof SCOPES)[number];
 export const CUSTOMER_TOKEN_SCOPES: readonly Scope[] = [SCOPE_OPENID, SCOPE_PROFILE, SCOPE_CUSTOMER_SELF];
 
 /** The scopes that grant a service something (`identity clients create <id> --scopes …`). */
-export const SERVICE_SCOPES: readonly Scope[] = [SCOPE_CUSTOMER_READ, SCOPE_CUSTOMER_WRITE, SCOPE_IDENTITY_INTROSPECT];
+export const SERVICE_SCOPES: readonly Scope[] = [
+  SCOPE_CUSTOMER_READ,
+  SCOPE_CUSTOMER_WRITE,
+  SCOPE_IDENTITY_INTROSPECT,
+  SCOPE_IDENTITY_ADMIN,
+];

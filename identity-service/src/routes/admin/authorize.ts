@@ -1,11 +1,12 @@
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { SCOPE_IDENTITY_ADMIN } from "@customer-platform/sdk/scopes";
 import type { AccountChangeContext } from "../../accounts.js";
 import type { ClientChangeContext, ClientRevocationContext } from "../../clients.js";
 import type { AuthServiceDeps } from "../../deps.js";
 import type { AuditActor } from "../../events.js";
 
 /** The scope an AdminService caller's token must carry (with the identity service's audience, the issuer). */
-export const SCOPE_IDENTITY_ADMIN = "identity:admin";
+export { SCOPE_IDENTITY_ADMIN };
 
 /** What the AdminService handlers need: the AuthService's deps, in part. */
 export type AdminServiceDeps = Pick<
