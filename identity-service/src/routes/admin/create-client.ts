@@ -2,7 +2,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AdminService } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
 import { ClientRegistrationError, createClient as create, newClientSettings } from "../../clients.js";
 import { type AdminServiceDeps, authorizeAdmin, changeContext } from "./authorize.js";
-import { clientMessage, registrationViolation } from "./client-message.js";
+import { clientMessage, registrationViolation, settingsOf } from "./client-message.js";
 
 /** CreateClient: registers a client (defaults filled in, checked), audited; its secret in the answer only. */
 export function createClient(deps: AdminServiceDeps): Pick<ServiceImpl<typeof AdminService>, "createClient"> {
@@ -14,20 +14,7 @@ export function createClient(deps: AdminServiceDeps): Pick<ServiceImpl<typeof Ad
       if (!c) throw new ConnectError("client is required", Code.InvalidArgument);
       let settings: ReturnType<typeof newClientSettings>;
       try {
-        settings = newClientSettings(
-          {
-            description: c.description,
-            scopes: c.scopes,
-            audiences: c.audiences,
-            defaultAudiences: c.defaultAudiences,
-            grantTypes: c.grantTypes,
-            redirectUris: c.redirectUris,
-            postLogoutRedirectUris: c.postLogoutRedirectUris,
-            isPublic: c.public,
-            firstParty: c.firstParty,
-          },
-          { audiences: deps.firstPartyAudiences.default },
-        );
+        settings = newClientSettings(settingsOf(c), { audiences: deps.firstPartyAudiences.default });
       } catch (err) {
         if (err instanceof ClientRegistrationError) throw registrationViolation(err);
         throw err;
