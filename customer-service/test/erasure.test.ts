@@ -18,12 +18,17 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, rpcError } from "../../test/support/clients.js";
 import { startTestEventKeys } from "../../test/support/events.js";
-import { type IdentityFeed, type PublishOptions, startIdentityFeed } from "../../test/support/identity-feed.js";
+import {
+  type CutOffService,
+  type IdentityFeed,
+  type PublishOptions,
+  startCutOffService,
+  startIdentityFeed,
+} from "../../test/support/identity-feed.js";
 import type { TestIssuer } from "../../test/support/issuer.js";
-import { deleteStreams, type StreamNames, sharedNatsUrl } from "../../test/support/nats.js";
+import type { StreamNames } from "../../test/support/nats.js";
 import { createTestDatabase } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
-import { startTcpProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { sleep, until } from "../../test/support/timing.js";
 import { customerDatabase } from "../src/database.js";
 import { eraseCustomer } from "../src/erasure.js";
@@ -171,45 +176,31 @@ describe("on CustomerDeleted", () => {
 });
 
 describe("while NATS is unreachable", () => {
-  let proxy: TcpProxy;
-  let outage: RunningCustomerService;
-  let outageIdentity: StreamNames;
+  let cutOff: CutOffService;
   const durable = "identity-outage";
 
   beforeAll(async () => {
-    const target = new URL(sharedNatsUrl);
-    proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port) });
-    outageIdentity = await feed.newStream();
-    outage = await startCustomerService(
-      { ...feed.env(), CUSTOMER_IDENTITY_CONSUMER: durable },
-      { natsUrl: proxy.rewrite(sharedNatsUrl), identityStreams: outageIdentity },
-    );
+    cutOff = await startCutOffService(feed, durable);
   });
 
   afterAll(async () => {
-    await outage?.close();
-    if (outage) await deleteStreams(sharedNatsUrl, outage.streams.stream);
-    if (outageIdentity) await jsm.streams.delete(outageIdentity.stream).catch(() => false);
-    await proxy?.close();
+    await cutOff?.close();
   });
 
   it("erases once NATS is back, once", async () => {
-    const { id } = await registeredAndUpdated(outage);
-    await until(
-      "the durable consumer",
-      async () => (await jsm.consumers.info(outageIdentity.stream, durable)) !== null,
-    );
+    const { id } = await registeredAndUpdated(cutOff.service);
+    await cutOff.bound();
 
-    proxy.cut();
-    await publishDeleted(id, { streams: outageIdentity });
-    const last = await publishDeleted(id, { streams: outageIdentity });
+    cutOff.proxy.cut();
+    await publishDeleted(id, { streams: cutOff.streams });
+    const last = await publishDeleted(id, { streams: cutOff.streams });
     // Long enough for a connected consumer to have applied them (it pulls every second at most).
     await sleep(2_000);
-    expect(await held(outage, id)).toMatchObject({ profiles: 1, erasures: 0 });
-    proxy.restore();
+    expect(await held(cutOff.service, id)).toMatchObject({ profiles: 1, erasures: 0 });
+    cutOff.proxy.restore();
 
-    await consumed(last, outageIdentity, durable);
-    await expectErased(outage, id);
+    await consumed(last, cutOff.streams, durable);
+    await expectErased(cutOff.service, id);
   });
 });
 

@@ -16,13 +16,18 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, rpcError } from "../../test/support/clients.js";
 import { startTestEventKeys } from "../../test/support/events.js";
-import { type IdentityFeed, type PublishOptions, startIdentityFeed } from "../../test/support/identity-feed.js";
+import {
+  type CutOffService,
+  type IdentityFeed,
+  type PublishOptions,
+  startCutOffService,
+  startIdentityFeed,
+} from "../../test/support/identity-feed.js";
 import { customerEmail, type TestIssuer } from "../../test/support/issuer.js";
 import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "../../test/support/nats.js";
 import { createTestDatabase, holdLock } from "../../test/support/postgres.js";
 import { type RunningCustomerService, startCustomerService } from "../../test/support/services.js";
 import { readSubject, waitForStream } from "../../test/support/streams.js";
-import { startTcpProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { sleep, until } from "../../test/support/timing.js";
 
 const DURABLE = "customer-service-identity";
@@ -196,53 +201,40 @@ describe("the profile follows CustomerEmailVerified", () => {
 });
 
 describe("while NATS is unreachable", () => {
-  let proxy: TcpProxy;
-  let outage: RunningCustomerService;
-  let outageIdentity: StreamNames;
+  let cutOff: CutOffService;
   const durable = "email-outage";
 
   beforeAll(async () => {
-    const target = new URL(sharedNatsUrl);
-    proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port) });
-    outageIdentity = await feed.newStream();
-    outage = await startCustomerService(
-      { ...feed.env(), CUSTOMER_IDENTITY_CONSUMER: durable },
-      { natsUrl: proxy.rewrite(sharedNatsUrl), identityStreams: outageIdentity },
-    );
+    cutOff = await startCutOffService(feed, durable);
   });
 
   afterAll(async () => {
-    await outage?.close();
-    // Streams on a NATS URL other than the shared one are left to the test.
-    if (outage) await deleteStreams(sharedNatsUrl, outage.streams.stream);
-    if (outageIdentity) await jsm.streams.delete(outageIdentity.stream).catch(() => false);
-    await proxy?.close();
+    await cutOff?.close();
   });
 
   it("applies what was published meanwhile once NATS is back, once", async () => {
     const id = crypto.randomUUID();
     const token = await issuer.customer(id);
-    await outage.clients.client(CustomerService).registerCustomer(profile, bearer(token));
+    await cutOff.service.clients.client(CustomerService).registerCustomer(profile, bearer(token));
     // The durable consumer exists (the service has bound it) before the outage begins.
-    await until(
-      "the durable consumer",
-      async () => (await jsm.consumers.info(outageIdentity.stream, durable)) !== null,
-    );
+    await cutOff.bound();
 
-    proxy.cut();
+    cutOff.proxy.cut();
     const email = `during.${id.slice(0, 8)}@example.com`;
-    await publishVerified(id, email, 2, { streams: outageIdentity });
-    const last = await publishVerified(id, email, 2, { streams: outageIdentity });
+    await publishVerified(id, email, 2, { streams: cutOff.streams });
+    const last = await publishVerified(id, email, 2, { streams: cutOff.streams });
     // Long enough for a connected consumer to have applied them (it pulls every second at most).
     await sleep(2_000);
-    const unchanged = await outage.clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token));
+    const unchanged = await cutOff.service.clients
+      .client(CustomerService)
+      .getCustomer({ customerId: id }, bearer(token));
     expect(unchanged.customer?.email).toBe(customerEmail(id));
-    proxy.restore();
+    cutOff.proxy.restore();
 
-    await consumed(last, outageIdentity, durable);
-    const got = await outage.clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token));
+    await consumed(last, cutOff.streams, durable);
+    const got = await cutOff.service.clients.client(CustomerService).getCustomer({ customerId: id }, bearer(token));
     expect(got.customer).toMatchObject({ email, version: 2n });
-    expect(await updateMasks(outage, id)).toEqual([["email"]]);
+    expect(await updateMasks(cutOff.service, id)).toEqual([["email"]]);
   });
 });
 

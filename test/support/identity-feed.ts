@@ -14,7 +14,9 @@ import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManage
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { publishEvent, startTestEventKeys, type TestEventKeys } from "./events.js";
 import { startTestIssuer, type TestIssuer } from "./issuer.js";
-import { type StreamNames, sharedNatsUrl, uniqueStreamNames } from "./nats.js";
+import { deleteStreams, type StreamNames, sharedNatsUrl, uniqueStreamNames } from "./nats.js";
+import { type RunningCustomerService, startCustomerService } from "./services.js";
+import { startTcpProxy, type TcpProxy } from "./tcp-proxy.js";
 import { until } from "./timing.js";
 
 export interface PublishOptions {
@@ -113,6 +115,52 @@ export async function startIdentityFeed(): Promise<IdentityFeed> {
       await nc.close();
       await keys.close();
       await issuer.close();
+    },
+  };
+}
+
+/** A customer service that reaches NATS through a proxy the test can cut (an outage as it sees it). */
+export interface CutOffService {
+  readonly service: RunningCustomerService;
+  /** The identity stream of its own that it consumes. */
+  readonly streams: StreamNames;
+  /** `cut()` is the outage, `restore()` its end. */
+  readonly proxy: TcpProxy;
+  /** Resolves once the service has bound its durable consumer (before an outage begins). */
+  bound(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a customer service trusting `feed`, with a new identity stream and
+ * the durable consumer `durable`, connected to the shared NATS through a
+ * cuttable TCP proxy.
+ */
+export async function startCutOffService(feed: IdentityFeed, durable: string): Promise<CutOffService> {
+  const target = new URL(sharedNatsUrl);
+  const proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port) });
+  const streams = await feed.newStream();
+  let service: RunningCustomerService;
+  try {
+    service = await startCustomerService(
+      { ...feed.env(), CUSTOMER_IDENTITY_CONSUMER: durable },
+      { natsUrl: proxy.rewrite(sharedNatsUrl), identityStreams: streams },
+    );
+  } catch (err) {
+    await proxy.close();
+    throw err;
+  }
+  return {
+    service,
+    streams,
+    proxy,
+    bound: () =>
+      until("the durable consumer", async () => (await feed.jsm.consumers.info(streams.stream, durable)) !== null),
+    async close() {
+      await service.close();
+      // Streams on a NATS URL other than the shared one are left to the test (the feed deletes its own).
+      await deleteStreams(sharedNatsUrl, service.streams.stream);
+      await proxy.close();
     },
   };
 }
