@@ -389,6 +389,7 @@ describe("well-known documents", () => {
           "customer:read",
           "customer:write",
           "identity:introspect",
+          "identity:admin",
           "email",
         ],
         response_types_supported: ["code"],
