@@ -2,7 +2,8 @@
  * A service as a child process, the way `npm run start:*` runs it (`node
  * --conditions=source --import tsx <service>/src/main.ts`), on a free port:
  * its output kept, its memory readable, killed with SIGKILL or stopped with
- * SIGTERM. (Both services in this process: platform.ts.)
+ * SIGTERM; it ends itself if this process goes away first (orphan-guard.mjs).
+ * (Both services in this process: platform.ts.)
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -14,6 +15,7 @@ import { freePort } from "./ports.js";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const MEMORY_PROBE = new URL("./memory-probe.mjs", import.meta.url).href;
+const ORPHAN_GUARD = new URL("./orphan-guard.mjs", import.meta.url).href;
 
 /** The services, by directory, and the prefix of their variables. */
 const SERVICES = { "customer-service": "CUSTOMER", "identity-service": "IDENTITY" } as const;
@@ -55,7 +57,7 @@ export async function spawnService(
   const probe = opts.memoryProbe ? ["--expose-gc", "--import", MEMORY_PROBE] : [];
   const child: ChildProcess = spawn(
     process.execPath,
-    ["--conditions=source", "--import", "tsx", ...probe, `${service}/src/main.ts`],
+    ["--conditions=source", "--import", "tsx", "--import", ORPHAN_GUARD, ...probe, `${service}/src/main.ts`],
     {
       cwd: REPO,
       env: {
