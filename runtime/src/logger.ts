@@ -43,10 +43,26 @@ export function createLogger(opts: { name: string; level: LogLevel; destination?
       serializers: { err: serializeErr },
       hooks: { logMethod },
       base: { service: opts.name },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      timestamp: isoTime,
     },
     opts.destination ?? stdoutDestination(),
   );
+}
+
+/**
+ * pino's `isoTime` (`,"time":"2026-11-30T16:00:00.000Z"`), made once per
+ * millisecond: `toISOString` was 2.7 % of a small call's CPU when each of
+ * the ~17 lines of a busy millisecond made its own.
+ */
+let isoMs = Number.NaN;
+let isoField = "";
+export function isoTime(): string {
+  const now = Date.now();
+  if (now !== isoMs) {
+    isoMs = now;
+    isoField = `,"time":"${new Date(now).toISOString()}"`;
+  }
+  return isoField;
 }
 
 /**

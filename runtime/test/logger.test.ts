@@ -11,12 +11,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { pgTable, text } from "drizzle-orm/pg-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import pino from "pino";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../test/support/postgres.js";
 import { type Database, openDatabase } from "../src/db.js";
 import { describeError, errMessage, loggableError } from "../src/errors.js";
 import { runHousekeeping } from "../src/housekeeping.js";
-import { createLogger } from "../src/logger.js";
+import { createLogger, isoTime } from "../src/logger.js";
 
 const SECRET = "$argon2id$v=19$m=1024,t=1,p=1$c2VjcmV0c2FsdA$c2VjcmV0aGFzaHZhbHVl";
 const EMAIL = "log.secret.person@example.com";
@@ -220,5 +221,35 @@ describe("loggableError", () => {
       "select '…', $1",
     );
     expect(loggableError(42)).toEqual({ type: "number", message: "non-error value thrown (number)" });
+  });
+});
+
+describe("the time of a line", () => {
+  it("is pino's isoTime, made once per millisecond", () => {
+    vi.useFakeTimers({ now: new Date("2026-11-30T16:00:00.123Z") });
+    try {
+      expect(isoTime()).toBe(',"time":"2026-11-30T16:00:00.123Z"');
+      expect(isoTime()).toBe(pino.stdTimeFunctions.isoTime());
+      vi.advanceTimersByTime(1);
+      expect(isoTime()).toBe(',"time":"2026-11-30T16:00:00.124Z"');
+      vi.setSystemTime(new Date("2027-01-01T00:00:00.000Z"));
+      expect(isoTime()).toBe(',"time":"2027-01-01T00:00:00.000Z"');
+    } finally {
+      vi.useRealTimers();
+    }
+    // A line carries it.
+    const lines: string[] = [];
+    const logger = createLogger({
+      name: "t",
+      level: "info",
+      destination: new Writable({
+        write(chunk, _enc, done) {
+          lines.push(String(chunk));
+          done();
+        },
+      }),
+    });
+    logger.info("x");
+    expect(JSON.parse(lines[0] ?? "{}").time).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
   });
 });
