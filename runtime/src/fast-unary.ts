@@ -92,8 +92,6 @@ export interface FastUnaryAdapter {
 interface Method {
   spec: UnarySpec;
   serialization: MethodSerializationLookup<DescMessage, DescMessage>;
-  /** The interceptors around the handler, chained once for the method (see invokeUnary). */
-  chain: (req: UnaryRequest) => Promise<UnaryResponse>;
 }
 
 /** What the handler's signal is aborted with once its call is answered (one Error, built once). */
@@ -129,7 +127,6 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
       if (m === undefined || m.kind !== "unary") continue;
       methods.set(`${prefix}/${service.typeName}/${method.name}`, {
         spec: m,
-        chain: chainInterceptors(m, interceptors),
         serialization: createMethodSerializationLookup(
           method as DescMethodUnary,
           options.binaryOptions,
@@ -185,7 +182,7 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
   };
 
   /** Serves the call if the fast path covers it; false if it is connect-node's. */
-  function serve(x: Exchange, { spec, serialization, chain }: Method): boolean {
+  function serve(x: Exchange, { spec, serialization }: Method): boolean {
     const h = x.headers;
     const type = h["content-type"];
     let protocol: "grpc" | "connect";
@@ -331,7 +328,7 @@ export function createFastUnaryAdapter(options: ConnectNodeAdapterOptions): Fast
         fail(err);
         return;
       }
-      invokeUnary(spec, context, input, chain).then(succeed, fail);
+      invokeUnary(spec, context, input, interceptors).then(succeed, fail);
     };
     const stop = () => {
       body.off("data", onData).off("end", onEnd);
@@ -606,8 +603,6 @@ class EnvelopeReader implements Reader {
 
 /** A call's HandlerContext, and what the fast path does with it. */
 interface CallContext extends HandlerContext {
-  /** The request the interceptor chain was given (invokeUnary); the handler gets this context for it as is. */
-  request: UnaryRequest | undefined;
   /** Aborts the signal (the first reason stays) and stops the deadline's timer. */
   abort(reason: unknown): void;
   /** The response headers, if anyone asked for them (else they are still the initial ones). */
@@ -637,7 +632,6 @@ const noDeadline = () => undefined;
  * nothing here makes, would not have them).
  */
 class FastCallContext implements CallContext {
-  request: UnaryRequest | undefined = undefined;
   readonly service: DescService;
   readonly requestMethod = "POST";
   readonly timeoutMs: () => number | undefined = noDeadline;
@@ -701,29 +695,39 @@ class FastCallContext implements CallContext {
   }
 }
 
-/** The call a request (or an interceptor's copy of it: spread copies symbol keys) belongs to. */
-const kCall = Symbol("call");
-/** Marks the handler's own response (an interceptor's copy of it carries the same headers). */
-const kOwn = Symbol("own response");
-type FastRequest = UnaryRequest & { [kCall]: CallContext };
-type FastResponse = UnaryResponse & { [kOwn]?: true };
-
 /**
- * The interceptors around a method's handler, chained once (connect-es
- * chains them per call; an interceptor is a function of `next` only, so the
- * chain is the same): the handler finds its call on the request, under
- * kCall, which an interceptor's `{ ...req }` copy keeps.
+ * connect-es's invokeUnaryImplementation (the same interceptors, in the same
+ * order, around the same handler; the output normalised with `create`; the
+ * response headers and trailers an interceptor returns copied back), except
+ * that the request's signal and the response's headers stay unmade until
+ * read, and a handler whose request the interceptors passed on unchanged
+ * gets the call's context itself rather than a merged copy.
  */
-function chainInterceptors(
+async function invokeUnary(
   spec: UnarySpec,
+  call: CallContext,
+  input: unknown,
   interceptors: readonly Interceptor[],
-): (req: UnaryRequest) => Promise<UnaryResponse> {
+): Promise<unknown> {
   const method = spec.method;
+  const request: UnaryRequest = {
+    stream: false,
+    message: input as UnaryRequest["message"],
+    method,
+    requestMethod: "POST",
+    url: call.url,
+    get signal() {
+      return call.signal;
+    },
+    header: call.requestHeader,
+    service: call.service,
+    contextValues: call.values,
+  };
+  let response: UnaryResponse | undefined;
   const handler = async (req: UnaryRequest): Promise<UnaryResponse> => {
-    const call = (req as FastRequest)[kCall];
     // As connect-es merges them: what an interceptor changed in the request, the rest from the call.
     const context: HandlerContext =
-      req === call.request
+      req === request
         ? call
         : {
             method,
@@ -743,7 +747,7 @@ function chainInterceptors(
             values: req.contextValues,
           };
     const output = await spec.impl(req.message as never, context);
-    const response: FastResponse = {
+    response = {
       stream: false,
       message: create(method.output, output as never),
       method,
@@ -754,7 +758,6 @@ function chainInterceptors(
       get trailer() {
         return call.responseTrailer;
       },
-      [kOwn]: true,
     };
     return response;
   };
@@ -762,42 +765,9 @@ function chainInterceptors(
   for (let i = interceptors.length - 1; i >= 0; i--) {
     next = (interceptors[i] as Interceptor)(next as never) as typeof next;
   }
-  return next;
-}
-
-/**
- * connect-es's invokeUnaryImplementation (the same interceptors, in the same
- * order, around the same handler; the output normalised with `create`; the
- * response headers and trailers an interceptor returns copied back), except
- * that the chain is built once per method (chainInterceptors), the
- * request's signal and the response's headers stay unmade until read, and a
- * handler whose request the interceptors passed on unchanged gets the call's
- * context itself rather than a merged copy.
- */
-async function invokeUnary(
-  spec: UnarySpec,
-  call: CallContext,
-  input: unknown,
-  chain: (req: UnaryRequest) => Promise<UnaryResponse>,
-): Promise<unknown> {
-  const request: FastRequest = {
-    stream: false,
-    message: input as UnaryRequest["message"],
-    method: spec.method,
-    requestMethod: "POST",
-    url: call.url,
-    get signal() {
-      return call.signal;
-    },
-    header: call.requestHeader,
-    service: call.service,
-    contextValues: call.values,
-    [kCall]: call,
-  };
-  call.request = request;
-  const res: FastResponse = await chain(request);
+  const res = await next(request);
   // The handler's own answer carries the call's headers: nothing to copy (nor to make).
-  if (res[kOwn] !== true) {
+  if (res !== response) {
     copyHeaders(res.header, call.responseHeader);
     copyHeaders(res.trailer, call.responseTrailer);
   }
