@@ -82,6 +82,7 @@ describe("the customer service process", () => {
   let database: TestDatabase;
   let sql: postgres.Sql;
   const streams = uniqueStreamNames("customer");
+  const identityStream = uniqueStreamNames("identity").stream;
 
   beforeAll(async () => {
     issuer = await startTestIssuer();
@@ -104,6 +105,8 @@ describe("the customer service process", () => {
       CUSTOMER_DATABASE_URL: database.url,
       NATS_URL: sharedNatsUrl,
       CUSTOMER_STREAM: streams.stream,
+      // An identity stream of its own (none): not the shared NATS's default IDENTITY, which `npm start` leaves.
+      IDENTITY_STREAM: identityStream,
       CUSTOMER_SUBJECT_PREFIX: streams.subjectPrefix,
       IDENTITY_ISSUER: issuer.issuer,
       IDENTITY_JWKS_URL: issuer.jwksUrl,
@@ -199,6 +202,8 @@ describe("the customer service process", () => {
       CUSTOMER_DATABASE_URL: database.url,
       NATS_URL: sharedNatsUrl,
       CUSTOMER_STREAM: streams.stream,
+      // An identity stream of its own (none): not the shared NATS's default IDENTITY, which `npm start` leaves.
+      IDENTITY_STREAM: identityStream,
       CUSTOMER_SUBJECT_PREFIX: streams.subjectPrefix,
       IDENTITY_JWKS_URL: issuer.jwksUrl,
     });

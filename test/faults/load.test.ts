@@ -71,6 +71,8 @@ beforeAll(async () => {
         NATS_URL: sharedNatsUrl,
         CUSTOMER_STREAM: names.stream,
         CUSTOMER_SUBJECT_PREFIX: names.subjectPrefix,
+        // An identity stream of its own (none): not the shared NATS's default IDENTITY, which `npm start` leaves.
+        IDENTITY_STREAM: uniqueStreamNames("identity").stream,
         IDENTITY_ISSUER: issuer.issuer,
         IDENTITY_JWKS_URL: issuer.jwksUrl,
       },

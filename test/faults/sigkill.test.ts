@@ -46,6 +46,8 @@ beforeAll(async () => {
     NATS_URL: natsProxy.rewrite(sharedNatsUrl),
     CUSTOMER_STREAM: names.stream,
     CUSTOMER_SUBJECT_PREFIX: names.subjectPrefix,
+    // An identity stream of its own (none): not the shared NATS's default IDENTITY, which `npm start` leaves.
+    IDENTITY_STREAM: uniqueStreamNames("identity").stream,
     IDENTITY_ISSUER: issuer.issuer,
     IDENTITY_JWKS_URL: issuer.jwksUrl,
     SHUTDOWN_GRACE_MS: "2000",
