@@ -19,7 +19,8 @@
  * The purger is a supervised loop: it polls, is woken by a NOTIFY when a
  * purge is requested (to learn which event it waits for), when the relay of
  * this instance publishes that event, and when NATS comes back; it
- * retries a failed purge with a growing delay (counted in `attempts`), and
+ * retries a failed purge with a growing delay (counted in `attempts`; one
+ * error line at `alertAfterAttempts`), and
  * waits out NATS outages. Purging a subject twice (two instances, a crash
  * before the row is marked) removes nothing more: nothing is published on
  * an erased customer's subjects again. Done rows are deleted after
@@ -111,6 +112,12 @@ export interface StreamPurgerOptions {
   maxRetryMs?: number;
   /** Done rows are deleted this long after they were done; default 30. */
   keepDoneDays?: number;
+  /**
+   * At this many failed attempts a purge is logged at error level, once (an
+   * operator's alert: the erased customer's data stays in the stream until
+   * it succeeds); default 10 (a few minutes at the default delays).
+   */
+  alertAfterAttempts?: number;
   /** JetStream API timeout; default 5000. */
   timeoutMs?: number;
 }
@@ -135,6 +142,7 @@ export function createStreamPurger(opts: StreamPurgerOptions): StreamPurger {
   const minRetryMs = opts.minRetryMs ?? 1_000;
   const maxRetryMs = opts.maxRetryMs ?? 60_000;
   const keepDoneDays = Math.max(0, Math.floor(opts.keepDoneDays ?? 30));
+  const alertAfterAttempts = Math.max(2, Math.floor(opts.alertAfterAttempts ?? 10));
   const events = new EventEmitter<StreamPurgerEvents>();
   // A failed purge is not tried again before this (per row; attempts are counted in the table).
   const retryAt = new Map<string, number>();
@@ -250,7 +258,9 @@ export function createStreamPurger(opts: StreamPurgerOptions): StreamPurger {
           const info = { id: row.id, stream: row.stream, subject: row.subject, attempts, error: errMessage(err) };
           // One warning per purge at its first failure; the repeats are debug lines.
           if (attempts === 1) log.warn(info, "stream purge failed; retrying");
-          else log.debug(info, "stream purge failed again; retrying");
+          else if (attempts === alertAfterAttempts) {
+            log.error(info, "stream purge keeps failing: the erased customer's data stays in the stream until it runs");
+          } else log.debug(info, "stream purge failed again; retrying");
           emit("failed", info);
           // NATS went away: the rest wait for it.
           if (!nats.connection) break;
