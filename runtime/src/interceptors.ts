@@ -17,7 +17,7 @@ import {
 } from "@connectrpc/connect";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import { isConnectionError, isUnstorableTextError } from "./db.js";
-import type { Logger } from "./logger.js";
+import { type Logger, rpcLineWriter } from "./logger.js";
 
 /**
  * Logs one line per call: procedure, protocol, code, duration. Never the
@@ -30,6 +30,8 @@ export function createLoggingInterceptor(logger: Logger): Interceptor {
   // The rpc line's keys are these, never a secret's: it skips pino's redaction (a walk of every
   // redacted path per line). Errors, which may carry anything, go through the redacting logger.
   const rpcLog = logger.child({}, { redact: [] });
+  // The OK line, as pino would write it, without its serialisation (logger.ts).
+  const okLine = rpcLineWriter(logger);
   const procedures = new WeakMap<object, string>();
   const procedureOf = (method: { parent: { typeName: string }; name: string }) => {
     let procedure = procedures.get(method);
@@ -45,10 +47,10 @@ export function createLoggingInterceptor(logger: Logger): Interceptor {
       const res = await next(req);
       if (rpcLog.isLevelEnabled("info")) {
         const ms = round(performance.now() - start);
-        rpcLog.info(
-          { procedure: procedureOf(req.method), contentType: req.header.get("content-type"), code: "ok", ms },
-          "rpc",
-        );
+        const procedure = procedureOf(req.method);
+        const contentType = req.header.get("content-type");
+        if (okLine) okLine(procedure, contentType, ms);
+        else rpcLog.info({ procedure, contentType, code: "ok", ms }, "rpc");
       }
       return res;
     } catch (err) {

@@ -32,10 +32,13 @@ const SECRET_KEYS = [
   "secret",
 ];
 
+/** Loggers made by createLogger: their lines' shape is known (rpcLineWriter). */
+const ours = new WeakSet<Logger>();
+
 /** A logger for one service; `destination` defaults to stdout. */
 export function createLogger(opts: { name: string; level: LogLevel; destination?: pino.DestinationStream }): Logger {
   const paths = SECRET_KEYS.flatMap((k) => [k, `*.${k}`, `*.*.${k}`, `req.headers.${k}`]);
-  return pino(
+  const logger = pino(
     {
       name: opts.name,
       level: opts.level,
@@ -47,6 +50,46 @@ export function createLogger(opts: { name: string; level: LogLevel; destination?
     },
     opts.destination ?? stdoutDestination(),
   );
+  ours.add(logger);
+  return logger;
+}
+
+/**
+ * Writes the info line of a call that answered OK, `{"level":30,"time":…,
+ * <the logger's bindings>,"procedure":…,"contentType":…,"code":"ok","ms":…,
+ * "msg":"rpc"}`, byte for byte what `logger.info({ procedure, contentType,
+ * code: "ok", ms }, "rpc")` writes, to the same destination, without pino's
+ * per-call serialisation (its object walk was ~3 % of a small call's CPU).
+ * Only for a logger createLogger made (no mixin, formatters or redaction of
+ * these keys: their shape is known); undefined for any other, which then logs
+ * as usual. The caller checks the level.
+ */
+export function rpcLineWriter(
+  logger: Logger,
+): ((procedure: string, contentType: string | null, ms: number) => void) | undefined {
+  if (!ours.has(logger)) return undefined;
+  const internals = logger as unknown as Record<symbol, unknown>;
+  const stream = internals[pino.symbols.streamSym] as { write(line: string): void } | undefined;
+  const bindings = internals[pino.symbols.chindingsSym];
+  const time = internals[pino.symbols.timeSym];
+  if (!stream || typeof bindings !== "string" || typeof time !== "function") return undefined;
+  const quoted = new Map<string, string>();
+  const quote = (s: string) => {
+    let q = quoted.get(s);
+    if (q === undefined) {
+      q = JSON.stringify(s);
+      // Procedures and content types are few; anything else is not kept.
+      if (quoted.size < 1_000) quoted.set(s, q);
+    }
+    return q;
+  };
+  return (procedure, contentType, ms) => {
+    stream.write(
+      `{"level":30${(time as () => string)()}${bindings},"procedure":${quote(procedure)},"contentType":${
+        contentType === null ? "null" : quote(contentType)
+      },"code":"ok","ms":${ms},"msg":"rpc"}\n`,
+    );
+  };
 }
 
 /**

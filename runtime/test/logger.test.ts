@@ -17,7 +17,7 @@ import { createTestDatabase, type TestDatabase } from "../../test/support/postgr
 import { type Database, openDatabase } from "../src/db.js";
 import { describeError, errMessage, loggableError } from "../src/errors.js";
 import { runHousekeeping } from "../src/housekeeping.js";
-import { createLogger, isoTime } from "../src/logger.js";
+import { createLogger, isoTime, rpcLineWriter } from "../src/logger.js";
 
 const SECRET = "$argon2id$v=19$m=1024,t=1,p=1$c2VjcmV0c2FsdA$c2VjcmV0aGFzaHZhbHVl";
 const EMAIL = "log.secret.person@example.com";
@@ -251,5 +251,39 @@ describe("the time of a line", () => {
     });
     logger.info("x");
     expect(JSON.parse(lines[0] ?? "{}").time).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  });
+});
+
+describe("the rpc line of a call that answered OK", () => {
+  it("is byte for byte what pino writes for the same fields", () => {
+    const lines: string[] = [];
+    const destination = new Writable({
+      write(chunk, _enc, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    const logger = createLogger({ name: "customer-service", level: "info", destination });
+    const write = rpcLineWriter(logger);
+    expect(write).toBeDefined();
+    vi.useFakeTimers({ now: new Date("2026-11-30T16:00:00.123Z") });
+    try {
+      for (const [procedure, contentType, ms] of [
+        ["grpc.health.v1.Health/Check", "application/grpc", 0.12],
+        ['customer.v1.CustomerService/"Odd"\\Name', null, 12],
+        ["x/y", "application/json; charset=\u00e9", 0],
+      ] as const) {
+        write?.(procedure, contentType, ms);
+        logger.child({}, { redact: [] }).info({ procedure, contentType, code: "ok", ms }, "rpc");
+        const [ours, pinos] = lines.splice(0);
+        expect(ours).toBe(pinos);
+      }
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("is not written this way for a logger createLogger did not make", () => {
+    expect(rpcLineWriter(pino())).toBeUndefined();
   });
 });
