@@ -29,9 +29,12 @@ import {
 import { consumeEvents, type EventConsumer } from "@customer-platform/sdk/events";
 import { type IdentitySubjects, identitySubjects } from "@customer-platform/sdk/subjects";
 import { type JsMsg, jetstream } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import { type NatsConnection, nanos } from "@nats-io/transport-node";
 import type { ErasureOutcome } from "./erasure.js";
 import { type EmailOutcome, type VerifiedEmail, verifiedEmailOf } from "./verified-email.js";
+
+/** How long JetStream waits for an identity event's ack before handing it out again. */
+export const IDENTITY_EVENT_ACK_WAIT_MS = 10_000;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -126,6 +129,10 @@ export function createIdentityEventConsumer(opts: IdentityEventConsumerOptions):
         subjects: [subjects.customerEvents],
         verifier,
         maxWaitMs,
+        // An event handed to a pull request that an outage cut off comes again after the ack wait:
+        // 10 s rather than JetStream's 30 (a consumer created by an earlier build keeps its own).
+        // Handlers take milliseconds and are idempotent, so an early redelivery costs nothing.
+        consumerConfig: { ack_wait: nanos(IDENTITY_EVENT_ACK_WAIT_MS) },
         ...(opts.retryDelayMs && { retryDelayMs: opts.retryDelayMs }),
         onError,
         handlers: {

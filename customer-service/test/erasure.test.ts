@@ -15,6 +15,7 @@ import { CustomerDeletedSchema, DeletedBy } from "@customer-platform/gen/identit
 import { openServiceDatabase } from "@customer-platform/runtime/service-host";
 import { customerSubjects } from "@customer-platform/sdk/subjects";
 import type { JetStreamManager } from "@nats-io/jetstream";
+import { nanos } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bearer, rpcError } from "../../test/support/clients.js";
 import { startTestEventKeys } from "../../test/support/events.js";
@@ -33,6 +34,7 @@ import { sleep, until } from "../../test/support/timing.js";
 import { customerDatabase } from "../src/database.js";
 import { eraseCustomer } from "../src/erasure.js";
 import { customerRegistered } from "../src/events.js";
+import { IDENTITY_EVENT_ACK_WAIT_MS } from "../src/identity-events.js";
 import { customerOutbox } from "../src/outbox.js";
 
 const DURABLE = "customer-service-identity";
@@ -63,8 +65,8 @@ function publishDeleted(customerId: string, opts: PublishOptions = {}): Promise<
 }
 
 /** Waits until the service's durable consumer has settled every event up to stream sequence `seq`. */
-const consumed = (seq: number, streams: StreamNames = identity, durable = DURABLE) =>
-  feed.consumed(seq, durable, streams);
+const consumed = (seq: number, streams: StreamNames = identity, durable = DURABLE, timeoutMs?: number) =>
+  feed.consumed(seq, durable, streams, timeoutMs);
 
 const profile = { givenName: "Ada", familyName: "Lovelace" };
 
@@ -190,6 +192,10 @@ describe("while NATS is unreachable", () => {
   it("erases once NATS is back, once", async () => {
     const { id } = await registeredAndUpdated(cutOff.service);
     await cutOff.bound();
+    // What an event handed to a pull the cut leaves behind waits for before it comes again.
+    expect((await jsm.consumers.info(cutOff.streams.stream, durable)).config.ack_wait).toBe(
+      nanos(IDENTITY_EVENT_ACK_WAIT_MS),
+    );
 
     cutOff.proxy.cut();
     await publishDeleted(id, { streams: cutOff.streams });
@@ -199,7 +205,8 @@ describe("while NATS is unreachable", () => {
     expect(await held(cutOff.service, id)).toMatchObject({ profiles: 1, erasures: 0 });
     cutOff.proxy.restore();
 
-    await consumed(last, cutOff.streams, durable);
+    // An event handed to a pull the cut left behind comes again after the ack wait (10 s).
+    await consumed(last, cutOff.streams, durable, 30_000);
     await expectErased(cutOff.service, id);
   });
 });

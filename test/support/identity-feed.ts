@@ -51,8 +51,8 @@ export interface IdentityFeed {
     subject: (subjects: IdentitySubjects) => string,
     opts?: PublishOptions,
   ): Promise<number>;
-  /** Waits until the durable consumer `durable` settled every event up to stream sequence `seq`. */
-  consumed(seq: number, durable: string, streams?: StreamNames): Promise<void>;
+  /** Waits (15 s by default) until the durable consumer `durable` settled every event up to stream sequence `seq`. */
+  consumed(seq: number, durable: string, streams?: StreamNames, timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -104,11 +104,15 @@ export async function startIdentityFeed(): Promise<IdentityFeed> {
       );
       return ack.seq;
     },
-    async consumed(seq, durable, names = streams) {
-      await until(`the identity-event consumer past sequence ${seq}`, async () => {
-        const info = await jsm.consumers.info(names.stream, durable);
-        return info.ack_floor.stream_seq >= seq && info.num_ack_pending === 0;
-      });
+    async consumed(seq, durable, names = streams, timeoutMs) {
+      await until(
+        `the identity-event consumer past sequence ${seq}`,
+        async () => {
+          const info = await jsm.consumers.info(names.stream, durable);
+          return info.ack_floor.stream_seq >= seq && info.num_ack_pending === 0;
+        },
+        timeoutMs,
+      );
     },
     async close() {
       for (const names of created) await jsm.streams.delete(names.stream).catch(() => false);
