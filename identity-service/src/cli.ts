@@ -128,7 +128,7 @@ export async function runCli(
         if (!arg || !CLIENT_ID.test(arg) || arg === config.firstPartyClientId) {
           throw new Error(`client id must match ${CLIENT_ID} and not be "${config.firstPartyClientId}"`);
         }
-        const settings = cliSettings(() =>
+        const settings = await cliSettings(() =>
           newClientSettings(
             {
               scopes: list(values.scopes),
@@ -318,18 +318,12 @@ const list = (v: string | undefined) => [...new Set((v ?? "").split(/[\s,]+/).fi
 const flag = (field: string) => `--${field.replaceAll("_", "-")}`;
 
 /** Runs `f`; a registration it refuses is an error naming the CLI's flag. */
-function cliSettings<T>(f: () => T): T;
-function cliSettings<T>(f: () => Promise<T>): Promise<T>;
-function cliSettings<T>(f: () => T | Promise<T>): T | Promise<T> {
-  const rename = (err: unknown): never => {
+async function cliSettings<T>(f: () => T | Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (err) {
     if (err instanceof ClientRegistrationError) throw new Error(`${flag(err.field)}: ${err.reason}`);
     throw err;
-  };
-  try {
-    const r = f();
-    return r instanceof Promise ? r.catch(rename) : r;
-  } catch (err) {
-    return rename(err);
   }
 }
 

@@ -9,24 +9,32 @@
  * same transaction). AdminService, the CLI and tests
  * go through here.
  */
-
-import { randomBytes } from "node:crypto";
 import type { Db } from "@customer-platform/runtime/db";
 import type { Outbox } from "@customer-platform/runtime/outbox";
 import { and, asc, eq, gt, isNotNull, isNull } from "drizzle-orm";
 import type { AccountChange } from "./accounts.js";
 import type * as schema from "./db/schema.js";
 import { clients } from "./db/schema.js";
-import { type AuditActor, emitAuditRecorded, emitTokensRevoked, TokenRevocationReason } from "./events.js";
-import { hashToken } from "./tokens.js";
+import {
+  type AuditAction,
+  type AuditActor,
+  emitAuditRecorded,
+  emitTokensRevoked,
+  TokenRevocationReason,
+} from "./events.js";
+import { newOpaqueSecret } from "./tokens.js";
 
-/** What revoking a client's tokens needs to know. */
-export interface ClientRevocationContext {
+/** What registering or changing a client needs. */
+export interface ClientChangeContext {
   db: Db<typeof schema>;
   outbox: Outbox;
+  now: Date;
+}
+
+/** What revoking a client's tokens needs to know. */
+export interface ClientRevocationContext extends ClientChangeContext {
   /** The access-token lifetime: no token revoked here outlives now + it. */
   accessTokenTtlSec: number;
-  now: Date;
 }
 
 type Tx = Parameters<Parameters<Db<typeof schema>["transaction"]>[0]>[0];
@@ -130,7 +138,7 @@ export function rotateClientSecret(
   clientId: string,
   actor: AuditActor,
 ): Promise<{ secret: string } | "not_found" | "public"> {
-  const secret = randomBytes(32).toString("base64url");
+  const secret = newOpaqueSecret();
   return ctx.db.transaction(async (tx) => {
     const [found] = await tx
       .select({ isPublic: clients.isPublic })
@@ -143,19 +151,20 @@ export function rotateClientSecret(
       tx,
       ctx,
       clientId,
-      { secretHash: hashToken(secret) },
+      { secretHash: secret.hash },
       TokenRevocationReason.CLIENT_SECRET_ROTATED,
     );
     await audit(tx, ctx, actor, "client.rotate_secret", clientId);
-    return { secret };
+    return { secret: secret.token };
   });
 }
 
+/** The AuditRecorded of a change to a client, in its transaction. */
 function audit(
   tx: Tx,
-  ctx: ClientRevocationContext,
+  ctx: ClientChangeContext,
   actor: AuditActor,
-  action: "client.disable" | "client.enable" | "client.rotate_secret",
+  action: Extract<AuditAction, `client.${string}`>,
   clientId: string,
 ) {
   return emitAuditRecorded(tx, ctx.outbox, { actor, action, target: { kind: "client", id: clientId } }, ctx.now);
@@ -312,13 +321,6 @@ export function checkClientSettings(s: ClientSettings): ClientSettings {
 /** A client's row as stored. */
 export type ClientRecord = typeof clients.$inferSelect;
 
-/** What registering or changing a client needs. */
-export interface ClientChangeContext {
-  db: Db<typeof schema>;
-  outbox: Outbox;
-  now: Date;
-}
-
 /**
  * Registers a client with a new secret (only its hash is stored; a public
  * client's is of a secret nobody is shown), audited as `actor`'s
@@ -330,21 +332,16 @@ export async function createClient(
   settings: ClientSettings,
   actor: AuditActor,
 ): Promise<{ client: ClientRecord; secret: string } | "exists"> {
-  const secret = randomBytes(32).toString("base64url");
+  const secret = newOpaqueSecret();
   return ctx.db.transaction(async (tx) => {
     const [client] = await tx
       .insert(clients)
-      .values({ clientId, secretHash: hashToken(secret), createdAt: ctx.now, ...settings })
+      .values({ clientId, secretHash: secret.hash, createdAt: ctx.now, ...settings })
       .onConflictDoNothing({ target: clients.clientId })
       .returning();
     if (!client) return "exists";
-    await emitAuditRecorded(
-      tx,
-      ctx.outbox,
-      { actor, action: "client.create", target: { kind: "client", id: clientId } },
-      ctx.now,
-    );
-    return { client, secret };
+    await audit(tx, ctx, actor, "client.create", clientId);
+    return { client, secret: secret.token };
   });
 }
 
@@ -378,12 +375,7 @@ export async function updateClient(
     );
     if (same) return current;
     const [updated] = await tx.update(clients).set(next).where(eq(clients.clientId, clientId)).returning();
-    await emitAuditRecorded(
-      tx,
-      ctx.outbox,
-      { actor, action: "client.update", target: { kind: "client", id: clientId } },
-      ctx.now,
-    );
+    await audit(tx, ctx, actor, "client.update", clientId);
     return updated ?? current;
   });
 }

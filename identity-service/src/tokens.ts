@@ -477,11 +477,14 @@ export async function verifyIssuedAccessToken(
   }
 }
 
-/** A new opaque refresh token (256 random bits) and the hash that is stored. */
-export function newRefreshToken(): { token: string; hash: Buffer } {
+/** A new opaque secret (256 random bits, base64url) and the hash that is stored: refresh tokens, client secrets. */
+export function newOpaqueSecret(): { token: string; hash: Buffer } {
   const token = randomBytes(32).toString("base64url");
   return { token, hash: hashToken(token) };
 }
+
+/** A new opaque refresh token and the hash that is stored. */
+export const newRefreshToken = newOpaqueSecret;
 
 /** SHA-256 of a token or secret: random 256-bit values need no slow hash. */
 export function hashToken(token: string): Buffer {

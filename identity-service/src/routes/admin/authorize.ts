@@ -1,7 +1,7 @@
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { SCOPE_IDENTITY_ADMIN } from "@customer-platform/sdk/scopes";
 import type { AccountChangeContext } from "../../accounts.js";
-import type { ClientChangeContext, ClientRevocationContext } from "../../clients.js";
+import type { ClientRevocationContext } from "../../clients.js";
 import type { AuthServiceDeps } from "../../deps.js";
 import type { AuditActor } from "../../events.js";
 
@@ -42,18 +42,11 @@ export const accountContext = (deps: AdminServiceDeps): AccountChangeContext => 
   now: deps.now(),
 });
 
-/** A client change's context, at this moment. */
+/** A client change's context, at this moment (registrations, status, secrets). */
 export const clientContext = (deps: AdminServiceDeps): ClientRevocationContext => ({
   db: deps.db,
   outbox: deps.events,
   accessTokenTtlSec: deps.tokens.accessTokenTtlSec,
-  now: deps.now(),
-});
-
-/** A client registration change's context, at this moment. */
-export const changeContext = (deps: AdminServiceDeps): ClientChangeContext => ({
-  db: deps.db,
-  outbox: deps.events,
   now: deps.now(),
 });
 

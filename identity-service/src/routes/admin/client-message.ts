@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Client, ClientSchema } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
 import { fieldViolation } from "@customer-platform/runtime/errors";
-import type { ClientRecord, ClientRegistrationError, ClientSettings } from "../../clients.js";
+import { type ClientRecord, ClientRegistrationError, type ClientSettings } from "../../clients.js";
 
 /** A client's row as the AdminService returns it (never its secret hash). */
 export function clientMessage(c: ClientRecord): Client {
@@ -37,6 +37,8 @@ export function settingsOf(c: Client): Partial<ClientSettings> {
   };
 }
 
-/** INVALID_ARGUMENT naming the field of `client` a registration check refused. */
-export const registrationViolation = (err: ClientRegistrationError) =>
-  fieldViolation(`client.${err.field}`, err.ruleId, err.reason);
+/** Rethrows a refused registration as INVALID_ARGUMENT naming the field of `client`; anything else as it is. */
+export function rethrowAsViolation(err: unknown): never {
+  if (err instanceof ClientRegistrationError) throw fieldViolation(`client.${err.field}`, err.ruleId, err.reason);
+  throw err;
+}

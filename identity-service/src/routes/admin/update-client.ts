@@ -1,8 +1,8 @@
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { AdminService } from "@customer-platform/gen/identity/v1/admin_service_pb.js";
-import { ClientRegistrationError, type ClientSettings, updateClient as update } from "../../clients.js";
-import { type AdminServiceDeps, authorizeAdmin, changeContext, clientNotFound } from "./authorize.js";
-import { clientMessage, registrationViolation, settingsOf } from "./client-message.js";
+import { type ClientSettings, updateClient as update } from "../../clients.js";
+import { type AdminServiceDeps, authorizeAdmin, clientContext, clientNotFound } from "./authorize.js";
+import { clientMessage, rethrowAsViolation, settingsOf } from "./client-message.js";
 
 type Change = Partial<Omit<ClientSettings, "isPublic">>;
 
@@ -34,10 +34,7 @@ export function updateClient(deps: AdminServiceDeps): Pick<ServiceImpl<typeof Ad
           return key ? [[key, asked[key]]] : [];
         }),
       );
-      const updated = await update(changeContext(deps), c.clientId, change, actor).catch((err: unknown) => {
-        if (err instanceof ClientRegistrationError) throw registrationViolation(err);
-        throw err;
-      });
+      const updated = await update(clientContext(deps), c.clientId, change, actor).catch(rethrowAsViolation);
       if (updated === "not_found") throw clientNotFound();
       return { client: clientMessage(updated) };
     },
