@@ -128,6 +128,8 @@ async function start(
       entry,
       env: { ...common, ...env },
       probe: true,
+      // BENCH_SERVICE_NODE_FLAGS: node flags for the services only (a runtime setting measured before it lands).
+      nodeFlags: (process.env.BENCH_SERVICE_NODE_FLAGS ?? "").split(" ").filter(Boolean),
       logFile: join(logDir, `${name}.log`),
     });
     closers.push(() => child.stop());

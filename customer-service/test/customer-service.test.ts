@@ -100,6 +100,36 @@ describe.each(PROTOCOLS)("over %s", (protocol) => {
   });
 });
 
+describe.each(PROTOCOLS)("GetCustomer reads gathered, over %s", (protocol) => {
+  it("answers each of many concurrent reads with its own customer, NOT_FOUND for unknown ids", async () => {
+    const client = svc.clients.client(CustomerService, protocol);
+    const ids: string[] = await Promise.all(
+      Array.from({ length: 5 }, async (_, i) => {
+        const id = randomUUID();
+        await client.registerCustomer({ ...profile(), givenName: `Reader${i}` }, bearer(await issuer.customer(id)));
+        return id;
+      }),
+    );
+    const token = await issuer.service("orders-service", "customer:read");
+    // Known ids, the same ids in capitals (a UUID is case-insensitive), repeats and unknown ids, all at once.
+    const asked = [...ids, ...ids.map((id) => id.toUpperCase()), randomUUID(), ids[0] ?? "", randomUUID(), ...ids];
+    const answers = await Promise.allSettled(asked.map((id) => client.getCustomer({ customerId: id }, bearer(token))));
+    answers.forEach((answer, i) => {
+      const id = (asked[i] ?? "").toLowerCase();
+      const n = ids.indexOf(id);
+      if (n < 0) {
+        expect(answer.status === "rejected" && ConnectError.from(answer.reason).code).toBe(Code.NotFound);
+      } else {
+        expect(answer.status === "fulfilled" && answer.value.customer).toMatchObject({
+          customerId: id,
+          givenName: `Reader${n}`,
+          email: customerEmail(id),
+        });
+      }
+    });
+  });
+});
+
 describe("RegisterCustomer", () => {
   const client = () => svc.clients.client(CustomerService);
 
