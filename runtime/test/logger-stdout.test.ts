@@ -3,7 +3,9 @@
  * buffered and written in chunks, yet none is lost or held back: a line
  * reaches the reader within the flush interval while the process runs, and
  * every line is written when it exits, by process.exit or by an uncaught
- * error; lines of two loggers keep their order.
+ * error; lines of two loggers keep their order. A full pipe is waited for
+ * (nothing lost); a pipe nobody reads any more loses the lines, not the
+ * process.
  */
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
@@ -12,7 +14,7 @@ import { describe, expect, it } from "vitest";
 const LOGGER = fileURLToPath(new URL("../src/logger.ts", import.meta.url));
 
 /** Runs `body` in a child process with `log` and `other` loggers in scope; its stdout lines as they come. */
-function child(body: string) {
+function child(body: string, opts: { paused?: boolean } = {}) {
   const script = `
     const { createLogger } = await import(${JSON.stringify(LOGGER)});
     const log = createLogger({ name: "a", level: "info" });
@@ -28,6 +30,7 @@ function child(body: string) {
   );
   const lines: Array<{ msg: string; service: string; at: number }> = [];
   let rest = "";
+  if (opts.paused) proc.stdout.pause();
   proc.stdout.on("data", (d: Buffer) => {
     const parts = (rest + d.toString()).split("\n");
     rest = parts.pop() ?? "";
@@ -70,5 +73,36 @@ describe("stdout logging", () => {
     expect(await c.exited).not.toBe(0);
     expect(c.lines.map((l) => l.msg)).toEqual(["before the crash"]);
     expect(c.stderr()).toContain("crash");
+  });
+
+  it("waits out a full pipe: every line of 2 MiB arrives, in order", async () => {
+    // process.stdout makes fd 1 a non-blocking pipe: writes past the pipe's 64 KiB fail with EAGAIN.
+    const c = child(
+      `
+      process.stdout;
+      const pad = "x".repeat(200);
+      for (let i = 0; i < 8000; i++) log.info({ pad }, "line " + i);
+      process.exit(0);
+    `,
+      { paused: true },
+    );
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    c.proc.stdout.resume();
+    expect(await c.exited).toBe(0);
+    expect(c.stderr()).toBe("");
+    expect(c.lines.length).toBe(8000);
+    expect(c.lines.every((l, i) => l.msg === `line ${i}`)).toBe(true);
+  });
+
+  it("keeps running when nobody reads stdout any more, and says once on stderr that lines were lost", async () => {
+    const c = child(`
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (let i = 0; i < 2000; i++) log.info("line " + i);
+      log.flush();
+      process.exit(7);
+    `);
+    c.proc.stdout.destroy();
+    expect(await c.exited).toBe(7);
+    expect(c.stderr().match(/log lines lost: cannot write to fd 1: /g)).toHaveLength(1);
   });
 });
