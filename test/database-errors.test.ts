@@ -15,7 +15,7 @@ import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
-import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
+import { deleteStreams, freePort, sharedNatsUrl, streamEnv } from "./support/nats.js";
 import { startPgRefuser } from "./support/pg-refuser.js";
 import { adminUrl, createTestDatabase } from "./support/postgres.js";
 
@@ -41,18 +41,17 @@ afterEach(async () => {
  * (deleted after the test): a service that gets as far as NATS never touches the shared defaults.
  */
 function start(service: keyof typeof ENTRY, env: Record<string, string>) {
-  const customer = uniqueStreamNames("customer");
-  const identity = uniqueStreamNames("identity");
-  cleanups.push(() => deleteStreams(sharedNatsUrl, customer.stream, identity.stream));
-  const streams = {
-    CUSTOMER_STREAM: customer.stream,
-    CUSTOMER_SUBJECT_PREFIX: customer.subjectPrefix,
-    IDENTITY_STREAM: identity.stream,
-    IDENTITY_SUBJECT_PREFIX: identity.subjectPrefix,
-  };
+  const streams = streamEnv();
+  cleanups.push(() => deleteStreams(sharedNatsUrl, streams.customer.stream, streams.identity.stream));
   const child = spawn(process.execPath, ["--conditions=source", "--import", "tsx", ENTRY[service]], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", NATS_URL: sharedNatsUrl, ...streams, ...env },
+    env: {
+      PATH: process.env.PATH ?? "",
+      HOME: process.env.HOME ?? "",
+      NATS_URL: sharedNatsUrl,
+      ...streams.env,
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   children.push(child);

@@ -20,7 +20,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { bearer, createClients } from "./support/clients.js";
 import { signUpByMail } from "./support/mailbox.js";
-import { deleteStreams, freePort, sharedNatsUrl, uniqueStreamNames } from "./support/nats.js";
+import { deleteStreams, freePort, sharedNatsUrl, streamEnv } from "./support/nats.js";
 import { type Finished, runToEnd } from "./support/processes.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -224,21 +224,6 @@ async function hasMessage(nc: NatsConnection, stream: string, subject: string): 
     (m) => m !== null,
     () => false,
   );
-}
-
-function streamEnv() {
-  const customer = uniqueStreamNames("customer");
-  const identity = uniqueStreamNames("identity");
-  return {
-    customer,
-    identity,
-    env: {
-      CUSTOMER_STREAM: customer.stream,
-      CUSTOMER_SUBJECT_PREFIX: customer.subjectPrefix,
-      IDENTITY_STREAM: identity.stream,
-      IDENTITY_SUBJECT_PREFIX: identity.subjectPrefix,
-    },
-  };
 }
 
 let nc: NatsConnection | undefined;

@@ -1,13 +1,3 @@
-/**
- * Reads by key, gathered: the keys asked for while the event loop serves one
- * round of I/O are read together in one statement, each caller answered with
- * its own row. A read issued under load (requests from many streams parsed in
- * one socket read) costs one round trip for the batch instead of one each; a
- * lone read waits only for the end of the current I/O round (`setImmediate`).
- *
- * Nothing is cached: every key is read by a statement issued after it was
- * asked for, so a read never sees less than a read of its own would.
- */
 /** The row for `key`, or `undefined` if the statement returned none. */
 export type BatchRead<K, V> = (key: K) => Promise<V | undefined>;
 
@@ -26,6 +16,16 @@ interface Waiter<K, V> {
   reject(error: unknown): void;
 }
 
+/**
+ * Reads by key, gathered: the keys asked for while the event loop serves one
+ * round of I/O are read together in one statement, each caller answered with
+ * its own row. A read issued under load (requests from many streams parsed in
+ * one socket read) costs one round trip for the batch instead of one each; a
+ * lone read waits only for the end of the current I/O round (`setImmediate`).
+ *
+ * Nothing is cached: every key is read by a statement issued after it was
+ * asked for, so a read never sees less than a read of its own would.
+ */
 export function createBatchRead<K, V>(opts: BatchReadOptions<K, V>): BatchRead<K, V> {
   const maxKeys = Math.max(1, opts.maxKeys ?? 100);
   let waiting: Waiter<K, V>[] = [];

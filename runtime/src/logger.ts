@@ -139,7 +139,7 @@ function stdoutDestination(): pino.DestinationStream {
  * cannot be written (the reader gone) loses its lines, and says so once on
  * stderr, rather than failing the calls that log.
  */
-export class ChunkedWriter {
+class ChunkedWriter {
   private lines: string[] = [];
   private length = 0;
   private timer: NodeJS.Timeout | undefined;

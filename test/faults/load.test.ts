@@ -194,7 +194,7 @@ describe("sustained mixed load", () => {
     }
     expect(identityEvents).toHaveLength(warmSignIns.total() + signInLedger.total());
 
-    // Memory: live-heap growth per call from N to 5N calls; RSS (allocator slack, freed pages
+    // Memory: live-heap growth per call over the 4N calls after the warm-up; RSS (allocator slack, freed pages
     // kept) only within a coarse bound.
     const growth = {
       customerBytesPerCall: (measured.customer.heapUsed - warm.customer.heapUsed) / customerLedger.calls,

@@ -31,6 +31,25 @@ export function uniqueStreamNames(context: "customer" | "identity"): StreamNames
   return { stream: `${context.toUpperCase()}_${id.toUpperCase()}`, subjectPrefix: `${id}.${context}` };
 }
 
+/**
+ * Unique customer and identity streams for a spawned service or platform, and the
+ * variables (`CUSTOMER_STREAM`, `…_SUBJECT_PREFIX`, `IDENTITY_…`) that point it at them.
+ */
+export function streamEnv() {
+  const customer = uniqueStreamNames("customer");
+  const identity = uniqueStreamNames("identity");
+  return {
+    customer,
+    identity,
+    env: {
+      CUSTOMER_STREAM: customer.stream,
+      CUSTOMER_SUBJECT_PREFIX: customer.subjectPrefix,
+      IDENTITY_STREAM: identity.stream,
+      IDENTITY_SUBJECT_PREFIX: identity.subjectPrefix,
+    },
+  };
+}
+
 /** Deletes streams on the shared server (best effort, for afterAll). */
 export async function deleteStreams(url: string, ...streams: string[]): Promise<void> {
   const { jetstreamManager } = await import("@nats-io/jetstream");
