@@ -24,7 +24,7 @@ import type { IpcChild } from "./lib/child.js";
 import { ROOT, spawnChild } from "./lib/child.js";
 import { grpcFrame, type H2loadResult, type H2Request, probeRequest, requireH2load, runH2load } from "./lib/h2load.js";
 import { lastSeq, type StoredEvent, storedEvents } from "./lib/jetstream.js";
-import { type Platform, startPlatform, unsentCount, waitOutboxEmpty } from "./lib/platform.js";
+import { type Platform, type Service, startPlatform, unsentCount, waitOutboxEmpty } from "./lib/platform.js";
 import { type CpuWindow, rssMiB, sampleRss, startCpuWindow, startTreeCpuWindow } from "./lib/proc.js";
 import { topFunctions } from "./lib/profile.js";
 import { createRandom, type Random, shuffle } from "./lib/random.js";
@@ -46,6 +46,8 @@ export interface BenchOptions {
   only: ReadonlySet<Group>;
   /** Seeds the order of the jobs within each round and the NATS outages of the drain row. */
   seed: number;
+  /** The transport rows' rounds, in place of the mode's (`--rounds`). */
+  rounds?: number;
 }
 
 /** The fixed concurrency of every load row (virtual users = in-flight calls). */
@@ -139,7 +141,7 @@ const FULL: Timing = {
   startupIdleMs: 1000,
   h2loadDurationSec: 10,
   h2loadWarmupSec: 2,
-  h2loadRounds: 1,
+  h2loadRounds: 3,
 };
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -148,7 +150,8 @@ const round = (v: number, d = 2) => Math.round(v * 10 ** d) / 10 ** d;
 /** Runs the bench; returns the report it printed and wrote. */
 export async function runBench(opts: BenchOptions): Promise<Report> {
   const started = Date.now();
-  const timing = opts.quick ? QUICK : FULL;
+  const base = opts.quick ? QUICK : FULL;
+  const timing = opts.rounds === undefined ? base : { ...base, h2loadRounds: opts.rounds };
   const random = createRandom(opts.seed);
   log(`seed ${opts.seed} (--seed ${opts.seed} repeats this run's job order)`);
   const want = (g: Group) => opts.only.size === 0 || opts.only.has(g);
@@ -504,7 +507,17 @@ async function transportRows(
         expect: { contentType: /^application\/json$/, grpc: false, bodyIncludes: customerId },
       },
     } satisfies Record<string, H2Job>;
-    const all = Object.values(jobs) as H2Job[];
+    // BENCH_CUSTOMER_ENTRY_B: the same three calls against the second build, in the same rounds.
+    const customerB = p.customerB;
+    const asB = (job: H2Job, b: Service): H2Job => ({
+      ...job,
+      name: `${job.name}-b`,
+      req: { ...job.req, url: job.req.url.replace(p.customer.url, b.url) },
+      child: b.child,
+    });
+    const jobsB =
+      customerB && ([asB(jobs.health, customerB), asB(jobs.get, customerB), asB(jobs.json, customerB)] as const);
+    const all = [...Object.values(jobs), ...(jobsB ?? [])] as H2Job[];
 
     const check = async (job: H2Job, when: string): Promise<{ problem?: string; contentType: string }> => {
       const a = await probeRequest(job.req).catch((err: unknown) => err as Error);
@@ -577,6 +590,34 @@ async function transportRows(
       }),
     );
     const get = (j: H2Job) => measured.get(j) as H2Measured;
+    const bSide = (a: H2Job, b: H2Job | undefined) => {
+      if (b === undefined) return undefined;
+      const [ma, mb] = [get(a), get(b)];
+      const problems = [...h2Problems("a", ma), ...h2Problems("b", mb)];
+      const side = {
+        entry: process.env.BENCH_CUSTOMER_ENTRY_B,
+        rateBOverA: round(mb.load.rps / ma.load.rps, 3),
+        cpuUsPerReq: { a: round(h2UsPerReq(ma), 1), b: round(h2UsPerReq(mb), 1) },
+        p99Ms: { a: round(ma.load.p99Ms), b: round(mb.load.p99Ms) },
+        perRound: ma.runs.map((r, i) => {
+          const rb = mb.runs[i] as H2loadResult;
+          return {
+            rateBOverA: round(rb.load.rps / r.load.rps, 3),
+            cpuUsPerReq: { a: round(usPerRun(r), 1), b: round(usPerRun(rb), 1) },
+          };
+        }),
+        ...(problems.length > 0 && { problems }),
+      };
+      log(
+        `  B/A ${a.name}: rate ${side.rateBOverA}, CPU/call ${side.cpuUsPerReq.a} → ${side.cpuUsPerReq.b} µs, p99 ${side.p99Ms.a} → ${side.p99Ms.b} ms; per round ${side.perRound.map((x) => x.rateBOverA).join(" ")}${problems.length ? `; ${problems.join("; ")}` : ""}`,
+      );
+      return side;
+    };
+    const ab = {
+      health: bSide(jobs.health, jobsB?.[0]),
+      get: bSide(jobs.get, jobsB?.[1]),
+      json: bSide(jobs.json, jobsB?.[2]),
+    };
     const row = (
       id: RowId,
       title: string,
@@ -585,6 +626,7 @@ async function transportRows(
       baseJob: H2Job,
       baseLabel: string,
       target?: { text: string; pass: (ratio: number, ours: H2Measured) => boolean },
+      b?: ReturnType<typeof bSide>,
     ): Row => {
       const ours = get(oursJob);
       const base = get(baseJob);
@@ -598,7 +640,7 @@ async function transportRows(
           baseline: h2Side(baseLabel, base),
           ratio: round(ratio, 3),
           ...(target && { target: { text: target.text, pass: target.pass(ratio, ours) } }),
-          details: { ...h2Details(oursJob, ours), baseline: h2Details(baseJob, base) },
+          details: { ...h2Details(oursJob, ours), baseline: h2Details(baseJob, base), ...(b && { b }) },
         },
         [...h2Problems("ours", ours), ...h2Problems("baseline", base)],
       );
@@ -620,6 +662,7 @@ async function transportRows(
         jobs.echo,
         "raw node:http2 echo",
         { text: "≥60% raw h2 echo", pass: (r) => r >= 0.6 },
+        ab.health,
       ),
       row(
         "get_customer_grpc",
@@ -629,6 +672,7 @@ async function transportRows(
         jobs.echo,
         "raw node:http2 echo",
         { text: "≥30% raw h2 echo, p99 <10 ms", pass: (r, m) => r >= 0.3 && m.load.p99Ms < 10 },
+        ab.get,
       ),
       row(
         "get_customer_connect_json_http1",
@@ -638,6 +682,7 @@ async function transportRows(
         jobs.h1echo,
         "raw node:http echo",
         { text: "≥15% raw h1 echo", pass: (r) => r >= 0.15 },
+        ab.json,
       ),
     ];
   } finally {
@@ -646,6 +691,7 @@ async function transportRows(
 }
 
 const h2UsPerReq = (m: H2Measured) => (m.cpu.cpuSec * 1e6) / m.load.ops;
+const usPerRun = (r: H2loadResult) => (r.cpu.cpuSec * 1e6) / r.load.ops;
 const fmtUs = (us: number) => (Number.isFinite(us) ? `${Math.round(us).toLocaleString("en-US")} µs` : "—");
 
 const h2Side = (label: string, m: H2Measured) => ({
@@ -1443,8 +1489,13 @@ function parseOptions(argv: string[]): BenchOptions {
       markdown: { type: "boolean", default: false },
       only: { type: "string" },
       seed: { type: "string" },
+      rounds: { type: "string" },
     },
   });
+  const rounds = values.rounds === undefined ? undefined : Number(values.rounds);
+  if (rounds !== undefined && !(Number.isInteger(rounds) && rounds >= 1 && rounds <= 50)) {
+    throw new Error(`--rounds: "${values.rounds}" is not an integer from 1 to 50`);
+  }
   const seed = values.seed === undefined ? randomInt(2 ** 31) : Number(values.seed);
   if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {
     throw new Error(`--seed: "${values.seed}" is not an integer from 0 to 4294967295`);
@@ -1458,6 +1509,7 @@ function parseOptions(argv: string[]): BenchOptions {
     markdown: values.markdown ?? false,
     only,
     seed,
+    ...(rounds !== undefined && { rounds }),
   };
 }
 

@@ -47,6 +47,12 @@ export interface Account {
 export interface Platform {
   readonly identity: Service;
   readonly customer: Service;
+  /**
+   * A second customer service from `BENCH_CUSTOMER_ENTRY_B` (another build, on
+   * the same database, its own streams), measured in the transport rows'
+   * rounds beside the first: a change's effect without the drift between runs.
+   */
+  readonly customerB: Service | undefined;
   /** A customer service whose NATS is a private nats-server the bench kills and restarts. */
   readonly drain: Service & { nats: PrivateNats };
   /** The JWT-cost pair (bench/customer-variant.ts) over the customer database. */
@@ -112,13 +118,16 @@ async function start(
   for (const db of [identityDb, customerDb, drainDb, baselineDb]) closers.push(() => (db as TestDatabase).drop());
   const identityStreams = uniqueStreamNames("identity");
   const customerStreams = uniqueStreamNames("customer");
+  const customerBStreams = uniqueStreamNames("customer");
   const drainStreams = uniqueStreamNames("customer");
-  closers.push(() => deleteStreams(sharedNatsUrl, identityStreams.stream, customerStreams.stream));
+  closers.push(() =>
+    deleteStreams(sharedNatsUrl, identityStreams.stream, customerStreams.stream, customerBStreams.stream),
+  );
   const nats = await startPrivateNats();
   closers.push(() => nats.stop());
 
-  const [identityPort, customerPort, drainPort, jwksPort, fixedPort, stubPort] = await Promise.all(
-    Array.from({ length: 6 }, () => freePort()),
+  const [identityPort, customerPort, drainPort, jwksPort, fixedPort, stubPort, customerBPort] = await Promise.all(
+    Array.from({ length: 7 }, () => freePort()),
   );
   const issuer = `http://127.0.0.1:${identityPort}`;
   const common = { LOG_LEVEL: process.env.LOG_LEVEL ?? "info", SHUTDOWN_GRACE_MS: "2000" };
@@ -172,6 +181,15 @@ async function start(
     process.env.BENCH_CUSTOMER_ENTRY ?? "customer-service/dist/main.js",
     customerEnv(customerPort, customerDb, sharedNatsUrl, customerStreams),
   );
+  const entryB = process.env.BENCH_CUSTOMER_ENTRY_B;
+  const customerBChild =
+    entryB === undefined || entryB === ""
+      ? undefined
+      : spawnService(
+          "customer-service-b",
+          entryB,
+          customerEnv(customerBPort, customerDb, sharedNatsUrl, customerBStreams),
+        );
   const drainChild = spawnService(
     "customer-service-drain",
     "customer-service/dist/main.js",
@@ -187,6 +205,12 @@ async function start(
     db: customerDb,
     streams: customerStreams,
   };
+  const customerB: Service | undefined = customerBChild && {
+    child: customerBChild,
+    url: `http://127.0.0.1:${customerBPort}`,
+    db: customerDb,
+    streams: customerBStreams,
+  };
   const drain = { child: drainChild, url: `http://127.0.0.1:${drainPort}`, db: drainDb, streams: drainStreams, nats };
   const migrateBaseline = async () => {
     const database = await openDatabase({ url: baselineDb.url, schema: customerSchema });
@@ -200,6 +224,7 @@ async function start(
     waitReady(identity.url, identityChild),
     waitReady(customer.url, customerChild),
     waitReady(drain.url, drainChild),
+    customerB && waitReady(customerB.url, customerB.child),
     migrateBaseline(),
   ]);
   opts.log("services ready");
@@ -243,6 +268,7 @@ async function start(
   return {
     identity,
     customer,
+    customerB,
     drain,
     variant,
     baselineDb,
