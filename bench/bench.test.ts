@@ -228,6 +228,42 @@ describe("npm run bench -- --quick", () => {
     await expect(run).rejects.toMatchObject({ stderr: expect.stringContaining(INSTALL_COMMAND) });
   });
 
+  it("measures a second build beside the first in every round (BENCH_CUSTOMER_ENTRY_B), and refuses a bad --rounds", async () => {
+    const bench = (args: string[], env: Record<string, string> = {}) =>
+      promisify(execFile)(process.execPath, ["--conditions=source", "--import", "tsx", "bench/run.ts", ...args], {
+        cwd: ROOT,
+        env: { ...process.env, ...env },
+        maxBuffer: 16 * 1024 * 1024,
+        timeout: 300_000,
+      });
+    await expect(bench(["--quick", "--rounds", "0"])).rejects.toMatchObject({
+      stderr: expect.stringContaining('--rounds: "0" is not an integer from 1 to 50'),
+    });
+    const out = join(dir, "ab.json");
+    const { stderr: log } = await bench(["--quick", "--only", "get", "--rounds", "2", "--seed", "7", "--out", out], {
+      BENCH_CUSTOMER_ENTRY_B: "customer-service/dist/main.js",
+    });
+    const ab = JSON.parse(readFileSync(out, "utf8")) as Report;
+    for (const id of ["health_check_grpc", "get_customer_grpc", "get_customer_connect_json_http1"] as const) {
+      const r = ab.rows.find((x) => x.id === id);
+      const d = r?.details as {
+        h2load: unknown[];
+        b?: { rateBOverA: number; cpuUsPerReq: { a: number; b: number }; perRound: unknown[]; problems?: string[] };
+      };
+      expect({ id, invalid: r?.invalid, runs: d.h2load.length }).toEqual({ id, invalid: undefined, runs: 2 });
+      expect({ id, problems: d.b?.problems, rounds: d.b?.perRound.length }).toEqual({
+        id,
+        problems: undefined,
+        rounds: 2,
+      });
+      expect(d.b?.rateBOverA).toBeGreaterThan(0);
+      expect(d.b?.cpuUsPerReq.b).toBeGreaterThan(0);
+    }
+    // Only the rows B serves carry a B side.
+    expect(ab.rows.find((x) => x.id === "connect_health_bare")?.details).not.toHaveProperty("b");
+    expect(log).toMatch(/B\/A health-check-grpc: rate [\d.]+, CPU\/call/);
+  }, 310_000);
+
   it("reports each service's RSS after load next to its idle RSS", () => {
     for (const service of ["customer_service", "identity_service"] as const) {
       const idle = row(`rss_${service}`);
