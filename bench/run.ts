@@ -515,9 +515,12 @@ async function transportRows(
       req: { ...job.req, url: job.req.url.replace(p.customer.url, b.url) },
       child: b.child,
     });
-    const jobsB =
-      customerB && ([asB(jobs.health, customerB), asB(jobs.get, customerB), asB(jobs.json, customerB)] as const);
-    const all = [...Object.values(jobs), ...(jobsB ?? [])] as H2Job[];
+    const jobsB = customerB && {
+      health: asB(jobs.health, customerB),
+      get: asB(jobs.get, customerB),
+      json: asB(jobs.json, customerB),
+    };
+    const all = [...Object.values(jobs), ...Object.values(jobsB ?? {})] as H2Job[];
 
     const check = async (job: H2Job, when: string): Promise<{ problem?: string; contentType: string }> => {
       const a = await probeRequest(job.req).catch((err: unknown) => err as Error);
@@ -603,7 +606,7 @@ async function transportRows(
           const rb = mb.runs[i] as H2loadResult;
           return {
             rateBOverA: round(rb.load.rps / r.load.rps, 3),
-            cpuUsPerReq: { a: round(usPerRun(r), 1), b: round(usPerRun(rb), 1) },
+            cpuUsPerReq: { a: round(h2UsPerReq(r), 1), b: round(h2UsPerReq(rb), 1) },
           };
         }),
         ...(problems.length > 0 && { problems }),
@@ -614,9 +617,9 @@ async function transportRows(
       return side;
     };
     const ab = {
-      health: bSide(jobs.health, jobsB?.[0]),
-      get: bSide(jobs.get, jobsB?.[1]),
-      json: bSide(jobs.json, jobsB?.[2]),
+      health: bSide(jobs.health, jobsB?.health),
+      get: bSide(jobs.get, jobsB?.get),
+      json: bSide(jobs.json, jobsB?.json),
     };
     const row = (
       id: RowId,
@@ -690,8 +693,8 @@ async function transportRows(
   }
 }
 
-const h2UsPerReq = (m: H2Measured) => (m.cpu.cpuSec * 1e6) / m.load.ops;
-const usPerRun = (r: H2loadResult) => (r.cpu.cpuSec * 1e6) / r.load.ops;
+/** CPU µs per answered call, of merged rounds (H2Measured) or of one (H2loadResult). */
+const h2UsPerReq = (m: { cpu: { cpuSec: number }; load: { ops: number } }) => (m.cpu.cpuSec * 1e6) / m.load.ops;
 const fmtUs = (us: number) => (Number.isFinite(us) ? `${Math.round(us).toLocaleString("en-US")} µs` : "—");
 
 const h2Side = (label: string, m: H2Measured) => ({
